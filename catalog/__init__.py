@@ -1,0 +1,1 @@
+"""catalog: catalogue export, check and report."""

@@ -1,0 +1,1 @@
+"""export: export a trained model to an ONNX bundle."""

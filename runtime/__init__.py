@@ -1,0 +1,1 @@
+"""runtime: stream a Zarr survey through a model bundle."""

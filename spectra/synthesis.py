@@ -90,7 +90,7 @@ class PySMEEngine:
         from pysme.sme import SME_Structure
         from pysme.synthesize import synthesize_spectrum
 
-        logging.getLogger("pysme").setLevel(logging.WARNING)
+        logging.getLogger("pysme").setLevel(logging.ERROR)  # EOS-vs-model Pe notes flood the bar
         if self._sme_linelist is None:
             self._sme_linelist = self.linelist.to_pysme()
         atmo = self.atmospheres.atmosphere(labels["teff"], labels["logg"], labels["fe_h"])

@@ -1,0 +1,1 @@
+"""training: fit and evaluate the cINN."""

@@ -1,0 +1,218 @@
+"""``spectra``: make, import and inspect synthetic 4MOST HR spectra.
+
+Subcommands: ``grid``, ``synth``, ``survey``, ``import-tsfitpy``, ``info``, and the maintenance
+commands ``atmospheres pack`` and ``linelist build`` that (re)build the data shipped in the package.
+Each subcommand parses its arguments and calls one library function; errors become one clear
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from .grid import build_grid
+
+    report = build_grid(args.out, args.n, args.seed, workers=args.workers, progress=not args.quiet)
+    per_core = report.spectra_per_second_per_core
+    print(f"{report.path}: {report.n} rows, {report.written} written now, {report.skipped} already done, "
+          f"{len(report.failed)} failed; {report.seconds:.1f} s with {report.workers} worker(s)"
+          + (f" = {per_core:.3f} spectra/s per core" if report.written else ""))
+    for index, error in list(report.failed.items())[:10]:
+        print(f"  row {index} failed: {error}", file=sys.stderr)
+    if report.failed:
+        print("re-run the same command to retry the failed rows", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_xfe(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        element, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[element.strip().capitalize()] = float(value)
+        except ValueError:
+            raise ValueError(f"--xfe {item!r}: expected ELEMENT=VALUE, e.g. Mg=0.2") from None
+    return out
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .atmospheres import AtmosphereGrid
+    from .gridstore import GridWriter
+    from .grid import grid_attrs
+    from .linelists import read_linelist
+    from .synthesis import PySMEEngine, SpectrumMaker, labels_from_values
+    from . import schema
+
+    labels = labels_from_values(args.teff, args.logg, args.feh, args.vmic, args.vbroad, _parse_xfe(args.xfe))
+    atmospheres = AtmosphereGrid.from_path(args.atmospheres) if args.atmospheres else None
+    linelist = read_linelist(args.linelist) if args.linelist else None
+    maker = SpectrumMaker(PySMEEngine(atmospheres, linelist))
+    out = Path(args.out)
+    if out.exists():
+        out.unlink()
+    flux, synthesis = maker.hr_spectrum(labels)
+    with GridWriter(out, 1, maker.hr, grid_attrs(maker, None, "single:spectra synth")) as writer:
+        writer.write_row(0, flux, np.array([labels[n] for n in schema.label_names()]),
+                         synthesis.atmosphere_method, synthesis.seconds)
+    print(f"{out}: 1 spectrum, {flux.size} pixels, atmosphere {synthesis.atmosphere_method}, "
+          f"synthesis {synthesis.seconds:.1f} s")
+    return 0
+
+
+def _cmd_survey(args: argparse.Namespace) -> int:
+    from .survey import make_survey, parse_snr
+
+    out = make_survey(args.grid, parse_snr(args.snr), args.out, seed=args.seed, chunk=args.chunk,
+                      progress=not args.quiet)
+    import zarr
+
+    n = zarr.open_group(str(out), mode="r")["flux"].shape
+    print(f"{out}: {n[0]} spectra x {n[1]} pixels")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .importers import import_tsfitpy
+
+    vbroad = args.vbroad if args.vbroad == "prior" else float(args.vbroad)
+    report = import_tsfitpy(args.folder, args.out, params_file=args.params, medium=args.medium,
+                            vbroad=vbroad, seed=args.seed, input_resolution=args.input_resolution,
+                            progress=not args.quiet)
+    print(f"{args.out}: {report.written} of {report.n} spectra imported, {len(report.skipped)} skipped, "
+          f"{report.outside_bounds} with labels outside the training bounds")
+    for name, why in list(report.skipped.items())[:10]:
+        print(f"  skipped {name}: {why}", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .gridstore import GridReader
+
+    with GridReader(args.grid) as grid:
+        info = {
+            "path": str(grid.path),
+            "rows": grid.n,
+            "done": int(grid.done.sum()),
+            "pixels": int(grid.wavelength.size),
+            "labels": grid.label_names,
+            "atmosphere_methods": dict(Counter(grid.atmosphere_method[grid.done])),
+            "attrs": grid.attrs,
+        }
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _cmd_atmospheres_pack(args: argparse.Namespace) -> int:
+    from .atmospheres import AtmosphereGrid
+
+    grid = AtmosphereGrid.from_path(args.source)
+    grid.save(args.out)
+    print(f"{args.out}: {len(grid)} MARCS models packed from {args.source}")
+    return 0
+
+
+def _cmd_linelist_build(args: argparse.Namespace) -> int:
+    from .linelists import build_merged_linelist
+
+    merged = build_merged_linelist(Path(args.vald), Path(args.fasma), [Path(p) for p in args.linemake])
+    with gzip.open(args.out, "wt") as fh:
+        fh.write(merged.to_csv_text())
+    print(f"{args.out}: {len(merged)} lines, sha256 {merged.sha256()[:16]}..., {merged.species_counts()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectra", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("grid", help="synthesise a grid of noiseless 4MOST HR spectra (resumable)")
+    p.add_argument("--n", type=int, required=True, help="number of spectra")
+    p.add_argument("--seed", type=int, default=0, help="prior seed (same seed + larger n extends a grid)")
+    p.add_argument("--out", required=True, help="output HDF5 file; an existing one with the same settings is resumed")
+    p.add_argument("--workers", type=int, default=1, help="Dask worker processes (one core each)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_grid)
+
+    p = sub.add_parser("synth", help="synthesise one star (grid layout with N = 1)")
+    p.add_argument("--teff", type=float, required=True, help="effective temperature [K]")
+    p.add_argument("--logg", type=float, required=True, help="surface gravity [dex, cgs]")
+    p.add_argument("--feh", type=float, required=True, help="[Fe/H] [dex]")
+    p.add_argument("--vmic", type=float, default=1.0, help="microturbulence [km/s] (default 1.0)")
+    p.add_argument("--vbroad", type=float, default=3.5, help="rotational broadening [km/s] (default 3.5)")
+    p.add_argument("--xfe", nargs="*", default=[], metavar="X=VALUE", help="abundance ratios, e.g. Mg=0.2 Li=1.0")
+    p.add_argument("--atmospheres", help="MARCS folder, .tar.gz or packed .npz (default: packaged grid)")
+    p.add_argument("--linelist", help="merged line list CSV (default: packaged list)")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("survey", help="noisy Zarr survey from a grid (the runtime's input)")
+    p.add_argument("--grid", required=True, help="grid HDF5 file")
+    p.add_argument("--snr", default="250", help="S/N per A: a value, a comma list, 'paper' (19 values) or LOW-HIGH")
+    p.add_argument("--out", required=True, help="output .zarr folder (overwritten)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; noise depends on (seed, source_id) only")
+    p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_survey)
+
+    p = sub.add_parser("import-tsfitpy", help="import a TSFitPy/Turbospectrum grid folder")
+    p.add_argument("folder", help="folder with the .spec files and the parameter table")
+    p.add_argument("--out", required=True, help="output HDF5 grid file")
+    p.add_argument("--params", default="spectra_parameters.csv", help="parameter table file name in FOLDER")
+    p.add_argument("--medium", choices=["air", "vacuum"], default="air", help="wavelength medium of the spectra")
+    p.add_argument("--vbroad", default="prior", help="km/s, or 'prior' (log-uniform 1-100) when no column gives it")
+    p.add_argument("--input-resolution", type=float, default=None, help="R of the input spectra (default: infinite)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("info", help="summarise a grid file")
+    p.add_argument("grid")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("atmospheres", help="maintenance: pack MARCS models into the package grid")
+    asub = p.add_subparsers(dest="action", required=True)
+    q = asub.add_parser("pack", help="pack a folder/.tar.gz of MARCS .mod files into an .npz")
+    q.add_argument("--source", required=True)
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "marcs_grid.npz"))
+    q.set_defaults(func=_cmd_atmospheres_pack)
+
+    p = sub.add_parser("linelist", help="maintenance: build the merged line list")
+    lsub = p.add_subparsers(dest="action", required=True)
+    q = lsub.add_parser("build", help="merge VALD + FASMA (Li, C2, CN, MgH) + linemake (Eu II)")
+    q.add_argument("--vald", required=True)
+    q.add_argument("--fasma", required=True)
+    q.add_argument("--linemake", nargs="+", required=True)
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "linelist_4most_hr_vac.csv.gz"))
+    q.set_defaults(func=_cmd_linelist_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:
+        print(f"spectra {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spectra {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
