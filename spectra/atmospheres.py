@@ -136,7 +136,9 @@ def read_marcs(path_or_text: str | Path, source: str | None = None) -> MarcsMode
     if block1.shape[1] != 9 or block2.shape[1] != 8:
         _fail(source, "structure tables do not have the 9 + 8 MARCS columns")
     # block1: k lgTauR lgTau5 Depth T Pe Pg Prad Pturb ; block2: k lgTauR KappaRoss Density Mu Vconv Fconv/F RHOX
-    data = np.column_stack([block1[:, 4], block1[:, 2], block1[:, 5], block1[:, 6], block2[:, 3], block2[:, 7], block2[:, 2]])
+    # -> T, lgTau5, Pe, Pg (block 1); Density, RHOX, KappaRoss (block 2): the order of QUANTITIES
+    data = np.column_stack([block1[:, 4], block1[:, 2], block1[:, 5], block1[:, 6],
+                            block2[:, 3], block2[:, 7], block2[:, 2]])
     if not np.all(np.isfinite(data)) or np.any(data[:, [0, 2, 3, 4, 5, 6]] <= 0):
         _fail(source, "non-positive or non-finite temperature/pressure/density")
     return MarcsModel(
@@ -229,17 +231,24 @@ class AtmosphereGrid:
             (g, round(t, 3), round(lg, 3), round(mh, 3)): i
             for i, (g, (t, lg, mh)) in enumerate(zip(self.geometry, self.params, strict=True))
         }
-        self._axes = {}
+        # Each metallicity slice has its own T_eff / log g axes (the metal-rich grid is narrower).
+        self._monh_axis: dict[str, np.ndarray] = {}
+        self._slice_axes: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
         for g in ("plane", "sphere"):
             sel = self.geometry == g
-            self._axes[g] = tuple(np.unique(self.params[sel, k]) for k in range(3))
+            self._monh_axis[g] = np.unique(self.params[sel, 2])
+            for m in self._monh_axis[g]:
+                in_slice = sel & (self.params[:, 2] == m)
+                self._slice_axes[(g, float(m))] = (np.unique(self.params[in_slice, 0]),
+                                                   np.unique(self.params[in_slice, 1]))
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
     def from_models(cls, models: Iterable[MarcsModel], source: str) -> AtmosphereGrid:
         chosen = [m for m in models if _is_standard_choice(m)]
         if not chosen:
-            raise AtmosphereCoverageError(f"{source}: no standard MARCS models (plane v_turb 1, sphere 1 Msun v_turb 2)")
+            raise AtmosphereCoverageError(
+                f"{source}: no standard MARCS models (plane v_turb 1, sphere 1 Msun v_turb 2)")
         lgtaur = chosen[0].lgtaur
         data = []
         for m in chosen:
@@ -305,6 +314,12 @@ class AtmosphereGrid:
     def __len__(self) -> int:
         return len(self.params)
 
+    def subset(self, keep: np.ndarray) -> AtmosphereGrid:
+        """A grid of only the models where ``keep`` is true (e.g. for leave-one-out tests)."""
+        keep = np.asarray(keep, dtype=bool)
+        return AtmosphereGrid(self.params[keep], self.geometry[keep], self.radius[keep], self.lgtaur,
+                              self.data[keep], self.names[keep], f"{self.source} (subset of {keep.sum()})")
+
     # ---------------------------------------------------------------------------- interpolation
     def geometry_for(self, logg: float) -> str:
         return "plane" if logg >= PLANE_MIN_LOGG else "sphere"
@@ -314,7 +329,7 @@ class AtmosphereGrid:
 
     def _slice_corners(self, geometry: str, teff: float, logg: float, monh: float):
         """Bilinear corners (index, weight) within one metallicity slice, or None if not covered."""
-        teffs, loggs, _ = self._axes[geometry]
+        teffs, loggs = self._slice_axes[(geometry, float(monh))]
         tb, gb = _bracket(teffs, teff), _bracket(loggs, logg)
         if tb is None or gb is None:
             return None
@@ -328,7 +343,8 @@ class AtmosphereGrid:
         return corners
 
     def _covered_monh(self, geometry: str, teff: float, logg: float) -> list[float]:
-        return [m for m in self._axes[geometry][2] if self._slice_corners(geometry, teff, logg, m) is not None]
+        return [float(m) for m in self._monh_axis[geometry]
+                if self._slice_corners(geometry, teff, logg, m) is not None]
 
     def _blend(self, weighted: list[tuple[int, float]]) -> tuple[np.ndarray, float]:
         """Weighted mean of models' log-quantities; returns (log-space data, log radius)."""
@@ -373,7 +389,7 @@ class AtmosphereGrid:
     def _metallicity_transfer(self, geometry, teff, logg, monh, covered):
         edge = min(covered, key=lambda m: abs(m - monh))
         (edge_logd, edge_logr), _, w_edge = self._interp_bracketed(geometry, teff, logg, edge, covered)
-        teffs = self._axes[geometry][0]
+        teffs = np.unique(self.params[self.geometry == geometry, 0])
         for t_ref in sorted(teffs, key=lambda t: abs(t - teff)):
             cov_ref = self._covered_monh(geometry, t_ref, logg)
             at = self._interp_bracketed(geometry, t_ref, logg, monh, cov_ref)

@@ -49,12 +49,12 @@ def _parse_xfe(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from . import schema
     from .atmospheres import AtmosphereGrid
-    from .gridstore import GridWriter
     from .grid import grid_attrs
+    from .gridstore import GridWriter
     from .linelists import read_linelist
     from .synthesis import PySMEEngine, SpectrumMaker, labels_from_values
-    from . import schema
 
     labels = labels_from_values(args.teff, args.logg, args.feh, args.vmic, args.vbroad, _parse_xfe(args.xfe))
     atmospheres = AtmosphereGrid.from_path(args.atmospheres) if args.atmospheres else None

@@ -27,13 +27,13 @@ import numpy as np
 from . import schema
 from .wavegrid import WavelengthGrid
 
-__all__ = ["FORMAT", "GridReader", "GridWriter", "ProvenanceMismatch"]
+__all__ = ["FORMAT", "GridReader", "GridWriter", "ProvenanceMismatchError"]
 
 FORMAT = "cinn4most-grid/1"
 _METHOD_DTYPE = h5py.string_dtype("utf-8")
 
 
-class ProvenanceMismatch(ValueError):
+class ProvenanceMismatchError(ValueError):
     """An existing grid file was made with different settings than the ones requested."""
 
 
@@ -84,13 +84,14 @@ class GridWriter:
         try:
             f = h5py.File(self.path, "r+", libver="latest")
         except OSError as exc:
-            raise ProvenanceMismatch(f"{self.path} exists but cannot be reopened to resume ({exc}); "
+            raise ProvenanceMismatchError(f"{self.path} exists but cannot be reopened to resume ({exc}); "
                                      "remove it or choose another --out") from None
         for key in self.IDENTITY_KEYS:
-            if key in identity and _attr(f, key) != identity[key]:
+            found = _attr(f, key)
+            if key in identity and found != identity[key]:
                 f.close()
-                raise ProvenanceMismatch(
-                    f"{self.path} exists with {key} = {_attr(f, key)!r}, but this run has {identity[key]!r}; "
+                raise ProvenanceMismatchError(
+                    f"{self.path} exists with {key} = {found!r}, but this run has {identity[key]!r}; "
                     "resume only with the same settings, or choose another --out"
                 )
         return f

@@ -49,7 +49,8 @@ def labels_from_values(teff: float, logg: float, fe_h: float, vmic: float = 1.0,
     for element, value in (xfe or {}).items():
         name = f"{element.lower()}_fe"
         if name not in labels or name == "fe_fe":
-            raise ValueError(f"[{element}/Fe] is not a varied abundance; choose from {', '.join(schema.ABUNDANCE_ELEMENTS)}")
+            known = ", ".join(schema.ABUNDANCE_ELEMENTS)
+            raise ValueError(f"[{element}/Fe] is not a varied abundance; choose from {known}")
         labels[name] = float(value)
     schema.check_in_bounds(labels)
     return labels

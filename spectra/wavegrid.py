@@ -100,7 +100,7 @@ def _build(name: str, step: float, pad: float, centred: bool, definition: str) -
     pieces, segments, start_index = [], [], 0
     for _, lo, hi in HR_WINDOWS:
         lo, hi = lo - pad, hi + pad
-        n = int(round((hi - lo) / step))
+        n = round((hi - lo) / step)
         offset = 0.5 if centred else 0.0
         pieces.append(lo + (np.arange(n) + offset) * step)
         segments.append(slice(start_index, start_index + n))

@@ -1,0 +1,49 @@
+"""Shared fixtures: paths to the shared data and small synthetic grids that need no synthesis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spectra import schema
+from spectra.gridstore import GridWriter
+from spectra.prior import draw_labels
+from spectra.wavegrid import hr_grid
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} not available")
+    return path
+
+
+def line_spectrum(wave: np.ndarray, seed: int = 0, n_lines: int = 400) -> np.ndarray:
+    """A continuum-normalised spectrum of Gaussian absorption lines (no synthesis needed)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(wave.min(), wave.max(), n_lines)
+    depths = rng.uniform(0.05, 0.6, n_lines)
+    flux = np.ones_like(wave)
+    for c, d in zip(centres, depths, strict=True):
+        near = np.abs(wave - c) < 1.0
+        flux[near] *= 1.0 - d * np.exp(-0.5 * ((wave[near] - c) / 0.08) ** 2)
+    return flux
+
+
+@pytest.fixture
+def fake_grid(tmp_path: Path) -> Path:
+    """A 6-row grid file with line spectra instead of syntheses (row 4 left unfinished)."""
+    path = tmp_path / "fake.h5"
+    grid = hr_grid()
+    labels = draw_labels(6, seed=1)
+    attrs = {"seed": 1, "prior": "test", "engine": "fake", "engine_version": "0", "linelist_sha256": "none"}
+    with GridWriter(path, 6, grid, attrs) as writer:
+        for i in range(6):
+            if i != 4:
+                writer.write_row(i, line_spectrum(grid.wave, seed=i), labels[i], "interpolated", 0.0)
+    assert len(labels[0]) == len(schema.ALL_LABELS)
+    return path

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from spectra.gridstore import GridReader, GridWriter, ProvenanceMismatchError
+from spectra.wavegrid import hr_grid
+
+ATTRS = {"seed": 1, "prior": "test", "engine": "fake", "engine_version": "0", "linelist_sha256": "none"}
+
+
+def test_layout_and_lazy_reading(fake_grid):
+    with GridReader(fake_grid) as grid:
+        assert grid.n == 6 and grid.wavelength.size == hr_grid().size
+        assert grid.flux.dtype == np.float32 and grid.flux.shape == (6, hr_grid().size)
+        assert list(grid.done) == [True, True, True, True, False, True]
+        assert grid.label_names[:3] == ["teff", "logg", "fe_h"]
+        assert np.isnan(grid.flux[4]).all()
+        assert grid.attrs["engine"] == "fake" and grid.attrs["format"] == "cinn4most-grid/1"
+        assert grid.atmosphere_method[0] == "interpolated"
+
+
+def test_reopening_resumes_and_refuses_other_settings(fake_grid):
+    with GridWriter(fake_grid, 6, hr_grid(), ATTRS) as writer:
+        assert list(np.flatnonzero(~writer.done)) == [4]
+    with pytest.raises(ProvenanceMismatchError, match=r"exists with seed = 1, but this run has 2"):
+        GridWriter(fake_grid, 6, hr_grid(), {**ATTRS, "seed": 2})
+    with pytest.raises(ProvenanceMismatchError, match=r"exists with n = 6"):
+        GridWriter(fake_grid, 7, hr_grid(), ATTRS)
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"folder .*missing does not exist"):
+        GridWriter(tmp_path / "missing" / "grid.h5", 2, hr_grid(), ATTRS)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if (locked / "probe").parent.stat().st_mode & 0o200 == 0:
+            try:
+                (locked / "probe").write_text("x")
+                pytest.skip("running as a user that ignores permissions")
+            except PermissionError:
+                pass
+        with pytest.raises(PermissionError, match=r"cannot create grid file"):
+            GridWriter(locked / "grid.h5", 2, hr_grid(), ATTRS)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_not_a_grid(tmp_path):
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_text("hello")
+    with pytest.raises(ValueError, match=r"not a readable HDF5 grid"):
+        GridReader(bogus)
