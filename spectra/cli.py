@@ -1,6 +1,6 @@
 """``spectra``: make, import and inspect synthetic 4MOST HR spectra.
 
-Subcommands: ``grid``, ``synth``, ``survey``, ``import-tsfitpy``, ``info``, and the maintenance
+Subcommands: ``grid``, ``synth``, ``survey``, ``import-tsfitpy``, ``info``, ``plot``, and the maintenance
 commands ``atmospheres pack`` and ``linelist build`` that (re)build the data shipped in the package.
 Each subcommand parses its arguments and calls one library function; errors become one clear
 line on stderr and exit status 2.
@@ -117,6 +117,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_grid_rows, plot_survey_rows
+
+    zoom = None
+    if args.zoom:
+        try:
+            lo, hi = (float(x) for x in args.zoom.split("-"))
+        except ValueError:
+            raise ValueError(f"--zoom {args.zoom!r}: expected LOW-HIGH in Angstrom, e.g. 6700-6715") from None
+        zoom = (lo, hi)
+    if bool(args.grid) == bool(args.survey):
+        raise ValueError("give exactly one of --grid or --survey")
+    plot = plot_grid_rows if args.grid else plot_survey_rows
+    out = plot(args.grid or args.survey, args.rows, args.out, zoom)
+    print(f"{out}: {len(args.rows)} spectra")
+    return 0
+
+
 def _cmd_atmospheres_pack(args: argparse.Namespace) -> int:
     from .atmospheres import AtmosphereGrid
 
@@ -183,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a grid file")
     p.add_argument("grid")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("plot", help="plot spectra of a grid or survey to PNG")
+    p.add_argument("--grid", help="grid HDF5 file")
+    p.add_argument("--survey", help="survey .zarr folder")
+    p.add_argument("--rows", type=int, nargs="+", default=[0], help="row indices")
+    p.add_argument("--zoom", help="wavelength range LOW-HIGH in Angstrom (default: both windows)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("atmospheres", help="maintenance: pack MARCS models into the package grid")
     asub = p.add_subparsers(dest="action", required=True)

@@ -11,13 +11,17 @@ Layout (h5py)::
     attrs: format, engine, engine_version, linelist_sha256, atmosphere_source, prior, seed, ...
 
 A row counts only once ``done`` is true, so an interrupted writer loses at most the rows in
-flight, never a half-written one. The file is opened in SWMR mode while writing so that it stays
-readable if the writer dies.
+flight, never a half-written one. Each finished row is also journaled first to
+``<out>.journal/<row>.npz`` (written to a temporary name, then renamed: atomic). Should a writer be
+killed in the middle of an HDF5 write and leave the file unreadable, reopening moves it aside and
+rebuilds it from the journal; the journal is removed once every row is done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,20 +50,21 @@ class GridWriter:
     def __init__(self, path: str | Path, n: int, grid: WavelengthGrid, attrs: Mapping[str, object]):
         self.path = Path(path)
         self.grid = grid
+        self.journal = self.path.with_name(self.path.name + ".journal")
         identity = {"format": FORMAT, "n": n, "wavelength_sha256": grid.sha256(), **attrs}
         if self.path.exists():
             self._file = self._reopen(identity)
         else:
             self._file = self._create(n, identity)
-        self._file.swmr_mode = True
         self._done = self._file["done"][:]
+        self._replay_journal()
 
     def _create(self, n: int, identity: Mapping[str, object]) -> h5py.File:
         parent = self.path.parent
         if not parent.exists():
             raise FileNotFoundError(f"cannot write {self.path}: folder {parent} does not exist")
         try:
-            f = h5py.File(self.path, "w", libver="latest")
+            f = h5py.File(self.path, "w")
         except OSError as exc:
             raise PermissionError(f"cannot create grid file {self.path}: {exc}") from None
         p = self.grid.size
@@ -82,10 +87,15 @@ class GridWriter:
 
     def _reopen(self, identity: Mapping[str, object]) -> h5py.File:
         try:
-            f = h5py.File(self.path, "r+", libver="latest")
+            f = h5py.File(self.path, "r+")
         except OSError as exc:
-            raise ProvenanceMismatchError(f"{self.path} exists but cannot be reopened to resume ({exc}); "
-                                     "remove it or choose another --out") from None
+            if not self.journal.is_dir():
+                raise ProvenanceMismatchError(f"{self.path} exists but cannot be reopened to resume ({exc}); "
+                                              "remove it or choose another --out") from None
+            # Killed mid-write: keep the damaged file for inspection, rebuild from the journal.
+            aside = self.path.with_name(self.path.name + f".damaged-{dt.datetime.now():%Y%m%dT%H%M%S}")
+            self.path.rename(aside)
+            return self._create(int(identity["n"]), identity)
         for key in self.IDENTITY_KEYS:
             found = _attr(f, key)
             if key in identity and found != identity[key]:
@@ -100,9 +110,26 @@ class GridWriter:
     def done(self) -> np.ndarray:
         return self._done.copy()
 
+    def _replay_journal(self) -> None:
+        if not self.journal.is_dir():
+            return
+        for entry in sorted(self.journal.glob("*.npz")):
+            index = int(entry.stem)
+            if index < self._done.size and not self._done[index]:
+                with np.load(entry) as row:
+                    self._write_hdf5(index, row["flux"], row["labels"], str(row["method"]), float(row["seconds"]))
+
     def write_row(self, index: int, flux: np.ndarray, labels: np.ndarray, method: str, seconds: float) -> None:
         if flux.shape != (self.grid.size,):
             raise ValueError(f"row {index}: flux has {flux.size} pixels; the grid has {self.grid.size}")
+        self.journal.mkdir(exist_ok=True)
+        tmp = self.journal / f"{index:09d}.partial"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, flux=flux.astype(np.float32), labels=labels, method=np.array(method), seconds=seconds)
+        os.replace(tmp, self.journal / f"{index:09d}.npz")
+        self._write_hdf5(index, flux, labels, method, seconds)
+
+    def _write_hdf5(self, index: int, flux: np.ndarray, labels: np.ndarray, method: str, seconds: float) -> None:
         f = self._file
         f["flux"][index] = flux.astype(np.float32)
         f["labels"][index] = labels
@@ -117,6 +144,8 @@ class GridWriter:
         if self._file:
             self._file.close()
             self._file = None
+            if self._done.all() and self.journal.is_dir():
+                shutil.rmtree(self.journal)
 
     def __enter__(self) -> GridWriter:
         return self
@@ -142,7 +171,8 @@ class GridReader:
         if not self.path.is_file():
             raise FileNotFoundError(f"grid file {self.path} not found")
         try:
-            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
+            # locking=False: a grid may be inspected while its writer is still running
+            self._file = h5py.File(self.path, "r", locking=False)
         except OSError as exc:
             raise ValueError(f"{self.path} is not a readable HDF5 grid ({exc})") from None
         missing = [k for k in ("wavelength", "flux", "labels", "done") if k not in self._file]

@@ -51,3 +51,23 @@ def test_not_a_grid(tmp_path):
     bogus.write_text("hello")
     with pytest.raises(ValueError, match=r"not a readable HDF5 grid"):
         GridReader(bogus)
+
+
+def test_damaged_file_is_rebuilt_from_the_journal(tmp_path):
+    path = tmp_path / "g.h5"
+    grid = hr_grid()
+    writer = GridWriter(path, 3, grid, ATTRS)
+    rows = {i: np.full(grid.size, 0.5 + 0.1 * i) for i in (0, 2)}
+    for i, flux in rows.items():
+        writer.write_row(i, flux, np.arange(26.0) + i, "interpolated", 1.0)
+    writer._file.close()  # simulate a writer killed before close(): journal stays
+    path.write_bytes(path.read_bytes()[:2000])  # ...and a half-written, unreadable HDF5 file
+    with GridWriter(path, 3, grid, ATTRS) as again:
+        assert list(again.done) == [True, False, True]
+        again.write_row(1, np.ones(grid.size), np.zeros(26), "interpolated", 1.0)
+    assert not again.journal.exists()  # complete: journal removed
+    assert len(list(tmp_path.glob("g.h5.damaged-*"))) == 1
+    with GridReader(path) as reader:
+        assert reader.done.all()
+        np.testing.assert_allclose(reader.flux[2], 0.7, rtol=1e-6)
+        assert reader.labels[2, 1] == 3.0
