@@ -208,6 +208,10 @@ class GridReader:
     def atmosphere_method(self) -> np.ndarray:
         return np.array([m.decode() if isinstance(m, bytes) else str(m) for m in self._file["atmosphere_method"][:]])
 
+    @property
+    def synthesis_seconds(self) -> np.ndarray:
+        return self._file["synthesis_seconds"][:]
+
     def close(self) -> None:
         self._file.close()
 
