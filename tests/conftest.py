@@ -47,3 +47,23 @@ def fake_grid(tmp_path: Path) -> Path:
                 writer.write_row(i, line_spectrum(grid.wave, seed=i), labels[i], "interpolated", 0.0)
     assert len(labels[0]) == len(schema.ALL_LABELS)
     return path
+
+
+@pytest.fixture
+def labelled_grid(tmp_path: Path) -> Path:
+    """A 60-row grid whose line depths depend on T_eff, log g and [Fe/H]: learnable without synthesis."""
+    path = tmp_path / "labelled.h5"
+    grid = hr_grid()
+    labels = draw_labels(60, seed=2)
+    names = schema.label_names()
+    base_a = 1.0 - line_spectrum(grid.wave, seed=10, n_lines=300)  # depth patterns
+    base_b = 1.0 - line_spectrum(grid.wave, seed=11, n_lines=300)
+    attrs = {"seed": 2, "prior": "test", "engine": "fake", "engine_version": "0", "linelist_sha256": "none"}
+    with GridWriter(path, 60, grid, attrs) as writer:
+        for i, row in enumerate(labels):
+            teff, logg, feh = row[names.index("teff")], row[names.index("logg")], row[names.index("fe_h")]
+            a = 0.3 + 0.25 * (feh + 5) / 5.5 - 0.15 * (teff - 5500) / 1500
+            b = 0.2 + 0.1 * (logg - 3)
+            flux = np.clip(1.0 - a * base_a - b * base_b, 0.05, 1.0)
+            writer.write_row(i, flux, row, "interpolated", 0.0)
+    return path

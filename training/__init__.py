@@ -1,1 +1,1 @@
-"""training: fit and evaluate the cINN."""
+"""training: the FrEIA cINN, its data pipeline, training loop and evaluation."""

@@ -1,4 +1,7 @@
-"""``training``: fit and evaluate the cINN (its subcommands land with issue #4; none exist yet)."""
+"""``training``: fit the cINN on a grid, evaluate it, describe a config.
+
+Subcommands: ``fit``, ``evaluate``, ``describe``. Errors become one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,99 @@ import sys
 __all__ = ["main"]
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .fit import fit
+
+    config = load_config(args.config, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
+                         snr_mode=args.snr_mode, seed=args.seed)
+    result = fit(args.grid, config, args.out, device=args.device, restart=args.restart, progress=not args.quiet)
+    print(f"{result.run}: {result.epochs_done} epochs, best validation loss {result.best_val:.4f} at epoch "
+          f"{result.best_epoch}{' (stopped early)' if result.stopped_early else ''}; {result.n_parameters:,} "
+          f"parameters; {result.seconds:.0f} s this call. Loss curves: {result.run / 'loss.png'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from spectra.survey import parse_snr
+
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.run, args.grid, args.out, split=args.split, snr=parse_snr(args.snr),
+                       n_samples=args.samples, seed=args.seed, max_spectra=args.max_spectra, progress=not args.quiet)
+    print(f"{args.out}/report.md: {metrics['n_spectra']} spectra x {len(metrics['per_snr'])} S/N, "
+          f"{metrics['spectra_per_second']:.2f} spectra/s")
+    for key in ("250", "50"):
+        if key in metrics["per_snr"]:
+            p = metrics["per_snr"][key]["params"]
+            print(f"  S/N {key}: " + ", ".join(f"{n} {p[n]['bias']:+.3g}±{p[n]['sigma']:.3g} "
+                                               f"(cov68 {p[n]['coverage68']:.2f})" for n in ("teff", "logg", "fe_h")))
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from spectra.wavegrid import hr_grid
+
+    from .config import load_config
+    from .model import CINN, count_parameters
+
+    config = load_config(args.config)
+    model = CINN(config, hr_grid().size, 13)
+    fe, flow = count_parameters(model.feature_extractor), count_parameters(model.flow)
+    blocks = sum(1 for m in model.flow.module_list if type(m).__name__ == "GLOWCouplingBlock")
+    layers = " -> ".join(map(str, config.feature_layers))
+    print(f"config {config.name}: feature extractor {hr_grid().size}+1 -> {layers} ({fe:,} parameters); "
+          f"{blocks} GLOW blocks with subnets of {config.subnet_layers} layers x "
+          f"{config.subnet_width} ({flow:,} parameters); total {fe + flow:,}")
+    print(config.to_json())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="training", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="train a cINN on a grid (resumes an interrupted run in --out)")
+    p.add_argument("--grid", required=True, help="grid HDF5 file (spectra grid)")
+    p.add_argument("--config", default="small", help="paper | small | tiny | a JSON file of config fields")
+    p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--epochs", type=int, help="override the config's epoch count")
+    p.add_argument("--batches-per-epoch", type=int, help="override the config's batches per epoch")
+    p.add_argument("--snr-mode", choices=["paper", "continuous"], help="discrete paper S/N or log-uniform 10-1000")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("evaluate", help="posterior accuracy and calibration on a split of the grid")
+    p.add_argument("--run", required=True)
+    p.add_argument("--grid", required=True)
+    p.add_argument("--split", default="test", choices=["train", "test", "val"])
+    p.add_argument("--snr", default="paper", help="'paper' (19 values), a list like 50,250, or LOW-HIGH")
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--max-spectra", type=int, help="evaluate only the first N spectra of the split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("describe", help="build a config's model and print its size")
+    p.add_argument("--config", default="paper")
+    p.set_defaults(func=_cmd_describe)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="training", description=__doc__.strip("`"))
-    parser.parse_args(argv)
-    print("training: no subcommands are implemented yet (issue #4); see README.md", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"training {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"training {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""The cINN: architecture, invertibility, log-det convention, data split, training, resume, evaluation."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("FrEIA")
+
+from training.config import CONFIGS, load_config  # noqa: E402
+from training.data import GridData, split_rows  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.fit import DivergenceError, fit, load_run  # noqa: E402
+from training.model import CINN, count_parameters  # noqa: E402
+
+
+def _randomised(model: CINN, scale: float = 0.2) -> CINN:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.flow.parameters():
+            if p.is_floating_point():
+                p.add_(scale * torch.randn_like(p))
+    return model.double()
+
+
+def test_paper_config_matches_the_paper():
+    model = CINN(CONFIGS["paper"], 25_200, 13)
+    linear = [m for m in model.feature_extractor if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(25_201, 2048), (2048, 1024), (1024, 512), (512, 256)]
+    blocks = [m for m in model.flow.module_list if type(m).__name__ == "GLOWCouplingBlock"]
+    perms = [m for m in model.flow.module_list if type(m).__name__ == "PermuteRandom"]
+    assert len(blocks) == 16 and len(perms) == 16
+    sub = [m for m in blocks[0].subnet1 if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in sub] == [(6 + 256, 512), (512, 512), (512, 14)]
+    assert blocks[0].clamp == 1.9
+    assert count_parameters(model) == 67_304_000
+
+
+def test_clamp_is_the_papers_atan():
+    from training.model import atan_clamp
+
+    s = torch.linspace(-50, 50, 101)
+    clamped = 1.9 * atan_clamp(s, 1.9)
+    assert torch.allclose(clamped, (2 * 1.9 / np.pi) * torch.atan(s / 1.9))
+    assert clamped.abs().max() < 1.9
+
+
+def test_flow_is_invertible():
+    model = _randomised(CINN(CONFIGS["tiny"], 50, 13))
+    x = torch.randn(64, 13, dtype=torch.float64)
+    c = torch.randn(64, model.n_features, dtype=torch.float64)
+    z, log_fwd = model(x, c)
+    x_back, log_rev = model.reverse(z, c)
+    assert torch.max(torch.abs(x_back - x)) < 1e-4
+    assert torch.allclose(log_fwd, -log_rev, atol=1e-8)
+
+
+def test_log_det_sign_against_a_numerical_jacobian():
+    model = _randomised(CINN(replace(CONFIGS["tiny"], n_blocks=3), 50, 13))
+    c = torch.randn(1, model.n_features, dtype=torch.float64)
+    x0 = torch.randn(13, dtype=torch.float64)
+    eps = 1e-6
+    jac = torch.stack([(model((x0 + eps * e)[None], c)[0] - model((x0 - eps * e)[None], c)[0])[0] / (2 * eps)
+                       for e in torch.eye(13, dtype=torch.float64)], dim=1)
+    _, logdet_numeric = torch.linalg.slogdet(jac)
+    _, log_fwd = model(x0[None], c)
+    assert abs(float(log_fwd[0]) - float(logdet_numeric)) < 1e-5   # forward returns log|det dz/dx|
+    z0 = model(x0[None], c)[0]
+    _, log_rev = model.reverse(z0, c)
+    assert abs(float(log_rev[0]) + float(logdet_numeric)) < 1e-5   # reverse returns log|det dx/dz|
+
+
+def test_split_never_puts_a_base_spectrum_on_both_sides(labelled_grid):
+    data = GridData(labelled_grid, (0.75, 0.20, 0.05), split_seed=3)
+    train, test, val = set(data.split.train), set(data.split.test), set(data.split.val)
+    assert not (train & test) and not (train & val) and not (test & val)
+    assert train | test | val == set(data.rows)
+    assert (len(train), len(test), len(val)) == (45, 12, 3)
+    # noisy copies are drawn from the requested rows only, and the split is reproducible
+    rng = np.random.default_rng(0)
+    rows = rng.choice(data.split.train, 32)
+    _, snr, x = data.noisy_batch(rows, rng, "paper")
+    np.testing.assert_allclose(x, data.standardise(data.labels[rows]), rtol=1e-5, atol=1e-6)
+    assert set(np.unique(snr)) <= {10, 12, 14, 16, 18, 20, 23, 26, 30, 35, 40, 45, 50, 80, 100, 130, 180, 250, 1000}
+    np.testing.assert_array_equal(split_rows(data.rows, (0.75, 0.2, 0.05), 3).test, data.split.test)
+    data.close()
+
+
+def test_continuous_snr_is_log_uniform_in_10_1000(labelled_grid):
+    data = GridData(labelled_grid)
+    _, snr, _ = data.noisy_batch(np.zeros(4000, dtype=int), np.random.default_rng(1), "continuous")
+    log_snr = np.log10(snr[:, 0])
+    assert log_snr.min() >= 1.0 and log_snr.max() <= 3.0 and abs(np.median(log_snr) - 2.0) < 0.05
+    data.close()
+
+
+def test_loss_decreases_and_run_files(labelled_grid, tmp_path):
+    config = replace(CONFIGS["tiny"], epochs=6, batches_per_epoch=8, lr=3e-3)
+    result = fit(labelled_grid, config, tmp_path / "run", device="cpu", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert result.epochs_done == 6
+    assert history[-1]["train_nll"] < history[0]["train_nll"] - 0.1
+    for name in ("config.json", "checkpoint.pt", "best.pt", "loss.png", "run.json"):
+        assert (tmp_path / "run" / name).exists()
+    _, cfg, meta = load_run(tmp_path / "run")
+    assert cfg == config and meta["epoch"] == result.best_epoch
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(labelled_grid, tmp_path):
+    config = replace(CONFIGS["tiny"], epochs=4, batches_per_epoch=3)
+    fit(labelled_grid, config, tmp_path / "straight", device="cpu", progress=False)
+    fit(labelled_grid, config, tmp_path / "resumed", device="cpu", progress=False, stop_after_epochs=2)
+    fit(labelled_grid, config, tmp_path / "resumed", device="cpu", progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+
+
+def test_diverging_run_stops_with_a_clear_message(labelled_grid, tmp_path):
+    import h5py
+
+    with h5py.File(labelled_grid, "r+") as f:
+        f["flux"][:, 100] = np.inf
+    with pytest.raises(DivergenceError, match="loss became"):
+        fit(labelled_grid, CONFIGS["tiny"], tmp_path / "bad", device="cpu", progress=False)
+
+
+def test_config_file_and_errors(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"name": "mine", "n_blocks": 4, "feature_layers": [64, 32]}))
+    config = load_config(str(path), epochs=7)
+    assert config.n_blocks == 4 and config.feature_layers == (64, 32) and config.epochs == 7
+    path.write_text(json.dumps({"name": "x", "blocks": 4}))
+    with pytest.raises(ValueError, match="unknown config field"):
+        load_config(str(path))
+    with pytest.raises(FileNotFoundError, match="neither one of"):
+        load_config("huge")
+
+
+def test_evaluation_report(labelled_grid, tmp_path):
+    from spectra.survey import parse_snr
+
+    fit(labelled_grid, replace(CONFIGS["tiny"], epochs=2), tmp_path / "run", device="cpu", progress=False)
+    metrics = evaluate(tmp_path / "run", labelled_grid, tmp_path / "report", snr=parse_snr("50,250"),
+                       n_samples=256, progress=False)
+    assert set(metrics["per_snr"]) == {"50", "250"}
+    p = metrics["per_snr"]["250"]["params"]["teff"]
+    assert 0 <= p["coverage68"] <= 1 and sum(p["sbc_hist"]) == metrics["n_spectra"]
+    for name in ("report.md", "metrics.json", "predicted_vs_true.png", "sbc.png", "residuals_vs_snr.png"):
+        assert (tmp_path / "report" / name).exists()
+    assert "Table A.1" in (tmp_path / "report" / "report.md").read_text()

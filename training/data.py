@@ -1,0 +1,148 @@
+"""Training data: a lazy view of a grid file, the split by base spectrum, noise augmentation on the fly.
+
+* **Split** (paper Sect. 2.1): the finished rows of the grid (the base spectra) are permuted with a
+  fixed seed and cut 75 / 20 / 5 % into train / test / validation. Noisy copies are made on the fly
+  from a base spectrum of one split only, so no star is on both sides.
+* **Noise**: each time a spectrum is drawn it gets fresh noise (``spectra.degrade.add_noise``, paper
+  Eq. 1 with S/N per Å) at an S/N drawn from the paper's 19 values (``snr_mode="paper"``) or
+  log-uniformly in 10-1000 (``"continuous"``, the paper's stated next step). The network is given
+  the S/N used for the noise.
+* **Standardisation**: targets are transformed (log10 T_eff, log10 v_broad, from ``spectra.schema``)
+  and standardised with the training rows' mean and std; flux and log10 S/N with the mean and std
+  of noisy training draws (the augmented training set, as in the paper).
+* **Laziness**: rows are read from the HDF5 file per batch; grids smaller than ``cache_bytes`` are
+  held in memory once (a 500-spectrum grid is 50 MB; the paper's is ~3 GB noiseless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spectra import schema
+from spectra.degrade import add_noise
+from spectra.gridstore import GridReader
+from spectra.survey import PAPER_SNR
+
+__all__ = ["SNR_RANGE", "GridData", "Split", "draw_snr", "split_rows"]
+
+SNR_RANGE = (10.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    test: np.ndarray
+    val: np.ndarray
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in ("train", "test", "val"):
+            raise KeyError(f"unknown split {name!r}; choose train, test or val")
+        return getattr(self, name)
+
+
+def split_rows(rows: np.ndarray, fractions: tuple[float, float, float], seed: int) -> Split:
+    """Permute base-spectrum rows with ``seed`` and cut them into train / test / validation."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    rows = np.random.default_rng(seed).permutation(np.asarray(rows))
+    n_train = round(fractions[0] * rows.size)
+    n_test = round(fractions[1] * rows.size)
+    return Split(np.sort(rows[:n_train]), np.sort(rows[n_train:n_train + n_test]), np.sort(rows[n_train + n_test:]))
+
+
+def draw_snr(rng: np.random.Generator, n: int, mode: str) -> np.ndarray:
+    if mode == "paper":
+        return rng.choice(np.asarray(PAPER_SNR, dtype=float), size=n)
+    if mode == "continuous":
+        return np.exp(rng.uniform(np.log(SNR_RANGE[0]), np.log(SNR_RANGE[1]), size=n))
+    raise ValueError(f"snr_mode must be 'paper' or 'continuous', got {mode!r}")
+
+
+class GridData:
+    """Targets, split and noisy batches from a grid file (see the module docstring)."""
+
+    def __init__(self, grid_path: str | Path, fractions=(0.75, 0.20, 0.05), split_seed: int = 0,
+                 cache_bytes: int = 4 << 30):
+        self.path = Path(grid_path)
+        self.reader = GridReader(self.path)
+        names = self.reader.label_names
+        missing = [n for n in schema.target_names() if n not in names]
+        if missing:
+            raise ValueError(f"{self.path}: labels lack target(s) {missing}")
+        self.target_names = schema.target_names()
+        self._columns = [names.index(n) for n in self.target_names]
+        done = np.flatnonzero(self.reader.done)
+        if done.size < 10:
+            raise ValueError(f"{self.path}: only {done.size} finished spectra; training needs at least 10")
+        self.rows = done
+        self.split = split_rows(done, fractions, split_seed)
+        self.wavelength = self.reader.wavelength
+        self.pixel = float(np.median(np.diff(self.wavelength)))
+        self.labels = self.reader.labels[:, self._columns]  # physical units, all rows
+        transformed = self.transform(self.labels[self.split.train])
+        self.x_mean, self.x_std = transformed.mean(axis=0), transformed.std(axis=0) + 1e-8
+        flux_bytes = self.reader.flux.size * 4
+        self._cache = self.reader.flux[:] if flux_bytes <= cache_bytes else None
+        self.grid_attrs = self.reader.attrs
+
+    @property
+    def n_pixels(self) -> int:
+        return self.wavelength.size
+
+    @property
+    def n_params(self) -> int:
+        return len(self.target_names)
+
+    @staticmethod
+    def transform(labels: np.ndarray) -> np.ndarray:
+        """Physical targets (N, 13) -> network space before standardisation (log10 where the schema says)."""
+        return np.column_stack([p.to_network(labels[:, j]) for j, p in enumerate(schema.TARGETS)])
+
+    def standardise(self, labels: np.ndarray) -> np.ndarray:
+        return (self.transform(labels) - self.x_mean) / self.x_std
+
+    def flux(self, rows: np.ndarray) -> np.ndarray:
+        """Noiseless flux of grid rows (any order, repeats allowed), float64."""
+        rows = np.asarray(rows)
+        if self._cache is not None:
+            return self._cache[rows].astype(float)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return self.reader.flux[unique, :][inverse].astype(float)
+
+    def noisy_batch(self, rows: np.ndarray, rng: np.random.Generator, snr_mode: str,
+                    snr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(noisy flux (B, P) float32, S/N per Å (B, 1) float32, standardised targets (B, 13) float32)."""
+        clean = self.flux(rows)
+        if snr is None:
+            snr = draw_snr(rng, len(rows), snr_mode)
+        noisy = add_noise(clean, snr, self.pixel, rng)
+        x = self.standardise(self.labels[rows])
+        return noisy.astype(np.float32), snr.reshape(-1, 1).astype(np.float32), x.astype(np.float32)
+
+    def flux_statistics(self, snr_mode: str, seed: int, n_draws: int = 4096) -> dict[str, np.ndarray]:
+        """Mean/std of noisy training flux and of log10 S/N (the augmented training set)."""
+        rng = np.random.default_rng([seed, 7919])
+        total = np.zeros(self.n_pixels)
+        total_sq = np.zeros(self.n_pixels)
+        log_snr = []
+        done = 0
+        while done < n_draws:
+            b = min(512, n_draws - done)
+            rows = rng.choice(self.split.train, size=b)
+            flux, snr, _ = self.noisy_batch(rows, rng, snr_mode)
+            total += flux.sum(axis=0, dtype=float)
+            total_sq += (flux.astype(float) ** 2).sum(axis=0)
+            log_snr.append(np.log10(snr[:, 0]))
+            done += b
+        mean = total / n_draws
+        std = np.sqrt(np.maximum(total_sq / n_draws - mean**2, 0.0))
+        log_snr = np.concatenate(log_snr)
+        return {"flux_mean": mean, "flux_std": np.maximum(std, 1e-3),
+                "log_snr_mean": np.array([log_snr.mean()]), "log_snr_std": np.array([log_snr.std() + 1e-8]),
+                "x_mean": self.x_mean, "x_std": self.x_std}
+
+    def close(self) -> None:
+        self.reader.close()

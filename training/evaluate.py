@@ -1,0 +1,244 @@
+"""Evaluate a trained cINN on a split of its grid, as in the paper's Sect. 4.2 and Appendix A.
+
+For each spectrum of the split and each requested S/N a noisy copy is made (seeded by the spectrum's
+row, the S/N and ``seed``), 4096 posterior samples are drawn with their densities, samples outside
+the training bounds are rejected, and the MAP (highest-density valid sample) and quantiles are
+computed with ``runtime.posterior.summarize`` (the same code the runtime uses). Reported per S/N and
+parameter:
+
+* Table A.1 analogue: mean residual (MAP - truth) +/- its standard deviation;
+* Table A.2 analogue: NRMSE = RMSE / (max - min of the parameter over the training rows);
+* calibration: fraction of true values inside the central 68 % and 95 % intervals, and simulation-
+  based-calibration (SBC) ranks: the fraction of valid samples below the truth, uniform if calibrated;
+* median width of the 68 % interval and the mean rejected fraction.
+
+Writes ``report.md``, ``metrics.json``, ``predicted_vs_true.png`` (Fig. 5 style), ``residuals_vs_snr.png``
+(Fig. 4 style) and ``sbc.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from runtime.posterior import summarize
+from spectra import schema
+from spectra.survey import SnrSpec
+
+from .data import GridData
+from .fit import load_run
+from .model import CINN
+
+__all__ = ["evaluate", "sample_posterior"]
+
+
+def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
+                     device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised posterior samples (N, S, D) and their log densities (N, S) for N spectra.
+
+    ``seeds[i]`` seeds spectrum i's latent draws, so results do not depend on batching.
+    """
+    device = device or torch.device("cpu")
+    n, d = flux.shape[0], model.n_params
+    z = np.stack([np.random.default_rng(s).standard_normal((n_samples, d)) for s in seeds]).astype(np.float32)
+    with torch.no_grad():
+        c = model.features(torch.from_numpy(flux).to(device), torch.from_numpy(snr).to(device))
+        c_rep = c.repeat_interleave(n_samples, dim=0)
+        zt = torch.from_numpy(z.reshape(n * n_samples, d)).to(device)
+        x, log_det_xz = model.reverse(zt, c_rep)
+    log_density = -0.5 * (z.reshape(n * n_samples, d) ** 2).sum(axis=1) - 0.5 * d * math.log(2 * math.pi)
+    log_density = log_density - log_det_xz.cpu().numpy()
+    return x.cpu().numpy().reshape(n, n_samples, d), log_density.reshape(n, n_samples)
+
+
+def to_physical(x_std: np.ndarray, x_mean: np.ndarray, x_std_dev: np.ndarray) -> np.ndarray:
+    net = x_std * x_std_dev + x_mean
+    out = np.empty_like(net)
+    for j, p in enumerate(schema.TARGETS):
+        out[..., j] = p.from_network(net[..., j])
+    return out
+
+
+def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "test",
+             snr: SnrSpec | None = None, n_samples: int = 4096, seed: int = 0, max_spectra: int | None = None,
+             spectra_per_call: int = 8, progress: bool = True) -> dict:
+    """Run the evaluation and write the report files; returns the metrics dictionary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, config, meta = load_run(run)
+    data = GridData(grid, config.split, config.split_seed)
+    if data.n_pixels != model.n_pixels:
+        raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")
+    rows = data.split[split]
+    if max_spectra:
+        rows = rows[:max_spectra]
+    snr = snr or SnrSpec(values=(250.0,))
+    snr_values = list(snr.values) if snr.values else [None]
+    names = data.target_names
+    lower = np.array([p.lower for p in schema.TARGETS])
+    upper = np.array([p.upper for p in schema.TARGETS])
+    train_labels = data.labels[data.split.train]
+    label_range = train_labels.max(axis=0) - train_labels.min(axis=0)
+    x_mean, x_sd = model.x_mean.numpy().astype(float), model.x_std.numpy().astype(float)
+
+    results = {}
+    start = time.perf_counter()
+    total = len(rows) * len(snr_values)
+    bar = tqdm(total=total, desc="evaluate", unit="spec", disable=not progress)
+    for k, snr_value in enumerate(snr_values):
+        truth_all, maps, q_all, n_valid, ranks, snrs = [], [], [], [], [], []
+        for start_i in range(0, len(rows), spectra_per_call):
+            batch = rows[start_i:start_i + spectra_per_call]
+            rng = np.random.default_rng([seed, k, start_i])
+            fixed = None if snr_value is None else np.full(len(batch), float(snr_value))
+            flux, snr_in, _ = data.noisy_batch(batch, rng, config.snr_mode, fixed)
+            seeds = [[seed, int(r), k, 17] for r in batch]
+            x_std, logp = sample_posterior(model, flux, snr_in, n_samples, seeds)
+            phys = to_physical(x_std, x_mean, x_sd)
+            summary = summarize(phys, logp, lower, upper)
+            truth = data.labels[batch]
+            valid = np.all((phys >= lower) & (phys <= upper), axis=2)
+            below = np.where(valid[..., None], phys < truth[:, None, :], False).sum(axis=1)
+            ranks.append(below / np.maximum(summary.n_valid, 1)[:, None])
+            truth_all.append(truth)
+            maps.append(summary.map)
+            q_all.append(summary.quantiles)
+            n_valid.append(summary.n_valid)
+            snrs.append(snr_in[:, 0])
+            bar.update(len(batch))
+        key = "continuous" if snr_value is None else f"{snr_value:g}"
+        results[key] = _metrics(np.concatenate(truth_all), np.concatenate(maps), np.concatenate(q_all),
+                                np.concatenate(n_valid), np.concatenate(ranks), n_samples, label_range, names)
+        results[key]["_arrays"] = {"truth": np.concatenate(truth_all), "map": np.concatenate(maps)}
+    bar.close()
+    seconds = time.perf_counter() - start
+    metrics = {
+        "run": str(Path(run).resolve()), "grid": str(Path(grid).resolve()), "split": split,
+        "n_spectra": len(rows), "n_samples": n_samples, "config": config.name, "epoch": meta.get("epoch"),
+        "seconds": seconds, "spectra_per_second": total / seconds, "parameters": names,
+        "per_snr": {k: {m: v for m, v in r.items() if m != "_arrays"} for k, r in results.items()},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    _plots(results, names, out)
+    (out / "report.md").write_text(_render(metrics))
+    data.close()
+    return metrics
+
+
+def _metrics(truth, maps, quantiles, n_valid, ranks, n_samples, label_range, names) -> dict:
+    resid = maps - truth
+    ok = np.isfinite(resid).all(axis=1)
+    r = resid[ok]
+    inside68 = (quantiles[:, 1] <= truth) & (truth <= quantiles[:, 3])
+    inside95 = (quantiles[:, 0] <= truth) & (truth <= quantiles[:, 4])
+    width68 = quantiles[:, 3] - quantiles[:, 1]
+    out = {"n": len(truth), "n_with_valid_samples": int(ok.sum()),
+           "mean_f_reject": float(np.mean(1 - n_valid / n_samples)), "params": {}}
+    for j, name in enumerate(names):
+        out["params"][name] = {
+            "bias": float(r[:, j].mean()) if len(r) else float("nan"),
+            "sigma": float(r[:, j].std()) if len(r) else float("nan"),
+            "nrmse": float(np.sqrt(np.mean(r[:, j] ** 2)) / label_range[j]) if len(r) else float("nan"),
+            "coverage68": float(inside68[ok, j].mean()) if len(r) else float("nan"),
+            "coverage95": float(inside95[ok, j].mean()) if len(r) else float("nan"),
+            "median_width68": float(np.median(width68[ok, j])) if len(r) else float("nan"),
+            "sbc_hist": np.histogram(ranks[ok, j], bins=10, range=(0, 1))[0].tolist(),
+        }
+    return out
+
+
+def _plots(results: dict, names: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {p.name: f"{p.label} [{p.unit}]" for p in schema.TARGETS}
+    keys = list(results)
+    show = "250" if "250" in results else keys[-1]
+    arrays = results[show]["_arrays"]
+    fig, axes = plt.subplots(3, 5, figsize=(17, 10))
+    for ax, (j, name) in zip(axes.flat, enumerate(names), strict=False):
+        t, m = arrays["truth"][:, j], arrays["map"][:, j]
+        ok = np.isfinite(m)
+        lo, hi = np.nanmin(t), np.nanmax(t)
+        ax.hist2d(t[ok], m[ok], bins=30, range=[[lo, hi], [lo, hi]], cmap="viridis", cmin=1)
+        ax.plot([lo, hi], [lo, hi], "k:", lw=1)
+        ax.set_title(f"{labels[name]}  σ={results[show]['params'][name]['sigma']:.3g}", fontsize=9)
+        ax.set_xlabel("true", fontsize=8)
+        ax.set_ylabel("MAP", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"MAP vs truth, S/N {show}")
+    fig.tight_layout()
+    fig.savefig(out / "predicted_vs_true.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(3, 5, figsize=(17, 9))
+    for ax, name in zip(axes.flat, names, strict=False):
+        hist = np.array(results[show]["params"][name]["sbc_hist"])
+        ax.bar(np.arange(10) / 10 + 0.05, hist, width=0.1, color="0.6", edgecolor="k")
+        ax.axhline(hist.sum() / 10, color="r", lw=1)
+        ax.set_title(f"{labels[name]} cov68={results[show]['params'][name]['coverage68']:.2f}", fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"SBC rank histograms (uniform = calibrated), S/N {show}")
+    fig.tight_layout()
+    fig.savefig(out / "sbc.png", dpi=100)
+    plt.close(fig)
+
+    numeric = [k for k in keys if k != "continuous"]
+    if len(numeric) > 1:
+        snr = np.array([float(k) for k in numeric])
+        fig, axes = plt.subplots(3, 5, figsize=(17, 9))
+        for ax, name in zip(axes.flat, names, strict=False):
+            bias = [results[k]["params"][name]["bias"] for k in numeric]
+            sigma = [results[k]["params"][name]["sigma"] for k in numeric]
+            ax.semilogx(snr, bias, "k-o", ms=3, label="bias")
+            ax.semilogx(snr, sigma, "-o", color="0.6", ms=3, label="σ")
+            ax.axhline(0, color="k", ls=":")
+            ax.set_title(labels[name], fontsize=9)
+            ax.set_xlabel("S/N per Å", fontsize=8)
+        axes.flat[0].legend(fontsize=8)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "residuals_vs_snr.png", dpi=100)
+        plt.close(fig)
+
+
+def _render(m: dict) -> str:
+    names = m["parameters"]
+    units = {p.name: p.unit for p in schema.TARGETS}
+    head = "| S/N | " + " | ".join(f"{n} [{units[n]}]" for n in names) + " |"
+    sep = "|---" * (len(names) + 1) + "|"
+    lines = [f"# Evaluation of `{Path(m['run']).name}` ({m['config']} config, epoch {m['epoch']})", "",
+             f"Split `{m['split']}` of `{m['grid']}`: {m['n_spectra']} spectra, {m['n_samples']} posterior samples "
+             f"each, {m['spectra_per_second']:.2f} spectra/s. MAP = highest-density sample inside the training "
+             "bounds.", "", "## Bias ± σ of MAP − truth (Table A.1 analogue)", "", head, sep]
+    for key, r in m["per_snr"].items():
+        cells = [f"{r['params'][n]['bias']:.3g} ± {r['params'][n]['sigma']:.3g}" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## NRMSE (Table A.2 analogue; RMSE / training range)", "", head, sep]
+    for key, r in m["per_snr"].items():
+        lines.append(f"| {key} | " + " | ".join(f"{r['params'][n]['nrmse']:.3f}" for n in names) + " |")
+    lines += ["", "## Calibration: fraction of true values inside the 68 % / 95 % central intervals", "",
+              head, sep]
+    for key, r in m["per_snr"].items():
+        cells = [f"{r['params'][n]['coverage68']:.2f} / {r['params'][n]['coverage95']:.2f}" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Median width of the 68 % interval; mean rejected fraction", "",
+              "| S/N | f_reject | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for key, r in m["per_snr"].items():
+        cells = [f"{r['params'][n]['median_width68']:.3g}" for n in names]
+        lines.append(f"| {key} | {r['mean_f_reject']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "![MAP vs truth](predicted_vs_true.png)", "", "![SBC](sbc.png)", ""]
+    if len(m["per_snr"]) > 1:
+        lines += ["![residuals vs S/N](residuals_vs_snr.png)", ""]
+    return "\n".join(lines)

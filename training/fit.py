@@ -1,0 +1,251 @@
+"""The training loop: maximum likelihood + reverse loss, Adam, exponential lr decay, early stopping, resume.
+
+Loss per batch (paper Eqs. 7, 8), per target dimension D:
+    L_ML  = mean(|z|^2 / 2 - log|det dz/dx|) / D
+    L_rev = mean((x - g(f(x; c) + dz; c))^2),   dz ~ N(0, reverse_noise * I)
+    L     = L_ML + reverse_loss_weight * L_rev
+
+Reproducibility and resume: batches, noise and dz of epoch e come from generators seeded with
+(seed, e) only, and a checkpoint (model, optimiser, scheduler, history, early-stopping state) is written
+atomically after every epoch. A run stopped at any point and resumed from its last checkpoint
+therefore ends in the same state as an uninterrupted run (tested).
+
+Outputs in the run folder: ``config.json``, ``checkpoint.pt`` (latest), ``best.pt`` (best validation
+loss: what evaluation and export use), ``history.json`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spectra import __version__
+
+from .config import Config
+from .data import GridData
+from .model import CINN, count_parameters
+
+__all__ = ["DivergenceError", "FitResult", "fit", "load_run", "resolve_device"]
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the gradients became NaN/inf: training stops with the last good checkpoint kept."""
+
+
+@dataclass
+class FitResult:
+    run: Path
+    epochs_done: int
+    best_epoch: int
+    best_val: float
+    stopped_early: bool
+    seconds: float
+    n_parameters: int
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def _epoch_seed(seed: int, epoch: int) -> list[int]:
+    return [seed, epoch, 1_000_003]
+
+
+def _batch_loss(model: CINN, flux, snr, x, config: Config, generator: torch.Generator):
+    c = model.features(flux, snr)
+    z, log_det = model(x, c)
+    nll = (0.5 * (z**2).sum(dim=1) - log_det).mean() / model.n_params
+    if config.reverse_loss_weight > 0:
+        dz = math.sqrt(config.reverse_noise) * torch.randn(z.shape, generator=generator).to(z.device)
+        x_rec, _ = model.reverse(z + dz, c)
+        rev = ((x - x_rec) ** 2).mean()
+    else:
+        rev = torch.zeros((), device=x.device)
+    return nll, rev
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _validation_loss(model: CINN, data: GridData, config: Config, device: torch.device) -> float:
+    """Mean loss on fixed noisy validation batches (same noise every epoch, so epochs compare)."""
+    rng = np.random.default_rng([config.seed, 424242])
+    gen = torch.Generator().manual_seed(config.seed + 99)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(config.val_batches):
+            rows = rng.choice(data.split.val, size=min(config.batch_size, 4 * data.split.val.size))
+            flux, snr, x = (torch.from_numpy(a).to(device) for a in data.noisy_batch(rows, rng, config.snr_mode))
+            nll, rev = _batch_loss(model, flux, snr, x, config, gen)
+            total += float(nll + config.reverse_loss_weight * rev)
+    model.train()
+    return total / config.val_batches
+
+
+def build_model(config: Config, data: GridData) -> CINN:
+    torch.manual_seed(config.seed)
+    model = CINN(config, data.n_pixels, data.n_params)
+    stats = data.flux_statistics(config.snr_mode, config.seed)
+    model.set_standardisation(**stats)
+    return model
+
+
+def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto", restart: bool = False,
+        progress: bool = True, stop_after_epochs: int | None = None) -> FitResult:
+    """Train (or resume) a cINN on ``grid`` into the run folder ``out``.
+
+    ``stop_after_epochs`` ends the call after that many epochs *of this call* (used to test resume).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    data = GridData(grid, config.split, config.split_seed)
+    checkpoint_path = out / "checkpoint.pt"
+    resume = checkpoint_path.exists() and not restart
+    if resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(config):
+            raise ValueError(f"{out} holds a run with another config; use --restart or another --out")
+        model = CINN(config, data.n_pixels, data.n_params)
+        model.load_state_dict(state["model"])
+    else:
+        model = build_model(config, data)
+        state = None
+    model.to(dev)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
+    history: list[dict] = []
+    best_val, best_epoch, bad_epochs, start_epoch = math.inf, -1, 0, 0
+    if state is not None:
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_val, best_epoch = state["history"], state["best_val"], state["best_epoch"]
+        bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+    (out / "config.json").write_text(config.to_json())
+    meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": __version__,
+            "torch": torch.__version__, "split_sizes": {k: int(getattr(data.split, k).size)
+                                                        for k in ("train", "test", "val")}}
+    (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
+
+    start = time.perf_counter()
+    stopped_early = bad_epochs >= config.patience
+    bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"fit {out.name}", unit="epoch", disable=not progress)
+    epoch = start_epoch - 1
+    for epochs_this_call, epoch in enumerate(range(start_epoch, config.epochs), start=1):
+        if stopped_early:
+            break
+        rng = np.random.default_rng(_epoch_seed(config.seed, epoch))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        train_nll = train_rev = 0.0
+        model.train()
+        for batch in range(config.batches_per_epoch):
+            rows = rng.choice(data.split.train, size=config.batch_size)
+            flux, snr, x = (torch.from_numpy(a).to(dev) for a in data.noisy_batch(rows, rng, config.snr_mode))
+            nll, rev = _batch_loss(model, flux, snr, x, config, gen)
+            loss = nll + config.reverse_loss_weight * rev
+            if not torch.isfinite(loss):
+                raise DivergenceError(
+                    f"loss became {float(loss)} at epoch {epoch}, batch {batch} (lr {scheduler.get_last_lr()[0]:.3g});"
+                    f" the last good state is in {checkpoint_path}. Lower the learning rate or check the grid.")
+            optimiser.zero_grad()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e3)
+            if not torch.isfinite(norm):
+                raise DivergenceError(f"gradient norm became {float(norm)} at epoch {epoch}, batch {batch}")
+            optimiser.step()
+            train_nll += float(nll)
+            train_rev += float(rev)
+        scheduler.step()
+        val = _validation_loss(model, data, config, dev)
+        record = {"epoch": epoch, "train_nll": train_nll / config.batches_per_epoch,
+                  "train_rev": train_rev / config.batches_per_epoch, "val_loss": val,
+                  "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}
+        history.append(record)
+        if val < best_val - config.min_delta:
+            best_val, best_epoch, bad_epochs = val, epoch, 0
+            _atomic_save({"model": model.state_dict(), "config": asdict(config), "epoch": epoch,
+                          "val_loss": val, "meta": meta}, out / "best.pt")
+        else:
+            bad_epochs += 1
+        stopped_early = bad_epochs >= config.patience
+        _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                      "scheduler": scheduler.state_dict(), "history": history, "best_val": best_val,
+                      "best_epoch": best_epoch, "bad_epochs": bad_epochs, "epoch": epoch,
+                      "config": asdict(config)}, checkpoint_path)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        bar.set_postfix(train=f"{record['train_nll']:.3f}", val=f"{val:.3f}", best=best_epoch)
+        bar.update(1)
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            break
+    bar.close()
+    plot_history(history, out / "loss.png")
+    data.close()
+    return FitResult(out, len(history), best_epoch, best_val, stopped_early, time.perf_counter() - start,
+                     count_parameters(model))
+
+
+def _plain(attrs: dict) -> dict:
+    return {k: (v if isinstance(v, (str, int, float, bool)) else str(v)) for k, v in attrs.items()}
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(epochs, [h["train_nll"] for h in history], label="train: ML loss (Eq. 7) / D")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation: total loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    axes[1].semilogy(epochs, [max(h["train_rev"], 1e-12) for h in history], label="train: reverse loss (Eq. 8)")
+    axes[1].set_xlabel("epoch")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_run(run: str | Path, which: str = "best") -> tuple[CINN, Config, dict]:
+    """Model (eval mode, CPU), config and metadata of a run folder."""
+    run = Path(run)
+    path = run / f"{which}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run} a training run folder (training fit --out)?")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    data = dict(state["config"])
+    for key in ("feature_layers", "split", "betas"):
+        data[key] = tuple(data[key])
+    config = Config(**data)
+    n_pixels = state["model"]["flux_mean"].numel()
+    n_params = state["model"]["x_mean"].numel()
+    model = CINN(config, n_pixels, n_params)
+    model.load_state_dict(state["model"])
+    model.eval()
+    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    meta["epoch"] = state.get("epoch")
+    return model, config, meta

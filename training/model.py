@@ -1,0 +1,114 @@
+"""The conditional INN of Ksoll et al. (2026): a fully connected feature extractor + a FrEIA GLOW flow.
+
+``CINN`` maps standardised targets x (13-D) to latent z given a spectrum: the spectrum (continuum-
+normalised flux on the HR grid + its S/N per Å) goes through the feature extractor to the condition
+c (F-D), then 16 x [fixed random permutation, GLOW affine coupling conditioned on c]. Flux and S/N
+standardisation live inside the model as buffers, so an exported graph takes raw flux and S/N.
+
+Sign convention (checked against a numerical Jacobian in the tests):
+``forward(x)`` returns ``(z, log|det dz/dx|)``; ``reverse(z)`` returns ``(x, log|det dx/dz|)``,
+so log p(x | spectrum) = log N(z; 0, I) + log|det dz/dx| = log N(z; 0, I) - log|det dx/dz|.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+import torch
+from torch import nn
+
+from .config import Config
+
+__all__ = ["CINN", "atan_clamp", "count_parameters"]
+
+
+def atan_clamp(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    """FrEIA multiplies this by ``clamp`` = alpha: s -> (2 alpha / pi) atan(s / alpha) (paper Sect. 3.1)."""
+    return (2.0 / math.pi) * torch.atan(u / alpha)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if k < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _subnet(width: int, n_layers: int):
+    def constructor(n_in: int, n_out: int) -> nn.Module:
+        net = _mlp([n_in] + [width] * (n_layers - 1) + [n_out])
+        # start near the identity map: the last layer outputs zeros (s = t = 0)
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+        return net
+
+    return constructor
+
+
+class CINN(nn.Module):
+    """Feature extractor + conditional GLOW flow.
+
+    Arguments:
+        config: sizes (``Config.feature_layers``, ``n_blocks``, ``subnet_width``, ...).
+        n_pixels: number of flux pixels P of the HR grid.
+        n_params: number of targets D (13).
+    """
+
+    def __init__(self, config: Config, n_pixels: int, n_params: int):
+        super().__init__()
+        self.config = config
+        self.n_pixels, self.n_params = n_pixels, n_params
+        self.n_features = config.feature_layers[-1]
+        self.feature_extractor = _mlp([n_pixels + 1, *config.feature_layers])
+        self.flow = Ff.SequenceINN(n_params)
+        for k in range(config.n_blocks):
+            self.flow.append(Fm.PermuteRandom, seed=config.permutation_seed + k)
+            self.flow.append(
+                Fm.GLOWCouplingBlock,
+                cond=0,
+                cond_shape=(self.n_features,),
+                subnet_constructor=_subnet(config.subnet_width, config.subnet_layers),
+                clamp=config.clamp,
+                clamp_activation=partial(atan_clamp, alpha=config.clamp),
+            )
+        # standardisation (set from the training data by ``set_standardisation``)
+        self.register_buffer("flux_mean", torch.zeros(n_pixels))
+        self.register_buffer("flux_std", torch.ones(n_pixels))
+        self.register_buffer("log_snr_mean", torch.zeros(1))
+        self.register_buffer("log_snr_std", torch.ones(1))
+        self.register_buffer("x_mean", torch.zeros(n_params))
+        self.register_buffer("x_std", torch.ones(n_params))
+
+    def set_standardisation(self, flux_mean, flux_std, log_snr_mean, log_snr_std, x_mean, x_std) -> None:
+        for name, value in dict(flux_mean=flux_mean, flux_std=flux_std, log_snr_mean=log_snr_mean,
+                                log_snr_std=log_snr_std, x_mean=x_mean, x_std=x_std).items():
+            buffer = getattr(self, name)
+            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype).reshape(buffer.shape))
+
+    def features(self, flux: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        """Condition c from raw continuum-normalised flux (B, P) and S/N per Å (B, 1)."""
+        f = (flux - self.flux_mean) / self.flux_std
+        s = (torch.log10(snr) - self.log_snr_mean) / self.log_snr_std
+        return self.feature_extractor(torch.cat([f, s], dim=1))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised targets x -> (z, log|det dz/dx|) given features c."""
+        return self.flow(x, c=[c], rev=False, jac=True)
+
+    def reverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent z -> (standardised x, log|det dx/dz|) given features c."""
+        return self.flow(z, c=[c], rev=True, jac=True)
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        z, log_det = self.forward(x, c)
+        return -0.5 * (z**2).sum(dim=1) - 0.5 * self.n_params * math.log(2 * math.pi) + log_det
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
