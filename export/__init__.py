@@ -1,1 +1,1 @@
-"""export: export a trained model to an ONNX bundle."""
+"""export: trained cINN -> self-describing ONNX model bundle."""

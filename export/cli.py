@@ -1,4 +1,8 @@
-"""``export``: export a trained model to an ONNX bundle (its subcommands land with issue #5; none exist yet)."""
+"""``export``: turn a training run into a model bundle, and verify a bundle against its run.
+
+Subcommands: ``onnx``, ``verify``. Errors become one line on stderr and exit status 2; a failed
+verification exits with status 1.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,54 @@ import sys
 __all__ = ["main"]
 
 
+def _cmd_onnx(args: argparse.Namespace) -> int:
+    from .onnx import export_bundle
+
+    correction = None if args.bias_correction == "none" else args.bias_correction
+    out = export_bundle(args.run, args.out, opset=args.opset, fp16=args.fp16, bias_correction=correction)
+    print(f"{out}: feature_extractor.onnx, inverse_flow.onnx, wavelength.npy, manifest.json"
+          + (" (+ fp16 graphs)" if args.fp16 else ""))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import FP32_TOLERANCE, verify_bundle
+
+    report = verify_bundle(args.bundle, args.run, n_samples=args.samples)
+    print("\n".join(report.lines()))
+    if not report.ok:
+        print(f"export verify: FAILED: worst fp32 error {report.worst:.2e} > {FP32_TOLERANCE:.0e}", file=sys.stderr)
+        return 1
+    print(f"export verify: OK (worst fp32 error {report.worst:.2e} <= {FP32_TOLERANCE:.0e})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="export", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("onnx", help="write the model bundle of a training run")
+    p.add_argument("--run", required=True, help="training run folder (training fit --out)")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--fp16", action="store_true", help="also write half-precision graphs (needs onnxconverter-common)")
+    p.add_argument("--bias-correction", default="paper",
+                   help="'paper' (Table B.3, stored not applied), a coefficients JSON, or 'none'")
+    p.set_defaults(func=_cmd_onnx)
+    p = sub.add_parser("verify", help="compare a bundle with its PyTorch run (fails loudly)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--samples", type=int, default=4096)
+    p.set_defaults(func=_cmd_verify)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export", description=__doc__.strip("`"))
-    parser.parse_args(argv)
-    print("export: no subcommands are implemented yet (issue #5); see README.md", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"export {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

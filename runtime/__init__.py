@@ -1,1 +1,1 @@
-"""runtime: stream a Zarr survey through a model bundle."""
+"""runtime: model bundles, ONNX Runtime posterior sampling and (next) survey processing; no torch here."""

@@ -173,8 +173,8 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
             if not torch.isfinite(norm):
                 raise DivergenceError(f"gradient norm became {float(norm)} at epoch {epoch}, batch {batch}")
             optimiser.step()
-            train_nll += float(nll)
-            train_rev += float(rev)
+            train_nll += float(nll.detach())
+            train_rev += float(rev.detach())
         scheduler.step()
         val = _validation_loss(model, data, config, dev)
         record = {"epoch": epoch, "train_nll": train_nll / config.batches_per_epoch,

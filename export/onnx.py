@@ -1,0 +1,177 @@
+"""Export a trained run to a model bundle (two ONNX graphs + wavelength grid + manifest).
+
+The graphs are traced from the PyTorch model with the TorchScript-based exporter (``dynamo=False``;
+FrEIA's reverse pass exports cleanly with it) at a chosen opset, with a dynamic batch axis. The
+manifest is written through ``runtime.bundle.write_manifest`` so the reader's validation applies.
+``--fp16`` also writes half-precision copies (``*.fp16.onnx``, fp32 inputs/outputs, Exp/Log/Atan and
+reductions kept in fp32) for GPUs; they are described in the manifest and verified separately.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.bundle import FORMAT_VERSION, GRAPHS, PAPER_BIAS_CORRECTION, write_manifest
+from spectra import schema
+from spectra.degrade import snr_per_pixel
+from training.fit import load_run
+from training.model import CINN
+
+__all__ = ["DEFAULT_OPSET", "export_bundle"]
+
+DEFAULT_OPSET = 17
+
+
+class FeatureGraph(nn.Module):
+    def __init__(self, model: CINN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, flux: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        return self.model.features(flux, snr)
+
+
+class InverseFlowGraph(nn.Module):
+    def __init__(self, model: CINN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, log_jac_det = self.model.reverse(z, features)
+        return x, log_jac_det.reshape(-1)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_graphs(model: CINN, out: Path, opset: int) -> None:
+    model = model.float().eval()
+    b = 2
+    flux = torch.ones(b, model.n_pixels)
+    snr = torch.full((b, 1), 100.0)
+    with torch.no_grad():
+        features = model.features(flux, snr)
+    z = torch.zeros(b, model.n_params)
+    specs = [
+        (FeatureGraph(model), (flux, snr), "feature_extractor"),
+        (InverseFlowGraph(model), (z, features), "inverse_flow"),
+    ]
+    for module, args, key in specs:
+        filename, inputs, outputs = GRAPHS[key]
+        dynamic = {name: {0: "batch"} for name in (*inputs, *outputs)}
+        torch.onnx.export(module, args, str(out / filename), input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def export_fp16(out: Path) -> dict[str, str]:
+    try:
+        import onnx
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ValueError("--fp16 needs the onnxconverter-common package (pip install onnxconverter-common)") from None
+    files = {}
+    for key, (filename, _, _) in GRAPHS.items():
+        graph = onnx.load(str(out / filename))
+        half = float16.convert_float_to_float16(graph, keep_io_types=True,
+                                                op_block_list=["Exp", "Log", "Atan", "ReduceSum", "Sum"])
+        target = filename.replace(".onnx", ".fp16.onnx")
+        onnx.save(half, str(out / target))
+        files[key] = target
+    return files
+
+
+def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False,
+                  bias_correction: str | None = "paper") -> Path:
+    """Write the bundle for ``run`` into ``out``; returns ``out``.
+
+    ``bias_correction``: ``"paper"`` stores Table B.3 of the paper (applied only on request at runtime),
+    a path stores coefficients fitted with ``catalog calibrate``, None stores none.
+    """
+    run, out = Path(run), Path(out)
+    model, config, meta = load_run(run)
+    out.mkdir(parents=True, exist_ok=True)
+    export_graphs(model, out, opset)
+    grid_path = Path(meta.get("grid", ""))
+    if grid_path.is_file():
+        import h5py
+
+        with h5py.File(grid_path, "r", locking=False) as f:
+            wavelength = f["wavelength"][:]
+            definition = str(f["wavelength"].attrs.get("definition", ""))
+        grid_sha = _file_sha256(grid_path)
+    else:
+        from spectra.wavegrid import hr_grid
+
+        grid = hr_grid()
+        if grid.size != model.n_pixels:
+            raise ValueError(f"the training grid {grid_path} is gone and the model's {model.n_pixels} pixels "
+                             "are not the standard HR grid: cannot record the pixel grid")
+        wavelength, definition, grid_sha = grid.wave, grid.definition, "unavailable (grid file missing at export)"
+    np.save(out / "wavelength.npy", wavelength)
+    pixel = float(np.median(np.diff(wavelength)))
+    correction = None
+    if bias_correction == "paper":
+        correction = {**PAPER_BIAS_CORRECTION, "applied_by_default": False}
+    elif bias_correction:
+        correction = {**json.loads(Path(bias_correction).read_text()), "applied_by_default": False}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "parameters": [{k: p.as_dict()[k] for k in ("name", "label", "unit", "transform", "lower", "upper")}
+                       for p in schema.TARGETS],
+        "x_mean": model.x_mean.tolist(),
+        "x_std": model.x_std.tolist(),
+        "pixel_grid": {
+            "definition": definition, "n_pixels": int(wavelength.size), "medium": "air", "unit": "Angstrom",
+            "first": float(wavelength[0]), "last": float(wavelength[-1]), "pixel_width": pixel,
+            "sha256": hashlib.sha256(np.round(wavelength, 6).astype("<f8").tobytes()).hexdigest(),
+            "file": "wavelength.npy",
+        },
+        "flux_convention": "continuum-normalised, radial-velocity corrected (rest frame), on the pixel grid above",
+        "snr_convention": {
+            "unit": "per Angstrom",
+            "definition": "mean S/N per Angstrom; on pixels of width w A the per-pixel S/N is S/N * sqrt(w)",
+            "per_pixel_factor": float(snr_per_pixel(1.0, pixel)),
+            "trained_range": [10.0, 1000.0],
+            "trained_values": "log-uniform 10-1000" if config.snr_mode == "continuous" else "paper's 19 values",
+        },
+        "n_features": int(model.n_features),
+        "n_params": int(model.n_params),
+        "graphs": {key: {"file": f, "inputs": list(i), "outputs": list(o), "batch_axis": 0}
+                   for key, (f, i, o) in GRAPHS.items()},
+        "log_density": "log p(x | spectrum) = log N(z; 0, I) - log_jac_det, in the standardised x space",
+        "opset": opset,
+        "bias_correction": correction,
+        "provenance": {
+            "training_run": str(run.resolve()), "config": json.loads(config.to_json()), "epoch": meta.get("epoch"),
+            "grid": str(grid_path), "grid_sha256": grid_sha, "grid_attrs": meta.get("grid_attrs", {}),
+            "software": {p: _version(p) for p in ("cinn4most", "torch", "FrEIA", "onnx", "onnxruntime", "numpy")},
+            "python": platform.python_version(), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    }
+    if fp16:
+        manifest["extra_graphs"] = {f"{key}_fp16": {"file": f, "precision": "fp16 weights and arithmetic, "
+                                                   "fp32 inputs/outputs; Exp/Log/Atan/reductions in fp32"}
+                                    for key, f in export_fp16(out).items()}
+    write_manifest(out, manifest)
+    return out

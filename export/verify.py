@@ -1,0 +1,133 @@
+"""Verify a bundle against the PyTorch model it came from: ONNX Runtime vs torch on the same inputs.
+
+Checks, each on random inputs and on real (noisy) spectra of the training grid when it is available:
+* ``feature_extractor.onnx`` features vs ``model.features``;
+* ``inverse_flow.onnx`` x and log|det dx/dz| vs ``model.reverse`` on the same z and features;
+* posterior MAPs: 4096 samples per spectrum through ``runtime.sampler`` (numpy + onnxruntime) vs the
+  same z through PyTorch, summarised by the same ``runtime.posterior.summarize``.
+Error measure: max over elements of |onnx - torch| / max(|torch|, 1) (relative for large values,
+absolute below 1, which is the scale of the standardised outputs). fp32 must reach <= 1e-4; the
+fp16 graphs, when present, are reported separately with their own figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.bundle import load_bundle
+from runtime.posterior import summarize
+from runtime.sampler import OnnxPosterior, latent_draws
+from training.fit import load_run
+
+__all__ = ["FP32_TOLERANCE", "VerifyReport", "verify_bundle"]
+
+FP32_TOLERANCE = 1e-4
+
+
+def _err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0)))
+
+
+@dataclass
+class VerifyReport:
+    errors: dict[str, float] = field(default_factory=dict)
+    fp16_errors: dict[str, float] = field(default_factory=dict)
+    graph_bytes: dict[str, int] = field(default_factory=dict)
+    graph_nodes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> float:
+        return max(self.errors.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.worst <= FP32_TOLERANCE
+
+    def lines(self) -> list[str]:
+        out = [f"{k:<36s} {v:.2e}" for k, v in self.errors.items()]
+        out += [f"{k + ' (fp16)':<36s} {v:.2e}" for k, v in self.fp16_errors.items()]
+        out += [f"{k:<36s} {self.graph_bytes[k] / 1e6:.1f} MB, {self.graph_nodes[k]} nodes" for k in self.graph_bytes]
+        return out
+
+
+def _inputs(model, bundle, rng, n_random: int = 16) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    p = model.n_pixels
+    sets = {"random": (rng.uniform(0.2, 1.1, (n_random, p)).astype(np.float32),
+                       np.exp(rng.uniform(np.log(10), np.log(1000), (n_random, 1))).astype(np.float32))}
+    grid = Path(bundle.manifest.raw["provenance"].get("grid", ""))
+    if grid.is_file():
+        from spectra.degrade import add_noise
+        from spectra.gridstore import GridReader
+
+        with GridReader(grid) as reader:
+            rows = np.flatnonzero(reader.done)[:8]
+            clean = reader.flux[rows, :].astype(float)
+        snr = np.array([250.0, 50.0] * 4)[: len(rows)]
+        noisy = add_noise(clean, snr, bundle.manifest.raw["pixel_grid"]["pixel_width"], rng)
+        sets["grid spectra"] = (noisy.astype(np.float32), snr.reshape(-1, 1).astype(np.float32))
+    return sets
+
+
+def _compare_graphs(model, posterior: OnnxPosterior, sets, rng, report_errors: dict, n_samples: int) -> None:
+    d = model.n_params
+    for label, (flux, snr) in sets.items():
+        with torch.no_grad():
+            feats_t = model.features(torch.from_numpy(flux), torch.from_numpy(snr)).numpy()
+        feats_o = posterior.features(flux, snr)
+        report_errors[f"features [{label}]"] = _err(feats_o, feats_t)
+        z = rng.standard_normal((feats_t.shape[0] * 64, d)).astype(np.float32)
+        rep = np.repeat(feats_t, 64, axis=0)
+        with torch.no_grad():
+            x_t, logdet_t = model.reverse(torch.from_numpy(z), torch.from_numpy(rep))
+        x_o, logdet_o = posterior.flow(z, rep)
+        report_errors[f"inverse flow x [{label}]"] = _err(x_o, x_t.numpy())
+        report_errors[f"inverse flow log_jac_det [{label}]"] = _err(logdet_o, logdet_t.numpy().reshape(-1))
+        # MAP parity: same z per spectrum through both back-ends, same summary code
+        n = min(4, flux.shape[0])
+        ids = np.arange(n) + 1000
+        summary_o = posterior.posterior(flux[:n], snr[:n], ids, seed=0, n_samples=n_samples)
+        zs = np.stack([latent_draws(0, i, n_samples, d) for i in ids])
+        with torch.no_grad():
+            xt, ld = model.reverse(torch.from_numpy(zs.reshape(-1, d)),
+                                   torch.from_numpy(np.repeat(feats_t[:n], n_samples, axis=0)))
+        logp = -0.5 * np.sum(zs.reshape(-1, d).astype(np.float64) ** 2, axis=1) - 0.5 * d * np.log(2 * np.pi)
+        logp -= ld.numpy().reshape(-1)
+        m = posterior.manifest
+        summary_t = summarize(m.to_physical(xt.numpy().reshape(n, n_samples, d)), logp.reshape(n, n_samples),
+                              m.lower, m.upper)
+        both = np.isfinite(summary_t.map) & np.isfinite(summary_o.map)
+        report_errors[f"posterior MAP [{label}]"] = _err(summary_o.map[both], summary_t.map[both]) if both.any() \
+            else 0.0
+
+
+def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 4096, seed: int = 0) -> VerifyReport:
+    """Compare the bundle with its run; see the module docstring. Does not raise on large errors."""
+    import onnx
+
+    bundle = load_bundle(bundle_path)
+    model, _, _ = load_run(run)
+    model = model.float().eval()
+    if model.n_pixels != bundle.manifest.n_pixels or model.n_params != bundle.manifest.n_params:
+        raise ValueError(f"{bundle_path} does not come from {run}: shapes differ")
+    rng = np.random.default_rng(seed)
+    sets = _inputs(model, bundle, rng)
+    report = VerifyReport()
+    _compare_graphs(model, OnnxPosterior(bundle), sets, rng, report.errors, n_samples)
+    extra = bundle.manifest.raw.get("extra_graphs") or {}
+    if "feature_extractor_fp16" in extra and "inverse_flow_fp16" in extra:
+        half = OnnxPosterior(bundle)
+        import onnxruntime as ort
+
+        half.features_session = ort.InferenceSession(str(bundle.path / extra["feature_extractor_fp16"]["file"]))
+        half.flow_session = ort.InferenceSession(str(bundle.path / extra["inverse_flow_fp16"]["file"]))
+        _compare_graphs(model, half, sets, np.random.default_rng(seed), report.fp16_errors, n_samples)
+    for key in ("feature_extractor", "inverse_flow"):
+        path = bundle.graph_path(key)
+        report.graph_bytes[key] = path.stat().st_size
+        report.graph_nodes[key] = len(onnx.load(str(path), load_external_data=False).graph.node)
+    return report

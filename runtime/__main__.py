@@ -1,0 +1,7 @@
+"""`python -m runtime` runs the `runtime` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

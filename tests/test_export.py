@@ -1,0 +1,168 @@
+"""Model bundle: export, parity with PyTorch, a torch-free consumer, malformed bundles."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from export.onnx import export_bundle  # noqa: E402
+from export.verify import FP32_TOLERANCE, verify_bundle  # noqa: E402
+from runtime.bundle import FORMAT_VERSION, BundleError, load_bundle  # noqa: E402
+from training.config import CONFIGS  # noqa: E402
+from training.fit import fit  # noqa: E402
+from training.model import CINN  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on a learnable fake grid, and its bundle."""
+    from conftest import labelled_grid
+
+    tmp = tmp_path_factory.mktemp("export")
+    grid = labelled_grid.__wrapped__(tmp)
+    run = tmp / "run"
+    fit(grid, replace(CONFIGS["tiny"], epochs=2), run, device="cpu", progress=False)
+    bundle = export_bundle(run, tmp / "bundle")
+    return grid, run, bundle
+
+
+def test_bundle_contents_and_manifest(trained):
+    _, _, bundle_path = trained
+    bundle = load_bundle(bundle_path)
+    m = bundle.manifest
+    assert m.names[:3] == ["teff", "logg", "fe_h"] and m.n_params == 13 and m.n_pixels == 25_200
+    assert m.transforms[0] == "log10" and m.transforms[4] == "log10"
+    assert m.raw["snr_convention"]["unit"] == "per Angstrom"
+    assert m.raw["pixel_grid"]["medium"] == "air" and len(m.raw["pixel_grid"]["sha256"]) == 64
+    assert m.bias_correction["coefficients"]["teff"] == {"a": -0.096, "b": 492.389}
+    assert m.bias_correction["applied_by_default"] is False
+    assert m.raw["provenance"]["software"]["torch"].startswith("2.13")
+    assert len(bundle.sha256) == 64
+
+
+def test_verify_passes_in_fp32(trained):
+    _, run, bundle = trained
+    report = verify_bundle(bundle, run, n_samples=512)
+    assert report.ok, report.lines()
+    assert report.worst <= FP32_TOLERANCE
+    assert set(report.errors) >= {"features [random]", "inverse flow x [random]", "posterior MAP [grid spectra]"}
+
+
+def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
+    """A program that cannot import torch or FrEIA samples the bundle; its MAPs equal PyTorch's."""
+    grid, run, bundle = trained
+    from runtime.posterior import summarize
+    from runtime.sampler import latent_draws
+    from spectra.gridstore import GridReader
+    from training.fit import load_run
+
+    with GridReader(grid) as reader:
+        flux = reader.flux[:4, :].astype(np.float32)
+    snr = np.array([[250.0], [50.0], [100.0], [1000.0]], dtype=np.float32)
+    ids = np.array([11, 12, 13, 14])
+    np.save(tmp_path / "flux.npy", flux)
+    np.save(tmp_path / "snr.npy", snr)
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "FrEIA", "training", "export"):
+                    raise ImportError(f"{{name}} is not allowed on a deployment machine")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from runtime.bundle import load_bundle
+        from runtime.sampler import OnnxPosterior
+        post = OnnxPosterior(load_bundle({str(bundle)!r}))
+        s = post.posterior(np.load({str(tmp_path / 'flux.npy')!r}), np.load({str(tmp_path / 'snr.npy')!r}),
+                           np.array({ids.tolist()}), seed=5, n_samples=4096)
+        assert "torch" not in sys.modules
+        np.save({str(tmp_path / 'map.npy')!r}, s.map)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    onnx_map = np.load(tmp_path / "map.npy")
+
+    model, _, _ = load_run(run)
+    m = load_bundle(bundle).manifest
+    z = np.stack([latent_draws(5, i, 4096, 13) for i in ids])
+    with torch.no_grad():
+        c = model.features(torch.from_numpy(flux), torch.from_numpy(snr))
+        x, ld = model.reverse(torch.from_numpy(z.reshape(-1, 13)), c.repeat_interleave(4096, dim=0))
+    logp = -0.5 * (z.reshape(-1, 13).astype(float) ** 2).sum(1) - 6.5 * np.log(2 * np.pi) - ld.numpy()
+    torch_map = summarize(m.to_physical(x.numpy().reshape(4, 4096, 13)), logp.reshape(4, 4096), m.lower, m.upper).map
+    ok = np.isfinite(torch_map)
+    np.testing.assert_array_equal(np.isfinite(onnx_map), ok)
+    rel = np.abs(onnx_map[ok] - torch_map[ok]) / np.maximum(np.abs(torch_map[ok]), 1.0)
+    assert rel.max() <= 1e-4
+
+
+def test_malformed_bundles_give_clear_errors(trained, tmp_path):
+    _, _, bundle = trained
+    broken = tmp_path / "b"
+    shutil.copytree(bundle, broken)
+    (broken / "inverse_flow.onnx").unlink()
+    with pytest.raises(BundleError, match=r"inverse_flow.onnx \(inverse_flow graph\) is missing"):
+        load_bundle(broken)
+
+    other = tmp_path / "v"
+    shutil.copytree(bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["format_version"] = "cinn4most-bundle/0"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    expected = f"format_version is 'cinn4most-bundle/0'; this software reads '{FORMAT_VERSION}'"
+    with pytest.raises(BundleError, match=re.escape(expected)):
+        load_bundle(other)
+
+    renamed = tmp_path / "r"
+    shutil.copytree(bundle, renamed)
+    import onnx
+
+    graph = onnx.load(str(renamed / "feature_extractor.onnx"))
+    for node in graph.graph.node:
+        node.input[:] = ["spectrum" if i == "flux" else i for i in node.input]
+    graph.graph.input[0].name = "spectrum"
+    onnx.save(graph, str(renamed / "feature_extractor.onnx"))
+    with pytest.raises(BundleError, match=r"inputs \('spectrum', 'snr'\).*expected \('flux', 'snr'\)"):
+        load_bundle(renamed)
+
+    with pytest.raises(BundleError, match=r"is not a folder"):
+        load_bundle(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"manifest.json is missing"):
+        load_bundle(tmp_path / "empty")
+
+
+def test_wavelength_mismatch_is_named(trained):
+    bundle = load_bundle(trained[2])
+    with pytest.raises(BundleError, match=r"flux has 100 pixels; the model in .* expects 25200"):
+        bundle.check_wavelength(np.arange(100.0), "survey.zarr")
+    with pytest.raises(BundleError, match=r"differs from the model's by up to 0\.5"):
+        bundle.check_wavelength(bundle.wavelength + 0.5, "survey.zarr")
+
+
+@pytest.mark.slow
+def test_paper_config_exports_and_verifies(tmp_path):
+    """Untrained paper-size model: parity holds for the full architecture (67.3 M parameters)."""
+    torch.manual_seed(0)
+    model = CINN(CONFIGS["paper"], 25_200, 13)
+    with torch.no_grad():
+        for p in model.flow.parameters():
+            if p.is_floating_point():
+                p.add_(0.02 * torch.randn_like(p))
+    run = tmp_path / "paper_run"
+    run.mkdir()
+    torch.save({"model": model.state_dict(), "config": asdict(CONFIGS["paper"]), "epoch": None}, run / "best.pt")
+    bundle = export_bundle(run, tmp_path / "paper_bundle")
+    report = verify_bundle(bundle, run, n_samples=1024)
+    assert report.ok, report.lines()
+    assert report.graph_bytes["feature_extractor"] > 200e6

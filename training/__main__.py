@@ -1,0 +1,7 @@
+"""`python -m training` runs the `training` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
