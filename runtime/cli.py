@@ -1,4 +1,8 @@
-"""``runtime``: stream a Zarr survey through a model bundle (its subcommands land with issue #6; none exist yet)."""
+"""``runtime``: process a Zarr survey with a model bundle into a catalogue (numpy + onnxruntime + dask only).
+
+Subcommand: ``process``. Errors become one line on stderr and exit status 2; re-running with ``--resume``
+after an interruption completes only the missing chunks.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,53 @@ import sys
 __all__ = ["main"]
 
 
+def _cmd_process(args: argparse.Namespace) -> int:
+    from .pipeline import ProcessOptions, process_survey
+
+    options = ProcessOptions(samples=args.samples, seed=args.seed, batch=args.batch, device=args.device,
+                             threads=args.threads, bias_correction=args.bias_correction)
+    report = process_survey(args.input, args.model, args.output, options, workers=args.workers,
+                            scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet)
+    print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
+          f"already done; device {report.device} ({report.workers}); {report.seconds:.1f} s = "
+          f"{report.spectra_per_second:.2f} spectra/s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runtime", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("process", help="survey.zarr + bundle -> catalogue.zarr (resumable)")
+    p.add_argument("--input", required=True, help="survey Zarr (flux, snr, source_id, wavelength)")
+    p.add_argument("--model", required=True, help="model bundle folder (export onnx)")
+    p.add_argument("--output", required=True, help="catalogue Zarr to write")
+    p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | tensorrt")
+    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process)")
+    p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler, e.g. tcp://host:8786")
+    p.add_argument("--batch", type=int, default=16, help="spectra per ONNX call group (memory ~ batch x samples)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: 1 per Dask worker, "
+                   "all cores in-process)")
+    p.add_argument("--chunk", type=int, help="catalogue rows per task (default: the survey's chunking)")
+    p.add_argument("--seed", type=int, default=0, help="posterior draws depend on (seed, source_id) only")
+    p.add_argument("--bias-correction", action="store_true", help="add <param>_corr columns (paper Eq. B.1) "
+                   "from the manifest's coefficients")
+    p.add_argument("--resume", action="store_true", help="complete an interrupted catalogue")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_process)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime", description=__doc__.strip("`"))
-    parser.parse_args(argv)
-    print("runtime: no subcommands are implemented yet (issue #6); see README.md", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        print(f"runtime {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"runtime {args.command}: interrupted; re-run with --resume to complete", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

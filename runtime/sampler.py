@@ -16,6 +16,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .posterior import PosteriorSummary, summarize
+from .sessions import resolve_providers, session_options
 
 __all__ = ["OnnxPosterior", "latent_draws"]
 
@@ -31,26 +32,27 @@ class OnnxPosterior:
 
     Arguments:
         bundle: a loaded :class:`~runtime.bundle.Bundle`.
-        providers: ONNX Runtime execution providers (default: CPU).
+        device: ``cpu``, ``cuda``, ``tensorrt`` or ``auto`` (see ``runtime.sessions``).
         threads: intra-op threads for the CPU provider (0 = ONNX Runtime's default).
         max_rows: most flow rows (spectra x samples) per inference call; bounds memory
             (~ max_rows x (2 D + F) x 4 bytes).
     """
 
-    def __init__(self, bundle: Bundle, providers: list | None = None, threads: int = 0, max_rows: int = 65_536):
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 0, max_rows: int = 65_536):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = providers or ["CPUExecutionProvider"]
+        self.device, providers = resolve_providers(device, cache_dir=str(bundle.path / "trt_cache"))
+        options = session_options(self.device, threads)
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.features_session = ort.InferenceSession(str(bundle.graph_path("feature_extractor")), options,
                                                      providers=providers)
         self.flow_session = ort.InferenceSession(str(bundle.graph_path("inverse_flow")), options,
                                                  providers=providers)
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        for session in (self.features_session, self.flow_session):
+            if session.get_providers()[0] != wanted:
+                raise RuntimeError(f"ONNX Runtime gave {session.get_providers()} instead of {wanted}")
         self.max_rows = max_rows
 
     @property

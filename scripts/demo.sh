@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup-venv.sh .venv-demo "synth,train,test"
+bash scripts/setup-venv.sh .venv-demo "synth,train,cpu,test"
 source .venv-demo/bin/activate
 out="${DEMO_OUT:-demo-output}"
 n="${DEMO_N:-24}"

@@ -87,7 +87,7 @@ def _run_serial(tasks: Iterable[tuple[int, np.ndarray]]):
 def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int):
     from dask.distributed import Client, LocalCluster, as_completed
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         futures = [client.submit(synthesize_row, i, lab, pure=False) for i, lab in tasks]
         for future in as_completed(futures):
