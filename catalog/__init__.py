@@ -1,1 +1,1 @@
-"""catalog: catalogue export, check and report."""
+"""catalog: catalogue schema, Zarr store, Parquet/FITS export, checks and reports (no torch)."""

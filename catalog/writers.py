@@ -122,16 +122,27 @@ def export_parquet(path: str | Path, out: str | Path) -> Path:
 
 
 def export_fits(path: str | Path, out: str | Path) -> Path:
-    """FITS binary table with TUNITn/TCOMMn; provenance in the header (long values truncated)."""
+    """FITS binary table with TUNITn (``dex`` written as the conventional string, which FITS does not
+    define), TCOMMn descriptions, and the run's provenance as HIERARCH header cards."""
+    import warnings
+
     from astropy.io import fits
+    from astropy.io.fits.verify import VerifyWarning
 
     table = read_table(path)
-    hdu = fits.BinTableHDU(table)
-    for i, name in enumerate(table.colnames, start=1):
-        hdu.header[f"TCOMM{i}"] = (table[name].description or "")[:68]
-    for key, value in table.meta.items():
-        card = key.upper()[:8]
-        if card not in hdu.header and card not in ("COLUMNS",):
-            hdu.header[f"HIERARCH {key}"[:70]] = str(value)[:40]
+    dex = [name for name in table.colnames if str(table[name].unit or "") == "dex"]
+    for name in dex:
+        table[name].unit = None
+    meta = dict(table.meta)
+    table.meta.clear()
+    hdu = fits.BinTableHDU(table, name="CATALOGUE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        for i, name in enumerate(table.colnames, start=1):
+            if name in dex:
+                hdu.header[f"TUNIT{i}"] = "dex"
+            hdu.header[f"TCOMM{i}"] = (table[name].description or "")[:68]
+        for key, value in meta.items():
+            hdu.header[f"HIERARCH {key}"] = str(value)[: max(0, 66 - len(key))]
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(str(out), overwrite=True)
     return Path(out)

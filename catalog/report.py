@@ -1,0 +1,134 @@
+"""``catalog report``: summary table and the plots survey astronomers look at first.
+
+Writes ``report.md``, ``summary.json`` and PNGs: the Kiel diagram (T_eff vs log g coloured by
+[Fe/H]), [Mg/Fe] vs [Fe/H], histograms of the 68 % posterior widths and of f_reject, and, when the
+truth is known (a synthetic survey's ``truth`` array), MAP - truth residuals against the truth with
+their bias and scatter per parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .writers import CatalogueStore
+
+__all__ = ["make_report"]
+
+
+def _params(store: CatalogueStore) -> list[str]:
+    return [c[: -len("_p50")] for c in store.columns if c.endswith("_p50")]
+
+
+def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None = None) -> dict:
+    store = CatalogueStore.open(catalogue)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = _params(store)
+    cols = {name: store.column(name) for name in store.columns}
+    good = ~cols["flag_bad"]
+    summary: dict = {"catalogue": str(Path(catalogue).resolve()), "rows": store.n_rows,
+                     "usable": int(good.sum()), "flag_warn": int(cols["flag_warn"].sum()),
+                     "flag_counts": {n: int(np.count_nonzero(cols["flags"] & b))
+                                     for n, b in store.attrs["flag_bits"].items()},
+                     "median_f_reject": float(np.nanmedian(cols["f_reject"])), "params": {}}
+    for p in params:
+        width = cols[p + "_p84"] - cols[p + "_p16"]
+        summary["params"][p] = {"median_map": float(np.nanmedian(cols[p][good])) if good.any() else None,
+                                "median_width68": float(np.nanmedian(width[good])) if good.any() else None}
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(cols["teff"][good], cols["logg"][good], c=cols["fe_h"][good], s=4, cmap="viridis")
+    fig.colorbar(sc, label="[Fe/H]")
+    ax.invert_xaxis()
+    ax.invert_yaxis()
+    ax.set_xlabel("T_eff [K] (MAP)")
+    ax.set_ylabel("log g (MAP)")
+    ax.set_title("Kiel diagram")
+    fig.tight_layout()
+    fig.savefig(out / "kiel.png", dpi=110)
+    plt.close(fig)
+
+    if "mg_fe" in cols:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(cols["fe_h"][good], cols["mg_fe"][good], s=4, c="k", alpha=0.5)
+        ax.set_xlabel("[Fe/H]")
+        ax.set_ylabel("[Mg/Fe]")
+        fig.tight_layout()
+        fig.savefig(out / "mg_fe_vs_fe_h.png", dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(3, 5, figsize=(17, 9))
+    for ax, p in zip(axes.flat, params, strict=False):
+        width = (cols[p + "_p84"] - cols[p + "_p16"])[good]
+        ax.hist(width[np.isfinite(width)], bins=40, color="0.5")
+        ax.set_title(f"{p}: 68 % width", fontsize=9)
+    ax = axes.flat[len(params)] if len(params) < axes.size else None
+    if ax is not None:
+        ax.hist(cols["f_reject"][np.isfinite(cols["f_reject"])], bins=40, color="tab:red")
+        ax.set_title("f_reject", fontsize=9)
+    for extra in list(axes.flat)[len(params) + 1:]:
+        extra.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "widths_and_rejection.png", dpi=100)
+    plt.close(fig)
+
+    if truth is not None:
+        summary["residuals"] = _residuals(cols, params, good, truth, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "report.md").write_text(_render(summary, params))
+    return summary
+
+
+def _residuals(cols, params, good, truth_path, out: Path) -> dict:
+    import zarr
+
+    survey = zarr.open_group(str(truth_path), mode="r")
+    if "truth" not in survey:
+        raise ValueError(f"{truth_path}: no 'truth' array; residuals need a synthetic survey")
+    names = list(survey["truth"].attrs["names"])
+    truth = survey["truth"][:]
+    if truth.shape[0] != cols["source_id"].size or not np.array_equal(survey["source_id"][:], cols["source_id"]):
+        raise ValueError(f"{truth_path}: rows or source ids do not match the catalogue")
+    result = {}
+    fig, axes = plt.subplots(3, 5, figsize=(17, 9))
+    for ax, p in zip(axes.flat, [p for p in params if p in names], strict=False):
+        t = truth[:, names.index(p)]
+        r = cols[p] - t
+        ok = good & np.isfinite(r)
+        result[p] = {"bias": float(np.mean(r[ok])), "sigma": float(np.std(r[ok])), "n": int(ok.sum())}
+        ax.scatter(t[ok], r[ok], s=3, c="k", alpha=0.4)
+        ax.axhline(0, color="r", lw=1)
+        ax.set_title(f"{p}: {result[p]['bias']:+.3g} ± {result[p]['sigma']:.3g}", fontsize=9)
+        ax.set_xlabel("truth", fontsize=8)
+    for extra in list(axes.flat)[len(result):]:
+        extra.axis("off")
+    fig.suptitle("MAP − truth")
+    fig.tight_layout()
+    fig.savefig(out / "residuals.png", dpi=100)
+    plt.close(fig)
+    return result
+
+
+def _render(s: dict, params: list[str]) -> str:
+    lines = [f"# Catalogue report: `{s['catalogue']}`", "",
+             f"{s['rows']} rows, {s['usable']} with a usable estimate, {s['flag_warn']} with any flag; "
+             f"median f_reject {s['median_f_reject']:.3f}.", "", "| flag | rows |", "|---|---|"]
+    lines += [f"| {n} | {c} |" for n, c in s["flag_counts"].items()]
+    lines += ["", "| parameter | median MAP | median 68 % width |" + (" bias | σ |" if "residuals" in s else ""),
+              "|---|---|---|" + ("---|---|" if "residuals" in s else "")]
+    for p in params:
+        row = f"| {p} | {s['params'][p]['median_map']:.4g} | {s['params'][p]['median_width68']:.3g} |"
+        if "residuals" in s and p in s["residuals"]:
+            row += f" {s['residuals'][p]['bias']:+.3g} | {s['residuals'][p]['sigma']:.3g} |"
+        lines.append(row)
+    lines += ["", "![Kiel](kiel.png) ![Mg](mg_fe_vs_fe_h.png)", "", "![widths](widths_and_rejection.png)", ""]
+    if "residuals" in s:
+        lines += ["![residuals](residuals.png)", ""]
+    return "\n".join(lines)
