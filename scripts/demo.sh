@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Quick start 1: the main job end to end on the embedded default (small; minutes on a laptop CPU).
-# Re-running reuses what is already built (the grid resumes; finished rows are not recomputed).
+# Quick start 1: the main job end to end on the embedded default (small; ~10-15 minutes on 2 CPU cores):
+#   PySME grid -> train the `small` cINN -> export the ONNX bundle (+ verify) -> noisy survey
+#   -> runtime process -> catalog check + report.
+# Re-running reuses what is already built: the grid and the training resume, finished steps are skipped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup-venv.sh .venv-demo "synth,train,cpu,test"
 source .venv-demo/bin/activate
 out="${DEMO_OUT:-demo-output}"
-n="${DEMO_N:-24}"
+n="${DEMO_N:-96}"
+epochs="${DEMO_EPOCHS:-20}"
 workers="${DEMO_WORKERS:-2}"
 mkdir -p "$out"
 start=$(date +%s)
-echo "== 1/4 synthetic grid: $n PySME spectra, 4MOST-ified ($workers workers)"
+step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+
+step "1/6 synthetic grid: $n PySME spectra, 4MOST-ified ($workers workers)"
 spectra grid --n "$n" --seed 0 --out "$out/grid.h5" --workers "$workers"
-echo "== 2/4 noisy survey at the paper's 19 S/N values"
-spectra survey --grid "$out/grid.h5" --snr paper --out "$out/survey.zarr" --quiet
-echo "== 3/4 one star: the Sun"
-[ -f "$out/sun.h5" ] || spectra synth --teff 5772 --logg 4.44 --feh 0 --vmic 1.0 --vbroad 3.5 --out "$out/sun.h5"
-echo "== 4/4 plots"
-spectra plot --grid "$out/grid.h5" --rows 0 1 2 3 --out "$out/grid_spectra.png"
-spectra plot --grid "$out/grid.h5" --rows 0 1 2 3 --zoom 6700-6715 --out "$out/grid_li6707.png"
-spectra plot --survey "$out/survey.zarr" --rows 0 12 17 18 --zoom 6140-6170 --out "$out/survey_snr.png"
+
+step "2/6 train the small cINN ($epochs epochs; resumes if interrupted)"
+training fit --grid "$out/grid.h5" --config small --epochs "$epochs" --out "$out/run" --device auto
+
+step "3/6 export the model bundle and verify it against PyTorch"
+python -m export onnx --run "$out/run" --out "$out/bundle"
+python -m export verify --bundle "$out/bundle" --run "$out/run" --samples 1024
+
+step "4/6 noisy survey of the grid at S/N 50 and 250 per A"
+spectra survey --grid "$out/grid.h5" --snr 50,250 --out "$out/survey.zarr" --chunk 32 --quiet
+
+step "5/6 runtime process (Dask, ONNX Runtime, 4096 posterior samples per spectrum)"
+if [ -d "$out/catalog.zarr" ]; then resume="--resume"; else resume=""; fi
+runtime process --input "$out/survey.zarr" --model "$out/bundle" --output "$out/catalog.zarr" \
+  --workers "$workers" --samples 4096 $resume
+
+step "6/6 catalogue check and report"
+catalog check --input "$out/catalog.zarr" --survey "$out/survey.zarr" > "$out/catalog_check.json"
+catalog report --input "$out/catalog.zarr" --truth "$out/survey.zarr" --out "$out/report"
+catalog export --input "$out/catalog.zarr" --format fits --out "$out/catalog.fits"
+spectra plot --grid "$out/grid.h5" --rows 0 1 2 3 --zoom 6700-6715 --out "$out/report/grid_li6707.png"
+
 echo
-echo "done in $(( $(date +%s) - start )) s:"
-echo "  grid      $out/grid.h5        (spectra info $out/grid.h5)"
-echo "  survey    $out/survey.zarr    (runtime input format)"
-echo "  the Sun   $out/sun.h5"
-echo "  plots     $out/grid_spectra.png $out/grid_li6707.png $out/survey_snr.png"
+echo "done in $(( $(date +%s) - start )) s. Outputs:"
+echo "  catalogue  $out/catalog.zarr  (FITS copy: $out/catalog.fits)"
+echo "  report     $out/report/report.md  (Kiel diagram, [Mg/Fe] vs [Fe/H], widths, residuals vs truth)"
+echo "  model      $out/bundle/  (trained on $out/grid.h5; loss curves $out/run/loss.png)"
