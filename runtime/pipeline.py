@@ -211,11 +211,9 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                 raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
                                  f"{value!r}; resume needs the same settings")
     else:
-        from spectra import __version__
-
         columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected)
         store = CatalogueStore.create(output_path, n, chunk, columns, {
-            **identity, "bundle": str(Path(bundle_path).resolve()), "software": f"cinn4most {__version__}",
+            **identity, "bundle": str(Path(bundle_path).resolve()), "software": f"cinn4most {_software_version()}",
             "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
             "map_definition": "highest-density posterior sample inside the training bounds",
@@ -238,6 +236,15 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         where = _run_distributed(todo, args, workers, scheduler, bar)
     bar.close()
     return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where)
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cinn4most")
+    except PackageNotFoundError:
+        return "0.0.0+src"
 
 
 def _rows(store: CatalogueStore, k: int) -> int:

@@ -96,10 +96,12 @@ def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int):
 
 
 def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: bool = True,
-               on_row: Callable[[int], None] | None = None) -> GridReport:
+               on_row: Callable[[int], None] | None = None, extend: str | Path | None = None) -> GridReport:
     """Make (or resume) an ``n``-row grid at ``out``; see the module docstring.
 
     ``workers`` > 1 uses a Dask ``LocalCluster``; 1 runs in this process (no cluster start-up).
+    ``extend``: a smaller grid made with the same seed; its finished rows are copied, not recomputed
+    (the Sobol prior is prefix-stable, so row i has the same labels in both).
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -109,6 +111,8 @@ def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: b
     start = time.perf_counter()
     failed: dict[int, str] = {}
     with GridWriter(out, n, maker.hr, attrs) as writer:
+        if extend:
+            _copy_rows(Path(extend), writer, labels, attrs)
         todo = [(i, labels[i]) for i in np.flatnonzero(~writer.done)]
         skipped = n - len(todo)
         rows = _run_dask(todo, workers) if workers > 1 and len(todo) > 1 else _run_serial(todo)
@@ -125,6 +129,23 @@ def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: b
                 on_row(index)
         bar.close()
     return GridReport(Path(out), n, written, skipped, failed, time.perf_counter() - start, workers)
+
+
+def _copy_rows(source: Path, writer: GridWriter, labels: np.ndarray, attrs: dict) -> None:
+    from .gridstore import GridReader
+
+    with GridReader(source) as old:
+        for key in ("seed", "prior", "engine", "linelist_sha256"):
+            if old.attrs.get(key) != attrs[key]:
+                raise ValueError(f"--extend {source}: made with {key} = {old.attrs.get(key)!r}, this grid has "
+                                 f"{attrs[key]!r}; only a grid of the same seed and setup can be extended")
+        done = writer.done
+        methods, seconds = old.atmosphere_method, old.synthesis_seconds
+        for i in np.flatnonzero(old.done[: len(labels)]):
+            if not done[i]:
+                if not np.allclose(old.labels[i], labels[i]):
+                    raise ValueError(f"--extend {source}: row {i} has other labels than this grid's prior draw")
+                writer.write_row(int(i), old.flux[i], labels[i], str(methods[i]), float(seconds[i]))
 
 
 def default_workers() -> int:

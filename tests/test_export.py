@@ -76,12 +76,13 @@ def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "FrEIA", "training", "export"):
+                if name.split(".")[0] in ("torch", "FrEIA", "training", "export", "spectra"):
                     raise ImportError(f"{{name}} is not allowed on a deployment machine")
         sys.meta_path.insert(0, Block())
         import numpy as np
         from runtime.bundle import load_bundle
         from runtime.sampler import OnnxPosterior
+        import runtime.pipeline, catalog.check, catalog.report, catalog.writers  # the whole deployment side
         post = OnnxPosterior(load_bundle({str(bundle)!r}))
         s = post.posterior(np.load({str(tmp_path / 'flux.npy')!r}), np.load({str(tmp_path / 'snr.npy')!r}),
                            np.array({ids.tolist()}), seed=5, n_samples=4096)

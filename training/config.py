@@ -27,6 +27,7 @@ class Config:
     n_blocks: int = 16
     subnet_width: int = 512
     subnet_layers: int = 3  # weight layers: in -> w -> ... -> out
+    feature_dropout: float = 0.0  # dropout after each hidden feature layer (not in the paper; regularises small grids)
     clamp: float = 1.9
     permutation_seed: int = 0
     # data

@@ -31,12 +31,14 @@ def atan_clamp(u: torch.Tensor, alpha: float) -> torch.Tensor:
     return (2.0 / math.pi) * torch.atan(u / alpha)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if k < len(sizes) - 2:
             layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -65,7 +67,7 @@ class CINN(nn.Module):
         self.config = config
         self.n_pixels, self.n_params = n_pixels, n_params
         self.n_features = config.feature_layers[-1]
-        self.feature_extractor = _mlp([n_pixels + 1, *config.feature_layers])
+        self.feature_extractor = _mlp([n_pixels + 1, *config.feature_layers], config.feature_dropout)
         self.flow = Ff.SequenceINN(n_params)
         for k in range(config.n_blocks):
             self.flow.append(Fm.PermuteRandom, seed=config.permutation_seed + k)
