@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import FORMAT_VERSION, GRAPHS, PAPER_BIAS_CORRECTION, write_manifest
+from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, PAPER_BIAS_CORRECTION, write_manifest
 from spectra import schema
 from spectra.degrade import snr_per_pixel
 from training.fit import load_run
@@ -82,6 +82,32 @@ def export_graphs(model: CINN, out: Path, opset: int) -> None:
         dynamic = {name: {0: "batch"} for name in (*inputs, *outputs)}
         torch.onnx.export(module, args, str(out / filename), input_names=list(inputs), output_names=list(outputs),
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+
+def export_hoisted(model: CINN, out: Path, opset: int) -> dict:
+    """The two extra graphs of ``export.hoisted`` (condition term of the subnets computed once per spectrum)."""
+    from .hoisted import hoisted_modules
+
+    projection, flow = hoisted_modules(model.float().eval())
+    features = torch.zeros(2, model.n_features)
+    with torch.no_grad():
+        cond = projection(features)
+    z = torch.zeros(2, 3, model.n_params)
+    torch.onnx.export(projection, (features,), str(out / HOISTED["projection"]), input_names=["features"],
+                      output_names=["cond_proj"], dynamic_axes={"features": {0: "batch"}, "cond_proj": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    torch.onnx.export(flow, (z, cond), str(out / HOISTED["flow"]), input_names=["z", "cond_proj"],
+                      output_names=["x", "log_jac_det"],
+                      dynamic_axes={"z": {0: "batch", 1: "samples"}, "cond_proj": {0: "batch"},
+                                    "x": {0: "batch", 1: "samples"}, "log_jac_det": {0: "batch", 1: "samples"}},
+                      opset_version=opset, dynamo=False)
+    return {
+        "condition_projection": {"file": HOISTED["projection"], "inputs": ["features"], "outputs": ["cond_proj"],
+                                 "description": "W_c c + b of every subnet's first layer, once per spectrum"},
+        "hoisted_flow": {"file": HOISTED["flow"], "inputs": ["z", "cond_proj"], "outputs": ["x", "log_jac_det"],
+                         "description": "inverse flow on z [B, S, D] with the per-spectrum projections [B, K] "
+                                        "broadcast over the S samples; same x and log_jac_det as inverse_flow"},
+    }
 
 
 def export_fp16(out: Path) -> dict[str, str]:
@@ -169,9 +195,10 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
             "python": platform.python_version(), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }
+    manifest["extra_graphs"] = export_hoisted(model, out, opset)
     if fp16:
-        manifest["extra_graphs"] = {f"{key}_fp16": {"file": f, "precision": "fp16 weights and arithmetic, "
-                                                   "fp32 inputs/outputs; Exp/Log/Atan/reductions in fp32"}
-                                    for key, f in export_fp16(out).items()}
+        manifest["extra_graphs"].update({f"{key}_fp16": {"file": f, "precision": "fp16 weights and arithmetic, "
+                                                        "fp32 inputs/outputs; Exp/Log/Atan/reductions in fp32"}
+                                         for key, f in export_fp16(out).items()})
     write_manifest(out, manifest)
     return out

@@ -3,7 +3,9 @@
 Checks, each on random inputs and on real (noisy) spectra of the training grid when it is available:
 * ``feature_extractor.onnx`` features vs ``model.features``;
 * ``inverse_flow.onnx`` x and log|det dx/dz| vs ``model.reverse`` on the same z and features;
-* posterior MAPs: 4096 samples per spectrum through ``runtime.sampler`` (numpy + onnxruntime) vs the
+* ``hoisted_flow.onnx`` (with ``condition_projection.onnx``) against the same reference;
+* posterior MAPs: 4096 samples per spectrum through ``runtime.sampler`` (numpy + onnxruntime; the hoisted
+  graphs when the bundle has them, as the runtime does) vs the
   same z through PyTorch, summarised by the same ``runtime.posterior.summarize``.
 Error measure: max over elements of |onnx - torch| / max(|torch|, 1) (relative for large values,
 absolute below 1, which is the scale of the standardised outputs). fp32 must reach <= 1e-4; the
@@ -87,6 +89,11 @@ def _compare_graphs(model, posterior: OnnxPosterior, sets, rng, report_errors: d
         x_o, logdet_o = posterior.flow(z, rep)
         report_errors[f"inverse flow x [{label}]"] = _err(x_o, x_t.numpy())
         report_errors[f"inverse flow log_jac_det [{label}]"] = _err(logdet_o, logdet_t.numpy().reshape(-1))
+        if posterior.hoisted:
+            x_h, logdet_h = posterior.hoisted_flow(z.reshape(feats_t.shape[0], 64, d), feats_t)
+            report_errors[f"hoisted flow x [{label}]"] = _err(x_h.reshape(-1, d), x_t.numpy())
+            report_errors[f"hoisted flow log_jac_det [{label}]"] = _err(logdet_h.reshape(-1),
+                                                                      logdet_t.numpy().reshape(-1))
         # MAP parity: same z per spectrum through both back-ends, same summary code
         n = min(4, flux.shape[0])
         ids = np.arange(n) + 1000
@@ -120,7 +127,7 @@ def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 409
     _compare_graphs(model, OnnxPosterior(bundle), sets, rng, report.errors, n_samples)
     extra = bundle.manifest.raw.get("extra_graphs") or {}
     if "feature_extractor_fp16" in extra and "inverse_flow_fp16" in extra:
-        half = OnnxPosterior(bundle)
+        half = OnnxPosterior(bundle, use_hoisted=False)
         import onnxruntime as ort
 
         half.features_session = ort.InferenceSession(str(bundle.path / extra["feature_extractor_fp16"]["file"]))

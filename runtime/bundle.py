@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "FORMAT_VERSION",
     "GRAPHS",
+    "HOISTED",
     "Bundle",
     "BundleError",
     "Manifest",
@@ -56,6 +57,8 @@ PAPER_BIAS_CORRECTION = {
         "li_fe": {"a": -5.254e-4, "b": 2.779},
     },
 }
+#: optional faster graphs (``export.hoisted``): file names
+HOISTED = {"projection": "condition_projection.onnx", "flow": "hoisted_flow.onnx"}
 _REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention", "n_features",
              "n_params", "graphs", "opset", "provenance")
 
@@ -129,6 +132,11 @@ class Bundle:
 
     def graph_path(self, key: str) -> Path:
         return self.path / GRAPHS[key][0]
+
+    @property
+    def has_hoisted(self) -> bool:
+        extra = self.manifest.raw.get("extra_graphs") or {}
+        return "hoisted_flow" in extra and all((self.path / f).is_file() for f in HOISTED.values())
 
     def check_wavelength(self, wavelength: np.ndarray, source: str) -> None:
         """Raise a :class:`BundleError` unless ``wavelength`` is the bundle's pixel grid."""

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .bundle import Bundle
+from .bundle import HOISTED, Bundle
 from .posterior import PosteriorSummary, summarize
 from .sessions import resolve_providers, session_options
 
@@ -36,9 +36,13 @@ class OnnxPosterior:
         threads: intra-op threads for the CPU provider (0 = ONNX Runtime's default).
         max_rows: most flow rows (spectra x samples) per inference call; bounds memory
             (~ max_rows x (2 D + F) x 4 bytes).
+        use_hoisted: use the bundle's ``condition_projection`` + ``hoisted_flow`` graphs when it has them
+            (the subnets' condition term once per spectrum instead of once per sample; same results to
+            float32 rounding).
     """
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 0, max_rows: int = 65_536):
+    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 0, max_rows: int = 65_536,
+                 use_hoisted: bool = True):
         import onnxruntime as ort
 
         self.device, providers = resolve_providers(device, cache_dir=str(bundle.path / "trt_cache"))
@@ -49,8 +53,16 @@ class OnnxPosterior:
                                                      providers=providers)
         self.flow_session = ort.InferenceSession(str(bundle.graph_path("inverse_flow")), options,
                                                  providers=providers)
+        self.hoisted = use_hoisted and bundle.has_hoisted
+        sessions = [self.features_session, self.flow_session]
+        if self.hoisted:
+            self.projection_session = ort.InferenceSession(str(bundle.path / HOISTED["projection"]), options,
+                                                           providers=providers)
+            self.hoisted_session = ort.InferenceSession(str(bundle.path / HOISTED["flow"]), options,
+                                                        providers=providers)
+            sessions += [self.projection_session, self.hoisted_session]
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        for session in (self.features_session, self.flow_session):
+        for session in sessions:
             if session.get_providers()[0] != wanted:
                 raise RuntimeError(f"ONNX Runtime gave {session.get_providers()} instead of {wanted}")
         self.max_rows = max_rows
@@ -73,13 +85,29 @@ class OnnxPosterior:
             logs.append(log_det)
         return np.concatenate(xs), np.concatenate(logs)
 
+    def hoisted_flow(self, z: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, S, D) and log|det dx/dz| (N, S) for z (N, S, D) of N spectra with features (N, F)."""
+        proj = self.projection_session.run(None, {"features": features})[0]
+        per_call = max(1, self.max_rows // z.shape[1])
+        xs, logs = [], []
+        for start in range(0, z.shape[0], per_call):
+            stop = start + per_call
+            x, log_det = self.hoisted_session.run(None, {"z": z[start:stop], "cond_proj": proj[start:stop]})
+            xs.append(x)
+            logs.append(log_det)
+        return np.concatenate(xs), np.concatenate(logs)
+
     def sample(self, flux: np.ndarray, snr: np.ndarray, source_ids: np.ndarray, seed: int,
                n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         """Physical samples (N, S, D) and network-space log densities (N, S)."""
         n, d = flux.shape[0], self.manifest.n_params
         feats = self.features(flux, snr)
         z = np.stack([latent_draws(seed, sid, n_samples, d) for sid in source_ids])
-        x, log_det = self.flow(z.reshape(n * n_samples, d), np.repeat(feats, n_samples, axis=0))
+        if self.hoisted:
+            x, log_det = self.hoisted_flow(z, feats)
+            log_det = log_det.reshape(-1)
+        else:
+            x, log_det = self.flow(z.reshape(n * n_samples, d), np.repeat(feats, n_samples, axis=0))
         log_density = -0.5 * np.sum(z.reshape(n * n_samples, d).astype(np.float64) ** 2, axis=1)
         log_density -= 0.5 * d * math.log(2 * math.pi) + log_det
         return self.manifest.to_physical(x.reshape(n, n_samples, d)), log_density.reshape(n, n_samples)
