@@ -148,7 +148,8 @@ def main() -> None:
         with GridReader(args.grid) as grid:
             done = grid.done
             report["grid"] = {"path": str(args.grid), "rows": int(grid.n), "done": int(done.sum()),
-                              "atmosphere_methods": dict(Counter(grid.atmosphere_method[done])),
+                              "atmosphere_methods": {str(k): v for k, v in
+                                                     Counter(grid.atmosphere_method[done]).items()},
                               "median_synthesis_seconds": float(np.nanmedian(grid.synthesis_seconds[done]))}
         if args.grid_log:
             report["grid"]["console"] = Path(args.grid_log).read_text().strip().splitlines()[-1][-300:]
