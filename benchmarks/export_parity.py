@@ -13,7 +13,6 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,22 +20,13 @@ import torch
 from export.onnx import export_bundle
 from export.verify import FP32_TOLERANCE, verify_bundle
 from training.config import CONFIGS
-from training.model import CINN
+from training.fit import save_untrained_run
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def paper_run(tmp: Path) -> Path:
-    torch.manual_seed(0)
-    model = CINN(CONFIGS["paper"], 25_200, 13)
-    with torch.no_grad():  # move off the identity initialisation so the flow does something
-        for p in model.flow.parameters():
-            if p.is_floating_point():
-                p.add_(0.02 * torch.randn_like(p))
-    run = tmp / "paper_run"
-    run.mkdir()
-    torch.save({"model": model.state_dict(), "config": asdict(CONFIGS["paper"]), "epoch": None}, run / "best.pt")
-    return run
+    return save_untrained_run(CONFIGS["paper"], 25_200, 13, tmp / "paper_run", perturb=0.02)[1]
 
 
 def main() -> None:

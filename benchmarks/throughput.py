@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from runtime.bundle import load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.sampler import OnnxPosterior
 from training.config import CONFIGS
-from training.fit import load_run
+from training.fit import load_run, save_untrained_run
 from training.model import CINN
 
 RESULTS = Path(__file__).parent / "results"
@@ -118,11 +117,7 @@ def sampling_rates(model: CINN, bundle_path: Path, n_spectra: int, samples: int,
 def paper_size_bundle(tmp: Path) -> tuple[CINN, Path]:
     from export.onnx import export_bundle
 
-    torch.manual_seed(0)
-    model = CINN(CONFIGS["paper"], 25_200, 13)
-    run = tmp / "paper_run"
-    run.mkdir()
-    torch.save({"model": model.state_dict(), "config": asdict(CONFIGS["paper"]), "epoch": None}, run / "best.pt")
+    model, run = save_untrained_run(CONFIGS["paper"], 25_200, 13, tmp / "paper_run")
     return model, export_bundle(run, tmp / "paper_bundle")
 
 

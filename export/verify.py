@@ -75,6 +75,20 @@ def _inputs(model, bundle, rng, n_random: int = 16) -> dict[str, tuple[np.ndarra
     return sets
 
 
+def torch_posterior(model, manifest, flux: np.ndarray, snr: np.ndarray, source_ids: np.ndarray, seed: int,
+                    n_samples: int):
+    """The PyTorch reference of ``runtime.sampler.OnnxPosterior.posterior``: same z, same summary code."""
+    n, d = flux.shape[0], model.n_params
+    zs = np.stack([latent_draws(seed, i, n_samples, d) for i in source_ids])
+    with torch.no_grad():
+        c = model.features(torch.from_numpy(flux), torch.from_numpy(snr))
+        x, log_det = model.reverse(torch.from_numpy(zs.reshape(-1, d)), c.repeat_interleave(n_samples, dim=0))
+    logp = -0.5 * np.sum(zs.reshape(-1, d).astype(np.float64) ** 2, axis=1) - 0.5 * d * np.log(2 * np.pi)
+    logp -= log_det.numpy().reshape(-1)
+    return summarize(manifest.to_physical(x.numpy().reshape(n, n_samples, d)), logp.reshape(n, n_samples),
+                     manifest.lower, manifest.upper)
+
+
 def _compare_graphs(model, posterior: OnnxPosterior, sets, rng, report_errors: dict, n_samples: int) -> None:
     d = model.n_params
     for label, (flux, snr) in sets.items():
@@ -98,15 +112,7 @@ def _compare_graphs(model, posterior: OnnxPosterior, sets, rng, report_errors: d
         n = min(4, flux.shape[0])
         ids = np.arange(n) + 1000
         summary_o = posterior.posterior(flux[:n], snr[:n], ids, seed=0, n_samples=n_samples)
-        zs = np.stack([latent_draws(0, i, n_samples, d) for i in ids])
-        with torch.no_grad():
-            xt, ld = model.reverse(torch.from_numpy(zs.reshape(-1, d)),
-                                   torch.from_numpy(np.repeat(feats_t[:n], n_samples, axis=0)))
-        logp = -0.5 * np.sum(zs.reshape(-1, d).astype(np.float64) ** 2, axis=1) - 0.5 * d * np.log(2 * np.pi)
-        logp -= ld.numpy().reshape(-1)
-        m = posterior.manifest
-        summary_t = summarize(m.to_physical(xt.numpy().reshape(n, n_samples, d)), logp.reshape(n, n_samples),
-                              m.lower, m.upper)
+        summary_t = torch_posterior(model, posterior.manifest, flux[:n], snr[:n], ids, 0, n_samples)
         both = np.isfinite(summary_t.map) & np.isfinite(summary_o.map)
         report_errors[f"posterior MAP [{label}]"] = _err(summary_o.map[both], summary_t.map[both]) if both.any() \
             else 0.0

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,8 +19,7 @@ from export.onnx import export_bundle  # noqa: E402
 from export.verify import FP32_TOLERANCE, verify_bundle  # noqa: E402
 from runtime.bundle import FORMAT_VERSION, BundleError, load_bundle  # noqa: E402
 from training.config import CONFIGS  # noqa: E402
-from training.fit import fit  # noqa: E402
-from training.model import CINN  # noqa: E402
+from training.fit import fit, save_untrained_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,7 @@ def test_verify_passes_in_fp32(trained):
 def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
     """A program that cannot import torch or FrEIA samples the bundle; its MAPs equal PyTorch's."""
     grid, run, bundle = trained
-    from runtime.posterior import summarize
-    from runtime.sampler import latent_draws
+    from export.verify import torch_posterior
     from spectra.gridstore import GridReader
     from training.fit import load_run
 
@@ -94,13 +92,7 @@ def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
     onnx_map = np.load(tmp_path / "map.npy")
 
     model, _, _ = load_run(run)
-    m = load_bundle(bundle).manifest
-    z = np.stack([latent_draws(5, i, 4096, 13) for i in ids])
-    with torch.no_grad():
-        c = model.features(torch.from_numpy(flux), torch.from_numpy(snr))
-        x, ld = model.reverse(torch.from_numpy(z.reshape(-1, 13)), c.repeat_interleave(4096, dim=0))
-    logp = -0.5 * (z.reshape(-1, 13).astype(float) ** 2).sum(1) - 6.5 * np.log(2 * np.pi) - ld.numpy()
-    torch_map = summarize(m.to_physical(x.numpy().reshape(4, 4096, 13)), logp.reshape(4, 4096), m.lower, m.upper).map
+    torch_map = torch_posterior(model, load_bundle(bundle).manifest, flux, snr, ids, 5, 4096).map
     ok = np.isfinite(torch_map)
     np.testing.assert_array_equal(np.isfinite(onnx_map), ok)
     rel = np.abs(onnx_map[ok] - torch_map[ok]) / np.maximum(np.abs(torch_map[ok]), 1.0)
@@ -154,15 +146,7 @@ def test_wavelength_mismatch_is_named(trained):
 @pytest.mark.slow
 def test_paper_config_exports_and_verifies(tmp_path):
     """Untrained paper-size model: parity holds for the full architecture (67.3 M parameters)."""
-    torch.manual_seed(0)
-    model = CINN(CONFIGS["paper"], 25_200, 13)
-    with torch.no_grad():
-        for p in model.flow.parameters():
-            if p.is_floating_point():
-                p.add_(0.02 * torch.randn_like(p))
-    run = tmp_path / "paper_run"
-    run.mkdir()
-    torch.save({"model": model.state_dict(), "config": asdict(CONFIGS["paper"]), "epoch": None}, run / "best.pt")
+    _, run = save_untrained_run(CONFIGS["paper"], 25_200, 13, tmp_path / "paper_run", perturb=0.02)
     bundle = export_bundle(run, tmp_path / "paper_bundle")
     report = verify_bundle(bundle, run, n_samples=1024)
     assert report.ok, report.lines()

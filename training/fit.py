@@ -33,7 +33,7 @@ from .config import Config
 from .data import GridData
 from .model import CINN, count_parameters
 
-__all__ = ["DivergenceError", "FitResult", "fit", "load_run", "resolve_device"]
+__all__ = ["DivergenceError", "FitResult", "fit", "load_run", "resolve_device", "save_untrained_run"]
 
 
 class DivergenceError(RuntimeError):
@@ -228,6 +228,24 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_untrained_run(config: Config, n_pixels: int, n_params: int, out: str | Path, perturb: float = 0.0,
+                       seed: int = 0) -> tuple[CINN, Path]:
+    """A run folder holding an untrained model (e.g. the paper-size network for export parity and speed
+    benchmarks, where the weights do not matter). ``perturb`` adds N(0, perturb) to the flow weights so the
+    flow is not the identity it starts as."""
+    torch.manual_seed(seed)
+    model = CINN(config, n_pixels, n_params)
+    if perturb:
+        with torch.no_grad():
+            for p in model.flow.parameters():
+                if p.is_floating_point():
+                    p.add_(perturb * torch.randn_like(p))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"model": model.state_dict(), "config": asdict(config), "epoch": None}, out / "best.pt")
+    return model, out
 
 
 def load_run(run: str | Path, which: str = "best") -> tuple[CINN, Config, dict]:
