@@ -3,7 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup-venv.sh .venv-test "synth,train,cpu,test"
+bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test"
 source .venv-test/bin/activate
 ruff check .
 python -m pytest -q "$@"

@@ -151,3 +151,14 @@ def test_paper_config_exports_and_verifies(tmp_path):
     report = verify_bundle(bundle, run, n_samples=1024)
     assert report.ok, report.lines()
     assert report.graph_bytes["feature_extractor"] > 200e6
+
+
+def test_fp16_graphs_are_written_and_reported_separately(trained, tmp_path):
+    pytest.importorskip("onnxconverter_common")
+    _, run, _ = trained
+    bundle = export_bundle(run, tmp_path / "b16", fp16=True)
+    extra = load_bundle(bundle).manifest.raw["extra_graphs"]
+    assert (bundle / extra["inverse_flow_fp16"]["file"]).exists()
+    report = verify_bundle(bundle, run, n_samples=512)
+    assert report.ok  # the fp32 graphs
+    assert report.fp16_errors and max(report.fp16_errors.values()) < 1e-2
