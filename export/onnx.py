@@ -10,7 +10,6 @@ reductions kept in fp32) for GPUs; they are described in the manifest and verifi
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, PAPER_BIAS_CORRECTION, write_manifest
+from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, PAPER_BIAS_CORRECTION, sha256_file, write_manifest
 from spectra import schema
 from spectra.degrade import snr_per_pixel
+from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
 from training.model import CINN
 
@@ -55,14 +55,6 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_graphs(model: CINN, out: Path, opset: int) -> None:
@@ -145,7 +137,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         with h5py.File(grid_path, "r", locking=False) as f:
             wavelength = f["wavelength"][:]
             definition = str(f["wavelength"].attrs.get("definition", ""))
-        grid_sha = _file_sha256(grid_path)
+        grid_sha = sha256_file(grid_path)
     else:
         from spectra.wavegrid import hr_grid
 
@@ -170,7 +162,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         "pixel_grid": {
             "definition": definition, "n_pixels": int(wavelength.size), "medium": "air", "unit": "Angstrom",
             "first": float(wavelength[0]), "last": float(wavelength[-1]), "pixel_width": pixel,
-            "sha256": hashlib.sha256(np.round(wavelength, 6).astype("<f8").tobytes()).hexdigest(),
+            "sha256": wavelength_sha256(wavelength),
             "file": "wavelength.npy",
         },
         "flux_convention": "continuum-normalised, radial-velocity corrected (rest frame), on the pixel grid above",

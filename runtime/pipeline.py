@@ -20,7 +20,6 @@ same bundle, seed, samples and input, and runs only the chunks not marked done.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from catalog.writers import CatalogueStore
 from .bundle import Bundle, BundleError, load_bundle
 from .posterior import QUANTILES
 from .sampler import OnnxPosterior
+from .sessions import resolve_providers
 
 __all__ = ["ProcessOptions", "ProcessReport", "process_chunk", "process_survey", "validate_flux"]
 
@@ -195,7 +195,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     bundle = load_bundle(bundle_path)
     _, n, input_chunk = _open_survey(input_path, bundle)
     chunk = chunk or input_chunk
-    device, _ = _check_device(options.device)
+    device, _ = resolve_providers(options.device)
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
     if options.bias_correction and not corrected:
@@ -252,11 +252,6 @@ def _rows(store: CatalogueStore, k: int) -> int:
     return b - a
 
 
-def _check_device(device: str) -> tuple[str, list]:
-    from .sessions import resolve_providers
-
-    return resolve_providers(device)
-
 
 def _run_distributed(todo, args, workers: int, scheduler: str | None, bar) -> str:
     from dask.distributed import Client, LocalCluster, as_completed
@@ -283,6 +278,3 @@ def _run_distributed(todo, args, workers: int, scheduler: str | None, bar) -> st
             cluster.close()
     return where
 
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)))

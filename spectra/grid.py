@@ -8,7 +8,6 @@ one row as each task finishes, so an interruption loses only the rows in flight.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -147,6 +146,3 @@ def _copy_rows(source: Path, writer: GridWriter, labels: np.ndarray, attrs: dict
                     raise ValueError(f"--extend {source}: row {i} has other labels than this grid's prior draw")
                 writer.write_row(int(i), old.flux[i], labels[i], str(methods[i]), float(seconds[i]))
 
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)))

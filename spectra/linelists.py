@@ -142,20 +142,16 @@ def build_merged_linelist(vald: Path, fasma: Path, linemake: list[Path]) -> Line
         raise ValueError(f"{vald}: cannot be read as a VALD 'extract stellar' list ({exc})") from None
     vald_df = vald_df.assign(reference="VALD3: " + vald_df["reference"].astype(str).str.strip())
     pieces = [vald_df[COLUMNS], _read_moog(Path(fasma), _FASMA_SPECIES, "FASMA (Tsantaki+2018)")]
-    pieces += [_read_moog(Path(p), _LINEMAKE_SPECIES, "linemake (Placco+2021)") for p in linemake
-               if _has_species(Path(p), _LINEMAKE_SPECIES)]
+    for p in linemake:
+        try:
+            pieces.append(_read_moog(Path(p), _LINEMAKE_SPECIES, "linemake (Placco+2021)"))
+        except ValueError:  # this linemake file holds no Eu II lines
+            continue
     merged = pd.concat(pieces, ignore_index=True)
     merged = merged[_in_windows(merged["wlcent"].to_numpy())]
     return LineListData(merged, source=f"merged: {Path(vald).name} + {Path(fasma).name} + "
                                        + " + ".join(Path(p).name for p in linemake))
 
-
-def _has_species(path: Path, species_map: dict[str, str]) -> bool:
-    try:
-        _read_moog(path, species_map, "")
-    except ValueError:
-        return False
-    return True
 
 
 def read_linelist(path: str | Path) -> LineListData:

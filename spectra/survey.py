@@ -52,7 +52,7 @@ class SnrSpec:
             return "fixed:" + ",".join(f"{v:g}" for v in self.values)
         return f"log-uniform:{self.low:g}-{self.high:g}"
 
-    def draw(self, source_id: int, k: int, rng: np.random.Generator) -> float:
+    def draw(self, k: int, rng: np.random.Generator) -> float:
         if self.values:
             return float(self.values[k])
         return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
@@ -124,7 +124,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
             snrs = np.empty(rows.size)
             for j, (source_id, k) in enumerate(zip(ids, rows % n_snr, strict=True)):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, int(source_id)]))
-                snrs[j] = snr.draw(int(source_id), int(k), rng)
+                snrs[j] = snr.draw(int(k), rng)
                 noisy[j] = add_noise(clean[j].astype(float), snrs[j], pixel, rng)
             flux[start:stop] = noisy
             snr_arr[start:stop] = snrs

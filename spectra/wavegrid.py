@@ -37,6 +37,7 @@ __all__ = [
     "air_to_vacuum",
     "hr_grid",
     "vacuum_to_air",
+    "wavelength_sha256",
     "working_grid",
 ]
 
@@ -70,6 +71,11 @@ def air_to_vacuum(wave_air: np.ndarray | float) -> np.ndarray:
     return wave_air * n
 
 
+def wavelength_sha256(wave: np.ndarray) -> str:
+    """Hash of pixel centres rounded to 1e-6 Å: identifies a pixel grid in grid files and model bundles."""
+    return hashlib.sha256(np.round(np.asarray(wave, dtype=float), 6).astype("<f8").tobytes()).hexdigest()
+
+
 @dataclass(frozen=True)
 class WavelengthGrid:
     """A piecewise-uniform wavelength grid (air, Å) made of named windows.
@@ -92,8 +98,7 @@ class WavelengthGrid:
         return self.segments[self.window_names.index(name)]
 
     def sha256(self) -> str:
-        """Hash of the pixel centres rounded to 1e-6 Å: identifies the grid in files and bundles."""
-        return hashlib.sha256(np.round(self.wave, 6).astype("<f8").tobytes()).hexdigest()
+        return wavelength_sha256(self.wave)
 
 
 def _build(name: str, step: float, pad: float, centred: bool, definition: str) -> WavelengthGrid:
