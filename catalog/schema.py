@@ -19,6 +19,9 @@ bit    name                 meaning
 8      INVALID_SNR          S/N missing, non-finite or <= 0: not processed
 16     SNR_OUT_OF_RANGE     S/N outside the range the model was trained on (manifest)
 32     METAL_POOR           MAP [Fe/H] <= -2.5: abundances are poorly constrained (paper Sect. 4.2)
+64     INGEST_FLAGGED       ``spectra ingest`` flagged the input spectrum (low or unknown resolution,
+                            partial coverage, uncertain RV, estimated S/N...): the ``ingest_flags``
+                            column holds its bits (``spectra.ingest.IngestFlag``)
 =====  ===================  ======================================================================
 
 ``flag_bad`` = INVALID_FLUX | INVALID_SNR | ALL_REJECTED (no usable estimate);
@@ -42,6 +45,7 @@ class Flag(IntFlag):
     INVALID_SNR = 8
     SNR_OUT_OF_RANGE = 16
     METAL_POOR = 32
+    INGEST_FLAGGED = 64
 
 
 BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED
@@ -52,6 +56,7 @@ FLAG_DESCRIPTIONS = {
     Flag.INVALID_SNR: "S/N missing, non-finite or <= 0; not processed",
     Flag.SNR_OUT_OF_RANGE: "S/N outside the model's trained range",
     Flag.METAL_POOR: "MAP [Fe/H] <= -2.5: abundances poorly constrained",
+    Flag.INGEST_FLAGGED: "the ingestion of the observed spectrum flagged it (see ingest_flags)",
 }
 #: (column suffix, quantile)
 QUANTILE_SUFFIXES = (("_p2_5", 0.025), ("_p16", 0.16), ("_p50", 0.5), ("_p84", 0.84), ("_p97_5", 0.975))
@@ -83,6 +88,7 @@ def catalogue_columns(parameters: list[dict], corrected: list[str] = ()) -> list
     cols += [
         Column("f_reject", "float32", "", "fraction of posterior samples outside the training bounds", np.nan),
         Column("n_valid", "int32", "", "number of posterior samples inside the training bounds", 0),
+        Column("ingest_flags", "int32", "", "bitmask set by `spectra ingest` (0 for synthetic surveys)", 0),
         Column("flags", "int32", "", "bitmask: " + "; ".join(f"{int(f)} {f.name}" for f in Flag), 0),
         Column("flag_warn", "bool", "", "any flag set", False),
         Column("flag_bad", "bool", "", "no usable estimate (invalid input or all samples rejected)", False),

@@ -120,6 +120,9 @@ def process_chunk(k: int, input_path: str, output_path: str, bundle_path: str, o
     flags[~ok_snr] |= Flag.INVALID_SNR
     lo_snr, hi_snr = manifest.raw["snr_convention"].get("trained_range", [0, np.inf])
     flags[ok_snr & ((snr < lo_snr) | (snr > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
+    ingest_flags = (survey["ingest_flags"][start:stop].astype(np.int32) if "ingest_flags" in survey
+                    else np.zeros(n, dtype=np.int32))
+    flags[ingest_flags != 0] |= Flag.INGEST_FLAGGED
     usable = np.flatnonzero(ok_flux & ok_snr)
 
     maps = np.full((n, d), np.nan)
@@ -147,7 +150,7 @@ def process_chunk(k: int, input_path: str, output_path: str, bundle_path: str, o
             values[name + suffix] = quants[:, qi, j].astype(np.float32)
     for name, corrected in _bias_corrected(maps, manifest, options).items():
         values[name + "_corr"] = corrected.astype(np.float32)
-    values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, flags=flags,
+    values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, ingest_flags=ingest_flags, flags=flags,
                   flag_warn=flags != 0, flag_bad=(flags & int(BAD)) != 0)
     store.write_chunk(k, values)
     return k, n, time.perf_counter() - start_time, posterior.device

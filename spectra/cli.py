@@ -155,6 +155,15 @@ def _cmd_linelist_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_templates_build(args: argparse.Namespace) -> int:
+    from .rv import build_templates
+
+    templates = build_templates(progress=not args.quiet)
+    templates.save(args.out)
+    print(f"{args.out}: {len(templates.names)} RV templates ({', '.join(templates.names)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectra", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--linemake", nargs="+", required=True)
     q.add_argument("--out", default=str(Path(__file__).parent / "data" / "linelist_4most_hr_vac.csv.gz"))
     q.set_defaults(func=_cmd_linelist_build)
+
+    p = sub.add_parser("templates", help="maintenance: synthesise the RV cross-correlation templates")
+    tsub = p.add_subparsers(dest="action", required=True)
+    q = tsub.add_parser("build", help="PySME templates on the R 80 000 working grid (about 1 min)")
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "rv_templates.npz"))
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_cmd_templates_build)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""Pseudo-continuum normalisation: one function for observed and synthetic spectra alike.
+
+Synthetic training spectra come normalised by their true continuum; an observed spectrum has no
+true continuum, only an upper envelope that line blanketing and noise push around. To compare like
+with like, :func:`pseudo_continuum` can be applied to both: the observed spectra at ingestion, the
+synthetic ones as an option of the survey and grid tools (recorded in their provenance).
+
+Method (per contiguous stretch of wavelengths, e.g. each HR window): smooth the flux with a running
+mean over ``smooth`` Å (so that noise does not bias the envelope: at S/N 10 per Å the smoothed noise
+is ~10 %, and the clipping below then biases the fit by < 0.5 %), fit a cubic least-squares spline with
+knots every ``knot_spacing`` Å, reject points more than ``low`` sigma below or ``high`` sigma above
+the fit (sigma = 1.4826 * MAD of the residuals of the points kept), refit, until no point changes or
+``iterations`` is reached. The asymmetric clipping throws out absorption lines and keeps the envelope.
+
+Known limits: broad features wider than the knot spacing (the wings of H-alpha in cool dwarfs, the
+Mg b triplet region in metal-rich giants) are partly absorbed into the continuum; the benchmark
+``benchmarks/normalisation.py`` measures what that does to the inferred parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.interpolate import LSQUnivariateSpline
+from scipy.ndimage import uniform_filter1d
+
+__all__ = ["ContinuumOptions", "normalise", "pseudo_continuum"]
+
+
+@dataclass(frozen=True)
+class ContinuumOptions:
+    knot_spacing: float = 40.0  # Å between spline knots
+    smooth: float = 1.0  # Å running mean before fitting
+    low: float = 1.5  # sigma below the fit that counts as a line
+    high: float = 3.0  # sigma above the fit that counts as an outlier (cosmic, emission)
+    iterations: int = 20
+    max_gap: float = 2.0  # Å: wider gaps split the spectrum into separately fitted stretches
+
+    def describe(self) -> str:
+        return "pseudo-continuum " + ", ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+def _fit_stretch(wave: np.ndarray, flux: np.ndarray, opt: ContinuumOptions) -> np.ndarray:
+    good = np.isfinite(flux)
+    if good.sum() < 20:
+        return np.full(wave.size, np.nan)
+    step = float(np.median(np.diff(wave)))
+    width = max(1, round(opt.smooth / step))
+    filled = np.interp(wave, wave[good], flux[good])
+    smooth = uniform_filter1d(filled, width, mode="nearest")
+    span = wave[-1] - wave[0]
+    n_knots = max(int(span // opt.knot_spacing), 0)
+    knots = wave[0] + span * (np.arange(1, n_knots + 1) / (n_knots + 1)) if n_knots else np.array([])
+    keep = good.copy()
+    fit = np.full(wave.size, np.nanmedian(smooth[good]))
+    for _ in range(opt.iterations):
+        k = knots[(knots > wave[keep][0]) & (knots < wave[keep][-1])] if keep.sum() > 8 else np.array([])
+        try:
+            spline = LSQUnivariateSpline(wave[keep], smooth[keep], k, k=3 if keep.sum() > 8 else 1)
+        except ValueError:  # Schoenberg-Whitney violated (too few kept points between knots): coarser knots
+            k = k[::2]
+            spline = LSQUnivariateSpline(wave[keep], smooth[keep], k, k=3)
+        fit = spline(wave)
+        resid = smooth - fit
+        sigma = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+        if not sigma > 0:
+            break
+        new_keep = good & (resid > -opt.low * sigma) & (resid < opt.high * sigma)
+        if new_keep.sum() < 10 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return fit
+
+
+def pseudo_continuum(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | None = None) -> np.ndarray:
+    """The fitted pseudo-continuum at every pixel (NaN where a stretch has too little data)."""
+    opt = options or ContinuumOptions()
+    wave, flux = np.asarray(wave, dtype=float), np.asarray(flux, dtype=float)
+    out = np.full(wave.size, np.nan)
+    breaks = np.flatnonzero(np.diff(wave) > opt.max_gap) + 1
+    for piece in np.split(np.arange(wave.size), breaks):
+        if piece.size:
+            out[piece] = _fit_stretch(wave[piece], flux[piece], opt)
+    return out
+
+
+def normalise(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | None = None) -> np.ndarray:
+    """``flux`` divided by its pseudo-continuum; works on (P,) or (N, P) arrays."""
+    flux = np.asarray(flux, dtype=float)
+    if flux.ndim == 2:
+        return np.stack([normalise(wave, row, options) for row in flux])
+    return flux / pseudo_continuum(wave, flux, options)

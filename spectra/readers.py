@@ -1,0 +1,347 @@
+"""Readers for observed spectra: 4MOST L1-style FITS tables, ESO Phase 3 1D spectra, 1D FITS images
+with a wavelength WCS, and 2-3 column ASCII. Each returns :class:`ObservedSpectrum` objects with the
+wavelength in Å (medium recorded, not converted) and whatever the file says about the object,
+instrument, resolving power and radial velocity.
+
+The format is chosen by content (:func:`detect_format`), never by file name alone; ``fmt=`` forces one.
+Every problem raises :class:`SpectrumReadError` naming the file and what was wrong: a batch ingestion
+catches it per file and flags that row (``spectra.ingest``).
+
+Units: a FITS unit keyword (``TUNIT``/``CUNIT1``, or ``CTYPE1 = 'ANGSTROM'``) decides; without one, the
+wavelength range decides (3000-25000 → Å, 300-2500 → nm, 0.3-2.5 → µm) and the spectrum records that the
+unit was inferred. A range that fits none of those is an error: we never guess at random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FORMATS",
+    "KNOWN_RESOLUTION",
+    "ObservedSpectrum",
+    "SpectrumReadError",
+    "detect_format",
+    "read_spectra",
+    "write_fourmost_l1",
+]
+
+FORMATS = ("4most-l1", "eso-phase3", "fits-1d", "ascii")
+#: Resolving power of instruments whose value does not depend on the setup (used when the header has none).
+KNOWN_RESOLUTION = {"HARPS": 115_000.0, "HARPS-N": 115_000.0, "HARPN": 115_000.0, "4MOST-HR": 20_000.0,
+                    "4MOST-LR": 6_500.0, "ESPRESSO": 140_000.0}
+_UNITS_TO_ANGSTROM = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "aa": 1.0, "0.1 nm": 1.0, "nm": 10.0,
+                      "nanometer": 10.0, "um": 1e4, "micron": 1e4, "micrometer": 1e4, "m": 1e10}
+
+
+class SpectrumReadError(ValueError):
+    """A file cannot be read as a spectrum; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+@dataclass
+class ObservedSpectrum:
+    """One spectrum as read from a file (nothing resampled, shifted or normalised yet)."""
+
+    wave: np.ndarray  # Å
+    flux: np.ndarray
+    error: np.ndarray | None
+    source: str  # file, with [row] for multi-spectrum files
+    medium: str = "air"  # air | vacuum
+    medium_from_header: bool = False
+    unit_inferred: bool = False
+    object: str = ""
+    instrument: str = ""
+    resolution: float | None = None
+    header_rv: float | None = None  # km/s, when the file states the star's RV
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _unit_factor(path, unit: str | None, wave: np.ndarray, what: str) -> tuple[float, bool]:
+    """Multiply by the returned factor to get Å; second value: inferred from the range?"""
+    if unit:
+        key = unit.strip().lower().replace("ångström", "angstrom")
+        if key in _UNITS_TO_ANGSTROM:
+            return _UNITS_TO_ANGSTROM[key], False
+        if key not in ("linear", "pixel", "lambda", "wavelength", ""):
+            raise SpectrumReadError(path, f"{what}: wavelength unit {unit!r} is not one of Angstrom, nm, um, m")
+    finite = wave[np.isfinite(wave)]
+    if finite.size == 0:
+        raise SpectrumReadError(path, f"{what}: no finite wavelengths")
+    lo, hi = float(finite.min()), float(finite.max())
+    for factor, (a, b) in ((1.0, (3000.0, 25000.0)), (10.0, (300.0, 2500.0)), (1e4, (0.3, 2.5))):
+        if a <= lo and hi <= b:
+            return factor, True
+    raise SpectrumReadError(path, f"{what}: cannot determine the wavelength unit (no unit keyword; range "
+                                  f"{lo:g}-{hi:g} is not Angstrom, nm or um); give --wave-unit")
+
+
+def _check_arrays(path, wave: np.ndarray, flux: np.ndarray, error: np.ndarray | None, what: str):
+    """Shapes, monotonic wavelengths (decreasing ones are flipped), some finite positive flux."""
+    wave, flux = np.asarray(wave, dtype=float).ravel(), np.asarray(flux, dtype=float).ravel()
+    if wave.size != flux.size:
+        raise SpectrumReadError(path, f"{what}: {wave.size} wavelengths but {flux.size} flux values")
+    if wave.size < 10:
+        raise SpectrumReadError(path, f"{what}: only {wave.size} pixels")
+    if error is not None:
+        error = np.asarray(error, dtype=float).ravel()
+        if error.size != wave.size:
+            raise SpectrumReadError(path, f"{what}: {error.size} error values for {wave.size} pixels")
+    keep = np.isfinite(wave)
+    wave, flux = wave[keep], flux[keep]
+    error = error[keep] if error is not None else None
+    step = np.diff(wave)
+    if np.all(step <= 0):
+        wave, flux = wave[::-1], flux[::-1]
+        error = error[::-1] if error is not None else None
+        step = np.diff(wave)
+    if np.any(step == 0) and np.all(step >= 0):
+        # repeated wavelengths at the joins of merged orders/segments: average the repeated pixels
+        wave, inverse, counts = np.unique(wave, return_inverse=True, return_counts=True)
+        flux = np.bincount(inverse, weights=flux) / counts
+        if error is not None:
+            error = np.sqrt(np.bincount(inverse, weights=error**2)) / counts
+        step = np.diff(wave)
+    if not np.all(step > 0):
+        bad = int(np.flatnonzero(step <= 0)[0])
+        raise SpectrumReadError(path, f"{what}: wavelengths are not monotonic (pixel {bad}: {wave[bad]:.4f} -> "
+                                      f"{wave[bad + 1]:.4f})")
+    good = np.isfinite(flux)
+    if not good.any():
+        raise SpectrumReadError(path, f"{what}: the flux is NaN/inf everywhere")
+    if np.median(flux[good]) <= 0:
+        raise SpectrumReadError(path, f"{what}: the flux is negative or zero (median {np.median(flux[good]):.3g})")
+    return wave, flux, error
+
+
+def _text(header, *keys: str) -> str:
+    for key in keys:
+        value = header.get(key)
+        if value not in (None, ""):
+            return str(value).strip()
+    return ""
+
+
+def _number(header, *keys: str) -> float | None:
+    for key in keys:
+        value = header.get(key)
+        try:
+            if value is not None and np.isfinite(float(value)) and float(value) > -9999:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _resolution(header, instrument: str) -> float | None:
+    r = _number(header, "SPEC_RES", "RESOLUTION", "RESOLUT", "SPECRES", "R")
+    if r is None:
+        r = KNOWN_RESOLUTION.get(instrument.upper().replace(" ", ""))
+    return r
+
+
+def _medium(header, ctype: str = "") -> tuple[str, bool]:
+    """(medium, stated in the file?) from CTYPE1 (AWAV = air, WAVE = vacuum) or an AIRORVAC-like keyword."""
+    ctype = ctype.upper()
+    if ctype.startswith("AWAV"):
+        return "air", True
+    if ctype.startswith("WAVE"):
+        return "vacuum", True
+    flag = _text(header, "AIRORVAC", "VACUUM", "WAVEMED", "MEDIUM").lower()
+    if flag.startswith("vac") or flag in ("t", "true"):
+        return "vacuum", True
+    if flag.startswith("air") or flag in ("f", "false"):
+        return "air", True
+    return "air", False
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _is_fits(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(9) == b"SIMPLE  ="
+
+
+def detect_format(path: str | Path) -> str:
+    """Which reader fits this file (by content)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpectrumReadError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise SpectrumReadError(path, "the file is empty")
+    if not _is_fits(path):
+        return "ascii"
+    from astropy.io import fits
+
+    try:
+        with fits.open(path) as hdul:
+            names = [h.name.upper() for h in hdul]
+            primary = hdul[0].header
+            for hdu in hdul[1:]:
+                if isinstance(hdu, fits.BinTableHDU):
+                    cols = {c.upper() for c in hdu.columns.names}
+                    if "WAVE" in cols and "FLUX" in cols:
+                        if "ERR_FLUX" in cols and ("FIBINFO" in names or _text(primary, "INSTRUME").upper()
+                                                    .startswith("4MOST")):
+                            return "4most-l1"
+                        return "eso-phase3"
+            if primary.get("NAXIS", 0) >= 1 and hdul[0].data is not None:
+                return "fits-1d"
+    except OSError as exc:
+        raise SpectrumReadError(path, f"not a readable FITS file ({exc})") from None
+    raise SpectrumReadError(path, "FITS file without a spectrum: no 1D image and no table with WAVE and FLUX")
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[ObservedSpectrum]:
+    """4MOST L1-style and ESO Phase 3: arrays in table rows (one row per spectrum)."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        primary = hdul[0].header
+        table = next((h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)
+                      and {"WAVE", "FLUX"} <= {c.upper() for c in h.columns.names}), None)
+        if table is None:
+            raise SpectrumReadError(path, "no binary table with WAVE and FLUX columns")
+        header = {**primary, **table.header}
+        cols = {c.upper(): c for c in table.columns.names}
+        err_col = next((cols[c] for c in ("ERR_FLUX", "ERR", "ERROR", "SIGMA") if c in cols), None)
+        if fmt == "4most-l1" and err_col is None:
+            raise SpectrumReadError(path, "4MOST L1 table has no ERR_FLUX column")
+        unit = wave_unit or table.columns[cols["WAVE"]].unit
+        fibres = hdul["FIBINFO"].data if "FIBINFO" in [h.name.upper() for h in hdul] else None
+        data = table.data
+        if len(data) == 0:
+            raise SpectrumReadError(path, "the spectrum table has no rows")
+        instrument = _text(header, "INSTRUME") or ("4MOST-HR" if fmt == "4most-l1" else "")
+        out = []
+        for i, row in enumerate(data):
+            what = f"row {i}" if len(data) > 1 else "spectrum"
+            wave = np.asarray(row[cols["WAVE"]], dtype=float)
+            factor, inferred = _unit_factor(path, unit, wave, f"{what} column WAVE")
+            error = np.asarray(row[err_col], dtype=float) if err_col else None
+            wave, flux, error = _check_arrays(path, wave * factor, row[cols["FLUX"]], error, what)
+            name = _text(header, "OBJECT")
+            meta = {"format": fmt, "row": i}
+            if fibres is not None and i < len(fibres):
+                fib = {k.upper(): fibres[k][i] for k in fibres.columns.names}
+                name = str(fib.get("OBJ_NAME", fib.get("OBJECT", name))).strip()
+                meta.update({k.lower(): (v.item() if hasattr(v, "item") else str(v)) for k, v in fib.items()})
+            medium, stated = _medium(header, _text(header, "CTYPE1"))
+            if "SPECSYS" in header:
+                meta["specsys"] = str(header["SPECSYS"])
+            out.append(ObservedSpectrum(
+                wave=wave, flux=flux, error=error, source=f"{path}[{i}]" if len(data) > 1 else str(path),
+                medium=medium, medium_from_header=stated, unit_inferred=inferred, object=name,
+                instrument=instrument, resolution=_resolution(header, instrument),
+                header_rv=_number(header, "RV", "VRAD", "HIERARCH ESO DRS CCF RVC"), meta=meta))
+        return out
+
+
+def _wcs_wavelength(path: Path, header, n: int, wave_unit: str | None) -> tuple[np.ndarray, bool, str]:
+    crval = _number(header, "CRVAL1")
+    cdelt = _number(header, "CDELT1", "CD1_1")
+    if crval is None or cdelt is None:
+        raise SpectrumReadError(path, "1D FITS image without a wavelength WCS (CRVAL1 and CDELT1/CD1_1)")
+    crpix = _number(header, "CRPIX1") or 1.0
+    coord = crval + (np.arange(n) + 1.0 - crpix) * cdelt
+    ctype = _text(header, "CTYPE1").upper()
+    log_sampled = ctype.endswith("-LOG") or header.get("DC-FLAG") == 1
+    if log_sampled:
+        coord = np.exp(coord) if ctype.endswith("-LOG") else 10.0 ** coord
+    unit = wave_unit or _text(header, "CUNIT1") or ("angstrom" if ctype.startswith("ANGSTROM") else "")
+    factor, inferred = _unit_factor(path, unit, coord, "WCS axis 1")
+    return coord * factor, inferred, "log-linear" if log_sampled else "linear"
+
+
+def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]:
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        header = hdul[0].header
+        data = hdul[0].data
+        if data is None or data.ndim != 1:
+            shape = None if data is None else data.shape
+            raise SpectrumReadError(path, f"expected a 1D flux array in the primary HDU, got shape {shape}")
+        wave, inferred, sampling = _wcs_wavelength(path, header, data.size, wave_unit)
+        error = None
+        for hdu in hdul[1:]:
+            if hdu.name.upper() in ("ERR", "ERROR", "SIGMA", "ERR_FLUX") and hdu.data is not None:
+                error = np.asarray(hdu.data, dtype=float)
+        wave, flux, error = _check_arrays(path, wave, data, error, "primary HDU")
+        instrument = _text(header, "INSTRUME")
+        medium, stated = _medium(header, _text(header, "CTYPE1"))
+        return [ObservedSpectrum(
+            wave=wave, flux=flux, error=error, source=str(path), medium=medium, medium_from_header=stated,
+            unit_inferred=inferred, object=_text(header, "OBJECT", "HIERARCH ESO OBS TARG NAME"),
+            instrument=instrument, resolution=_resolution(header, instrument), header_rv=None,
+            meta={"format": "fits-1d", "wcs": sampling, "bunit": _text(header, "BUNIT"),
+                  "berv": _number(header, "HIERARCH ESO DRS BERV")})]
+
+
+def _ascii_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]:
+    try:
+        table = np.loadtxt(path, comments=("#", "%", "!"), ndmin=2)
+    except ValueError as exc:
+        raise SpectrumReadError(path, f"ASCII spectrum: not 2-3 numeric columns ({exc})") from None
+    if table.shape[1] not in (2, 3):
+        raise SpectrumReadError(path, f"ASCII spectrum: expected 2 or 3 columns (wave, flux[, error]), "
+                                      f"found {table.shape[1]}")
+    factor, inferred = _unit_factor(path, wave_unit, table[:, 0], "column 1 (wavelength)")
+    error = table[:, 2] if table.shape[1] == 3 else None
+    wave, flux, error = _check_arrays(path, table[:, 0] * factor, table[:, 1], error, "spectrum")
+    return [ObservedSpectrum(wave=wave, flux=flux, error=error, source=str(path), unit_inferred=inferred,
+                             object=path.stem, meta={"format": "ascii"})]
+
+
+def read_spectra(path: str | Path, fmt: str | None = None, wave_unit: str | None = None) -> list[ObservedSpectrum]:
+    """All spectra in one file. ``fmt`` forces a reader (one of ``FORMATS``); ``wave_unit`` overrides units."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise SpectrumReadError(path, f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    try:
+        if fmt in ("4most-l1", "eso-phase3"):
+            return _table_spectra(path, fmt, wave_unit)
+        if fmt == "fits-1d":
+            return _image_spectrum(path, wave_unit)
+        return _ascii_spectrum(path, wave_unit)
+    except SpectrumReadError:
+        raise
+    except (OSError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SpectrumReadError(path, f"cannot read as {fmt}: {exc}") from None
+
+
+def write_fourmost_l1(path: str | Path, spectra: list[dict], instrument: str = "4MOST-HR",
+                      resolution: float = 20_000.0) -> Path:
+    """Write a 4MOST L1-style file: table ``SPECTRUM`` (one row per spectrum: WAVE, FLUX, ERR_FLUX arrays,
+    Å, air) and table ``FIBINFO`` (OBJ_NAME, TARGET_ID, FIBRE_ID). Each dict gives wave, flux, error,
+    name and optionally target_id. No real 4MOST L1 data exist yet; this mirrors the announced layout
+    (arrays in rows as in ESO Phase 3) so that the reader and the tests have a concrete file."""
+    from astropy.io import fits
+
+    n = {len(s["wave"]) for s in spectra}
+    if len(n) != 1:
+        raise ValueError("all spectra in one L1 file share one pixel count")
+    npix = n.pop()
+    cols = [fits.Column(name=k, format=f"{npix}E", unit=u, array=np.array([s[a] for s in spectra], dtype=np.float32))
+            for k, a, u in (("WAVE", "wave", "Angstrom"), ("FLUX", "flux", ""), ("ERR_FLUX", "error", ""))]
+    spec = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
+    spec.header["CTYPE1"] = ("AWAV", "air wavelengths")
+    spec.header["SPEC_RES"] = (resolution, "resolving power")
+    fib = fits.BinTableHDU.from_columns([
+        fits.Column(name="OBJ_NAME", format="32A", array=[s["name"] for s in spectra]),
+        fits.Column(name="TARGET_ID", format="K", array=[s.get("target_id", i) for i, s in enumerate(spectra)]),
+        fits.Column(name="FIBRE_ID", format="J", array=np.arange(len(spectra))),
+    ], name="FIBINFO")
+    primary = fits.PrimaryHDU()
+    primary.header["INSTRUME"] = instrument
+    primary.header["ORIGIN"] = "cinn4most spectra.readers.write_fourmost_l1 (4MOST L1-style example)"
+    fits.HDUList([primary, spec, fib]).writeto(path, overwrite=True)
+    return Path(path)
