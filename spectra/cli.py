@@ -74,14 +74,39 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_survey(args: argparse.Namespace) -> int:
+    from .continuum import ContinuumOptions
     from .survey import make_survey, parse_snr
 
+    continuum = ContinuumOptions(knot_spacing=args.knot_spacing) if args.continuum == "pseudo" else None
     out = make_survey(args.grid, parse_snr(args.snr), args.out, seed=args.seed, chunk=args.chunk,
-                      progress=not args.quiet)
+                      progress=not args.quiet, continuum=continuum)
     import zarr
 
     n = zarr.open_group(str(out), mode="r")["flux"].shape
     print(f"{out}: {n[0]} spectra x {n[1]} pixels")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .continuum import ContinuumOptions
+    from .ingest import IngestOptions, ingest
+
+    options = IngestOptions(fmt=args.fmt, wave_unit=args.wave_unit, medium=args.medium, rv=args.rv,
+                            resolution=args.resolution, snr=args.snr,
+                            continuum=ContinuumOptions(knot_spacing=args.knot_spacing))
+    report = ingest(args.files, args.out, options, chunk=args.chunk, first_id=args.first_id,
+                    progress=not args.quiet)
+    flagged = ", ".join(f"{k} {v}" for k, v in report.flag_counts.items() if v) or "none"
+    print(f"{report.output}: {report.n_spectra} spectra from {len(args.files)} file(s), {report.n_failed} failed; "
+          f"flags: {flagged}")
+    return 0
+
+
+def _cmd_example_l1(args: argparse.Namespace) -> int:
+    from .examples import fourmost_l1_from_grid
+
+    out = fourmost_l1_from_grid(args.grid, args.rows, args.out, snr=args.snr, seed=args.seed)
+    print(f"{out}: {len(args.rows)} spectra in 4MOST L1-style layout (S/N {args.snr:g} per A)")
     return 0
 
 
@@ -195,8 +220,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .zarr folder (overwritten)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; noise depends on (seed, source_id) only")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
+    p.add_argument("--continuum", choices=["true", "pseudo"], default="true",
+                   help="keep the synthesis' true continuum, or divide each noisy spectrum by a fitted "
+                        "pseudo-continuum as `spectra ingest` does for observed spectra")
+    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_survey)
+
+    p = sub.add_parser("ingest", help="observed spectra (FITS/ASCII) -> Zarr survey for `runtime process`")
+    p.add_argument("files", nargs="+", help="spectrum files (4MOST L1-style, ESO Phase 3, 1D FITS, ASCII)")
+    p.add_argument("--out", required=True, help="output .zarr folder (overwritten)")
+    p.add_argument("--format", dest="fmt", choices=["4most-l1", "eso-phase3", "fits-1d", "ascii"],
+                   help="force a reader (default: chosen by content)")
+    p.add_argument("--wave-unit", choices=["Angstrom", "nm", "um"], help="wavelength unit when the file has none")
+    p.add_argument("--medium", choices=["air", "vacuum"], help="wavelength medium (default: header, else air)")
+    p.add_argument("--rv", type=float, help="radial velocity [km/s] to remove instead of cross-correlating")
+    p.add_argument("--resolution", type=float, help="input resolving power when the file does not say it")
+    p.add_argument("--snr", type=float, help="S/N per A to use instead of the error column / DER_SNR estimate")
+    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
+    p.add_argument("--first-id", type=int, default=0, help="source_id of the first spectrum")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("example-l1", help="write a 4MOST L1-style FITS file from grid rows (noisy)")
+    p.add_argument("--grid", required=True, help="grid HDF5 file")
+    p.add_argument("--rows", type=int, nargs="+", default=[0], help="grid rows, one spectrum each")
+    p.add_argument("--snr", type=float, default=100.0, help="S/N per A of the added noise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output FITS file")
+    p.set_defaults(func=_cmd_example_l1)
 
     p = sub.add_parser("import-tsfitpy", help="import a TSFitPy/Turbospectrum grid folder")
     p.add_argument("folder", help="folder with the .spec files and the parameter table")

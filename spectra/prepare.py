@@ -17,7 +17,7 @@ import itertools
 
 import numpy as np
 
-from .degrade import gaussian_broaden, rebin
+from .degrade import gaussian_broaden
 from .wavegrid import HR_RESOLUTION, WORKING_RESOLUTION, WavelengthGrid
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "TRAINING_RESOLUTION",
     "contiguous",
     "match_resolution",
+    "rebin_pixels",
     "resample_to_grid",
     "snr_per_angstrom",
 ]
@@ -65,25 +66,37 @@ def match_resolution(wave: np.ndarray, flux: np.ndarray, resolution_in: float,
     return out
 
 
+def rebin_pixels(wave: np.ndarray, flux: np.ndarray, wave_out: np.ndarray, width: float) -> np.ndarray:
+    """Flux-conserving rebin that treats input pixels as bins (edges halfway between centres).
+
+    Unlike ``degrade.rebin`` (made for finely sampled model spectra, which it integrates as a
+    piecewise-linear function), this does not smooth data already on the output pixels: an
+    identical grid is returned unchanged, a half-pixel shift averages two pixels. Output pixels not
+    fully inside the input's span are NaN.
+    """
+    mid = 0.5 * (wave[1:] + wave[:-1])
+    edges_in = np.concatenate([[wave[0] - (mid[0] - wave[0])], mid, [wave[-1] + (wave[-1] - mid[-1])]])
+    cumulative = np.concatenate([[0.0], np.cumsum(flux * np.diff(edges_in))])
+    lo, hi = wave_out - width / 2, wave_out + width / 2
+    inside = (lo >= edges_in[0]) & (hi <= edges_in[-1])
+    out = np.full(wave_out.size, np.nan)
+    out[inside] = (np.interp(hi[inside], edges_in, cumulative) - np.interp(lo[inside], edges_in, cumulative)) / width
+    return out
+
+
 def resample_to_grid(wave: np.ndarray, flux: np.ndarray, grid: WavelengthGrid) -> np.ndarray:
-    """Flux-conserving rebin onto ``grid``'s pixels; NaN where the input does not cover a whole pixel."""
+    """:func:`rebin_pixels` onto ``grid``, per contiguous stretch; NaN where no data cover a pixel or
+    where a pixel overlaps a NaN input pixel."""
     out = np.full(grid.size, np.nan)
-    half = grid.step / 2
     for s in contiguous(wave):
         w, f = wave[s], flux[s]
         good = np.isfinite(f)
         if good.sum() < 2:
             continue
-        inside = (grid.wave - half >= w[0]) & (grid.wave + half <= w[-1])
-        if inside.any():
-            out[inside] = rebin(w, np.interp(w, w[good], f[good]), grid.wave[inside], grid.step)
-            # pixels that fall on NaN input stay NaN
-            bad_wave = w[~good]
-            if bad_wave.size:
-                hit = np.searchsorted(bad_wave, grid.wave[inside] - half)
-                touched = (hit < bad_wave.size) & (bad_wave[np.minimum(hit, bad_wave.size - 1)]
-                                                   <= grid.wave[inside] + half)
-                out[np.flatnonzero(inside)[touched]] = np.nan
+        values = rebin_pixels(w, np.where(good, f, 0.0), grid.wave, grid.step)
+        touched_bad = rebin_pixels(w, (~good).astype(float), grid.wave, grid.step)
+        take = np.isfinite(values) & (touched_bad == 0)
+        out[take] = values[take]
     return out
 
 

@@ -183,19 +183,21 @@ def detect_format(path: str | Path) -> str:
         with fits.open(path) as hdul:
             names = [h.name.upper() for h in hdul]
             primary = hdul[0].header
-            for hdu in hdul[1:]:
-                if isinstance(hdu, fits.BinTableHDU):
-                    cols = {c.upper() for c in hdu.columns.names}
-                    if "WAVE" in cols and "FLUX" in cols:
-                        if "ERR_FLUX" in cols and ("FIBINFO" in names or _text(primary, "INSTRUME").upper()
-                                                    .startswith("4MOST")):
-                            return "4most-l1"
-                        return "eso-phase3"
+            tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
+            for hdu in tables:
+                cols = {c.upper() for c in hdu.columns.names}
+                if "WAVE" in cols and "FLUX" in cols:
+                    if "ERR_FLUX" in cols and ("FIBINFO" in names or _text(primary, "INSTRUME").upper()
+                                                .startswith("4MOST")):
+                        return "4most-l1"
+                    return "eso-phase3"
             if primary.get("NAXIS", 0) >= 1 and hdul[0].data is not None:
                 return "fits-1d"
-    except OSError as exc:
-        raise SpectrumReadError(path, f"not a readable FITS file ({exc})") from None
-    raise SpectrumReadError(path, "FITS file without a spectrum: no 1D image and no table with WAVE and FLUX")
+            found = "; ".join(f"HDU {h.name or '?'} columns {', '.join(h.columns.names)}" for h in tables)
+    except (OSError, TypeError, ValueError) as exc:  # astropy raises TypeError on truncated data
+        raise SpectrumReadError(path, f"not a readable FITS file, truncated or corrupt ({exc})") from None
+    raise SpectrumReadError(path, "FITS file without a spectrum: no 1D image and no table with both WAVE and FLUX "
+                                  f"columns ({found or 'no tables'})")
 
 
 # ---------------------------------------------------------------------------------------------- readers

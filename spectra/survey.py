@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from .continuum import ContinuumOptions, pseudo_continuum
 from .degrade import add_noise
 from .gridstore import GridReader
 
@@ -78,8 +79,13 @@ def parse_snr(text: str) -> SnrSpec:
 
 
 def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int = 0, chunk: int = 256,
-                progress: bool = True) -> Path:
-    """Write a noisy Zarr survey from a grid; returns the output path."""
+                progress: bool = True, continuum: ContinuumOptions | None = None) -> Path:
+    """Write a noisy Zarr survey from a grid; returns the output path.
+
+    ``continuum``: if given, each noisy spectrum is divided by its fitted pseudo-continuum
+    (``spectra.continuum``), as observed spectra are at ingestion; otherwise spectra keep the true
+    continuum normalisation of the synthesis. Recorded in the ``continuum`` attribute.
+    """
     out = Path(out)
     if chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
@@ -101,12 +107,13 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
         root.create_array("wavelength", data=wave)
         root["wavelength"].attrs.update(medium="air", unit="Angstrom", sha256=grid.attrs.get("wavelength_sha256", ""))
         truth.attrs["names"] = grid.label_names
-        flux.attrs["unit"] = "continuum-normalised"
+        flux.attrs["unit"] = "pseudo-continuum normalised" if continuum else "continuum-normalised"
         snr_arr.attrs["unit"] = "per Angstrom"
         root.attrs.update(
             format=SURVEY_FORMAT,
             noise_model="Gaussian, sigma_i = f_i / (S/N_A * sqrt(pixel_width_A)) (Ksoll+2026 Eq. 1, per-A S/N)",
             snr=snr.describe(),
+            continuum=continuum.describe() if continuum else "true continuum (synthesis)",
             seed=seed,
             grid=str(Path(grid_path).resolve()),
             grid_attrs={k: v for k, v in grid.attrs.items() if isinstance(v, (str, int, float, bool))},
@@ -126,6 +133,8 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
                 rng = np.random.default_rng(np.random.SeedSequence([seed, int(source_id)]))
                 snrs[j] = snr.draw(int(k), rng)
                 noisy[j] = add_noise(clean[j].astype(float), snrs[j], pixel, rng)
+                if continuum is not None:
+                    noisy[j] = noisy[j] / pseudo_continuum(wave, noisy[j], continuum)
             flux[start:stop] = noisy
             snr_arr[start:stop] = snrs
             sid[start:stop] = ids
