@@ -1,6 +1,6 @@
 """``export``: turn a training run into a model bundle, and verify a bundle against its run.
 
-Subcommands: ``onnx``, ``verify``. Errors become one line on stderr and exit status 2; a failed
+Subcommands: ``onnx``, ``verify``, ``bias-correction``. Errors become one line on stderr and exit status 2; a failed
 verification exits with status 1.
 """
 
@@ -34,6 +34,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bias_correction(args: argparse.Namespace) -> int:
+    from runtime.bundle import store_bias_correction
+
+    stored = store_bias_correction(args.bundle, args.coefficients)
+    print(f"{args.bundle}/manifest.json: bias correction for {', '.join(stored['coefficients'])} stored "
+          f"(applied only with `runtime process --bias-correction`)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="export", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--samples", type=int, default=4096)
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("bias-correction", help="store Eq. B.1 coefficients (catalog calibrate, or 'paper') in a bundle")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--coefficients", required=True, help="coefficients JSON from `catalog calibrate`, or 'paper'")
+    p.set_defaults(func=_cmd_bias_correction)
     return parser
 
 

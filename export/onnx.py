@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, PAPER_BIAS_CORRECTION, sha256_file, write_manifest
+from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, bias_correction_from, sha256_file, write_manifest
 from spectra import schema
 from spectra.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
@@ -148,11 +148,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         wavelength, definition, grid_sha = grid.wave, grid.definition, "unavailable (grid file missing at export)"
     np.save(out / "wavelength.npy", wavelength)
     pixel = float(np.median(np.diff(wavelength)))
-    correction = None
-    if bias_correction == "paper":
-        correction = {**PAPER_BIAS_CORRECTION, "applied_by_default": False}
-    elif bias_correction:
-        correction = {**json.loads(Path(bias_correction).read_text()), "applied_by_default": False}
+    correction = bias_correction_from(bias_correction, [p.name for p in schema.TARGETS]) if bias_correction else None
     manifest = {
         "format_version": FORMAT_VERSION,
         "parameters": [{k: p.as_dict()[k] for k in ("name", "label", "unit", "transform", "lower", "upper")}

@@ -150,6 +150,43 @@ class Bundle:
                               "resample the spectra to the model's pixel grid first")
 
 
+def bias_correction_from(source: str | Path, names: list[str]) -> dict:
+    """Coefficients for a manifest: ``"paper"`` (Table B.3) or a JSON file (``catalog calibrate``), checked
+    against the bundle's parameter ``names``; marked as not applied by default."""
+    if str(source) == "paper":
+        correction = dict(PAPER_BIAS_CORRECTION)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"bias-correction coefficients {path} not found")
+        try:
+            correction = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}: not JSON ({exc})") from None
+        where = str(path)
+        coefficients = correction.get("coefficients") if isinstance(correction, dict) else None
+        if not isinstance(coefficients, dict) or not coefficients:
+            raise BundleError(f"{where}: expected an object with 'coefficients': {{parameter: {{a, b}}}}")
+        for name, c in coefficients.items():
+            if name not in names:
+                raise BundleError(f"{where}: coefficient for {name!r}, which is not a parameter of this bundle")
+            if not all(isinstance(c.get(k), (int, float)) for k in ("a", "b")):
+                raise BundleError(f"{where}: coefficients[{name!r}] needs numeric 'a' and 'b'")
+        if correction.get("teff_parameter", "teff") not in names:
+            raise BundleError(f"{where}: teff_parameter {correction.get('teff_parameter')!r} is not a parameter")
+        correction.setdefault("source", where)
+    return {**correction, "applied_by_default": False}
+
+
+def store_bias_correction(bundle_path: str | Path, source: str | Path) -> dict:
+    """Put coefficients into an existing bundle's manifest (the graphs are untouched)."""
+    bundle = load_bundle(bundle_path, check_graphs=False)
+    raw = dict(bundle.manifest.raw)
+    raw["bias_correction"] = bias_correction_from(source, bundle.manifest.names)
+    write_manifest(bundle_path, raw)
+    return raw["bias_correction"]
+
+
 def write_manifest(path: str | Path, manifest: dict) -> Path:
     """Validate and write ``manifest.json`` (used by ``export``)."""
     _validate(manifest, Path(path) / "manifest.json")

@@ -191,3 +191,59 @@ def test_wrong_pixel_grid_is_a_clear_error(setup, tmp_path):
 
     with pytest.raises(BundleError, match=r"flux has 100 pixels; the model in .* expects 25200"):
         process_survey(tmp_path / "short.zarr", bundle, tmp_path / "o.zarr", OPTIONS, progress=False)
+
+
+def test_calibrate_recovers_known_coefficients_and_closes_the_loop(setup, tmp_path):
+    """Reference values built with a known T_eff-linear bias: calibrate finds a, b; stored in the bundle,
+    runtime --bias-correction then reproduces the reference values."""
+    import json
+    import shutil
+
+    from catalog.calibrate import calibrate
+    from runtime.bundle import load_bundle, store_bias_correction
+
+    _, bundle, survey = setup
+    process_survey(survey, bundle, tmp_path / "c.zarr", OPTIONS, progress=False)
+    c = _columns(tmp_path / "c.zarr")
+    truth = {"logg": (2.0e-4, -1.1), "fe_h": (-5.0e-5, 0.2)}
+    ok = ~c["flag_bad"]
+    ref = tmp_path / "ref.csv"
+    lines = ["source_id,logg,fe_h"]
+    for i in np.flatnonzero(ok):
+        values = [c[p][i] - (a * c["teff"][i] + b) for p, (a, b) in truth.items()]
+        lines.append(f"{c['source_id'][i]},{values[0]:.6f},{values[1]:.6f}")
+    ref.write_text("\n".join(lines))
+    result = calibrate(tmp_path / "c.zarr", ref, tmp_path / "coeffs.json", min_feh=-10)
+    for p, (a, b) in truth.items():
+        fitted = result["coefficients"][p]
+        assert fitted["a"] == pytest.approx(a, rel=1e-3, abs=1e-8) and fitted["b"] == pytest.approx(b, abs=1e-3)
+        assert fitted["n"] == ok.sum() and fitted["rms_after"] < 1e-4
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    store_bias_correction(copy, tmp_path / "coeffs.json")
+    assert set(load_bundle(copy).manifest.bias_correction["coefficients"]) == {"logg", "fe_h"}
+    process_survey(survey, copy, tmp_path / "d.zarr", replace(OPTIONS, bias_correction=True), progress=False)
+    d = _columns(tmp_path / "d.zarr")
+    expected = np.loadtxt(ref, delimiter=",", skiprows=1)
+    np.testing.assert_allclose(d["fe_h_corr"][ok], expected[:, 2], atol=2e-5)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"coefficients": {"not_a_parameter": {"a": 1, "b": 2}}}))
+    with pytest.raises(ValueError, match="not_a_parameter"):
+        store_bias_correction(copy, bad)
+
+
+def test_ingested_survey_flags_reach_the_catalogue(setup, tmp_path):
+    from spectra.examples import fourmost_l1_from_grid
+    from spectra.ingest import IngestOptions, ingest
+
+    tmp, bundle, _ = setup
+    grid = tmp / "labelled.h5"
+    l1 = fourmost_l1_from_grid(grid, [0, 1, 2], tmp_path / "l1.fits", snr=100)
+    empty = tmp_path / "empty.fits"
+    empty.write_bytes(b"")
+    ingest([l1, empty], tmp_path / "obs.zarr", IngestOptions(rv=0.0), progress=False)
+    process_survey(tmp_path / "obs.zarr", bundle, tmp_path / "c.zarr", OPTIONS, progress=False)
+    c = _columns(tmp_path / "c.zarr")
+    assert list(c["ingest_flags"]) == [0, 0, 0, 1]
+    assert (c["flags"][3] & Flag.INGEST_FLAGGED) and (c["flags"][3] & Flag.INVALID_FLUX) and c["flag_bad"][3]
+    assert np.isfinite(c["teff"][:3]).all()
