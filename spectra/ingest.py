@@ -6,7 +6,8 @@ pseudo-continuum → radial velocity by cross-correlation with our synthetic tem
 (``spectra.prepare``) → flux-conserving rebin onto the HR pixels → pseudo-continuum normalisation on
 those pixels (``spectra.continuum``) → S/N per Å from the error column, or DER_SNR.
 
-Pixels without data (window edges beyond the spectrum, inter-order or detector gaps) are set to 1,
+Pixels without data (window edges beyond the spectrum, inter-order or detector gaps, which merged
+echelle products often fill with runs of exact zeros: :func:`mask_no_data`) are set to 1,
 the normalised continuum: the network was trained on complete spectra and a continuum pixel carries no
 line information, so this is the least-biased fill it knows. Such rows are flagged PARTIAL_COVERAGE
 and their covered fraction recorded. A file that cannot be read, or a spectrum that cannot be
@@ -88,6 +89,18 @@ def _near_windows(wave: np.ndarray, margin: float = MARGIN) -> np.ndarray:
     return keep
 
 
+def mask_no_data(flux: np.ndarray, min_run: int = 3) -> np.ndarray:
+    """NaN for pixels without data: NaN/inf, and runs of at least ``min_run`` exact zeros (merged echelle
+    spectra fill detector gaps with 0, e.g. HARPS between its two CCDs at ~5303-5338 Å)."""
+    out = np.where(np.isfinite(flux), flux, np.nan)
+    zero = np.concatenate([[False], out == 0.0, [False]]).astype(np.int8)
+    starts, stops = np.flatnonzero(np.diff(zero) == 1), np.flatnonzero(np.diff(zero) == -1)
+    for a, b in zip(starts, stops, strict=True):
+        if b - a >= min_run:
+            out[a:b] = np.nan
+    return out
+
+
 def failed(source: str, message: str, n_pixels: int) -> PreparedSpectrum:
     return PreparedSpectrum(flux=np.full(n_pixels, np.nan, dtype=np.float32), snr=float("nan"), source=source,
                             flags=int(IngestFlag.READ_FAILED), message=message)
@@ -109,7 +122,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     if keep.sum() < 100:
         return failed(obs.source, f"the spectrum ({wave[0]:.0f}-{wave[-1]:.0f} A) does not reach the 4MOST HR "
                                   f"windows", grid.size)
-    wave, flux = wave[keep], obs.flux[keep].astype(float)
+    wave, flux = wave[keep], mask_no_data(obs.flux[keep].astype(float))
     error = obs.error[keep].astype(float) if obs.error is not None else None
 
     rough = flux / pseudo_continuum(wave, flux, options.continuum)
@@ -216,16 +229,22 @@ class _SurveyWriter:
 
 
 def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | None = None, chunk: int = 256,
-           first_id: int = 0, progress: bool = True) -> IngestReport:
-    """Ingest ``files`` (each may hold several spectra) into a new survey at ``out``."""
+           first_id: int = 0, progress: bool = True,
+           per_file: dict[str, IngestOptions] | None = None) -> IngestReport:
+    """Ingest ``files`` (each may hold several spectra) into a new survey at ``out``.
+
+    ``per_file`` maps a file (as given) to the options for that file (e.g. the resolving power of an
+    ASCII spectrum whose header cannot say it); the others use ``options``.
+    """
     options = options or IngestOptions()
+    per_file = {str(k): v for k, v in (per_file or {}).items()}
     out, grid = Path(out), hr_grid()
-    templates = default_templates() if options.rv is None else None
+    templates = default_templates()
     attrs = {
         "format": SURVEY_FORMAT,
         "kind": "observed",
-        "ingest_options": {k: (v if not isinstance(v, ContinuumOptions) else asdict(v))
-                           for k, v in asdict(options).items()},
+        "ingest_options": asdict(options),
+        "per_file_options": {k: asdict(v) for k, v in per_file.items()},
         "continuum": options.continuum.describe(),
         "training_resolution": TRAINING_RESOLUTION,
         "missing_pixels": "set to 1 (continuum); rows flagged PARTIAL_COVERAGE",
@@ -235,15 +254,16 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
     n = n_failed = 0
     counts = {f.name: 0 for f in IngestFlag}
     for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
+        file_options = per_file.get(str(path), options)
         try:
-            spectra = read_spectra(path, options.fmt, options.wave_unit)
+            spectra = read_spectra(path, file_options.fmt, file_options.wave_unit)
         except SpectrumReadError as exc:
             prepared = [failed(str(path), exc.problem, grid.size)]
         else:
             prepared = []
             for obs in spectra:
                 try:
-                    prepared.append(prepare(obs, options, grid, templates))
+                    prepared.append(prepare(obs, file_options, grid, templates))
                 except (ValueError, FloatingPointError) as exc:  # one odd spectrum never stops a batch
                     prepared.append(failed(obs.source, f"preparation failed: {exc}", grid.size))
         for p in prepared:

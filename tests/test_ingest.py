@@ -252,3 +252,24 @@ def test_ingest_example_l1_recovers_rv_snr_and_flux(fake_grid, tmp_path):
         resid = p.flux[inner] - clean[row][inner]
         assert abs(np.median(resid)) < 0.02 and np.std(resid) < 2 / (150 * np.sqrt(0.05))
         assert p.coverage > 0.99
+
+
+def test_zero_filled_detector_gap_is_missing_data_not_flux(tmp_path):
+    """A merged echelle spectrum with its CCD gap filled with zeros (as HARPS 1D products are): the gap
+    becomes missing pixels (set to the continuum, flagged), not absorption."""
+    from spectra.ingest import mask_no_data
+
+    wave, flux = _window_sample(*reference_spectrum())
+    flux = gaussian_broaden(wave, flux, 30_000, wave)
+    gap = (wave > 5303) & (wave < 5338)
+    flux[gap] = 0.0
+    masked = mask_no_data(flux)
+    assert np.isnan(masked[gap]).all() and np.isfinite(masked[~gap]).all()
+    np.savetxt(tmp_path / "gap.txt", np.column_stack([wave, flux]))
+    ingest([tmp_path / "gap.txt"], tmp_path / "s.zarr", IngestOptions(rv=0.0, resolution=30_000, snr=200),
+           progress=False)
+    root = zarr.open_group(str(tmp_path / "s.zarr"))
+    row, grid_wave = root["flux"][0], root["wavelength"][:]
+    inside = (grid_wave > 5304) & (grid_wave < 5337)
+    assert np.all(row[inside] == 1.0) and root["ingest_flags"][0] & IngestFlag.PARTIAL_COVERAGE
+    assert 0.9 < root["coverage"][0] < 0.99

@@ -1,0 +1,255 @@
+"""Real stars through the whole chain: ingest → bundle → catalogue, compared with literature values;
+re-simulation at the MAP parameters; writes results/real_stars.md (+ .json, overlay PNGs).
+
+    python benchmarks/real_stars.py --bundle BUNDLE [--spectra ../shared/data/spectra] [--out DIR]
+
+Stars (``../shared/data/spectra``; air wavelengths, effectively at rest, per its README):
+
+* UVES Sun (Gaia benchmark library, continuum-normalised ASCII; its resolving power is not in the
+  file: taken as R = 47 000, the library's UVES setting; air);
+* HARPS Ganymede = Sun (R 115 000 from the instrument);
+* HARPS 38 Vir (F6 V).
+
+Each spectrum is processed twice: at its own S/N (measured by ``spectra ingest``; above the trained
+range 10-1000 for these spectra, so flagged SNR_OUT_OF_RANGE) and degraded to S/N 250 per Å (noise
+added so that the total is S/N 250, condition S/N = 250), as the issue asks.
+
+Literature: Sun T_eff 5772 K (IAU 2015 B3 nominal, Prša et al. 2016), log g 4.44, [Fe/H] 0.00.
+38 Vir: T_eff 6557 ± 96 K, [Fe/H] +0.07, M 1.18 ± 0.12 M_sun, R 1.45 ± 0.07 R_sun (Borgniet et al.
+2019, A&A 621, A87, the HARPS AF-star survey that found 38 Vir b); log g = 4.19 ± 0.06 is derived here
+from that M and R (g = G M / R^2), not a spectroscopic value.
+
+Re-simulation: PySME at each star's MAP (13 network parameters; other abundances solar-scaled),
+through the same 4MOST-ification and the same pseudo-continuum normalisation as the observed spectrum;
+the median absolute deviation over the pixels that have data is the figure the paper quotes (0.69 %).
+Also: the ingested UVES and HARPS Sun against our synthetic Sun (5772/4.44/0.00, v_mic 1.0, v_broad 3.5)
+on the same pixels (the grid issue's 2.5 % rms criterion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from catalog.writers import CatalogueStore
+from runtime.pipeline import ProcessOptions, process_survey
+from spectra.continuum import ContinuumOptions, pseudo_continuum
+from spectra.ingest import IngestFlag, IngestOptions, ingest
+
+RESULTS = Path(__file__).parent / "results"
+STARS = (
+    # key, file, per-file ingest options, literature {param: (value, error)}, reference
+    ("UVES Sun", "UVES_Sun-1_cleaned_norm.txt", {"resolution": 47_000.0, "medium": "air"},
+     {"teff": (5772.0, 1.0), "logg": (4.44, 0.01), "fe_h": (0.0, 0.01)}, "IAU 2015 B3 / Prša+2016"),
+    ("HARPS Sun (Ganymede)", "fasma_Sun_HARPS.fits", {"medium": "air"},
+     {"teff": (5772.0, 1.0), "logg": (4.44, 0.01), "fe_h": (0.0, 0.01)}, "IAU 2015 B3 / Prša+2016"),
+    ("HARPS 38 Vir", "fasma_38Vir_HARPS_2017.fits", {"medium": "air"},
+     {"teff": (6557.0, 96.0), "logg": (4.19, 0.06), "fe_h": (0.07, 0.05)},
+     "Borgniet+2019 (log g from their M, R)"),
+)
+SHOWN = ("teff", "logg", "fe_h", "vmic", "vbroad", "mg_fe", "ca_fe")
+ZOOMS = ((5165.0, 5195.0), (6540.0, 6590.0), (6150.0, 6170.0))
+
+
+def machine() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    return f"{model}; {platform.platform()}"
+
+
+def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
+    """Copy of an ingested survey with noise added so that each spectrum has S/N ``target`` per Å."""
+    src = zarr.open_group(str(survey), mode="r")
+    root = zarr.open_group(str(out), mode="w")
+    for name in src.array_keys():
+        root.create_array(name, data=src[name][:], chunks=src[name].chunks)
+    root.attrs.update(dict(src.attrs))
+    flux, snr = src["flux"][:].astype(float), src["snr"][:].astype(float)
+    pixel = float(np.median(np.diff(src["wavelength"][:])))
+    rng = np.random.default_rng(seed)
+    for i in range(flux.shape[0]):
+        if not np.isfinite(flux[i]).all():
+            continue
+        extra = np.sqrt(max(1.0 / target**2 - 1.0 / snr[i] ** 2, 0.0)) / np.sqrt(pixel)
+        flux[i] = flux[i] + np.abs(flux[i]) * extra * rng.standard_normal(flux.shape[1])
+    root["flux"][:] = flux.astype(np.float32)
+    root["snr"][:] = np.full(snr.size, target, dtype=np.float32)
+    root.attrs["degraded_to_snr"] = target
+
+
+def synthesize_normalised(maker, labels: dict, observed_cover: np.ndarray, options: ContinuumOptions) -> np.ndarray:
+    flux, _ = maker.hr_spectrum(labels)
+    flux = np.where(observed_cover, flux, np.nan)  # normalise over the same pixels the observation has
+    return flux / pseudo_continuum(maker.hr.wave, flux, options)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--spectra", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "spectra"))
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--work", default="/tmp/real_stars")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    spectra_dir = Path(args.spectra)
+    files = [spectra_dir / f for _, f, _, _, _ in STARS]
+    per_file = {str(spectra_dir / f): IngestOptions(**opts) for _, f, opts, _, _ in STARS}
+
+    t0 = time.perf_counter()
+    report = ingest(files, work / "own.zarr", IngestOptions(), per_file=per_file, progress=False)
+    ingest_seconds = time.perf_counter() - t0
+    degrade_to(work / "own.zarr", work / "s250.zarr", 250.0)
+    options = ProcessOptions(samples=args.samples, seed=0)
+    catalogues = {}
+    for variant in ("own", "s250"):
+        process_survey(work / f"{variant}.zarr", args.bundle, work / f"{variant}_cat.zarr", options, progress=False)
+        store = CatalogueStore.open(work / f"{variant}_cat.zarr")
+        catalogues[variant] = {c: store.column(c) for c in store.columns}
+    survey = zarr.open_group(str(work / "own.zarr"), mode="r")
+    prov = {k: survey[k][:] for k in ("rv", "rv_error", "rv_template", "snr", "coverage", "ingest_flags",
+                                      "input_resolution", "snr_source", "object")}
+
+    # ---- re-simulation and the synthetic Sun
+    from spectra.synthesis import SpectrumMaker, labels_from_values
+
+    maker = SpectrumMaker()
+    wave = maker.hr.wave
+    observed = survey["flux"][:].astype(float)
+    cover = np.array([np.abs(row - 1.0) > 0 for row in observed])  # filled pixels are exactly 1.0
+    continuum = ContinuumOptions()
+    sun_labels = labels_from_values(5772.0, 4.44, 0.0, vmic=1.0, vbroad=3.5)
+    names = [c for c in catalogues["own"] if c + "_p84" in catalogues["own"]]
+    results = {"machine": machine(), "bundle": str(Path(args.bundle).resolve()), "samples": args.samples,
+               "ingest_seconds": ingest_seconds, "ingest_flag_counts": report.flag_counts, "stars": []}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for i, (key, fname, _, literature, ref) in enumerate(STARS):
+        star = {"star": key, "file": fname, "reference": ref, "literature": literature,
+                "rv": float(prov["rv"][i]), "rv_error": float(prov["rv_error"][i]),
+                "rv_template": str(prov["rv_template"][i]), "snr": float(prov["snr"][i]),
+                "snr_source": str(prov["snr_source"][i]), "coverage": float(prov["coverage"][i]),
+                "input_resolution": float(prov["input_resolution"][i]),
+                "ingest_flags": [f.name for f in IngestFlag if int(prov["ingest_flags"][i]) & f]}
+        for variant, cat in catalogues.items():
+            star[variant] = {p: {"map": float(cat[p][i]), "p16": float(cat[p + "_p16"][i]),
+                                 "p84": float(cat[p + "_p84"][i])} for p in names}
+            star[variant]["flags"] = int(cat["flags"][i])
+            star[variant]["f_reject"] = float(cat["f_reject"][i])
+        m = star["own"]
+        xfe = {p.split("_")[0].capitalize(): m[p]["map"] for p in names if p.endswith("_fe")}
+        labels = labels_from_values(m["teff"]["map"], m["logg"]["map"], m["fe_h"]["map"], m["vmic"]["map"],
+                                    m["vbroad"]["map"], xfe)
+        model = synthesize_normalised(maker, labels, cover[i], continuum)
+        ok = cover[i] & np.isfinite(model)
+        dev = (observed[i] - model)[ok]
+        star["resimulation"] = {"median_abs_dev_percent": float(100 * np.median(np.abs(dev))),
+                                "rms_percent": float(100 * np.sqrt(np.mean(dev**2))), "pixels": int(ok.sum())}
+        if "Sun" in key:
+            sun = synthesize_normalised(maker, sun_labels, cover[i], continuum)
+            d = observed[i] - sun
+            star["vs_synthetic_sun"] = {}
+            for name, s in zip(maker.hr.window_names, maker.hr.segments, strict=True):
+                sel = np.zeros(wave.size, dtype=bool)
+                sel[s] = True
+                sel &= cover[i] & np.isfinite(sun)
+                star["vs_synthetic_sun"][name] = float(100 * np.sqrt(np.mean(d[sel] ** 2)))
+        fig, axes = plt.subplots(len(ZOOMS), 1, figsize=(10, 7))
+        for ax, (lo, hi) in zip(axes, ZOOMS, strict=True):
+            sel = (wave >= lo) & (wave <= hi)
+            ax.plot(wave[sel], observed[i][sel], "k-", lw=0.8, label=f"{key} (ingested)")
+            ax.plot(wave[sel], model[sel], "r-", lw=0.8, label="PySME at the MAP")
+            ax.set_xlim(lo, hi)
+            ax.set_ylabel("normalised flux")
+        axes[0].legend(fontsize=8, loc="lower left")
+        axes[0].set_title(f"{key}: re-simulation, median |dev| {star['resimulation']['median_abs_dev_percent']:.2f} %")
+        axes[-1].set_xlabel("air wavelength [Å]")
+        fig.tight_layout()
+        png = out / f"real_stars_resim_{i}.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        star["plot"] = png.name
+        results["stars"].append(star)
+        print(f"{key}: done", file=sys.stderr)
+
+    (out / "real_stars.json").write_text(json.dumps(results, indent=1))
+    (out / "real_stars.md").write_text(render(results))
+    print(out / "real_stars.md")
+
+
+def _fmt(p: str, v: float) -> str:
+    return f"{v:.0f}" if p == "teff" else f"{v:.2f}"
+
+
+def render(r: dict) -> str:
+    lines = [
+        "# Real stars: ingestion, inference, re-simulation",
+        "",
+        f"Command: `python benchmarks/real_stars.py --bundle {r['bundle']}` · machine: {r['machine']} · "
+        f"{r['samples']} posterior samples · ingestion of the 3 files {r['ingest_seconds']:.1f} s.",
+        "",
+        "## Ingestion",
+        "",
+        "| star | RV [km/s] | template | S/N per Å (source) | input R | HR pixels with data | ingest flags |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in r["stars"]:
+        lines.append(f"| {s['star']} | {s['rv']:+.3f} ± {s['rv_error']:.3f} | {s['rv_template']} | "
+                     f"{s['snr']:.0f} ({s['snr_source']}) | {s['input_resolution']:.0f} | "
+                     f"{100 * s['coverage']:.1f} % | {', '.join(s['ingest_flags']) or '-'} |")
+    lines += ["", "All three files are 'effectively at rest' (data README). The Sun's lines sit at about "
+              "+0.3 km/s against laboratory wavelengths (gravitational redshift 0.64 km/s less convective "
+              "blueshift), which is what the solar spectra show here.", "",
+              "## Parameters (MAP and 68 % interval) vs literature", "",
+              "| star | S/N | " + " | ".join(SHOWN) + " | flags | f_reject |",
+              "|---|---|" + "---|" * len(SHOWN) + "---|---|"]
+    for s in r["stars"]:
+        for variant, label in (("own", f"own ({s['snr']:.0f})"), ("s250", "250")):
+            v = s[variant]
+            cells = [f"{_fmt(p, v[p]['map'])} [{_fmt(p, v[p]['p16'])}, {_fmt(p, v[p]['p84'])}]" for p in SHOWN]
+            lines.append(f"| {s['star']} | {label} | " + " | ".join(cells) + f" | {v['flags']} | {v['f_reject']:.2f} |")
+        lit = s["literature"]
+        cells = [f"{_fmt(p, lit[p][0])} ± {_fmt(p, lit[p][1])}" if p in lit else "" for p in SHOWN]
+        lines.append(f"| {s['star']} literature ({s['reference']}) | | " + " | ".join(cells) + " | | |")
+    lines += ["", "## Residuals (MAP − literature)", "", "| star | S/N | ΔT_eff [K] | Δlog g | Δ[Fe/H] |",
+              "|---|---|---|---|---|"]
+    for s in r["stars"]:
+        lit = s["literature"]
+        for variant in ("own", "s250"):
+            v = s[variant]
+            d = [v[p]["map"] - lit[p][0] for p in ("teff", "logg", "fe_h")]
+            lines.append(f"| {s['star']} | {variant} | {d[0]:+.0f} | {d[1]:+.2f} | {d[2]:+.2f} |")
+    lines += ["", "## Re-simulation at the MAP (own S/N)", "",
+              "| star | median abs. deviation | rms | pixels | plot |", "|---|---|---|---|---|"]
+    for s in r["stars"]:
+        x = s["resimulation"]
+        lines.append(f"| {s['star']} | {x['median_abs_dev_percent']:.2f} % | {x['rms_percent']:.2f} % | "
+                     f"{x['pixels']} | ![{s['star']}]({s['plot']}) |")
+    lines += ["", "Paper (its Sect. 4.3): median deviation 0.69 %.", "",
+              "## Ingested solar spectra vs our synthetic Sun (same pixels, both pseudo-continuum normalised)", "",
+              "| spectrum | green rms | red rms |", "|---|---|---|"]
+    for s in r["stars"]:
+        if "vs_synthetic_sun" in s:
+            v = s["vs_synthetic_sun"]
+            lines.append(f"| {s['star']} | {v['green']:.2f} % | {v['red']:.2f} % |")
+    lines += ["", "Criterion (grid issue): within 2.5 % rms.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
