@@ -87,6 +87,15 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_normalise_grid(args: argparse.Namespace) -> int:
+    from .continuum import ContinuumOptions, normalise_grid
+
+    out = normalise_grid(args.grid, args.out, ContinuumOptions(knot_spacing=args.knot_spacing),
+                         progress=not args.quiet)
+    print(f"{out}: pseudo-continuum normalised copy of {args.grid}")
+    return 0
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .continuum import ContinuumOptions
     from .ingest import IngestOptions, ingest
@@ -226,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_survey)
+
+    p = sub.add_parser("normalise-grid", help="copy of a grid with each spectrum divided by its pseudo-continuum")
+    p.add_argument("grid", help="grid HDF5 file")
+    p.add_argument("--out", required=True, help="new grid HDF5 file")
+    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_normalise_grid)
 
     p = sub.add_parser("ingest", help="observed spectra (FITS/ASCII) -> Zarr survey for `runtime process`")
     p.add_argument("files", nargs="+", help="spectrum files (4MOST L1-style, ESO Phase 3, 1D FITS, ASCII)")

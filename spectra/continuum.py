@@ -25,7 +25,7 @@ import numpy as np
 from scipy.interpolate import LSQUnivariateSpline
 from scipy.ndimage import uniform_filter1d
 
-__all__ = ["ContinuumOptions", "normalise", "pseudo_continuum"]
+__all__ = ["ContinuumOptions", "normalise", "normalise_grid", "pseudo_continuum"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ class ContinuumOptions:
 
     def describe(self) -> str:
         return "pseudo-continuum " + ", ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+def _usable_knots(x: np.ndarray, knots: np.ndarray, min_points: int = 6) -> np.ndarray:
+    """Drop knots so that every knot interval holds enough fitted points (Schoenberg-Whitney): where the
+    clipping removed nearly everything (a broad line), the spline simply gets fewer knots there."""
+    chosen, last = [], x[0]
+    for t in knots:
+        if np.count_nonzero((x > last) & (x <= t)) >= min_points and np.count_nonzero(x > t) >= min_points:
+            chosen.append(t)
+            last = t
+    return np.array(chosen)
 
 
 def _fit_stretch(wave: np.ndarray, flux: np.ndarray, opt: ContinuumOptions) -> np.ndarray:
@@ -55,12 +66,8 @@ def _fit_stretch(wave: np.ndarray, flux: np.ndarray, opt: ContinuumOptions) -> n
     keep = good.copy()
     fit = np.full(wave.size, np.nanmedian(smooth[good]))
     for _ in range(opt.iterations):
-        k = knots[(knots > wave[keep][0]) & (knots < wave[keep][-1])] if keep.sum() > 8 else np.array([])
-        try:
-            spline = LSQUnivariateSpline(wave[keep], smooth[keep], k, k=3 if keep.sum() > 8 else 1)
-        except ValueError:  # Schoenberg-Whitney violated (too few kept points between knots): coarser knots
-            k = k[::2]
-            spline = LSQUnivariateSpline(wave[keep], smooth[keep], k, k=3)
+        x = wave[keep]
+        spline = LSQUnivariateSpline(x, smooth[keep], _usable_knots(x, knots), k=3 if x.size > 8 else 1)
         fit = spline(wave)
         resid = smooth - fit
         sigma = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
@@ -91,3 +98,35 @@ def normalise(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | No
     if flux.ndim == 2:
         return np.stack([normalise(wave, row, options) for row in flux])
     return flux / pseudo_continuum(wave, flux, options)
+
+
+def normalise_grid(source, out, options: ContinuumOptions | None = None, progress: bool = True):
+    """Copy a grid file with every finished row divided by its pseudo-continuum (noiseless spectra).
+
+    The copy's attributes record the normalisation (``continuum``) and the source grid; training on it
+    makes the network expect pseudo-continuum normalised input, as ``spectra ingest`` delivers.
+    """
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .gridstore import GridReader, GridWriter
+    from .wavegrid import hr_grid
+
+    opt = options or ContinuumOptions()
+    out = Path(out)
+    grid = hr_grid()
+    with GridReader(source) as reader:
+        if reader.wavelength.size != grid.size:
+            raise ValueError(f"{source}: {reader.wavelength.size} pixels; normalise-grid works on the HR grid")
+        attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
+        attrs.update(continuum=opt.describe(), normalised_from=str(Path(source).resolve()))
+        done, labels = reader.done, reader.labels
+        methods, seconds = reader.atmosphere_method, reader.synthesis_seconds
+        with GridWriter(out, done.size, grid, attrs) as writer:  # an interrupted copy is resumed
+            todo = np.flatnonzero(done & ~writer.done)
+            for i in tqdm(todo, desc=f"normalise {out.name}", disable=not progress):
+                flux = reader.flux[i, :].astype(float)
+                writer.write_row(int(i), flux / pseudo_continuum(grid.wave, flux, opt), labels[i], methods[i],
+                                 float(seconds[i]))
+    return out
