@@ -154,3 +154,22 @@ def test_evaluation_report(labelled_grid, tmp_path):
     for name in ("report.md", "metrics.json", "predicted_vs_true.png", "sbc.png", "residuals_vs_snr.png"):
         assert (tmp_path / "report" / name).exists()
     assert "Table A.1" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_saliency_maps_and_line_enrichment(tmp_path, labelled_grid):
+    """Maps have one normalised row per parameter; the enrichment statistic finds peaks put on lines."""
+    from training.saliency import element_lines, line_enrichment, saliency
+
+    fit(labelled_grid, replace(CONFIGS["tiny"], epochs=1), tmp_path / "run", device="cpu", progress=False)
+    result = saliency(tmp_path / "run", labelled_grid, tmp_path / "sal", n_spectra=4, samples=8, progress=False)
+    maps = np.load(tmp_path / "sal" / "saliency.npz")["median"]
+    assert maps.shape == (13, 25200) and np.all(maps >= 0) and np.all(maps <= 1)
+    assert (tmp_path / "sal" / "saliency_mg_fe.png").exists() and "mg_fe" in result["enrichment"]
+    wave = np.arange(5160.0, 5730.0, 0.05) + 0.025
+    mg = element_lines("Mg")
+    assert np.any(np.abs(mg - 5183.6) < 0.05)  # Mg b in the shipped line list
+    on_lines = np.zeros(wave.size)
+    for line in mg[(mg > 5160) & (mg < 5730)]:
+        on_lines[np.argmin(np.abs(wave - line))] = 1.0
+    assert line_enrichment(wave, on_lines, mg, n_peaks=5)["enrichment"] > 20
+    assert line_enrichment(wave, np.random.default_rng(0).random(wave.size), mg, n_peaks=50)["enrichment"] < 5

@@ -59,6 +59,18 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_saliency(args: argparse.Namespace) -> int:
+    from .saliency import saliency
+
+    result = saliency(args.run, args.grid, args.out, snr=args.snr, n_spectra=args.n_spectra, samples=args.samples,
+                      seed=args.seed, progress=not args.quiet)
+    for name, e in result["enrichment"].items():
+        print(f"{name}: {100 * e['peak_fraction']:.0f} % of the top peaks on {e['element']} lines "
+              f"(chance {100 * e['chance_fraction']:.0f} %, enrichment {e['enrichment']:.1f})")
+    print(f"{args.out}/saliency.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("saliency", help="median normalised gradients dX/dflux per parameter (paper Figs. A.4-A.5)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--grid", required=True)
+    p.add_argument("--out", required=True, help="output folder (maps, PNGs, saliency.md)")
+    p.add_argument("--snr", type=float, default=250.0, help="S/N per A of the noisy test spectra")
+    p.add_argument("--n-spectra", type=int, default=64, help="test spectra to average over")
+    p.add_argument("--samples", type=int, default=64, help="latent draws per spectrum for the posterior mean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_saliency)
 
     p = sub.add_parser("describe", help="build a config's model and print its size")
     p.add_argument("--config", default="paper")
