@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--work", default="/tmp/real_stars")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="real_stars", help="stem of the output files")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
@@ -133,6 +134,7 @@ def main() -> None:
     sun_labels = labels_from_values(5772.0, 4.44, 0.0, vmic=1.0, vbroad=3.5)
     names = [c for c in catalogues["own"] if c + "_p84" in catalogues["own"]]
     results = {"machine": machine(), "bundle": str(Path(args.bundle).resolve()), "samples": args.samples,
+               "name_option": f" --name {args.name}" if args.name != "real_stars" else "",
                "ingest_seconds": ingest_seconds, "ingest_flag_counts": report.flag_counts, "stars": []}
     import matplotlib
 
@@ -180,16 +182,16 @@ def main() -> None:
         axes[0].set_title(f"{key}: re-simulation, median |dev| {star['resimulation']['median_abs_dev_percent']:.2f} %")
         axes[-1].set_xlabel("air wavelength [Å]")
         fig.tight_layout()
-        png = out / f"real_stars_resim_{i}.png"
+        png = out / f"{args.name}_resim_{i}.png"
         fig.savefig(png, dpi=110)
         plt.close(fig)
         star["plot"] = png.name
         results["stars"].append(star)
         print(f"{key}: done", file=sys.stderr)
 
-    (out / "real_stars.json").write_text(json.dumps(results, indent=1))
-    (out / "real_stars.md").write_text(render(results))
-    print(out / "real_stars.md")
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{args.name}.md").write_text(render(results))
+    print(out / f"{args.name}.md")
 
 
 def _fmt(p: str, v: float) -> str:
@@ -200,7 +202,8 @@ def render(r: dict) -> str:
     lines = [
         "# Real stars: ingestion, inference, re-simulation",
         "",
-        f"Command: `python benchmarks/real_stars.py --bundle {r['bundle']}` · machine: {r['machine']} · "
+        f"Command: `python benchmarks/real_stars.py --bundle {r['bundle']}{r['name_option']}` · "
+        f"machine: {r['machine']} · "
         f"{r['samples']} posterior samples · ingestion of the 3 files {r['ingest_seconds']:.1f} s.",
         "",
         "## Ingestion",
