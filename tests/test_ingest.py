@@ -273,3 +273,20 @@ def test_zero_filled_detector_gap_is_missing_data_not_flux(tmp_path):
     inside = (grid_wave > 5304) & (grid_wave < 5337)
     assert np.all(row[inside] == 1.0) and root["ingest_flags"][0] & IngestFlag.PARTIAL_COVERAGE
     assert 0.9 < root["coverage"][0] < 0.99
+
+
+def test_real_spectra_ingest_at_rest_with_their_gaps(tmp_path):
+    """The shared UVES and HARPS solar spectra: RV within 0.5 km/s of zero (they are at rest; the Sun's
+    lines sit ~+0.3 km/s from laboratory wavelengths), HARPS's zero-filled CCD gap and UVES's short red
+    end become flagged missing pixels, and the S/N is estimated (no error column)."""
+    uves = shared_file("spectra", "UVES_Sun-1_cleaned_norm.txt")
+    harps = shared_file("spectra", "fasma_Sun_HARPS.fits")
+    report = ingest([uves, harps], tmp_path / "sun.zarr", IngestOptions(medium="air"),
+                    per_file={str(uves): IngestOptions(medium="air", resolution=47_000)}, progress=False)
+    root = zarr.open_group(str(tmp_path / "sun.zarr"))
+    assert report.n_failed == 0
+    assert np.all(np.abs(root["rv"][:]) < 0.5) and np.all(root["rv_error"][:] < 0.1)
+    assert 0.93 < root["coverage"][0] < 0.96 and 0.96 < root["coverage"][1] < 0.99
+    assert all(f & IngestFlag.PARTIAL_COVERAGE and f & IngestFlag.SNR_ESTIMATED for f in root["ingest_flags"][:])
+    flux = root["flux"][:]
+    assert np.isfinite(flux).all() and 0.95 < np.median(flux) < 1.01
