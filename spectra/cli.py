@@ -104,7 +104,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                             resolution=args.resolution, snr=args.snr,
                             continuum=ContinuumOptions(knot_spacing=args.knot_spacing))
     report = ingest(args.files, args.out, options, chunk=args.chunk, first_id=args.first_id,
-                    progress=not args.quiet)
+                    progress=not args.quiet, resume=args.resume)
     flagged = ", ".join(f"{k} {v}" for k, v in report.flag_counts.items() if v) or "none"
     print(f"{report.output}: {report.n_spectra} spectra from {len(args.files)} file(s), {report.n_failed} failed; "
           f"flags: {flagged}")
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
     p.add_argument("--first-id", type=int, default=0, help="source_id of the first spectrum")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_ingest)
 

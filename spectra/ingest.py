@@ -15,7 +15,9 @@ prepared, becomes a row of NaN flux flagged READ_FAILED with the reason: a batch
 
 Output layout: that of ``spectra.survey`` (``flux``, ``snr``, ``source_id``, ``wavelength``) plus one
 provenance array per item: ``file``, ``object``, ``instrument``, ``rv``, ``rv_error``, ``rv_source``,
-``rv_template``, ``input_resolution``, ``snr_source``, ``coverage``, ``ingest_flags`` and ``message``.
+``rv_template``, ``input_resolution``, ``snr_source``, ``coverage``, ``ingest_flags`` and ``message``, and
+``input_index`` (the row's file in the command's list). Rows are committed whole files at a time; an
+interrupted run continues with ``--resume``.
 """
 
 from __future__ import annotations
@@ -191,69 +193,106 @@ class IngestReport:
 
 
 class _SurveyWriter:
-    """Appends prepared spectra to a new Zarr survey in chunks of ``chunk`` rows."""
+    """Appends prepared spectra to a Zarr survey, whole input files at a time.
 
-    def __init__(self, out: Path, grid: WavelengthGrid, chunk: int, attrs: dict, first_id: int):
+    ``committed`` (a group attribute) counts the rows whose every array is written; it is updated after
+    each flush. Reopening with ``resume`` truncates the arrays to it, so a run killed in the middle of a
+    flush loses only that flush's rows, which are redone.
+    """
+
+    ROW_ARRAYS = ("flux", "snr", "source_id", "input_index", *(name for name, _, _ in _PROVENANCE))
+
+    def __init__(self, out: Path, grid: WavelengthGrid, chunk: int, attrs: dict, first_id: int, resume: bool):
+        self.chunk, self.buffer = chunk, []
+        if resume and out.exists():
+            self.root = zarr.open_group(str(out), mode="r+")
+            if self.root.attrs.get("inputs_sha256") != attrs["inputs_sha256"]:
+                raise ValueError(f"{out}: --resume with another list of input files or other options; "
+                                 "give the same command, or drop --resume to start again")
+            committed = int(self.root.attrs.get("committed", 0))
+            for name in self.ROW_ARRAYS:
+                shape = self.root[name].shape
+                self.root[name].resize((committed, *shape[1:]))
+            self.next_id = first_id + committed
+            self.next_file = int(self.root["input_index"][committed - 1]) + 1 if committed else 0
+            return
         self.root = zarr.open_group(str(out), mode="w")
-        self.chunk, self.next_id, self.buffer = chunk, first_id, []
+        self.next_id, self.next_file = first_id, 0
         self.root.create_array("flux", shape=(0, grid.size), chunks=(chunk, grid.size), dtype="f4")
         self.root.create_array("snr", shape=(0,), chunks=(chunk,), dtype="f4")
         self.root.create_array("source_id", shape=(0,), chunks=(chunk,), dtype="i8")
+        self.root.create_array("input_index", shape=(0,), chunks=(chunk,), dtype="i8")
         for name, dtype, _ in _PROVENANCE:
             self.root.create_array(name, shape=(0,), chunks=(chunk,), dtype=dtype)
         self.root.create_array("wavelength", data=grid.wave)
         self.root["wavelength"].attrs.update(medium="air", unit="Angstrom", sha256=grid.sha256())
         self.root["flux"].attrs["unit"] = "pseudo-continuum normalised"
         self.root["snr"].attrs["unit"] = "per Angstrom"
+        self.root["input_index"].attrs["description"] = "position of the row's file in the ingest command's list"
         self.root["ingest_flags"].attrs["bits"] = {f.name: int(f) for f in IngestFlag}
-        self.root.attrs.update(attrs)
+        self.root.attrs.update({**attrs, "committed": 0})
 
-    def add(self, spectrum: PreparedSpectrum) -> None:
-        self.buffer.append(spectrum)
+    @property
+    def n_rows(self) -> int:
+        return int(self.root.attrs["committed"])
+
+    def add_file(self, file_index: int, spectra: list[PreparedSpectrum]) -> None:
+        self.buffer.extend((file_index, s) for s in spectra)
         if len(self.buffer) >= self.chunk:
             self.flush()
 
     def flush(self) -> None:
         if not self.buffer:
             return
-        rows = self.buffer
+        index = np.array([i for i, _ in self.buffer], dtype="i8")
+        rows = [r for _, r in self.buffer]
         self.root["flux"].append(np.stack([r.flux for r in rows]))
         self.root["snr"].append(np.array([r.snr for r in rows], dtype="f4"))
-        ids = np.arange(self.next_id, self.next_id + len(rows), dtype="i8")
-        self.root["source_id"].append(ids)
-        self.next_id += len(rows)
+        self.root["source_id"].append(np.arange(self.next_id, self.next_id + len(rows), dtype="i8"))
+        self.root["input_index"].append(index)
         for name, dtype, attr in _PROVENANCE:
             values = [getattr(r, attr) for r in rows]
             self.root[name].append(np.array(values, dtype=dtype if dtype is not str else np.dtypes.StringDType()))
+        self.next_id += len(rows)
+        self.root.attrs["committed"] = self.n_rows + len(rows)
         self.buffer = []
 
 
 def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | None = None, chunk: int = 256,
-           first_id: int = 0, progress: bool = True,
-           per_file: dict[str, IngestOptions] | None = None) -> IngestReport:
-    """Ingest ``files`` (each may hold several spectra) into a new survey at ``out``.
+           first_id: int = 0, progress: bool = True, per_file: dict[str, IngestOptions] | None = None,
+           resume: bool = False) -> IngestReport:
+    """Ingest ``files`` (each may hold several spectra) into a survey at ``out``.
 
     ``per_file`` maps a file (as given) to the options for that file (e.g. the resolving power of an
-    ASCII spectrum whose header cannot say it); the others use ``options``.
+    ASCII spectrum whose header cannot say it); the others use ``options``. ``resume`` continues an
+    interrupted run of the same command after its last fully written file.
     """
+    import hashlib
+    import json
+
     options = options or IngestOptions()
     per_file = {str(k): v for k, v in (per_file or {}).items()}
     out, grid = Path(out), hr_grid()
     templates = default_templates()
+    settings = {"ingest_options": asdict(options), "per_file_options": {k: asdict(v) for k, v in per_file.items()},
+                "first_id": first_id}
+    inputs = json.dumps({"files": [str(f) for f in files], **settings}, sort_keys=True, default=str)
     attrs = {
         "format": SURVEY_FORMAT,
         "kind": "observed",
-        "ingest_options": asdict(options),
-        "per_file_options": {k: asdict(v) for k, v in per_file.items()},
+        **settings,
+        "inputs_sha256": hashlib.sha256(inputs.encode()).hexdigest(),
+        "n_inputs": len(files),
         "continuum": options.continuum.describe(),
         "training_resolution": TRAINING_RESOLUTION,
         "missing_pixels": "set to 1 (continuum); rows flagged PARTIAL_COVERAGE",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    writer = _SurveyWriter(out, grid, chunk, attrs, first_id)
-    n = n_failed = 0
+    writer = _SurveyWriter(out, grid, chunk, attrs, first_id, resume)
     counts = {f.name: 0 for f in IngestFlag}
-    for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
+    todo = range(writer.next_file, len(files))
+    for k in tqdm(todo, desc="ingest", unit="file", disable=not progress):
+        path = files[k]
         file_options = per_file.get(str(path), options)
         try:
             spectra = read_spectra(path, file_options.fmt, file_options.wave_unit)
@@ -266,12 +305,10 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
                     prepared.append(prepare(obs, file_options, grid, templates))
                 except (ValueError, FloatingPointError) as exc:  # one odd spectrum never stops a batch
                     prepared.append(failed(obs.source, f"preparation failed: {exc}", grid.size))
-        for p in prepared:
-            writer.add(p)
-            n += 1
-            n_failed += bool(p.flags & IngestFlag.READ_FAILED)
-            for f in IngestFlag:
-                counts[f.name] += bool(p.flags & f)
+        writer.add_file(k, prepared)
     writer.flush()
-    writer.root.attrs["n_spectra"] = n
-    return IngestReport(out, n, n_failed, counts)
+    flags = writer.root["ingest_flags"][:]
+    for f in IngestFlag:
+        counts[f.name] = int(np.count_nonzero(flags & f))
+    writer.root.attrs["n_spectra"] = writer.n_rows
+    return IngestReport(out, writer.n_rows, counts[IngestFlag.READ_FAILED.name], counts)

@@ -290,3 +290,37 @@ def test_real_spectra_ingest_at_rest_with_their_gaps(tmp_path):
     assert all(f & IngestFlag.PARTIAL_COVERAGE and f & IngestFlag.SNR_ESTIMATED for f in root["ingest_flags"][:])
     flux = root["flux"][:]
     assert np.isfinite(flux).all() and 0.95 < np.median(flux) < 1.01
+
+
+def test_interrupted_ingest_resumes_to_the_same_survey(fake_grid, tmp_path, monkeypatch):
+    """An ingest stopped after some files (and with a half-written flush on disk) resumes with --resume to
+    exactly the survey of an uninterrupted run; another file list is refused."""
+    import spectra.ingest as ingest_module
+
+    files = [fourmost_l1_from_grid(fake_grid, [i], tmp_path / f"f{i}.fits", snr=100, seed=i) for i in (0, 1, 2, 3, 5)]
+    options = IngestOptions(rv=0.0)
+    ingest(files, tmp_path / "full.zarr", options, chunk=2, progress=False)
+
+    real_read = ingest_module.read_spectra
+    calls = {"n": 0}
+
+    def failing_read(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the run is stopped while reading the 4th file
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "read_spectra", failing_read)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(files, tmp_path / "part.zarr", options, chunk=2, progress=False)
+    monkeypatch.setattr(ingest_module, "read_spectra", real_read)
+    part = zarr.open_group(str(tmp_path / "part.zarr"), mode="r+")
+    assert part.attrs["committed"] == 2
+    part["flux"].append(np.zeros((1, part["flux"].shape[1]), dtype="f4"))  # a flush cut short by the kill
+    report = ingest(files, tmp_path / "part.zarr", options, chunk=2, progress=False, resume=True)
+    full, resumed = zarr.open_group(str(tmp_path / "full.zarr")), zarr.open_group(str(tmp_path / "part.zarr"))
+    assert report.n_spectra == 5
+    for name in ("flux", "snr", "source_id", "input_index", "rv", "ingest_flags"):
+        np.testing.assert_array_equal(full[name][:], resumed[name][:], err_msg=name)
+    with pytest.raises(ValueError, match="another list"):
+        ingest(files[:3], tmp_path / "part.zarr", options, chunk=2, progress=False, resume=True)
