@@ -154,5 +154,5 @@ def _render(r: dict, names: list[str]) -> str:
              "|---|---|---|---|---|---|---|"]
     for p, e in r["enrichment"].items():
         lines.append(f"| {p} | {e['element']} | {e['n_lines']} | {100 * e['peak_fraction']:.0f} % | "
-                     f"{100 * e['chance_fraction']:.0f} % | {e['enrichment']:.1f} | ![{p}](saliency_{p}.png) |")
+                     f"{100 * e['chance_fraction']:.2f} % | {e['enrichment']:.1f} | ![{p}](saliency_{p}.png) |")
     return "\n".join(lines) + "\n"
