@@ -188,7 +188,10 @@ def render(r: dict, args) -> str:
              "rσ the robust σ (1.4826 MAD); cov68/cov95: fraction of true values inside the 68 %/95 % intervals "
              "(ideal 0.68/0.95). cINN and NPE estimates are MAPs (highest posterior density among 4096 samples); "
              "χ² estimates are best fits with ±1σ/±2σ intervals from the covariance.", "",
-             "## Cost per spectrum (this machine, one core per process)", "",
+             "## Cost per spectrum (this machine)", "",
+             "cINN: `runtime process` in one process, ONNX Runtime on both cores. NPE: sbi's own sampler and "
+             "density (unnormalised), torch on both cores. χ²: one single-threaded process while other jobs shared "
+             "the two cores (so an upper bound by up to ~2x); most of it is PySME.", "",
              "| method | seconds per spectrum | notes |", "|---|---|---|"]
     for name, c in r["cost"].items():
         note = f"{c['syntheses_per_spectrum']:.0f} PySME syntheses per fit" if "syntheses_per_spectrum" in c else \
@@ -210,7 +213,10 @@ def render(r: dict, args) -> str:
                     lines.append(f"| {name} | {p} | {v['n']} | {_fmt(p, v['bias'])} | {_fmt_abs(p, v['std'])} | "
                                  f"{_fmt_abs(p, v['robust_sigma'])} | {cov} |")
             lines.append("")
-    lines += ["![residuals](accuracy_residuals.png)", "",
+    lines += ["χ² intervals are the formal ±1σ/±2σ of the fit's covariance: they ignore the mismatch from holding "
+              "the [X/Fe] at 0 while the test stars have their own, so they are far too narrow (coverage near 0) "
+              "even where the best fit itself is good.", "",
+              "![residuals](accuracy_residuals.png)", "",
               f"Tables A.1/A.2 analogues for the 19 paper S/N values, and SBC, on the training grid's test split: "
               f"[{Path(args.evaluation).name}/report.md]({Path(args.evaluation).name}/report.md).", ""]
     return "\n".join(lines)
