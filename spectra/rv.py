@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import correlate
 
 from .degrade import C_KMS
 from .prepare import contiguous
@@ -142,8 +143,8 @@ def measure_rv(wave: np.ndarray, flux: np.ndarray, templates: RVTemplates | None
         for obs, tpl in zip(obs_parts, tpl_parts, strict=True):
             o = obs - obs.mean()
             t = tpl[k] - tpl[k][lag_max:lag_max + o.size].mean()
-            # np.correlate(t, o)[m] = sum_i t[i + m] o[i]; template shifted by lag = lag_max - m
-            num += np.correlate(t, o, mode="valid")[::-1]
+            # correlate(t, o)[m] = sum_i t[i + m] o[i] (by FFT); template shifted by lag = lag_max - m
+            num += correlate(t, o, mode="valid", method="fft")[::-1]
             o2 += float(o @ o)
             t2 += float(t[lag_max:lag_max + o.size] @ t[lag_max:lag_max + o.size])
         ccf = num / np.sqrt(o2 * t2)
