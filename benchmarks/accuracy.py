@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
+from _common import machine, robust_sigma
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
@@ -36,18 +35,12 @@ COMPARED = ("teff", "logg", "fe_h", "vmic", "vbroad")
 ALSO_LEARNED = ("mg_fe", "ca_fe", "ti_fe", "si_fe", "li_fe")
 
 
-def machine() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    return f"{model}; {platform.platform()}"
-
-
 def stats(estimate: np.ndarray, truth: np.ndarray, lo68=None, hi68=None, lo95=None, hi95=None) -> dict:
     ok = np.isfinite(estimate) & np.isfinite(truth)
     r = estimate[ok] - truth[ok]
     out = {"n": int(ok.sum()), "bias": float(np.median(r)) if r.size else float("nan"),
            "std": float(np.std(r)) if r.size else float("nan"),
-           "robust_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size else float("nan")}
+           "robust_sigma": robust_sigma(r)}
     if lo68 is not None:
         t = truth[ok]
         out["cov68"] = float(np.mean((lo68[ok] <= t) & (t <= hi68[ok])))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _common import robust_sigma
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
@@ -30,11 +31,6 @@ from spectra.survey import make_survey, parse_snr
 
 RESULTS = Path(__file__).parent / "results"
 SHOWN = ("teff", "logg", "fe_h", "vmic", "vbroad", "mg_fe", "ca_fe", "ti_fe")
-
-
-def robust_sigma(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else float("nan")
 
 
 def main() -> None:

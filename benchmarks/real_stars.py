@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
+from _common import machine
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
@@ -58,12 +57,6 @@ STARS = (
 )
 SHOWN = ("teff", "logg", "fe_h", "vmic", "vbroad", "mg_fe", "ca_fe")
 ZOOMS = ((5165.0, 5195.0), (6540.0, 6590.0), (6150.0, 6170.0))
-
-
-def machine() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    return f"{model}; {platform.platform()}"
 
 
 def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
