@@ -42,6 +42,7 @@ from _common import machine
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
 from spectra.continuum import ContinuumOptions, pseudo_continuum
+from spectra.degrade import add_noise
 from spectra.ingest import IngestFlag, IngestOptions, ingest
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,8 +73,10 @@ def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
     for i in range(flux.shape[0]):
         if not np.isfinite(flux[i]).all():
             continue
-        extra = np.sqrt(max(1.0 / target**2 - 1.0 / snr[i] ** 2, 0.0)) / np.sqrt(pixel)
-        flux[i] = flux[i] + np.abs(flux[i]) * extra * rng.standard_normal(flux.shape[1])
+        # noise of S/N `missing` on top of S/N snr[i] gives S/N target (variances add); Eq. 1 as in training
+        variance = max(1.0 / target**2 - 1.0 / snr[i] ** 2, 0.0)
+        missing = 1.0 / np.sqrt(variance) if variance > 0 else np.inf
+        flux[i] = add_noise(flux[i], missing, pixel, rng)
     root["flux"][:] = flux.astype(np.float32)
     root["snr"][:] = np.full(snr.size, target, dtype=np.float32)
     root.attrs["degraded_to_snr"] = target
