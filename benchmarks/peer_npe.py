@@ -27,22 +27,22 @@ import torch
 
 from runtime.posterior import summarize
 from spectra import schema
+from training import evaluate
 from training.data import GridData
 from training.fit import load_run
 from training.model import _mlp
 
 
 def _network_bounds() -> tuple[np.ndarray, np.ndarray]:
-    lo = np.array([p.to_network(np.array([p.lower]))[0] for p in schema.TARGETS])
-    hi = np.array([p.to_network(np.array([p.upper]))[0] for p in schema.TARGETS])
+    """The training bounds in the network's space (log10 where the schema says), as our prior box."""
+    lo, hi = GridData.transform(np.array([[p.lower for p in schema.TARGETS], [p.upper for p in schema.TARGETS]]))
     return lo, hi
 
 
 def to_physical(net: np.ndarray) -> np.ndarray:
-    out = np.empty_like(net)
-    for j, p in enumerate(schema.TARGETS):
-        out[..., j] = p.from_network(net[..., j])
-    return out
+    """Network space (not standardised: sbi z-scores internally) -> physical units."""
+    d = net.shape[-1]
+    return evaluate.to_physical(net, np.zeros(d), np.ones(d))
 
 
 def train(grid: str, run: str, out: str, copies: int = 16, seed: int = 0, max_epochs: int | None = None) -> dict:
