@@ -31,6 +31,7 @@ from runtime.posterior import summarize
 from spectra import schema
 from spectra.survey import SnrSpec
 
+from .config import Config
 from .data import GridData
 from .fit import load_run
 from .model import CINN
@@ -65,16 +66,23 @@ def to_physical(x_std: np.ndarray, x_mean: np.ndarray, x_std_dev: np.ndarray) ->
     return out
 
 
+def open_run_with_grid(run: str | Path, grid: str | Path) -> tuple[CINN, Config, dict, GridData]:
+    """A trained run and a grid split the way that run split it; the pixel grids must agree."""
+    model, config, meta = load_run(run)
+    data = GridData(grid, config.split, config.split_seed)
+    if data.n_pixels != model.n_pixels:
+        data.close()
+        raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")
+    return model, config, meta, data
+
+
 def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "test",
              snr: SnrSpec | None = None, n_samples: int = 4096, seed: int = 0, max_spectra: int | None = None,
              spectra_per_call: int = 8, progress: bool = True) -> dict:
     """Run the evaluation and write the report files; returns the metrics dictionary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, config, meta = load_run(run)
-    data = GridData(grid, config.split, config.split_seed)
-    if data.n_pixels != model.n_pixels:
-        raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")
+    model, config, meta, data = open_run_with_grid(run, grid)
     rows = data.split[split]
     if max_spectra:
         rows = rows[:max_spectra]

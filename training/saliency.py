@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from spectra.linelists import default_linelist
 from spectra.wavegrid import vacuum_to_air
 
-from .data import GridData
-from .fit import load_run
+from .evaluate import open_run_with_grid
 
 __all__ = ["element_lines", "line_enrichment", "saliency"]
 
@@ -74,10 +73,7 @@ def saliency(run: str | Path, grid: str | Path, out: str | Path, snr: float = 25
     """Compute the maps, write ``saliency.npz``, ``saliency.json``, ``saliency.md`` and PNGs into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, config, _ = load_run(run)
-    data = GridData(grid, config.split, config.split_seed)
-    if data.n_pixels != model.n_pixels:
-        raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")
+    model, config, _, data = open_run_with_grid(run, grid)
     rows = data.split.test[:n_spectra]
     names = data.target_names
     rng = np.random.default_rng(seed)
