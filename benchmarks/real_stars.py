@@ -41,7 +41,7 @@ from _common import machine
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
-from spectra.continuum import ContinuumOptions, pseudo_continuum
+from spectra.continuum import ContinuumOptions, normalise
 from spectra.degrade import add_noise
 from spectra.ingest import IngestFlag, IngestOptions, ingest
 
@@ -85,7 +85,7 @@ def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
 def synthesize_normalised(maker, labels: dict, observed_cover: np.ndarray, options: ContinuumOptions) -> np.ndarray:
     flux, _ = maker.hr_spectrum(labels)
     flux = np.where(observed_cover, flux, np.nan)  # normalise over the same pixels the observation has
-    return flux / pseudo_continuum(maker.hr.wave, flux, options)
+    return normalise(maker.hr.wave, flux, options)
 
 
 def main() -> None:

@@ -93,10 +93,8 @@ def pseudo_continuum(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptio
 
 
 def normalise(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | None = None) -> np.ndarray:
-    """``flux`` divided by its pseudo-continuum; works on (P,) or (N, P) arrays."""
+    """``flux`` (P,) divided by its pseudo-continuum."""
     flux = np.asarray(flux, dtype=float)
-    if flux.ndim == 2:
-        return np.stack([normalise(wave, row, options) for row in flux])
     return flux / pseudo_continuum(wave, flux, options)
 
 
@@ -127,6 +125,6 @@ def normalise_grid(source, out, options: ContinuumOptions | None = None, progres
             todo = np.flatnonzero(done & ~writer.done)
             for i in tqdm(todo, desc=f"normalise {out.name}", disable=not progress):
                 flux = reader.flux[i, :].astype(float)
-                writer.write_row(int(i), flux / pseudo_continuum(grid.wave, flux, opt), labels[i], methods[i],
+                writer.write_row(int(i), normalise(grid.wave, flux, opt), labels[i], methods[i],
                                  float(seconds[i]))
     return out

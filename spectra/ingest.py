@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from .continuum import ContinuumOptions, pseudo_continuum
+from .continuum import ContinuumOptions, normalise, pseudo_continuum
 from .prepare import MIN_RESOLUTION, TRAINING_RESOLUTION, match_resolution, resample_to_grid, snr_per_angstrom
 from .readers import ObservedSpectrum, SpectrumReadError, read_spectra
 from .rv import RVTemplates, default_templates, doppler_to_rest, measure_rv
@@ -127,7 +127,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     wave, flux = wave[keep], mask_no_data(obs.flux[keep].astype(float))
     error = obs.error[keep].astype(float) if obs.error is not None else None
 
-    rough = flux / pseudo_continuum(wave, flux, options.continuum)
+    rough = normalise(wave, flux, options.continuum)
     if options.rv is not None:
         rv, rv_error, rv_source, rv_template = float(options.rv), 0.0, "given", ""
     else:

@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from .continuum import ContinuumOptions, pseudo_continuum
+from .continuum import ContinuumOptions, normalise
 from .degrade import add_noise
 from .gridstore import GridReader
 
@@ -134,7 +134,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
                 snrs[j] = snr.draw(int(k), rng)
                 noisy[j] = add_noise(clean[j].astype(float), snrs[j], pixel, rng)
                 if continuum is not None:
-                    noisy[j] = noisy[j] / pseudo_continuum(wave, noisy[j], continuum)
+                    noisy[j] = normalise(wave, noisy[j], continuum)
             flux[start:stop] = noisy
             snr_arr[start:stop] = snrs
             sid[start:stop] = ids
