@@ -23,7 +23,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     from .grid import build_grid
 
     report = build_grid(args.out, args.n, args.seed, workers=args.workers, progress=not args.quiet,
-                        extend=args.extend)
+                        extend=args.extend, rotated=not args.unrotated)
     per_core = report.spectra_per_second_per_core
     print(f"{report.path}: {report.n} rows, {report.written} written now, {report.skipped} already done, "
           f"{len(report.failed)} failed; {report.seconds:.1f} s with {report.workers} worker(s)"
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output HDF5 file; an existing one with the same settings is resumed")
     p.add_argument("--workers", type=int, default=1, help="Dask worker processes (one core each)")
     p.add_argument("--extend", help="a smaller grid of the same seed whose rows are copied, not recomputed")
+    p.add_argument("--unrotated", action="store_true",
+                   help="store spectra without rotational broadening (v_broad applied on the fly in training)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grid)
 

@@ -40,8 +40,12 @@ class GridReport:
         return self.written / self.seconds / self.workers if self.seconds > 0 else float("nan")
 
 
-def grid_attrs(maker: SpectrumMaker, seed: int | None, prior: str) -> dict[str, object]:
-    """Provenance attributes of a grid made by ``maker``."""
+def grid_attrs(maker: SpectrumMaker, seed: int | None, prior: str, rotated: bool = True) -> dict[str, object]:
+    """Provenance attributes of a grid made by ``maker``.
+
+    ``rotated=False``: the stored flux has no rotational broadening (v_broad is applied later, on the
+    fly, as augmentation); the ``vbroad`` label then is the prior's draw, not what the flux shows.
+    """
     engine = maker.engine
     return {
         "seed": -1 if seed is None else seed,
@@ -57,6 +61,7 @@ def grid_attrs(maker: SpectrumMaker, seed: int | None, prior: str) -> dict[str, 
         "working_pixel_angstrom": WORKING_PIXEL,
         "hr_resolution": HR_RESOLUTION,
         "rotation_kernel": "Gray (2005) limb-darkened, epsilon = 0.6",
+        "rotation": "applied" if rotated else "none",
         "software": f"cinn4most {__version__}",
     }
 
@@ -64,12 +69,15 @@ def grid_attrs(maker: SpectrumMaker, seed: int | None, prior: str) -> dict[str, 
 _WORKER_MAKER: dict[str, SpectrumMaker] = {}
 
 
-def synthesize_row(index: int, labels: np.ndarray) -> tuple[int, np.ndarray | None, str, float, str]:
+def synthesize_row(index: int, labels: np.ndarray, rotated: bool = True
+                   ) -> tuple[int, np.ndarray | None, str, float, str]:
     """One grid row (runs in a worker): (index, HR flux or None, atmosphere method, seconds, error)."""
     if "maker" not in _WORKER_MAKER:  # one engine per worker process, created once
         _WORKER_MAKER["maker"] = SpectrumMaker()
     maker = _WORKER_MAKER["maker"]
     named = dict(zip(schema.label_names(), map(float, labels), strict=True))
+    if not rotated:
+        named["vbroad"] = 0.0
     start = time.perf_counter()
     try:
         flux, synthesis = maker.hr_spectrum(named)
@@ -78,35 +86,37 @@ def synthesize_row(index: int, labels: np.ndarray) -> tuple[int, np.ndarray | No
     return index, flux, synthesis.atmosphere_method, synthesis.seconds, ""
 
 
-def _run_serial(tasks: Iterable[tuple[int, np.ndarray]]):
+def _run_serial(tasks: Iterable[tuple[int, np.ndarray]], rotated: bool):
     for index, labels in tasks:
-        yield synthesize_row(index, labels)
+        yield synthesize_row(index, labels, rotated)
 
 
-def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int):
+def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool):
     from dask.distributed import Client, LocalCluster, as_completed
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        futures = [client.submit(synthesize_row, i, lab, pure=False) for i, lab in tasks]
+        futures = [client.submit(synthesize_row, i, lab, rotated, pure=False) for i, lab in tasks]
         for future in as_completed(futures):
             yield future.result()
             future.release()
 
 
 def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: bool = True,
-               on_row: Callable[[int], None] | None = None, extend: str | Path | None = None) -> GridReport:
+               on_row: Callable[[int], None] | None = None, extend: str | Path | None = None,
+               rotated: bool = True) -> GridReport:
     """Make (or resume) an ``n``-row grid at ``out``; see the module docstring.
 
     ``workers`` > 1 uses a Dask ``LocalCluster``; 1 runs in this process (no cluster start-up).
     ``extend``: a smaller grid made with the same seed; its finished rows are copied, not recomputed
     (the Sobol prior is prefix-stable, so row i has the same labels in both).
+    ``rotated=False`` stores spectra without rotational broadening (see :func:`grid_attrs`).
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     labels = draw_labels(n, seed)
     maker = SpectrumMaker()
-    attrs = grid_attrs(maker, seed, PRIOR_VERSION)
+    attrs = grid_attrs(maker, seed, PRIOR_VERSION, rotated)
     start = time.perf_counter()
     failed: dict[int, str] = {}
     with GridWriter(out, n, maker.hr, attrs) as writer:
@@ -114,7 +124,7 @@ def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: b
             _copy_rows(Path(extend), writer, labels, attrs)
         todo = [(i, labels[i]) for i in np.flatnonzero(~writer.done)]
         skipped = n - len(todo)
-        rows = _run_dask(todo, workers) if workers > 1 and len(todo) > 1 else _run_serial(todo)
+        rows = _run_dask(todo, workers, rotated) if workers > 1 and len(todo) > 1 else _run_serial(todo, rotated)
         bar = tqdm(total=n, initial=skipped, desc=f"grid {Path(out).name}", unit="spec", disable=not progress)
         written = 0
         for index, flux, method, seconds, error in rows:
@@ -134,7 +144,7 @@ def _copy_rows(source: Path, writer: GridWriter, labels: np.ndarray, attrs: dict
     from .gridstore import GridReader
 
     with GridReader(source) as old:
-        for key in ("seed", "prior", "engine", "linelist_sha256"):
+        for key in ("seed", "prior", "engine", "linelist_sha256", "rotation"):
             if old.attrs.get(key) != attrs[key]:
                 raise ValueError(f"--extend {source}: made with {key} = {old.attrs.get(key)!r}, this grid has "
                                  f"{attrs[key]!r}; only a grid of the same seed and setup can be extended")

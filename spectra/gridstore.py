@@ -45,7 +45,7 @@ class GridWriter:
     """Create or reopen a grid file and write rows one at a time (in any order)."""
 
     #: attributes that must match when resuming into an existing file
-    IDENTITY_KEYS = ("format", "n", "seed", "wavelength_sha256", "linelist_sha256", "engine", "prior")
+    IDENTITY_KEYS = ("format", "n", "seed", "wavelength_sha256", "linelist_sha256", "engine", "prior", "rotation")
 
     def __init__(self, path: str | Path, n: int, grid: WavelengthGrid, attrs: Mapping[str, object]):
         self.path = Path(path)
@@ -98,6 +98,8 @@ class GridWriter:
             return self._create(int(identity["n"]), identity)
         for key in self.IDENTITY_KEYS:
             found = _attr(f, key)
+            if key == "rotation" and found is None:  # grids from before unrotated storage existed
+                found = "applied"
             if key in identity and found != identity[key]:
                 f.close()
                 raise ProvenanceMismatchError(
