@@ -6,23 +6,9 @@ density valid posterior sample); ``<p>_p2_5``, ``<p>_p16``, ``<p>_p50``, ``<p>_p
 quantiles of the valid samples; ``<p>_corr`` is the MAP after the T_eff-linear bias correction of the
 paper's Eq. B.1, present only when a run applied one (the ``bias_correction`` attribute says which).
 
-Flags (``flags`` bitmask; bits set by ``runtime process``):
-
-=====  ===================  ======================================================================
-bit    name                 meaning
-=====  ===================  ======================================================================
-1      HIGH_REJECTION       f_reject > 0.5: more than half the samples fell outside the training
-                            bounds; treat the estimate with caution (paper Sect. 3.5)
-2      ALL_REJECTED         no valid sample: estimates are NaN
-4      INVALID_FLUX         flux has NaN/inf, negative or all-zero values, is constant, or has
-                            missing pixels (e.g. a short row padded with NaN): not processed
-8      INVALID_SNR          S/N missing, non-finite or <= 0: not processed
-16     SNR_OUT_OF_RANGE     S/N outside the range the model was trained on (manifest)
-32     METAL_POOR           MAP [Fe/H] <= -2.5: abundances are poorly constrained (paper Sect. 4.2)
-64     INGEST_FLAGGED       ``spectra ingest`` flagged the input spectrum (low or unknown resolution,
-                            partial coverage, uncertain RV, estimated S/N...): the ``ingest_flags``
-                            column holds its bits (``spectra.ingest.IngestFlag``)
-=====  ===================  ======================================================================
+Flags (``flags`` bitmask, set by ``runtime process``) are defined once, in :data:`FLAGS` (bit, name,
+threshold, description); the runtime, the catalogue attributes, the Parquet and FITS exports, ``catalog
+check``, ``catalog flags`` and the README table are all made from it.
 
 ``flag_bad`` = INVALID_FLUX | INVALID_SNR | ALL_REJECTED (no usable estimate);
 ``flag_warn`` = any flag set.
@@ -35,29 +21,61 @@ from enum import IntFlag
 
 import numpy as np
 
-__all__ = ["BAD", "QUANTILE_SUFFIXES", "Column", "Flag", "catalogue_columns"]
+__all__ = ["BAD", "FLAGS", "PROVENANCE_COLUMNS", "QUANTILE_SUFFIXES", "Column", "Flag", "FlagInfo", "catalogue_columns", "flags_markdown",
+           "flags_table"]
 
 
-class Flag(IntFlag):
-    HIGH_REJECTION = 1
-    ALL_REJECTED = 2
-    INVALID_FLUX = 4
-    INVALID_SNR = 8
-    SNR_OUT_OF_RANGE = 16
-    METAL_POOR = 32
-    INGEST_FLAGGED = 64
+@dataclass(frozen=True)
+class FlagInfo:
+    """One bit of the ``flags`` column: the single definition everything else reads."""
+
+    bit: int
+    name: str
+    threshold: float | None
+    description: str
 
 
+#: thresholds the runtime applies (also part of :data:`FLAGS`)
+HIGH_REJECTION_FRACTION = 0.5
+METAL_POOR_FEH = -2.5
+
+FLAGS: tuple[FlagInfo, ...] = (
+    FlagInfo(1, "HIGH_REJECTION", HIGH_REJECTION_FRACTION,
+             "f_reject > 0.5: more than half of the posterior samples fell outside the training bounds"),
+    FlagInfo(2, "ALL_REJECTED", None, "no posterior sample inside the training bounds: estimates are NaN"),
+    FlagInfo(4, "INVALID_FLUX", None,
+             "flux has NaN/inf, negative or zero median, is constant, or has missing pixels: not processed"),
+    FlagInfo(8, "INVALID_SNR", None, "S/N missing, non-finite or <= 0: not processed"),
+    FlagInfo(16, "SNR_OUT_OF_RANGE", None, "S/N per Angstrom outside the range the model was trained on"),
+    FlagInfo(32, "METAL_POOR", METAL_POOR_FEH, "MAP [Fe/H] <= -2.5: abundances are poorly constrained"),
+    FlagInfo(64, "INGEST_FLAGGED", None,
+             "`spectra ingest` flagged the observed spectrum; the ingest_flags column holds its bits"),
+    FlagInfo(128, "CONTINUUM_MISMATCH", None,
+             "the survey is normalised differently (true vs pseudo-continuum) from the model's training spectra"),
+    FlagInfo(256, "SNR_CAPPED", None,
+             "S/N above the trained range was capped at its maximum for inference (--snr-cap)"),
+)
+
+Flag = IntFlag("Flag", {f.name: f.bit for f in FLAGS})
+Flag.__doc__ = "Bits of the ``flags`` column (from :data:`FLAGS`)."
 BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED
-FLAG_DESCRIPTIONS = {
-    Flag.HIGH_REJECTION: "f_reject > 0.5 (more than half of the samples outside the training bounds)",
-    Flag.ALL_REJECTED: "no posterior sample inside the training bounds; estimates are NaN",
-    Flag.INVALID_FLUX: "flux has NaN/inf, negative, all-zero, constant or missing pixels; not processed",
-    Flag.INVALID_SNR: "S/N missing, non-finite or <= 0; not processed",
-    Flag.SNR_OUT_OF_RANGE: "S/N outside the model's trained range",
-    Flag.METAL_POOR: "MAP [Fe/H] <= -2.5: abundances poorly constrained",
-    Flag.INGEST_FLAGGED: "the ingestion of the observed spectrum flagged it (see ingest_flags)",
-}
+FLAG_DESCRIPTIONS = {Flag[f.name]: f.description for f in FLAGS}
+
+
+def flags_markdown() -> str:
+    """The flag table in Markdown (``catalog flags``; the README's table is this text)."""
+    rows = ["| bit | name | threshold | meaning |", "|---|---|---|---|"]
+    for f in FLAGS:
+        threshold = "" if f.threshold is None else f"{f.threshold:g}"
+        rows.append(f"| {f.bit} | {f.name} | {threshold} | {f.description} |")
+    return "\n".join(rows)
+
+
+def flags_table() -> list[dict]:
+    """The flag table as plain records (catalogue attributes, Parquet metadata, the FITS FLAGS HDU)."""
+    return [{"bit": f.bit, "name": f.name, "threshold": f.threshold, "description": f.description} for f in FLAGS]
+
+
 #: (column suffix, quantile)
 QUANTILE_SUFFIXES = (("_p2_5", 0.025), ("_p16", 0.16), ("_p50", 0.5), ("_p84", 0.84), ("_p97_5", 0.975))
 
@@ -71,12 +89,27 @@ class Column:
     fill: float | int
 
 
-def catalogue_columns(parameters: list[dict], corrected: list[str] = ()) -> list[Column]:
-    """All columns for the bundle's ``parameters`` (manifest entries), in catalogue order."""
+#: what ``spectra ingest`` knew about each observed spectrum, carried into the catalogue when the survey has it
+PROVENANCE_COLUMNS: tuple[Column, ...] = (
+    Column("file", "str", "", "input file (with [row] for multi-spectrum files)", ""),
+    Column("object", "str", "", "object name from the file's header or fibre table", ""),
+    Column("instrument", "str", "", "instrument from the file's header", ""),
+    Column("rv", "float32", "km/s", "radial velocity removed at ingestion", np.nan),
+    Column("rv_error", "float32", "km/s", "uncertainty of rv", np.nan),
+    Column("input_resolution", "float32", "", "resolving power of the input spectrum (see its source in the survey)",
+           np.nan),
+    Column("coverage", "float32", "", "fraction of the model's pixels with data in the input spectrum", np.nan),
+)
+
+
+def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provenance: list[str] = ()) -> list[Column]:
+    """All columns for the bundle's ``parameters`` (manifest entries), in catalogue order; ``provenance``: the
+    names of :data:`PROVENANCE_COLUMNS` the survey provides."""
     cols = [
         Column("source_id", "int64", "", "identifier of the input spectrum", -1),
         Column("snr", "float32", "", "S/N per Angstrom of the input spectrum", np.nan),
     ]
+    cols += [c for c in PROVENANCE_COLUMNS if c.name in provenance]
     for p in parameters:
         unit = p["unit"]
         cols.append(Column(p["name"], "float32", unit, f"{p['label']}: MAP (highest-density valid sample)", np.nan))
@@ -89,7 +122,7 @@ def catalogue_columns(parameters: list[dict], corrected: list[str] = ()) -> list
         Column("f_reject", "float32", "", "fraction of posterior samples outside the training bounds", np.nan),
         Column("n_valid", "int32", "", "number of posterior samples inside the training bounds", 0),
         Column("ingest_flags", "int32", "", "bitmask set by `spectra ingest` (0 for synthetic surveys)", 0),
-        Column("flags", "int32", "", "bitmask: " + "; ".join(f"{int(f)} {f.name}" for f in Flag), 0),
+        Column("flags", "int32", "", "bitmask of FLAGS (see the flag table)", 0),
         Column("flag_warn", "bool", "", "any flag set", False),
         Column("flag_bad", "bool", "", "no usable estimate (invalid input or all samples rejected)", False),
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .schema import FLAG_DESCRIPTIONS, Column
+from .schema import FLAGS, Column, flags_table
 
 __all__ = ["CATALOG_FORMAT", "CatalogueStore", "export_fits", "export_parquet", "read_table"]
 
@@ -35,16 +35,17 @@ class CatalogueStore:
         path = Path(path)
         if not path.parent.exists():
             raise FileNotFoundError(f"cannot write catalogue {path}: folder {path.parent} does not exist")
-        root = zarr.open_group(str(path), mode="w")
+        root = zarr.open_group(str(path), mode="w-")
         for col in columns:
-            arr = root.create_array(col.name, shape=(n_rows,), chunks=(chunk,), dtype=col.dtype,
-                                    fill_value=col.fill)
+            dtype = np.dtypes.StringDType() if col.dtype == "str" else col.dtype
+            arr = root.create_array(col.name, shape=(n_rows,), chunks=(chunk,), dtype=dtype, fill_value=col.fill)
             arr.attrs.update(unit=col.unit, description=col.description)
         n_chunks = -(-n_rows // chunk)
         root.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
         root.attrs.update({**attrs, "format": CATALOG_FORMAT, "columns": [c.name for c in columns], "chunk": chunk,
-                           "n_rows": n_rows, "flag_bits": {f.name: int(f) for f in FLAG_DESCRIPTIONS},
-                           "flag_descriptions": {f.name: d for f, d in FLAG_DESCRIPTIONS.items()}})
+                           "n_rows": n_rows, "flag_bits": {f.name: f.bit for f in FLAGS},
+                           "flag_descriptions": {f.name: f.description for f in FLAGS},
+                           "flag_table": flags_table()})
         return cls(root, path)
 
     @classmethod

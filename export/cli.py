@@ -16,7 +16,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     from .onnx import export_bundle
 
     correction = None if args.bias_correction == "none" else args.bias_correction
-    out = export_bundle(args.run, args.out, opset=args.opset, fp16=args.fp16, bias_correction=correction)
+    out = export_bundle(args.run, args.out, opset=args.opset, fp16=args.fp16, bias_correction=correction,
+                        overwrite=args.overwrite)
     print(f"{out}: feature_extractor.onnx, inverse_flow.onnx, wavelength.npy, manifest.json"
           + (" (+ fp16 graphs)" if args.fp16 else ""))
     return 0
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("onnx", help="write the model bundle of a training run")
     p.add_argument("--run", required=True, help="training run folder (training fit --out)")
     p.add_argument("--out", required=True, help="bundle folder")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
     p.add_argument("--fp16", action="store_true", help="also write half-precision graphs (needs onnxconverter-common)")
     p.add_argument("--bias-correction", default="paper",
                    help="'paper' (Table B.3, stored not applied), a coefficients JSON, or 'none'")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
         print(f"export {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

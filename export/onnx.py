@@ -19,8 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import FORMAT_VERSION, GRAPHS, HOISTED, bias_correction_from, sha256_file, write_manifest
-from spectra import schema
+from runtime.bundle import (
+    FORMAT_VERSION,
+    GRAPHS,
+    HOISTED,
+    bias_correction_from,
+    hash_files,
+    sha256_file,
+    write_manifest,
+)
 from spectra.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
@@ -120,15 +127,25 @@ def export_fp16(out: Path) -> dict[str, str]:
 
 
 def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                  bias_correction: str | None = "paper") -> Path:
+                  bias_correction: str | None = "paper", overwrite: bool = False) -> Path:
     """Write the bundle for ``run`` into ``out``; returns ``out``.
 
     ``bias_correction``: ``"paper"`` stores Table B.3 of the paper (applied only on request at runtime),
-    a path stores coefficients fitted with ``catalog calibrate``, None stores none.
+    a path stores coefficients fitted with ``catalog calibrate``, None stores none. Parameters, bounds,
+    transforms, S/N range and continuum convention are copied from the run's recorded schema, never from the
+    live ``spectra.schema``. An existing bundle at ``out`` is replaced only with ``overwrite``.
     """
     run, out = Path(run), Path(out)
     model, config, meta = load_run(run)
-    out.mkdir(parents=True, exist_ok=True)
+    trained_for = meta.get("schema")
+    if not trained_for:
+        raise ValueError(f"{run}/run.json records no training schema (parameters, bounds, S/N range, continuum): "
+                         "the run predates schema recording; re-train it so that the bundle describes what the "
+                         "network was really trained for")
+    names = [p["name"] for p in trained_for["parameters"]]
+    if len(names) != model.n_params:
+        raise ValueError(f"{run}: the recorded schema has {len(names)} parameters, the network {model.n_params}")
+    _prepare_output(out, overwrite)
     export_graphs(model, out, opset)
     grid_path = Path(meta.get("grid", ""))
     if grid_path.is_file():
@@ -148,11 +165,11 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         wavelength, definition, grid_sha = grid.wave, grid.definition, "unavailable (grid file missing at export)"
     np.save(out / "wavelength.npy", wavelength)
     pixel = float(np.median(np.diff(wavelength)))
-    correction = bias_correction_from(bias_correction, [p.name for p in schema.TARGETS]) if bias_correction else None
+    correction = bias_correction_from(bias_correction, names) if bias_correction else None
     manifest = {
         "format_version": FORMAT_VERSION,
-        "parameters": [{k: p.as_dict()[k] for k in ("name", "label", "unit", "transform", "lower", "upper")}
-                       for p in schema.TARGETS],
+        "parameters": trained_for["parameters"],
+        "continuum": trained_for["continuum"],
         "x_mean": model.x_mean.tolist(),
         "x_std": model.x_std.tolist(),
         "pixel_grid": {
@@ -166,8 +183,8 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
             "unit": "per Angstrom",
             "definition": "mean S/N per Angstrom; on pixels of width w A the per-pixel S/N is S/N * sqrt(w)",
             "per_pixel_factor": float(snr_per_pixel(1.0, pixel)),
-            "trained_range": [10.0, 1000.0],
-            "trained_values": "log-uniform 10-1000" if config.snr_mode == "continuous" else "paper's 19 values",
+            "trained_range": list(trained_for["snr_range"]),
+            "trained_values": trained_for["snr_values"],
         },
         "n_features": int(model.n_features),
         "n_params": int(model.n_params),
@@ -188,5 +205,27 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         manifest["extra_graphs"].update({f"{key}_fp16": {"file": f, "precision": "fp16 weights and arithmetic, "
                                                         "fp32 inputs/outputs; Exp/Log/Atan/reductions in fp32"}
                                          for key, f in export_fp16(out).items()})
+    manifest["files"] = hash_files(out, manifest)
     write_manifest(out, manifest)
     return out
+
+
+#: what ``export onnx`` writes into a bundle folder (it may replace these, and nothing else)
+_BUNDLE_FILES = ("manifest.json", "wavelength.npy", "*.onnx")
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    """Create ``out``; an existing bundle is replaced only with ``overwrite``; a folder holding anything else
+    is refused (export never deletes or replaces files it did not write)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "manifest.json").is_file():
+            raise FileExistsError(f"{out} is a folder with other files in it and not a model bundle; choose an "
+                                  "empty or new --out")
+        if not overwrite:
+            raise FileExistsError(f"{out} holds a model bundle; add --overwrite to replace it")
+        for pattern in _BUNDLE_FILES:
+            for file in out.glob(pattern):
+                file.unlink()
+    out.mkdir(parents=True, exist_ok=True)

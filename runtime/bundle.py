@@ -5,7 +5,8 @@ A bundle is a folder::
     feature_extractor.onnx   flux [B, P] float32, snr [B, 1] float32  ->  features [B, F]
     inverse_flow.onnx        z [N, D] float32, features [N, F] float32 ->  x [N, D], log_jac_det [N]
     wavelength.npy           the pixel grid (air, Å) the model was trained on
-    manifest.json            everything needed to turn x into physical parameters (below)
+    manifest.json            everything needed to turn x into physical parameters (below), and the
+                             sha256 of every other file of the bundle (``files``)
 
 ``x`` is the network's standardised target space; physical value = inverse_transform(x * x_std + x_mean)
 with the per-parameter transform (identity or log10). ``log_jac_det`` = log|det dx/dz|, so
@@ -14,12 +15,18 @@ log p(x | spectrum) = log N(z; 0, I) - log_jac_det.
 ``export`` writes bundles with :func:`write_manifest` (so writer and reader cannot drift apart);
 ``runtime`` reads them with :func:`load_bundle`, which validates everything it can before a survey
 starts and names the file and field of any problem.
+
+Integrity: the manifest lists every graph and data file with its sha256, and loading refuses a listed
+file that is missing or differs, and a model file (``.onnx``, ``.npy``...) that is not listed. The bundle's
+identity (:attr:`Bundle.sha256`, recorded in catalogues and checked on ``--resume``) is the hash of the
+manifest together with those file hashes, so no graph the sampler may run can change unnoticed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +34,19 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION",
+    "CONTINUUM_KINDS",
     "GRAPHS",
     "HOISTED",
     "Bundle",
     "BundleError",
     "Manifest",
+    "hash_files",
     "load_bundle",
     "sha256_file",
     "write_manifest",
 ]
 
-FORMAT_VERSION = "cinn4most-bundle/1"
+FORMAT_VERSION = "cinn4most-bundle/2"
 #: graph file -> (input names, output names)
 GRAPHS = {
     "feature_extractor": ("feature_extractor.onnx", ("flux", "snr"), ("features",)),
@@ -60,7 +69,11 @@ PAPER_BIAS_CORRECTION = {
 #: optional faster graphs (``export.hoisted``): file names
 HOISTED = {"projection": "condition_projection.onnx", "flow": "hoisted_flow.onnx"}
 _REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention", "n_features",
-             "n_params", "graphs", "opset", "provenance")
+             "n_params", "graphs", "opset", "provenance", "files")
+#: suffixes of files that could hold a model or its data: such a file in a bundle must be listed in ``files``
+_MODEL_SUFFIXES = (".onnx", ".npy", ".npz", ".json", ".data", ".pb", ".bin", ".ort")
+#: continuum conventions a model can be trained on (``spectra.continuum.continuum_kind``)
+CONTINUUM_KINDS = ("true", "pseudo")
 
 
 class BundleError(ValueError):
@@ -109,6 +122,16 @@ class Manifest:
     @property
     def n_pixels(self) -> int:
         return int(self.raw["pixel_grid"]["n_pixels"])
+
+    @property
+    def continuum(self) -> str:
+        """``true`` or ``pseudo``: how the training spectra were normalised (``spectra.continuum``)."""
+        return str(self.raw.get("continuum", "true"))
+
+    @property
+    def snr_range(self) -> tuple[float, float]:
+        low, high = self.raw["snr_convention"]["trained_range"]
+        return float(low), float(high)
 
     @property
     def bias_correction(self) -> dict | None:
@@ -187,66 +210,206 @@ def store_bias_correction(bundle_path: str | Path, source: str | Path) -> dict:
     return raw["bias_correction"]
 
 
+def listed_files(raw: dict) -> list[str]:
+    """Every file a manifest refers to: the graphs, the extra graphs and the pixel grid."""
+    names = [g["file"] for g in raw.get("graphs", {}).values()]
+    names += [g["file"] for g in (raw.get("extra_graphs") or {}).values()]
+    names.append(raw.get("pixel_grid", {}).get("file", "wavelength.npy"))
+    return names
+
+
+def hash_files(path: str | Path, raw: dict) -> dict[str, str]:
+    """``files`` entry of a manifest: sha256 of every file it refers to (``export`` calls this last)."""
+    return {name: sha256_file(Path(path) / name) for name in listed_files(raw)}
+
+
 def write_manifest(path: str | Path, manifest: dict) -> Path:
-    """Validate and write ``manifest.json`` (used by ``export``)."""
-    _validate(manifest, Path(path) / "manifest.json")
+    """Validate and write ``manifest.json`` (used by ``export``); the file hashes must be current."""
     out = Path(path) / "manifest.json"
+    _validate(manifest, out)
+    _check_files(Path(path), manifest, out)
     out.write_text(json.dumps(manifest, indent=2))
     return out
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(raw: dict, key: str, where: Path) -> int:
+    value = raw[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise BundleError(f"{where}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _number_list(raw: dict, key: str, n: int, where: Path, positive: bool = False) -> None:
+    values = raw[key]
+    if not isinstance(values, list) or len(values) != n:
+        raise BundleError(f"{where}: {key} must be a list of n_params = {n} numbers, got {values!r:.80}")
+    for i, v in enumerate(values):
+        if not _is_number(v):
+            raise BundleError(f"{where}: {key}[{i}] = {v!r} is not a finite number")
+        if positive and v <= 0:
+            raise BundleError(f"{where}: {key}[{i}] = {v!r} must be > 0 (a standard deviation)")
+
+
+def _plain_filename(name, where: Path, field: str) -> str:
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise BundleError(f"{where}: {field} must be a file name inside the bundle, got {name!r}")
+    return name
+
+
 def _validate(raw: dict, where: Path) -> None:
+    """Every manifest field the runtime relies on, one clear error each."""
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: expected a JSON object")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise BundleError(f"{where}: missing field(s) {', '.join(missing)}")
     if raw["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{where}: format_version is {raw['format_version']!r}; this software reads "
                           f"{FORMAT_VERSION!r}. Re-export the model with a matching version of `export`.")
-    d = raw["n_params"]
-    if len(raw["parameters"]) != d or len(raw["x_mean"]) != d or len(raw["x_std"]) != d:
-        raise BundleError(f"{where}: parameters, x_mean and x_std must all have n_params = {d} entries")
-    for p in raw["parameters"]:
+    d = _positive_int(raw, "n_params", where)
+    _positive_int(raw, "n_features", where)
+    if not isinstance(raw["parameters"], list) or len(raw["parameters"]) != d:
+        raise BundleError(f"{where}: parameters must list n_params = {d} entries")
+    _number_list(raw, "x_mean", d, where)
+    _number_list(raw, "x_std", d, where, positive=True)
+    seen = set()
+    for i, p in enumerate(raw["parameters"]):
+        if not isinstance(p, dict):
+            raise BundleError(f"{where}: parameters[{i}] must be an object")
         for key in ("name", "unit", "transform", "lower", "upper"):
             if key not in p:
-                raise BundleError(f"{where}: parameter entry {p.get('name', p)} lacks {key!r}")
+                raise BundleError(f"{where}: parameter entry {p.get('name', i)} lacks {key!r}")
+        name = p["name"]
+        if not isinstance(name, str) or not name or name in seen:
+            raise BundleError(f"{where}: parameters[{i}].name {name!r} must be a non-empty, unique string")
+        seen.add(name)
         if p["transform"] not in ("identity", "log10"):
-            raise BundleError(f"{where}: parameter {p['name']} has unknown transform {p['transform']!r}")
+            raise BundleError(f"{where}: parameter {name} has unknown transform {p['transform']!r} "
+                              "(known: identity, log10)")
+        for key in ("lower", "upper"):
+            if not _is_number(p[key]):
+                raise BundleError(f"{where}: parameter {name}: {key} = {p[key]!r} is not a finite number")
+        if not p["lower"] < p["upper"]:
+            raise BundleError(f"{where}: parameter {name}: lower bound {p['lower']!r} is not below the upper "
+                              f"bound {p['upper']!r}")
+        if p["transform"] == "log10" and p["lower"] <= 0:
+            raise BundleError(f"{where}: parameter {name} is log10-transformed but its lower bound {p['lower']!r} "
+                              "is not positive")
+    grid = raw["pixel_grid"]
+    if not isinstance(grid, dict):
+        raise BundleError(f"{where}: pixel_grid must be an object")
+    if "n_pixels" not in grid:
+        raise BundleError(f"{where}: missing field pixel_grid.n_pixels")
+    _positive_int(grid, "n_pixels", where)
+    _plain_filename(grid.get("file", "wavelength.npy"), where, "pixel_grid.file")
+    snr = raw["snr_convention"]
+    if not isinstance(snr, dict) or snr.get("unit") != "per Angstrom":
+        raise BundleError(f"{where}: snr_convention.unit must be 'per Angstrom', got {snr!r:.80}")
+    factor = snr.get("per_pixel_factor")
+    if not _is_number(factor) or factor <= 0:
+        raise BundleError(f"{where}: snr_convention.per_pixel_factor must be a positive number, got {factor!r}")
+    trained = snr.get("trained_range")
+    if (not isinstance(trained, list) or len(trained) != 2 or not all(_is_number(v) for v in trained)
+            or not 0 < trained[0] < trained[1]):
+        raise BundleError(f"{where}: snr_convention.trained_range must be [low, high] with 0 < low < high, "
+                          f"got {trained!r}")
+    if raw.get("continuum", "true") not in CONTINUUM_KINDS:
+        raise BundleError(f"{where}: continuum must be one of {CONTINUUM_KINDS}, got {raw.get('continuum')!r}")
+    if not isinstance(raw["graphs"], dict):
+        raise BundleError(f"{where}: graphs must be an object")
     for key, (filename, inputs, outputs) in GRAPHS.items():
         graph = raw["graphs"].get(key)
         if graph is None:
             raise BundleError(f"{where}: graphs lacks {key!r}")
         if tuple(graph["inputs"]) != inputs or tuple(graph["outputs"]) != outputs or graph["file"] != filename:
             raise BundleError(f"{where}: graph {key} must be {filename} with inputs {inputs} and outputs {outputs}")
+    extra = raw.get("extra_graphs") or {}
+    if not isinstance(extra, dict):
+        raise BundleError(f"{where}: extra_graphs must be an object")
+    for key, graph in extra.items():
+        if not isinstance(graph, dict):
+            raise BundleError(f"{where}: extra_graphs.{key} must be an object")
+        _plain_filename(graph.get("file"), where, f"extra_graphs.{key}.file")
+    files = raw["files"]
+    if not isinstance(files, dict):
+        raise BundleError(f"{where}: files must map file name -> sha256")
+    for name in listed_files(raw):
+        digest = files.get(name)
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise BundleError(f"{where}: files has no sha256 for {name}; re-export the bundle")
+    for name in files:
+        _plain_filename(name, where, "files key")
+    correction = raw.get("bias_correction")
+    if correction is not None:
+        coefficients = correction.get("coefficients") if isinstance(correction, dict) else None
+        if not isinstance(coefficients, dict):
+            raise BundleError(f"{where}: bias_correction.coefficients must be an object")
+        for name, c in coefficients.items():
+            if name not in seen:
+                raise BundleError(f"{where}: bias_correction for {name!r}, which is not a parameter")
+            if not isinstance(c, dict) or not all(_is_number(c.get(k)) for k in ("a", "b")):
+                raise BundleError(f"{where}: bias_correction.coefficients[{name!r}] needs finite numbers a and b")
 
 
-def load_bundle(path: str | Path, check_graphs: bool = True) -> Bundle:
-    """Read and validate a bundle folder. With ``check_graphs`` the ONNX graphs' input and output names
-    and shapes are checked against the manifest (needs onnxruntime)."""
+def _check_files(path: Path, raw: dict, where: Path) -> dict[str, str]:
+    """Each listed file exists with its recorded sha256; no unlisted model file lies beside them."""
+    recorded: dict[str, str] = raw["files"]
+    hashes = {}
+    for name, digest in recorded.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is listed in manifest.json but missing")
+        found = sha256_file(file)
+        if found != digest:
+            raise BundleError(f"{file}: sha256 {found[:16]}... differs from the {digest[:16]}... recorded in "
+                              "manifest.json; the file was changed after export (re-export the bundle)")
+        hashes[name] = found
+    unlisted = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in _MODEL_SUFFIXES
+                      and f.name != "manifest.json" and f.name not in recorded)
+    if unlisted:
+        raise BundleError(f"{path}: {', '.join(unlisted)} not listed in manifest.json; a bundle holds only the "
+                          "files its manifest lists with their sha256 (remove them or re-export)")
+    return hashes
+
+
+def load_bundle(path: str | Path, check_graphs: bool = True, expected_sha256: str | None = None) -> Bundle:
+    """Read and validate a bundle folder: manifest fields, every file against its recorded sha256, and (with
+    ``check_graphs``) the ONNX graphs' input and output names and shapes (needs onnxruntime).
+    ``expected_sha256``: refuse a bundle whose identity is not this one (workers check the driver's bundle)."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"model bundle {path} is not a folder (make one with `export onnx`)")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise BundleError(f"{path}: manifest.json is missing; not a model bundle")
+    manifest_bytes = manifest_path.read_bytes()
     try:
-        raw = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_bytes)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
     _validate(raw, manifest_path)
-    manifest = Manifest(raw)
     for key, (filename, _, _) in GRAPHS.items():
         if not (path / filename).is_file():
             raise BundleError(f"{path}: {filename} ({key} graph) is missing")
-    wave_path = path / "wavelength.npy"
-    if not wave_path.is_file():
-        raise BundleError(f"{path}: wavelength.npy (the model's pixel grid) is missing")
-    wavelength = np.load(wave_path)
-    if wavelength.size != manifest.n_pixels:
-        raise BundleError(f"{wave_path}: {wavelength.size} pixels, manifest says {manifest.n_pixels}")
-    h = hashlib.sha256(manifest_path.read_bytes())
-    for filename, _, _ in GRAPHS.values():
-        h.update(sha256_file(path / filename).encode())
+    hashes = _check_files(path, raw, manifest_path)
+    manifest = Manifest(raw)
+    wave_path = path / raw["pixel_grid"].get("file", "wavelength.npy")
+    wavelength = np.load(wave_path, allow_pickle=False)
+    if wavelength.shape != (manifest.n_pixels,) or not np.all(np.isfinite(wavelength)) or not np.all(
+            np.diff(wavelength) > 0):
+        raise BundleError(f"{wave_path}: expected {manifest.n_pixels} increasing finite wavelengths "
+                          f"(manifest pixel_grid.n_pixels), got shape {wavelength.shape}")
+    h = hashlib.sha256(manifest_bytes)
+    for name in sorted(hashes):
+        h.update(f"{name}:{hashes[name]}".encode())
     bundle = Bundle(path, manifest, wavelength, h.hexdigest())
+    if expected_sha256 is not None and bundle.sha256 != expected_sha256:
+        raise BundleError(f"{path}: the bundle changed during the run (identity {bundle.sha256[:16]}..., the run "
+                          f"started with {expected_sha256[:16]}...)")
     if check_graphs:
         _check_graph_signatures(bundle)
     return bundle

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from spectra.cliargs import HelpFormatter, add_option, check_required
+
 __all__ = ["main"]
 
 
@@ -16,9 +18,12 @@ def _cmd_process(args: argparse.Namespace) -> int:
     from .pipeline import ProcessOptions, process_survey
 
     options = ProcessOptions(samples=args.samples, seed=args.seed, batch=args.batch, device=args.device,
-                             threads=args.threads, bias_correction=args.bias_correction)
-    report = process_survey(args.input, args.model, args.output, options, workers=args.workers,
-                            scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet)
+                             threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap)
+    report = process_survey(args.survey, args.bundle, args.out, options, workers=args.workers,
+                            scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet,
+                            overwrite=args.overwrite)
+    for warning in report.warnings:
+        print(f"runtime process: warning: {warning}", file=sys.stderr)
     print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
           f"already done; device {report.device} ({report.workers}); {report.seconds:.1f} s = "
           f"{report.spectra_per_second:.2f} spectra/s")
@@ -26,12 +31,13 @@ def _cmd_process(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runtime", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="runtime", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("process", help="survey.zarr + bundle -> catalogue.zarr (resumable)")
-    p.add_argument("--input", required=True, help="survey Zarr (flux, snr, source_id, wavelength)")
-    p.add_argument("--model", required=True, help="model bundle folder (export onnx)")
-    p.add_argument("--output", required=True, help="catalogue Zarr to write")
+    p = sub.add_parser("process", help="survey.zarr + bundle -> catalogue.zarr (resumable)",
+                       formatter_class=HelpFormatter)
+    add_option(p, "--survey", "--input", required=True, help="survey Zarr (flux, snr, source_id, wavelength)")
+    add_option(p, "--bundle", "--model", required=True, help="model bundle folder (export onnx)")
+    add_option(p, "--out", "--output", required=True, help="catalogue Zarr to write")
     p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | tensorrt")
     p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process)")
@@ -43,14 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="posterior draws depend on (seed, source_id) only")
     p.add_argument("--bias-correction", action="store_true", help="add <param>_corr columns (paper Eq. B.1) "
                    "from the manifest's coefficients")
+    p.add_argument("--snr-cap", action="store_true", help="use the trained maximum S/N for spectra above it "
+                   "(flag SNR_CAPPED) instead of only flagging them SNR_OUT_OF_RANGE")
     p.add_argument("--resume", action="store_true", help="complete an interrupted catalogue")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue made by this command")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_process)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_required(parser, args)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,26 @@ import zarr
 from distributed import WorkerPlugin
 from tqdm.auto import tqdm
 
-from catalog.schema import BAD, QUANTILE_SUFFIXES, Flag, catalogue_columns
-from catalog.writers import CatalogueStore
+from catalog.schema import (
+    BAD,
+    HIGH_REJECTION_FRACTION,
+    METAL_POOR_FEH,
+    PROVENANCE_COLUMNS,
+    QUANTILE_SUFFIXES,
+    Flag,
+    catalogue_columns,
+)
+from catalog.writers import CATALOG_FORMAT, CatalogueStore
+from spectra.outputs import claim_output
 
 from .bundle import Bundle, BundleError, load_bundle
 from .posterior import QUANTILES
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
 
-__all__ = ["ProcessOptions", "ProcessReport", "process_chunk", "process_survey", "validate_flux"]
+__all__ = ["ProcessOptions", "ProcessReport", "check_arguments", "process_chunk", "process_survey", "validate_flux"]
 
-METAL_POOR_FEH = -2.5
+_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,20 @@ class ProcessOptions:
     device: str = "auto"
     threads: int = 0
     bias_correction: bool = False
+    snr_cap: bool = False  # S/N above the trained range -> the trained maximum (flag SNR_CAPPED)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every chunk task needs besides its number: where things are, and what the driver checked."""
+
+    input_path: str
+    output_path: str
+    bundle_path: str
+    bundle_sha256: str  # workers refuse a bundle that changed since the driver loaded it
+    options: ProcessOptions
+    continuum_mismatch: bool = False
+    provenance: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,6 +84,7 @@ class ProcessReport:
     seconds: float
     device: str
     workers: str
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def spectra_per_second(self) -> float:
@@ -80,11 +104,13 @@ def validate_flux(flux: np.ndarray) -> np.ndarray:
 _SESSIONS: dict[tuple, OnnxPosterior] = {}
 
 
-def _posterior(bundle_path: str, device: str, threads: int) -> OnnxPosterior:
-    """One set of ONNX Runtime sessions per process (i.e. per Dask worker), created on first use."""
-    key = (bundle_path, device, threads)
+def _posterior(bundle_path: str, device: str, threads: int, sha256: str | None = None) -> OnnxPosterior:
+    """One set of ONNX Runtime sessions per process (i.e. per Dask worker), created on first use from a bundle
+    whose identity must be ``sha256`` (the one the driver loaded and recorded in the catalogue)."""
+    key = (bundle_path, device, threads, sha256)
     if key not in _SESSIONS:
-        _SESSIONS[key] = OnnxPosterior(load_bundle(bundle_path, check_graphs=False), device=device, threads=threads)
+        bundle = load_bundle(bundle_path, check_graphs=False, expected_sha256=sha256)
+        _SESSIONS[key] = OnnxPosterior(bundle, device=device, threads=threads)
     return _SESSIONS[key]
 
 
@@ -93,21 +119,22 @@ class BundleSessions(WorkerPlugin):
 
     name = "cinn4most-bundle-sessions"
 
-    def __init__(self, bundle_path: str, device: str, threads: int):
-        self.args = (bundle_path, device, threads)
+    def __init__(self, bundle_path: str, device: str, threads: int, sha256: str):
+        self.args = (bundle_path, device, threads, sha256)
 
     def setup(self, worker) -> None:
         _posterior(*self.args)
 
 
-def process_chunk(k: int, input_path: str, output_path: str, bundle_path: str, options: ProcessOptions) -> tuple:
+def process_chunk(k: int, ctx: RunContext) -> tuple:
     """Run catalogue chunk k end to end (on a worker); returns (k, rows, seconds, device)."""
     start_time = time.perf_counter()
-    posterior = _posterior(bundle_path, options.device, options.threads)
+    options = ctx.options
+    posterior = _posterior(ctx.bundle_path, options.device, options.threads, ctx.bundle_sha256)
     manifest = posterior.manifest
-    store = CatalogueStore.open(output_path, mode="r+")
+    store = CatalogueStore.open(ctx.output_path, mode="r+")
     start, stop = store.chunk_bounds(k)
-    survey = zarr.open_group(input_path, mode="r")
+    survey = zarr.open_group(ctx.input_path, mode="r")
     flux = survey["flux"][start:stop].astype(np.float32)
     snr = survey["snr"][start:stop].astype(np.float64)
     ids = survey["source_id"][start:stop].astype(np.int64)
@@ -118,8 +145,15 @@ def process_chunk(k: int, input_path: str, output_path: str, bundle_path: str, o
     ok_snr = np.isfinite(snr) & (snr > 0)
     flags[~ok_flux] |= Flag.INVALID_FLUX
     flags[~ok_snr] |= Flag.INVALID_SNR
-    lo_snr, hi_snr = manifest.raw["snr_convention"].get("trained_range", [0, np.inf])
-    flags[ok_snr & ((snr < lo_snr) | (snr > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
+    lo_snr, hi_snr = manifest.snr_range
+    snr_used = snr.copy()
+    if options.snr_cap:
+        capped = ok_snr & (snr > hi_snr)
+        snr_used[capped] = hi_snr
+        flags[capped] |= Flag.SNR_CAPPED
+    flags[ok_snr & ((snr_used < lo_snr) | (snr_used > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
+    if ctx.continuum_mismatch:
+        flags |= Flag.CONTINUUM_MISMATCH
     ingest_flags = (survey["ingest_flags"][start:stop].astype(np.int32) if "ingest_flags" in survey
                     else np.zeros(n, dtype=np.int32))
     flags[ingest_flags != 0] |= Flag.INGEST_FLAGGED
@@ -131,19 +165,23 @@ def process_chunk(k: int, input_path: str, output_path: str, bundle_path: str, o
     f_reject = np.full(n, np.nan)
     for b in range(0, usable.size, options.batch):
         rows = usable[b:b + options.batch]
-        summary = posterior.posterior(flux[rows], snr[rows].reshape(-1, 1), ids[rows], options.seed, options.samples)
+        summary = posterior.posterior(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows], options.seed,
+                                      options.samples)
         maps[rows], quants[rows] = summary.map, summary.quantiles
         n_valid[rows], f_reject[rows] = summary.n_valid, summary.f_reject
 
     processed = np.zeros(n, dtype=bool)
     processed[usable] = True
-    flags[processed & (f_reject > 0.5)] |= Flag.HIGH_REJECTION
+    flags[processed & (f_reject > HIGH_REJECTION_FRACTION)] |= Flag.HIGH_REJECTION
     flags[processed & (n_valid == 0)] |= Flag.ALL_REJECTED
     if "fe_h" in manifest.names:
         feh = maps[:, manifest.names.index("fe_h")]
         flags[np.isfinite(feh) & (feh <= METAL_POOR_FEH)] |= Flag.METAL_POOR
 
     values: dict[str, np.ndarray] = {"source_id": ids, "snr": snr.astype(np.float32)}
+    for name in ctx.provenance:
+        column = survey[name][start:stop]
+        values[name] = column if column.dtype.kind in "OTU" else column.astype(np.float32)
     for j, name in enumerate(manifest.names):
         values[name] = maps[:, j].astype(np.float32)
         for (suffix, _), qi in zip(QUANTILE_SUFFIXES, range(len(QUANTILES)), strict=True):
@@ -190,55 +228,112 @@ def _open_survey(path: Path, bundle: Bundle) -> tuple[zarr.Group, int, int]:
     return survey, n, int(survey["flux"].chunks[0])
 
 
+def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
+                    chunk: int | None = None) -> None:
+    """Refuse impossible settings before anything is created (one clear error each)."""
+    if not isinstance(options.samples, int) or options.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {options.samples}")
+    if options.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {options.batch}")
+    if options.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {options.threads}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    if scheduler is not None and (not scheduler.startswith(_SCHEMES) or ":" not in scheduler.split("://", 1)[1]):
+        raise ValueError(f"--scheduler {scheduler!r}: expected an address like tcp://HOST:8786")
+
+
+def survey_continuum(survey: zarr.Group) -> str:
+    """``true`` or ``pseudo``: how the survey's spectra are normalised (recorded at ``spectra survey/ingest``)."""
+    from spectra.continuum import continuum_kind
+
+    attrs = dict(survey.attrs)
+    return str(attrs.get("continuum_kind") or continuum_kind(attrs))
+
+
 def process_survey(input_path: str | Path, bundle_path: str | Path, output_path: str | Path,
                    options: ProcessOptions = ProcessOptions(), workers: int = 1, scheduler: str | None = None,
-                   chunk: int | None = None, resume: bool = False, progress: bool = True) -> ProcessReport:
-    """Process a survey into a catalogue (see the module docstring)."""
+                   chunk: int | None = None, resume: bool = False, progress: bool = True,
+                   overwrite: bool = False) -> ProcessReport:
+    """Process a survey into a catalogue (see the module docstring).
+
+    Everything that can be checked is checked before the catalogue is created (arguments, bundle files and
+    manifest, survey layout, the scheduler connection); a start that fails after creating it removes it again.
+    """
+    check_arguments(options, workers, scheduler, chunk)
     input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
     bundle = load_bundle(bundle_path)
-    _, n, input_chunk = _open_survey(input_path, bundle)
+    survey, n, input_chunk = _open_survey(input_path, bundle)
     chunk = chunk or input_chunk
     device, _ = resolve_providers(options.device)
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
     if options.bias_correction and not corrected:
         raise BundleError(f"{bundle_path}: --bias-correction requested but the manifest holds no coefficients")
+    claim_output(output_path, "catalogue", (CATALOG_FORMAT,), overwrite=overwrite, resume=resume)
+    warnings = []
+    kind = survey_continuum(survey)
+    if kind != bundle.manifest.continuum:
+        warnings.append(f"{input_path} is {kind}-continuum normalised but the model was trained on "
+                        f"{bundle.manifest.continuum}-continuum spectra: every row is flagged CONTINUUM_MISMATCH "
+                        "(expect biases of ~-70 K in T_eff and -0.15 dex in [Fe/H]; README, Observed spectra)")
+    provenance = tuple(c.name for c in PROVENANCE_COLUMNS if c.name in survey)
     identity = {"input": str(input_path), "bundle_sha256": bundle.sha256, "seed": options.seed,
-                "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected)}
-    if output_path.exists():
-        if not resume:
-            raise FileExistsError(f"{output_path} exists: add --resume to complete it, or choose another --output")
-        store = CatalogueStore.open(output_path, mode="r+")
-        for key, value in identity.items():
-            if store.attrs.get(key) != value:
-                raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
-                                 f"{value!r}; resume needs the same settings")
-    else:
-        columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected)
-        store = CatalogueStore.create(output_path, n, chunk, columns, {
-            **identity, "bundle": str(Path(bundle_path).resolve()), "software": f"cinn4most {_software_version()}",
-            "device": device, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
-            "map_definition": "highest-density posterior sample inside the training bounds",
-        })
-    todo = [k for k in np.flatnonzero(~store.done())]
+                "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected),
+                "snr_cap": options.snr_cap}
+    ctx = RunContext(str(input_path), str(output_path), str(Path(bundle_path).resolve()), bundle.sha256,
+                     options, bool(warnings), provenance)
+    distributed = scheduler is not None or workers > 1
+    if distributed:  # single-threaded workers: one ONNX Runtime thread each unless told otherwise
+        ctx = replace(ctx, options=replace(options, threads=options.threads or 1))
+    runner = _DistributedRunner(workers, scheduler, ctx) if distributed else None  # connects before any output
+    created = False
+    try:
+        if output_path.exists():
+            store = CatalogueStore.open(output_path, mode="r+")
+            for key, value in identity.items():
+                if store.attrs.get(key, False if key == "snr_cap" else None) != value:
+                    raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
+                                     f"{value!r}; resume needs the same settings")
+        else:
+            columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance))
+            created = True
+            store = CatalogueStore.create(output_path, n, chunk, columns, {
+                **identity, "bundle": str(Path(bundle_path).resolve()),
+                "software": f"cinn4most {_software_version()}", "device": device,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
+                "map_definition": "highest-density posterior sample inside the training bounds",
+                "model_continuum": bundle.manifest.continuum, "survey_continuum": kind,
+                "warnings": warnings,
+            })
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        if created and output_path.exists():  # ours, and unusable: a failed start leaves nothing behind
+            import shutil
+
+            shutil.rmtree(output_path)
+        raise
+    todo = [int(k) for k in np.flatnonzero(~store.done())]
     skipped = store.n_chunks - len(todo)
     start = time.perf_counter()
     bar = tqdm(total=n, initial=n - sum(_rows(store, k) for k in todo), desc=f"process on {device}", unit="spec",
                unit_scale=True, smoothing=0.1, disable=not progress)
-    distributed = scheduler is not None or workers > 1
-    if distributed:  # single-threaded workers: one ONNX Runtime thread each unless told otherwise
-        options = replace(options, threads=options.threads or 1)
-    args = (str(input_path), str(output_path), str(Path(bundle_path).resolve()), options)
-    if not distributed:
+    if runner is None:
         where = "in-process"
         for k in todo:
-            _, rows, _, _ = process_chunk(int(k), *args)
+            _, rows, _, _ = process_chunk(k, ctx)
             bar.update(rows)
     else:
-        where = _run_distributed(todo, args, workers, scheduler, bar)
+        try:
+            where = runner.run(todo, bar)
+        finally:
+            runner.close()
     bar.close()
-    return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where)
+    return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings)
 
 
 def _software_version() -> str:
@@ -256,28 +351,41 @@ def _rows(store: CatalogueStore, k: int) -> int:
 
 
 
-def _run_distributed(todo, args, workers: int, scheduler: str | None, bar) -> str:
-    from dask.distributed import Client, LocalCluster, as_completed
+class _DistributedRunner:
+    """A Dask client (own LocalCluster, or an existing scheduler), connected when made: a wrong address fails
+    here, before the catalogue exists."""
 
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-        where = f"scheduler {scheduler}"
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-        client = Client(cluster)
-        where = f"LocalCluster of {workers} worker processes"
-    try:
-        options = args[3]
-        client.register_plugin(BundleSessions(args[2], options.device, options.threads))
-        futures = [client.submit(process_chunk, int(k), *args, pure=False) for k in todo]
+    def __init__(self, workers: int, scheduler: str | None, ctx: RunContext):
+        from dask.distributed import Client, LocalCluster
+
+        self.cluster = None
+        self.ctx = ctx
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+            self.where = f"scheduler {scheduler}"
+        else:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0")
+            self.client = Client(self.cluster)
+            self.where = f"LocalCluster of {workers} worker processes"
+
+    def run(self, todo: list[int], bar) -> str:
+        from dask.distributed import as_completed
+
+        options = self.ctx.options
+        self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options.device, options.threads,
+                                                   self.ctx.bundle_sha256))
+        futures = [self.client.submit(process_chunk, k, self.ctx, pure=False) for k in todo]
         for future in as_completed(futures):
             _, rows, _, _ = future.result()
             bar.update(rows)
             future.release()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return where
+        return self.where
 
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -79,7 +79,7 @@ def _cmd_survey(args: argparse.Namespace) -> int:
 
     continuum = ContinuumOptions(knot_spacing=args.knot_spacing) if args.continuum == "pseudo" else None
     out = make_survey(args.grid, parse_snr(args.snr), args.out, seed=args.seed, chunk=args.chunk,
-                      progress=not args.quiet, continuum=continuum)
+                      progress=not args.quiet, continuum=continuum, overwrite=args.overwrite)
     import zarr
 
     n = zarr.open_group(str(out), mode="r")["flux"].shape

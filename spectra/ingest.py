@@ -284,6 +284,7 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
         "inputs_sha256": hashlib.sha256(inputs.encode()).hexdigest(),
         "n_inputs": len(files),
         "continuum": options.continuum.describe(),
+        "continuum_kind": "pseudo",
         "training_resolution": TRAINING_RESOLUTION,
         "missing_pixels": "set to 1 (continuum); rows flagged PARTIAL_COVERAGE",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

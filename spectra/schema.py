@@ -36,6 +36,7 @@ __all__ = [
     "label_names",
     "parameter",
     "target_names",
+    "training_schema",
 ]
 
 
@@ -145,6 +146,22 @@ def target_names() -> list[str]:
 
 def label_names() -> list[str]:
     return [p.name for p in ALL_LABELS]
+
+
+def training_schema(continuum: str, snr_range: tuple[float, float], snr_values: str) -> dict:
+    """What a model is trained for, recorded in its training run and copied by ``export`` into the bundle:
+    the targets (names, labels, units, transforms, bounds), the S/N range and the continuum convention.
+
+    Recording it with the run means that a later edit of this module cannot change the manifest of a model
+    trained before the edit.
+    """
+    return {
+        "parameters": [{k: p.as_dict()[k] for k in ("name", "label", "unit", "transform", "lower", "upper")}
+                       for p in TARGETS],
+        "snr_range": [float(snr_range[0]), float(snr_range[1])],
+        "snr_values": snr_values,
+        "continuum": continuum,
+    }
 
 
 def check_in_bounds(values: dict[str, float]) -> None:

@@ -79,16 +79,22 @@ def parse_snr(text: str) -> SnrSpec:
 
 
 def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int = 0, chunk: int = 256,
-                progress: bool = True, continuum: ContinuumOptions | None = None) -> Path:
+                progress: bool = True, continuum: ContinuumOptions | None = None, overwrite: bool = False) -> Path:
     """Write a noisy Zarr survey from a grid; returns the output path.
 
     ``continuum``: if given, each noisy spectrum is divided by its fitted pseudo-continuum
     (``spectra.continuum``), as observed spectra are at ingestion; otherwise spectra keep the true
-    continuum normalisation of the synthesis. Recorded in the ``continuum`` attribute.
+    continuum normalisation of the synthesis. Recorded in the ``continuum`` attribute. An existing ``out``
+    is replaced only with ``overwrite`` and only if it is a survey (``spectra.outputs``).
     """
+    from .outputs import claim_output
+
     out = Path(out)
     if chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    if not Path(grid_path).is_file():
+        raise FileNotFoundError(f"grid {grid_path} not found")
+    claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite)
     with GridReader(grid_path) as grid:
         base_rows = np.flatnonzero(grid.done)
         if base_rows.size == 0:
@@ -114,6 +120,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
             noise_model="Gaussian, sigma_i = f_i / (S/N_A * sqrt(pixel_width_A)) (Ksoll+2026 Eq. 1, per-A S/N)",
             snr=snr.describe(),
             continuum=continuum.describe() if continuum else "true continuum (synthesis)",
+            continuum_kind="pseudo" if continuum else "true",
             seed=seed,
             grid=str(Path(grid_path).resolve()),
             grid_attrs={k: v for k, v in grid.attrs.items() if isinstance(v, (str, int, float, bool))},

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from spectra import __version__
 
 from .config import Config
-from .data import GridData
+from .data import SNR_RANGE, GridData
 from .model import CINN, count_parameters
 
 __all__ = ["DivergenceError", "FitResult", "fit", "load_run", "resolve_device", "save_untrained_run"]
@@ -143,6 +143,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
     (out / "config.json").write_text(config.to_json())
     meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": __version__,
+            "schema": run_schema(config, data.grid_attrs),
             "torch": torch.__version__, "split_sizes": {k: int(getattr(data.split, k).size)
                                                         for k in ("train", "test", "val")}}
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -204,6 +205,16 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
                      count_parameters(model))
 
 
+def run_schema(config: Config, grid_attrs: dict) -> dict:
+    """The schema this run is trained for (``spectra.schema.training_schema``): targets and bounds as they
+    are now, the S/N range of ``config.snr_mode`` and the grid's continuum convention."""
+    from spectra.continuum import continuum_kind
+    from spectra.schema import training_schema
+
+    values = "log-uniform 10-1000" if config.snr_mode == "continuous" else "paper's 19 values"
+    return training_schema(continuum_kind(grid_attrs), SNR_RANGE, values)
+
+
 def _plain(attrs: dict) -> dict:
     return {k: (v if isinstance(v, (str, int, float, bool)) else str(v)) for k, v in attrs.items()}
 
@@ -245,6 +256,8 @@ def save_untrained_run(config: Config, n_pixels: int, n_params: int, out: str | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save({"model": model.state_dict(), "config": asdict(config), "epoch": None}, out / "best.pt")
+    meta = {"grid": "", "untrained": True, "schema": run_schema(config, {})}
+    (out / "run.json").write_text(json.dumps(meta, indent=2))
     return model, out
 
 
