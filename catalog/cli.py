@@ -10,39 +10,53 @@ import argparse
 import json
 import sys
 
+from catalog.cliargs import HelpFormatter, add_option, check_required
+
 __all__ = ["main"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .writers import export_fits, export_parquet
 
-    out = (export_parquet if args.format == "parquet" else export_fits)(args.input, args.out)
-    print(f"{out}: {args.format}")
+    export = export_parquet if args.format == "parquet" else export_fits
+    out = export(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only)
+    note = " (finished rows only: --complete-only)" if args.complete_only else ""
+    print(f"{out}: {args.format}{note}")
+    return 0
+
+
+def _cmd_flags(args: argparse.Namespace) -> int:
+    from .schema import flags_markdown
+
+    print(flags_markdown())
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .check import check_catalogue
 
-    result = check_catalogue(args.input, args.survey)
+    result = check_catalogue(args.catalog, args.survey)
     print(json.dumps(result.counts, indent=1))
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"{args.input}: {'OK' if result.ok else 'FAILED'}")
+    print(f"{args.catalog}: {'OK' if result.ok else 'FAILED'}")
     return 0 if result.ok else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
-    summary = make_report(args.input, args.out, args.truth)
+    summary = make_report(args.catalog, args.out, args.truth, overwrite=args.overwrite)
     print(f"{args.out}/report.md: {summary['rows']} rows, {summary['usable']} usable; plots in {args.out}")
     return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+
     from .calibrate import calibrate
 
+    claim_output(args.out, "coefficients file", overwrite=args.overwrite)
     result = calibrate(args.catalog, args.reference, args.out, survey=args.survey,
                        parameters=args.parameters.split(",") if args.parameters else None, min_feh=args.min_feh)
     for name, c in result["coefficients"].items():
@@ -54,23 +68,32 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catalog", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="catalog", description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("export", help="write the catalogue as Parquet or FITS (with units)")
-    p.add_argument("--input", required=True)
-    p.add_argument("--format", choices=["parquet", "fits"], required=True)
-    p.add_argument("--out", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    p = command("export", "write the catalogue as Parquet or FITS (units, descriptions, provenance, flag table)")
+    add_option(p, "--catalog", "--input", required=True, help="catalogue Zarr from `runtime process`")
+    p.add_argument("--format", choices=["parquet", "fits"], required=True, help="output format (the --out suffix "
+                   "must agree: .parquet/.pq or .fits/.fit/.fits.gz)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--complete-only", action="store_true",
+                   help="export the finished rows of an unfinished catalogue (refused otherwise)")
     p.set_defaults(func=_cmd_export)
-    p = sub.add_parser("check", help="schema, row count, no silent gaps")
-    p.add_argument("--input", required=True)
+    p = command("check", "schema, row count, no silent gaps (exit 1 on a problem)")
+    add_option(p, "--catalog", "--input", required=True, help="catalogue Zarr")
     p.add_argument("--survey", help="the input survey, to compare rows and source ids")
     p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("report", help="summary table and plots (residuals when --truth is given)")
-    p.add_argument("--input", required=True)
+    p = command("report", "summary table and plots (residuals when --truth is given)")
+    add_option(p, "--catalog", "--input", required=True, help="catalogue Zarr")
     p.add_argument("--truth", help="synthetic survey with a truth array")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     p.set_defaults(func=_cmd_report)
-    p = sub.add_parser("calibrate", help="fit the T_eff-linear bias correction (Eq. B.1) against reference stars")
+    p = command("calibrate", "fit the T_eff-linear bias correction (Eq. B.1) against reference stars")
     p.add_argument("--catalog", required=True, help="catalogue from `runtime process`")
     p.add_argument("--reference", required=True,
                    help="CSV: source_id or object, then teff, logg, fe_h, ... (optional <p>_err columns)")
@@ -78,15 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parameters", help="comma list (default: every reference column the catalogue has)")
     p.add_argument("--min-feh", type=float, default=-2.5, help="use stars with catalogue [Fe/H] >= this")
     p.add_argument("--out", required=True, help="coefficients JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing coefficients file")
     p.set_defaults(func=_cmd_calibrate)
+    p = command("flags", "print the flag bits of the `flags` column (bit, name, threshold, meaning)")
+    p.set_defaults(func=_cmd_flags)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_required(parser, args)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
         print(f"catalog {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

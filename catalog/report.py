@@ -26,12 +26,31 @@ def _params(store: CatalogueStore) -> list[str]:
     return [c[: -len("_p50")] for c in store.columns if c.endswith("_p50")]
 
 
-def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None = None) -> dict:
+def axis_label(store: CatalogueStore, column: str, prefix: str = "") -> str:
+    """"T_eff [K]", "[Fe/H] [dex]": the parameter's label (from the column description) and its unit."""
+    description = str(store.root[column].attrs.get("description", column))
+    label = description.split(":")[0] if ":" in description else column
+    unit = str(store.root[column].attrs.get("unit", "") or "")
+    return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
+
+
+#: the files ``make_report`` writes into its folder (an existing report.md needs ``overwrite``)
+REPORT_FILES = ("report.md", "summary.json", "kiel.png", "mg_fe_vs_fe_h.png", "widths_and_rejection.png",
+                "residuals.png")
+
+
+def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None = None,
+                overwrite: bool = False) -> dict:
     store = CatalogueStore.open(catalogue)
     out = Path(out)
+    existing = [f for f in REPORT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds {', '.join(existing)}; add --overwrite to replace them, or "
+                              "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     params = _params(store)
     cols = {name: store.column(name) for name in store.columns}
+    label = {p: axis_label(store, p) for p in params}
     good = ~cols["flag_bad"]
     summary: dict = {"catalogue": str(Path(catalogue).resolve()), "rows": store.n_rows,
                      "usable": int(good.sum()), "flag_warn": int(cols["flag_warn"].sum()),
@@ -45,11 +64,11 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
 
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(cols["teff"][good], cols["logg"][good], c=cols["fe_h"][good], s=4, cmap="viridis")
-    fig.colorbar(sc, label="[Fe/H]")
+    fig.colorbar(sc, label=f"{label['fe_h']} (MAP)")
     ax.invert_xaxis()
     ax.invert_yaxis()
-    ax.set_xlabel("T_eff [K] (MAP)")
-    ax.set_ylabel("log g (MAP)")
+    ax.set_xlabel(f"{label['teff']} (MAP)")
+    ax.set_ylabel(f"{label['logg']} (MAP)")
     ax.set_title("Kiel diagram")
     fig.tight_layout()
     fig.savefig(out / "kiel.png", dpi=110)
@@ -58,8 +77,8 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     if "mg_fe" in cols:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter(cols["fe_h"][good], cols["mg_fe"][good], s=4, c="k", alpha=0.5)
-        ax.set_xlabel("[Fe/H]")
-        ax.set_ylabel("[Mg/Fe]")
+        ax.set_xlabel(f"{label['fe_h']} (MAP)")
+        ax.set_ylabel(f"{label['mg_fe']} (MAP)")
         fig.tight_layout()
         fig.savefig(out / "mg_fe_vs_fe_h.png", dpi=110)
         plt.close(fig)
@@ -68,11 +87,13 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     for ax, p in zip(axes.flat, params, strict=False):
         width = (cols[p + "_p84"] - cols[p + "_p16"])[good]
         ax.hist(width[np.isfinite(width)], bins=40, color="0.5")
-        ax.set_title(f"{p}: 68 % width", fontsize=9)
+        ax.set_xlabel(f"68 % interval width of {label[p]}", fontsize=8)
+        ax.set_ylabel("spectra", fontsize=8)
     ax = axes.flat[len(params)] if len(params) < axes.size else None
     if ax is not None:
         ax.hist(cols["f_reject"][np.isfinite(cols["f_reject"])], bins=40, color="tab:red")
-        ax.set_title("f_reject", fontsize=9)
+        ax.set_xlabel("f_reject: fraction of samples outside the training bounds", fontsize=8)
+        ax.set_ylabel("spectra", fontsize=8)
     for extra in list(axes.flat)[len(params) + 1:]:
         extra.axis("off")
     fig.tight_layout()
@@ -80,13 +101,13 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     plt.close(fig)
 
     if truth is not None:
-        summary["residuals"] = _residuals(cols, params, good, truth, out)
+        summary["residuals"] = _residuals(cols, params, good, truth, out, label)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_render(summary, params))
     return summary
 
 
-def _residuals(cols, params, good, truth_path, out: Path) -> dict:
+def _residuals(cols, params, good, truth_path, out: Path, label: dict[str, str]) -> dict:
     import zarr
 
     survey = zarr.open_group(str(truth_path), mode="r")
@@ -106,7 +127,8 @@ def _residuals(cols, params, good, truth_path, out: Path) -> dict:
         ax.scatter(t[ok], r[ok], s=3, c="k", alpha=0.4)
         ax.axhline(0, color="r", lw=1)
         ax.set_title(f"{p}: {result[p]['bias']:+.3g} ± {result[p]['sigma']:.3g}", fontsize=9)
-        ax.set_xlabel("truth", fontsize=8)
+        ax.set_xlabel(f"true {label[p]}", fontsize=8)
+        ax.set_ylabel("MAP − truth", fontsize=8)
     for extra in list(axes.flat)[len(result):]:
         extra.axis("off")
     fig.suptitle("MAP − truth")

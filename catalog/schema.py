@@ -21,8 +21,18 @@ from enum import IntFlag
 
 import numpy as np
 
-__all__ = ["BAD", "FLAGS", "PROVENANCE_COLUMNS", "QUANTILE_SUFFIXES", "Column", "Flag", "FlagInfo", "catalogue_columns", "flags_markdown",
-           "flags_table"]
+__all__ = [
+    "BAD",
+    "FLAGS",
+    "PROVENANCE_COLUMNS",
+    "QUANTILE_SUFFIXES",
+    "Column",
+    "Flag",
+    "FlagInfo",
+    "catalogue_columns",
+    "flags_markdown",
+    "flags_table",
+]
 
 
 @dataclass(frozen=True)

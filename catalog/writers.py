@@ -16,7 +16,8 @@ import zarr
 
 from .schema import FLAGS, Column, flags_table
 
-__all__ = ["CATALOG_FORMAT", "CatalogueStore", "export_fits", "export_parquet", "read_table"]
+__all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_parquet", "provenance",
+           "read_table"]
 
 CATALOG_FORMAT = "cinn4most-catalogue/1"
 
@@ -89,61 +90,133 @@ class CatalogueStore:
         return self.root[name][:]
 
 
-def read_table(path: str | Path):
-    """The catalogue as an astropy Table with units and descriptions (all rows)."""
+def read_table(path: str | Path, complete_only: bool = False):
+    """The catalogue as an astropy Table with units and descriptions.
+
+    An unfinished catalogue (chunks not marked done: an interrupted run) is refused unless ``complete_only``,
+    which keeps only the rows of finished chunks (the table's ``meta['rows_exported']`` says how many).
+    """
     from astropy.table import Table
 
     store = CatalogueStore.open(path)
+    done = store.done()
+    rows = np.ones(store.n_rows, dtype=bool)
+    if not done.all():
+        missing = int(sum(b - a for a, b in (store.chunk_bounds(int(k)) for k in np.flatnonzero(~done))))
+        if not complete_only:
+            raise ValueError(f"{path}: unfinished catalogue ({missing} of {store.n_rows} rows not processed yet); "
+                             "complete it with `runtime process --resume`, or export the finished rows only "
+                             "with --complete-only")
+        for k in np.flatnonzero(~done):
+            a, b = store.chunk_bounds(int(k))
+            rows[a:b] = False
     table = Table()
     for name in store.columns:
         arr = store.root[name]
-        table[name] = arr[:]
+        values = arr[:][rows]
+        if values.dtype.kind in "OT":  # variable-length strings -> fixed-width for FITS and astropy
+            values = values.astype(str)
+        table[name] = values
         unit = arr.attrs.get("unit", "")
         if unit:
             table[name].unit = unit
         table[name].description = arr.attrs.get("description", "")
-    table.meta.update({k: v for k, v in store.attrs.items() if isinstance(v, (str, int, float, bool))})
+    table.meta.update(provenance(store))
+    table.meta["rows_exported"] = int(rows.sum())
+    table.meta["rows_total"] = store.n_rows
     return table
 
 
-def export_parquet(path: str | Path, out: str | Path) -> Path:
+def provenance(store: CatalogueStore) -> dict[str, str | int | float | bool]:
+    """The run's attributes as flat key -> value (lists and dicts as JSON): nothing is cut."""
+    import json
+
+    out = {}
+    for key, value in store.attrs.items():
+        if key in ("columns", "flag_bits", "flag_descriptions", "flag_table"):
+            continue
+        out[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+    return out
+
+
+EXPORT_SUFFIXES = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit", ".fits.gz")}
+
+
+def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> Path:
+    """The output's suffix must match ``fmt``; an existing file is replaced only with ``overwrite``."""
+    from catalog.outputs import claim_output
+
+    out = Path(out)
+    if fmt not in EXPORT_SUFFIXES:
+        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_SUFFIXES)}")
+    if not out.name.lower().endswith(EXPORT_SUFFIXES[fmt]):
+        raise ValueError(f"{out}: a {fmt} export needs a file name ending in {' or '.join(EXPORT_SUFFIXES[fmt])}")
+    return claim_output(out, f"{fmt} file", overwrite=overwrite)
+
+
+def export_parquet(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
+    """Parquet with each column's unit and description in its field metadata and the run's provenance and flag
+    table in the schema metadata."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = read_table(path)
+    out = check_export_target(out, "parquet", overwrite)
+    table = read_table(path, complete_only)
     fields, arrays = [], []
     for name in table.colnames:
         col = table[name]
         meta = {b"unit": str(col.unit or "").encode(), b"description": (col.description or "").encode()}
         arrays.append(pa.array(np.asarray(col)))
         fields.append(pa.field(name, arrays[-1].type, metadata=meta))
-    schema = pa.schema(fields, metadata={k.encode(): str(v).encode() for k, v in table.meta.items()})
+    metadata = {k.encode(): str(v).encode() for k, v in table.meta.items()}
+    metadata[b"flag_table"] = json.dumps(flags_table()).encode()
+    schema = pa.schema(fields, metadata=metadata)
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), str(out))
-    return Path(out)
+    return out
 
 
-def export_fits(path: str | Path, out: str | Path) -> Path:
-    """FITS binary table with TUNITn (``dex`` written as the conventional string, which FITS does not
-    define), TCOMMn descriptions, and the run's provenance as HIERARCH header cards."""
-    import warnings
+def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
+    """FITS: the catalogue table (TUNITn where FITS defines the unit, TCOMMn descriptions), a PROVENANCE table
+    (every run attribute, full length) and a FLAGS table (bit, name, threshold, description).
 
+    ``dex`` is not a FITS unit (astropy would warn on every read), so dex columns carry no TUNIT and say
+    "[dex]" in their description; the header's DEXCOLS card lists them. Reads cleanly with
+    ``astropy.table.Table.read`` (descriptions and units kept).
+    """
     from astropy.io import fits
-    from astropy.io.fits.verify import VerifyWarning
+    from astropy.table import Table
 
-    table = read_table(path)
-    dex = [name for name in table.colnames if str(table[name].unit or "") == "dex"]
-    for name in dex:
-        table[name].unit = None
+    out = check_export_target(out, "fits", overwrite)
+    table = read_table(path, complete_only)
     meta = dict(table.meta)
     table.meta.clear()
-    hdu = fits.BinTableHDU(table, name="CATALOGUE")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VerifyWarning)
-        for i, name in enumerate(table.colnames, start=1):
-            if name in dex:
-                hdu.header[f"TUNIT{i}"] = "dex"
-            hdu.header[f"TCOMM{i}"] = (table[name].description or "")[:68]
-        for key, value in meta.items():
-            hdu.header[f"HIERARCH {key}"] = str(value)[: max(0, 66 - len(key))]
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(str(out), overwrite=True)
-    return Path(out)
+    dex = []
+    for name in table.colnames:
+        if str(table[name].unit or "") == "dex":
+            table[name].unit = None
+            table[name].description = f"{table[name].description} [dex]"
+            dex.append(name)
+    table.meta["EXTNAME"] = "CATALOGUE"
+    table.meta["FORMAT"] = meta.get("format", "")
+    table.meta["BUNDLE"] = meta.get("bundle_sha256", "")
+    table.meta["NROWS"] = meta.get("rows_exported", len(table))
+    table.meta["COMMENT"] = ["Columns in dex (no FITS unit): " + ", ".join(dex),
+                             "Run provenance: PROVENANCE extension; flag bits: FLAGS extension"]
+    for f in FLAGS:
+        table.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name
+    keys = sorted(meta)
+    provenance_hdu = fits.BinTableHDU(Table({"key": keys, "value": [str(meta[k]) for k in keys]}),
+                                      name="PROVENANCE")
+    flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
+                   "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
+                   "description": [f.description for f in FLAGS]})
+    catalogue_hdu = fits.table_to_hdu(table)
+    for i, name in enumerate(table.colnames, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
+        catalogue_hdu.header[f"TCOMM{i}"] = table[name].description or ""
+    hdus = fits.HDUList([fits.PrimaryHDU(), catalogue_hdu, provenance_hdu, fits.BinTableHDU(flags, name="FLAGS")])
+    tmp = out.with_name(out.name + ".partial")
+    hdus.writeto(str(tmp), overwrite=True)
+    tmp.replace(out)
+    return out

@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "FORMAT_VERSION",
     "CONTINUUM_KINDS",
+    "FORMAT_VERSION",
     "GRAPHS",
     "HOISTED",
     "Bundle",
     "BundleError",
     "Manifest",
+    "continuum_kind",
     "hash_files",
     "load_bundle",
     "sha256_file",
@@ -72,8 +73,21 @@ _REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "s
              "n_params", "graphs", "opset", "provenance", "files")
 #: suffixes of files that could hold a model or its data: such a file in a bundle must be listed in ``files``
 _MODEL_SUFFIXES = (".onnx", ".npy", ".npz", ".json", ".data", ".pb", ".bin", ".ort")
-#: continuum conventions a model can be trained on (``spectra.continuum.continuum_kind``)
+#: continuum conventions a model can be trained on (:func:`continuum_kind`)
 CONTINUUM_KINDS = ("true", "pseudo")
+
+
+def continuum_kind(attrs: dict) -> str:
+    """``pseudo`` or ``true``: how the spectra of a grid or survey with these attributes are normalised.
+
+    Surveys record ``continuum_kind``; grids from ``normalise-grid``, surveys made with ``--continuum pseudo``
+    and ingested spectra record a ``continuum`` description starting with "pseudo-continuum"; synthetic
+    spectra without one are divided by the true (synthesised) continuum.
+    """
+    if attrs.get("continuum_kind") in CONTINUUM_KINDS:
+        return str(attrs["continuum_kind"])
+    text = str(attrs.get("continuum", "") or "")
+    return "pseudo" if text.startswith("pseudo") else "true"
 
 
 class BundleError(ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spectra.cliargs import HelpFormatter, add_option, check_required
+from catalog.cliargs import HelpFormatter, add_option, check_required
 
 __all__ = ["main"]
 

@@ -29,6 +29,7 @@ import zarr
 from distributed import WorkerPlugin
 from tqdm.auto import tqdm
 
+from catalog.outputs import claim_output
 from catalog.schema import (
     BAD,
     HIGH_REJECTION_FRACTION,
@@ -39,9 +40,8 @@ from catalog.schema import (
     catalogue_columns,
 )
 from catalog.writers import CATALOG_FORMAT, CatalogueStore
-from spectra.outputs import claim_output
 
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import Bundle, BundleError, continuum_kind, load_bundle
 from .posterior import QUANTILES
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
@@ -247,10 +247,7 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
 
 def survey_continuum(survey: zarr.Group) -> str:
     """``true`` or ``pseudo``: how the survey's spectra are normalised (recorded at ``spectra survey/ingest``)."""
-    from spectra.continuum import continuum_kind
-
-    attrs = dict(survey.attrs)
-    return str(attrs.get("continuum_kind") or continuum_kind(attrs))
+    return continuum_kind(dict(survey.attrs))
 
 
 def process_survey(input_path: str | Path, bundle_path: str | Path, output_path: str | Path,

@@ -41,17 +41,6 @@ class ContinuumOptions:
         return "pseudo-continuum " + ", ".join(f"{k}={v}" for k, v in asdict(self).items())
 
 
-def continuum_kind(attrs: dict) -> str:
-    """``pseudo`` or ``true``: how the spectra of a grid or survey with these attributes are normalised.
-
-    Grids from ``normalise-grid``, surveys made with ``--continuum pseudo`` and ingested spectra record a
-    ``continuum`` description starting with "pseudo-continuum"; synthetic spectra without one are divided by
-    the true (synthesised) continuum.
-    """
-    text = str(attrs.get("continuum", "") or "")
-    return "pseudo" if text.startswith("pseudo") else "true"
-
-
 def _usable_knots(x: np.ndarray, knots: np.ndarray, min_points: int = 6) -> np.ndarray:
     """Drop knots so that every knot interval holds enough fitted points (Schoenberg-Whitney): where the
     clipping removed nearly everything (a broad line), the spline simply gets fewer knots there."""

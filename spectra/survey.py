@@ -85,9 +85,9 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
     ``continuum``: if given, each noisy spectrum is divided by its fitted pseudo-continuum
     (``spectra.continuum``), as observed spectra are at ingestion; otherwise spectra keep the true
     continuum normalisation of the synthesis. Recorded in the ``continuum`` attribute. An existing ``out``
-    is replaced only with ``overwrite`` and only if it is a survey (``spectra.outputs``).
+    is replaced only with ``overwrite`` and only if it is a survey (``catalog.outputs``).
     """
-    from .outputs import claim_output
+    from catalog.outputs import claim_output
 
     out = Path(out)
     if chunk < 1:

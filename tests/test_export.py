@@ -17,7 +17,7 @@ pytest.importorskip("onnx")
 
 from export.onnx import export_bundle  # noqa: E402
 from export.verify import FP32_TOLERANCE, verify_bundle  # noqa: E402
-from runtime.bundle import FORMAT_VERSION, BundleError, load_bundle  # noqa: E402
+from runtime.bundle import FORMAT_VERSION, BundleError, hash_files, load_bundle  # noqa: E402
 from training.config import CONFIGS  # noqa: E402
 from training.fit import fit, save_untrained_run  # noqa: E402
 
@@ -99,6 +99,13 @@ def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
     assert rel.max() <= 1e-4
 
 
+def rehash(bundle) -> None:
+    """Record the current file hashes in a bundle's manifest (a consistent, re-exported-looking bundle)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = hash_files(bundle, manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_malformed_bundles_give_clear_errors(trained, tmp_path):
     _, _, bundle = trained
     broken = tmp_path / "b"
@@ -125,6 +132,7 @@ def test_malformed_bundles_give_clear_errors(trained, tmp_path):
         node.input[:] = ["spectrum" if i == "flux" else i for i in node.input]
     graph.graph.input[0].name = "spectrum"
     onnx.save(graph, str(renamed / "feature_extractor.onnx"))
+    rehash(renamed)  # as if exported so: the hashes agree, the signature does not
     with pytest.raises(BundleError, match=r"inputs \('spectrum', 'snr'\).*expected \('flux', 'snr'\)"):
         load_bundle(renamed)
 

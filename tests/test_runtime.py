@@ -163,7 +163,8 @@ def test_exports_keep_units_and_rows(setup, tmp_path):
         data, header = hdul[1].data, hdul[1].header
         assert len(data) == 120
         i = data.columns.names.index("fe_h") + 1
-        assert header[f"TUNIT{i}"] == "dex" and "MAP" in header[f"TCOMM{i}"]
+        assert f"TUNIT{i}" not in header and "MAP" in header[f"TCOMM{i}"] and "[dex]" in header[f"TCOMM{i}"]
+        assert header[f"TUNIT{data.columns.names.index('teff') + 1}"] == "K"
         np.testing.assert_array_equal(data["source_id"], _columns(out)["source_id"])
 
 

@@ -208,7 +208,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
 def run_schema(config: Config, grid_attrs: dict) -> dict:
     """The schema this run is trained for (``spectra.schema.training_schema``): targets and bounds as they
     are now, the S/N range of ``config.snr_mode`` and the grid's continuum convention."""
-    from spectra.continuum import continuum_kind
+    from runtime.bundle import continuum_kind
     from spectra.schema import training_schema
 
     values = "log-uniform 10-1000" if config.snr_mode == "continuous" else "paper's 19 values"

@@ -8,7 +8,7 @@ exist is created by the command; an existing one is touched only
   ``format`` strings) or a plain file of the expected suffix: a folder of someone's FITS files is never
   removed, whatever the options.
 
-Light on purpose (standard library only): ``runtime`` and ``catalog`` use it too.
+Light on purpose (standard library only): ``spectra``, ``runtime`` and ``catalog`` use it.
 """
 
 from __future__ import annotations
