@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from catalog.cliargs import HelpFormatter, add_option, check_required
+from catalog.cliargs import HelpFormatter, add_option, check_required, use_help_formatter
 
 __all__ = ["main"]
 
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_calibrate)
     p = command("flags", "print the flag bits of the `flags` column (bit, name, threshold, meaning)")
     p.set_defaults(func=_cmd_flags)
+    use_help_formatter(parser)
     return parser
 
 

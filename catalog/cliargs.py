@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "add_option", "check_required"]
+__all__ = ["HelpFormatter", "add_option", "check_required", "use_help_formatter"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -18,7 +18,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or action.required:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "%(default)" in text or action.required:
             return text
         return text + " (default: %(default)s)"
 
@@ -44,3 +45,12 @@ def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     for dest, name in getattr(args, "_required_options", None) or []:
         if getattr(args, dest, None) is None:
             parser.error(f"the following arguments are required: {name}")
+
+
+def use_help_formatter(parser: argparse.ArgumentParser) -> None:
+    """:class:`HelpFormatter` for ``parser`` and every sub-command parser under it."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_help_formatter(sub)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from catalog.cliargs import use_help_formatter
+
 __all__ = ["main"]
 
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     p.add_argument("--coefficients", required=True, help="coefficients JSON from `catalog calibrate`, or 'paper'")
     p.set_defaults(func=_cmd_bias_correction)
+    use_help_formatter(parser)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import HelpFormatter, add_option, check_required
+from catalog.cliargs import HelpFormatter, add_option, check_required, use_help_formatter
 
 __all__ = ["main"]
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue made by this command")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_process)
+    use_help_formatter(parser)
     return parser
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.cliargs import use_help_formatter
+
 __all__ = ["main"]
 
 
@@ -98,16 +100,31 @@ def _cmd_normalise_grid(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .continuum import ContinuumOptions
-    from .ingest import IngestOptions, ingest
+    from .ingest import IngestOptions, ingest, read_options_table
 
     options = IngestOptions(fmt=args.fmt, wave_unit=args.wave_unit, medium=args.medium, rv=args.rv,
                             resolution=args.resolution, snr=args.snr,
                             continuum=ContinuumOptions(knot_spacing=args.knot_spacing))
+    per_file = read_options_table(args.table, options) if args.table else None
     report = ingest(args.files, args.out, options, chunk=args.chunk, first_id=args.first_id,
-                    progress=not args.quiet, resume=args.resume)
+                    progress=not args.quiet, resume=args.resume, per_file=per_file, overwrite=args.overwrite)
     flagged = ", ".join(f"{k} {v}" for k, v in report.flag_counts.items() if v) or "none"
     print(f"{report.output}: {report.n_spectra} spectra from {len(args.files)} file(s), {report.n_failed} failed; "
           f"flags: {flagged}")
+    if report.n_spectra and report.n_failed == report.n_spectra:
+        print(f"spectra ingest: error: every spectrum failed (see the `message` array of {report.output})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_surveys
+
+    out = merge_surveys(args.surveys, args.out, chunk=args.chunk, overwrite=args.overwrite)
+    import zarr
+
+    print(f"{out}: {zarr.open_group(str(out), mode='r')['flux'].shape[0]} spectra from {len(args.surveys)} surveys")
     return 0
 
 
@@ -228,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("survey", help="noisy Zarr survey from a grid (the runtime's input)")
     p.add_argument("--grid", required=True, help="grid HDF5 file")
     p.add_argument("--snr", default="250", help="S/N per A: a value, a comma list, 'paper' (19 values) or LOW-HIGH")
-    p.add_argument("--out", required=True, help="output .zarr folder (overwritten)")
+    p.add_argument("--out", required=True, help="output survey .zarr folder (never replaced unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing survey at --out")
     p.add_argument("--seed", type=int, default=0, help="noise seed; noise depends on (seed, source_id) only")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
     p.add_argument("--continuum", choices=["true", "pseudo"], default="true",
@@ -245,15 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
 
+    p = sub.add_parser("merge", help="several surveys (same pixel grid and continuum) -> one survey")
+    p.add_argument("surveys", nargs="+", help="survey .zarr folders, rows kept in this order")
+    p.add_argument("--out", required=True, help="output survey .zarr folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing survey at --out")
+    p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
+    p.set_defaults(func=_cmd_merge)
+
     p = sub.add_parser("ingest", help="observed spectra (FITS/ASCII) -> Zarr survey for `runtime process`")
     p.add_argument("files", nargs="+", help="spectrum files (4MOST L1-style, ESO Phase 3, 1D FITS, ASCII)")
-    p.add_argument("--out", required=True, help="output .zarr folder (overwritten)")
+    p.add_argument("--out", required=True, help="output survey .zarr folder (never replaced unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing survey at --out")
+    p.add_argument("--table", help="CSV of per-file settings: file, resolution, rv, medium, snr (empty = default)")
     p.add_argument("--format", dest="fmt", choices=["4most-l1", "eso-phase3", "fits-1d", "ascii"],
                    help="force a reader (default: chosen by content)")
     p.add_argument("--wave-unit", choices=["Angstrom", "nm", "um"], help="wavelength unit when the file has none")
     p.add_argument("--medium", choices=["air", "vacuum"], help="wavelength medium (default: header, else air)")
     p.add_argument("--rv", type=float, help="radial velocity [km/s] to remove instead of cross-correlating")
-    p.add_argument("--resolution", type=float, help="input resolving power when the file does not say it")
+    p.add_argument("--resolution", type=float, help="input resolving power for every file (else from the header or "
+                   "the instrument table, spectra.instruments)")
     p.add_argument("--snr", type=float, help="S/N per A to use instead of the error column / DER_SNR estimate")
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
@@ -315,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=str(Path(__file__).parent / "data" / "rv_templates.npz"))
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_cmd_templates_build)
+    use_help_formatter(parser)
     return parser
 
 
@@ -322,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as exc:
         print(f"spectra {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

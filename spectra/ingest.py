@@ -38,7 +38,7 @@ from .rv import RVTemplates, default_templates, doppler_to_rest, measure_rv
 from .survey import SURVEY_FORMAT
 from .wavegrid import HR_WINDOWS, WavelengthGrid, hr_grid, vacuum_to_air
 
-__all__ = ["IngestFlag", "IngestOptions", "PreparedSpectrum", "ingest", "prepare"]
+__all__ = ["IngestFlag", "IngestOptions", "PreparedSpectrum", "ingest", "prepare", "read_options_table"]
 
 MARGIN = 15.0  # Å kept beyond the HR windows: RV shifts up to ~400 km/s and convolution wings
 
@@ -52,6 +52,25 @@ class IngestFlag(IntFlag):
     SNR_ESTIMATED = 32  # no error column: S/N from DER_SNR
     UNIT_INFERRED = 64  # wavelength unit inferred from the range
     MEDIUM_ASSUMED = 128  # air/vacuum not stated in the file: air assumed
+    CONTINUUM_POOR = 256  # after normalisation too many pixels lie above the continuum: the fit failed
+
+
+#: what each flag means, for the row's ``message`` (every set flag gets a note)
+FLAG_NOTES = {
+    IngestFlag.LOW_RESOLUTION: "input R {resolution:.0f} is below {min_resolution:.0f}: lines broader than the "
+                               "model's, cannot be matched",
+    IngestFlag.RESOLUTION_UNKNOWN: "resolving power unknown ({resolution_source}): give --resolution or a row in "
+                                   "--table",
+    IngestFlag.PARTIAL_COVERAGE: "{missing:.1f} % of the model's pixels had no data and were set to the continuum",
+    IngestFlag.RV_UNCERTAIN: "RV uncertain: {rv_source}, error {rv_error:.2g} km/s",
+    IngestFlag.SNR_ESTIMATED: "no error column: S/N {snr:.0f} per A estimated with DER_SNR",
+    IngestFlag.UNIT_INFERRED: "wavelength unit not stated: inferred from the range",
+    IngestFlag.MEDIUM_ASSUMED: "air/vacuum not stated: air assumed (give --medium)",
+    IngestFlag.CONTINUUM_POOR: "pseudo-continuum fit poor: {continuum_excess:.1%} of the pixels lie above "
+                               "1 + 3 sigma + 1 % after normalisation",
+}
+#: CONTINUUM_POOR above this fraction of pixels over 1 + 3 sigma + 1 % (noise alone puts 0.13 % there)
+CONTINUUM_EXCESS_LIMIT = 0.02
 
 
 @dataclass(frozen=True)
@@ -78,8 +97,11 @@ class PreparedSpectrum:
     rv_source: str = ""
     rv_template: str = ""
     input_resolution: float = float("nan")
+    resolution_source: str = ""
     snr_source: str = ""
     coverage: float = 0.0
+    continuum_method: str = ""
+    continuum_excess: float = float("nan")
     flags: int = 0
     message: str = ""
 
@@ -103,9 +125,43 @@ def mask_no_data(flux: np.ndarray, min_run: int = 3) -> np.ndarray:
     return out
 
 
-def failed(source: str, message: str, n_pixels: int) -> PreparedSpectrum:
+def failed(source: str, message: str, n_pixels: int, flags: int = 0, **known) -> PreparedSpectrum:
     return PreparedSpectrum(flux=np.full(n_pixels, np.nan, dtype=np.float32), snr=float("nan"), source=source,
-                            flags=int(IngestFlag.READ_FAILED), message=message)
+                            flags=int(IngestFlag.READ_FAILED) | flags, message=message, **known)
+
+
+def already_normalised(flux: np.ndarray, block: int = 800, tolerance: float = 0.03) -> bool:
+    """True if the spectrum (finite pixels on the HR grid) is already continuum-normalised: in every 40 Å block
+    with data, the 95th percentile (the upper envelope, robust to noise) lies within ``tolerance`` of 1.
+    Such input is kept as it is: fitting a pseudo-continuum again moves it (+3 % near Mg b)."""
+    good = flux[np.isfinite(flux)]
+    if good.size < block:
+        return False
+    for start in range(0, good.size - block // 2, block):
+        part = good[start:start + block]
+        if part.size >= block // 2 and abs(np.percentile(part, 95) - 1.0) > tolerance:
+            return False
+    return True
+
+
+def continuum_excess(normalised: np.ndarray, covered: np.ndarray, snr_per_pixel: float) -> float:
+    """Fraction of covered pixels above 1 + 3 sigma + 1 %: near zero for a good continuum (noise puts 0.13 %
+    there), large where the pseudo-continuum sits below the true one (cool giants, broad features)."""
+    sigma = 1.0 / snr_per_pixel if np.isfinite(snr_per_pixel) and snr_per_pixel > 0 else 0.0
+    values = normalised[covered]
+    return float(np.mean(values > 1.0 + 3.0 * sigma + 0.01)) if values.size else float("nan")
+
+
+def describe_flags(flags: IngestFlag, **values) -> str:
+    """The row's ``message``: one note per flag set (:data:`FLAG_NOTES`)."""
+    notes = []
+    for flag, text in FLAG_NOTES.items():
+        if flags & flag:
+            try:
+                notes.append(text.format(**values))
+            except (KeyError, ValueError):
+                notes.append(flag.name)
+    return "; ".join(notes)
 
 
 def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: WavelengthGrid | None = None,
@@ -142,13 +198,14 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     wave = doppler_to_rest(wave, rv)
 
     resolution = options.resolution or obs.resolution
+    resolution_source = "given (--resolution or --table)" if options.resolution else obs.resolution_source
     if resolution is None:
-        flags |= IngestFlag.RESOLUTION_UNKNOWN
-        matched = flux
-    else:
-        if resolution < MIN_RESOLUTION:
-            flags |= IngestFlag.LOW_RESOLUTION
-        matched = match_resolution(wave, flux, resolution, TRAINING_RESOLUTION)
+        note = describe_flags(IngestFlag.RESOLUTION_UNKNOWN, resolution_source=resolution_source)
+        return failed(obs.source, note, grid.size, int(IngestFlag.RESOLUTION_UNKNOWN), object=obs.object,
+                      instrument=obs.instrument, resolution_source=resolution_source)
+    if resolution < MIN_RESOLUTION:
+        flags |= IngestFlag.LOW_RESOLUTION
+    matched = match_resolution(wave, flux, resolution, TRAINING_RESOLUTION)
 
     windows = [(lo, hi) for _, lo, hi in HR_WINDOWS]
     if options.snr is not None:
@@ -163,24 +220,35 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     coverage = float(covered.mean())
     if coverage < 0.05:
         return failed(obs.source, f"only {100 * coverage:.1f} % of the HR pixels have data", grid.size)
-    continuum = pseudo_continuum(grid.wave, pixels, options.continuum)
-    normalised = np.where(covered, pixels / continuum, 1.0)
+    if already_normalised(pixels):
+        normalised, method = np.where(covered, pixels, 1.0), "input already normalised: kept"
+    else:
+        continuum = pseudo_continuum(grid.wave, pixels, options.continuum)
+        normalised, method = np.where(covered, pixels / continuum, 1.0), "pseudo-continuum fitted"
     if not np.isfinite(normalised).all():
         # a whole window without data has no continuum either: fill it too
         normalised = np.where(np.isfinite(normalised), normalised, 1.0)
+    excess = continuum_excess(normalised, covered, snr * np.sqrt(grid.step))
+    if excess > CONTINUUM_EXCESS_LIMIT:
+        flags |= IngestFlag.CONTINUUM_POOR
     if coverage < 0.999:
         flags |= IngestFlag.PARTIAL_COVERAGE
+    message = describe_flags(flags, resolution=resolution, min_resolution=MIN_RESOLUTION,
+                             resolution_source=resolution_source, missing=100 * (1 - coverage), rv_source=rv_source,
+                             rv_error=rv_error, snr=snr, continuum_excess=excess)
     return PreparedSpectrum(
         flux=normalised.astype(np.float32), snr=snr, source=obs.source, object=obs.object,
         instrument=obs.instrument, rv=rv, rv_error=rv_error, rv_source=rv_source, rv_template=rv_template,
-        input_resolution=float(resolution) if resolution else float("nan"), snr_source=snr_source,
-        coverage=coverage, flags=int(flags))
+        input_resolution=float(resolution), resolution_source=resolution_source, snr_source=snr_source,
+        coverage=coverage, continuum_method=method, continuum_excess=excess, flags=int(flags), message=message)
 
 
 _PROVENANCE = (("file", str, "source"), ("object", str, "object"), ("instrument", str, "instrument"),
                ("rv", "f8", "rv"), ("rv_error", "f8", "rv_error"), ("rv_source", str, "rv_source"),
                ("rv_template", str, "rv_template"), ("input_resolution", "f8", "input_resolution"),
-               ("snr_source", str, "snr_source"), ("coverage", "f4", "coverage"),
+               ("resolution_source", str, "resolution_source"), ("snr_source", str, "snr_source"),
+               ("coverage", "f4", "coverage"), ("continuum_method", str, "continuum_method"),
+               ("continuum_excess", "f4", "continuum_excess"),
                ("ingest_flags", "i4", "flags"), ("message", str, "message"))
 
 
@@ -216,7 +284,7 @@ class _SurveyWriter:
             self.next_id = first_id + committed
             self.next_file = int(self.root["input_index"][committed - 1]) + 1 if committed else 0
             return
-        self.root = zarr.open_group(str(out), mode="w")
+        self.root = zarr.open_group(str(out), mode="w-")
         self.next_id, self.next_file = first_id, 0
         self.root.create_array("flux", shape=(0, grid.size), chunks=(chunk, grid.size), dtype="f4")
         self.root.create_array("snr", shape=(0,), chunks=(chunk,), dtype="f4")
@@ -258,18 +326,79 @@ class _SurveyWriter:
         self.buffer = []
 
 
+def read_options_table(path: str | Path, base: IngestOptions) -> dict[str, IngestOptions]:
+    """Per-file options from a CSV with a ``file`` column and any of ``resolution``, ``rv`` (km/s), ``medium``
+    (air/vacuum), ``snr``; empty cells keep ``base``. Keys are the file names as written in the table."""
+    import csv
+    from dataclasses import replace
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--table {path} not found")
+    out = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "file" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a header row with a 'file' column (and resolution, rv, medium, snr)")
+        unknown = set(reader.fieldnames) - {"file", "resolution", "rv", "medium", "snr"}
+        if unknown:
+            raise ValueError(f"{path}: unknown column(s) {', '.join(sorted(unknown))}; "
+                             "known: file, resolution, rv, medium, snr")
+        for line, row in enumerate(reader, start=2):
+            changes = {}
+            for key in ("resolution", "rv", "snr"):
+                text = (row.get(key) or "").strip()
+                if text:
+                    try:
+                        changes[key] = float(text)
+                    except ValueError:
+                        raise ValueError(f"{path}, line {line}: {key} {text!r} is not a number") from None
+            medium = (row.get("medium") or "").strip().lower()
+            if medium:
+                if medium not in ("air", "vacuum"):
+                    raise ValueError(f"{path}, line {line}: medium {medium!r} must be air or vacuum")
+                changes["medium"] = medium
+            out[row["file"].strip()] = replace(base, **changes)
+    return out
+
+
+def _options_for(path, per_file: dict[str, IngestOptions], default: IngestOptions) -> IngestOptions:
+    """A file's options: by the path as given, its resolved path, or its name."""
+    for key in (str(path), str(Path(path).resolve()), Path(path).name):
+        if key in per_file:
+            return per_file[key]
+    return default
+
+
 def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | None = None, chunk: int = 256,
            first_id: int = 0, progress: bool = True, per_file: dict[str, IngestOptions] | None = None,
-           resume: bool = False) -> IngestReport:
+           resume: bool = False, overwrite: bool = False) -> IngestReport:
     """Ingest ``files`` (each may hold several spectra) into a survey at ``out``.
 
     ``per_file`` maps a file (as given) to the options for that file (e.g. the resolving power of an
     ASCII spectrum whose header cannot say it); the others use ``options``. ``resume`` continues an
-    interrupted run of the same command after its last fully written file.
+    interrupted run of the same command after its last fully written file. An existing ``out`` is refused
+    unless ``resume`` or ``overwrite`` (and only a survey is ever replaced: ``catalog.outputs``); input paths
+    that do not exist are refused before anything is written.
     """
     import hashlib
     import json
 
+    from catalog.outputs import claim_output
+
+    if chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    if not files:
+        raise ValueError("no input files given")
+    missing = [str(f) for f in files if not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"input file(s) not found: {', '.join(missing[:10])}"
+                                + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    out = Path(out)
+    if out.resolve() in {Path(f).resolve() for f in files} or any(
+            out.resolve() in Path(f).resolve().parents for f in files):
+        raise ValueError(f"--out {out} is (or holds) one of the input files; choose a new output path")
+    claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite, resume=resume)
     options = options or IngestOptions()
     per_file = {str(k): v for k, v in (per_file or {}).items()}
     out, grid = Path(out), hr_grid()
@@ -294,7 +423,7 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
     todo = range(writer.next_file, len(files))
     for k in tqdm(todo, desc="ingest", unit="file", disable=not progress):
         path = files[k]
-        file_options = per_file.get(str(path), options)
+        file_options = _options_for(path, per_file, options)
         try:
             spectra = read_spectra(path, file_options.fmt, file_options.wave_unit)
         except SpectrumReadError as exc:

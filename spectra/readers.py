@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .instruments import resolution_from_header
+
 __all__ = [
     "FORMATS",
-    "KNOWN_RESOLUTION",
     "ObservedSpectrum",
     "SpectrumReadError",
     "detect_format",
@@ -30,11 +31,9 @@ __all__ = [
 ]
 
 FORMATS = ("4most-l1", "eso-phase3", "fits-1d", "ascii")
-#: Resolving power of instruments whose value does not depend on the setup (used when the header has none).
-KNOWN_RESOLUTION = {"HARPS": 115_000.0, "HARPS-N": 115_000.0, "HARPN": 115_000.0, "4MOST-HR": 20_000.0,
-                    "4MOST-LR": 6_500.0, "ESPRESSO": 140_000.0}
 _UNITS_TO_ANGSTROM = {"angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "aa": 1.0, "0.1 nm": 1.0, "nm": 10.0,
-                      "nanometer": 10.0, "um": 1e4, "micron": 1e4, "micrometer": 1e4, "m": 1e10}
+                      "nanometer": 10.0, "nanometers": 10.0, "nanometres": 10.0,
+                      "microns": 1e4, "um": 1e4, "micron": 1e4, "micrometer": 1e4, "m": 1e10}
 
 
 class SpectrumReadError(ValueError):
@@ -59,6 +58,7 @@ class ObservedSpectrum:
     object: str = ""
     instrument: str = ""
     resolution: float | None = None
+    resolution_source: str = ""  # "header SPEC_RES", "instrument table: HARPS HAM", or why it is unknown
     header_rv: float | None = None  # km/s, when the file states the star's RV
     meta: dict = field(default_factory=dict)
 
@@ -121,6 +121,29 @@ def _check_arrays(path, wave: np.ndarray, flux: np.ndarray, error: np.ndarray | 
     return wave, flux, error
 
 
+class Headers:
+    """FITS headers looked up in order (e.g. a table's, then the primary's), keeping ESO ``HIERARCH`` keywords
+    reachable with or without the prefix (merging headers into a dict loses the prefix)."""
+
+    def __init__(self, *headers):
+        self.headers = [h for h in headers if h is not None]
+
+    def get(self, key: str, default=None):
+        names = (key, f"HIERARCH {key}") if not key.startswith("HIERARCH ") else (key, key[len("HIERARCH "):])
+        for header in self.headers:
+            for name in names:
+                try:
+                    value = header.get(name)
+                except (KeyError, ValueError):
+                    value = None
+                if value not in (None, ""):
+                    return value
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+
 def _text(header, *keys: str) -> str:
     for key in keys:
         value = header.get(key)
@@ -140,11 +163,16 @@ def _number(header, *keys: str) -> float | None:
     return None
 
 
-def _resolution(header, instrument: str) -> float | None:
-    r = _number(header, "SPEC_RES", "RESOLUTION", "RESOLUT", "SPECRES", "R")
-    if r is None:
-        r = KNOWN_RESOLUTION.get(instrument.upper().replace(" ", ""))
-    return r
+_OBJECT_KEYS = ("OBJECT", "ESO OBS TARG NAME", "TARGNAME", "TARGET", "OBJNAME")
+_INSTRUMENT_KEYS = ("INSTRUME", "INSTRUMENT", "ESO INS ID")
+
+
+def _iraf_unit(header) -> str:
+    """The wavelength unit of IRAF's ``WAT1_001 = 'wtype=linear label=Wavelength units=Angstroms'``."""
+    import re
+
+    match = re.search(r"units=(\S+)", _text(header, "WAT1_001"))
+    return match.group(1) if match else ""
 
 
 def _medium(header, ctype: str = "") -> tuple[str, bool]:
@@ -211,7 +239,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
                       and {"WAVE", "FLUX"} <= {c.upper() for c in h.columns.names}), None)
         if table is None:
             raise SpectrumReadError(path, "no binary table with WAVE and FLUX columns")
-        header = {**primary, **table.header}
+        header = Headers(table.header, primary)
         cols = {c.upper(): c for c in table.columns.names}
         err_col = next((cols[c] for c in ("ERR_FLUX", "ERR", "ERROR", "SIGMA") if c in cols), None)
         if fmt == "4most-l1" and err_col is None:
@@ -221,7 +249,8 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
         data = table.data
         if len(data) == 0:
             raise SpectrumReadError(path, "the spectrum table has no rows")
-        instrument = _text(header, "INSTRUME") or ("4MOST-HR" if fmt == "4most-l1" else "")
+        instrument = _text(header, *_INSTRUMENT_KEYS) or ("4MOST-HR" if fmt == "4most-l1" else "")
+        resolution, resolution_source = resolution_from_header(header, instrument)
         out = []
         for i, row in enumerate(data):
             what = f"row {i}" if len(data) > 1 else "spectrum"
@@ -229,7 +258,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
             factor, inferred = _unit_factor(path, unit, wave, f"{what} column WAVE")
             error = np.asarray(row[err_col], dtype=float) if err_col else None
             wave, flux, error = _check_arrays(path, wave * factor, row[cols["FLUX"]], error, what)
-            name = _text(header, "OBJECT")
+            name = _text(header, *_OBJECT_KEYS)
             meta = {"format": fmt, "row": i}
             if fibres is not None and i < len(fibres):
                 fib = {k.upper(): fibres[k][i] for k in fibres.columns.names}
@@ -241,8 +270,8 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
             out.append(ObservedSpectrum(
                 wave=wave, flux=flux, error=error, source=f"{path}[{i}]" if len(data) > 1 else str(path),
                 medium=medium, medium_from_header=stated, unit_inferred=inferred, object=name,
-                instrument=instrument, resolution=_resolution(header, instrument),
-                header_rv=_number(header, "RV", "VRAD", "HIERARCH ESO DRS CCF RVC"), meta=meta))
+                instrument=instrument, resolution=resolution, resolution_source=resolution_source,
+                header_rv=_number(header, "RV", "VRAD", "ESO DRS CCF RVC"), meta=meta))
         return out
 
 
@@ -257,7 +286,8 @@ def _wcs_wavelength(path: Path, header, n: int, wave_unit: str | None) -> tuple[
     log_sampled = ctype.endswith("-LOG") or header.get("DC-FLAG") == 1
     if log_sampled:
         coord = np.exp(coord) if ctype.endswith("-LOG") else 10.0 ** coord
-    unit = wave_unit or _text(header, "CUNIT1") or ("angstrom" if ctype.startswith("ANGSTROM") else "")
+    unit = wave_unit or _text(header, "CUNIT1") or _iraf_unit(header) or (
+        "angstrom" if ctype.startswith("ANGSTROM") else "")
     factor, inferred = _unit_factor(path, unit, coord, "WCS axis 1")
     return coord * factor, inferred, "log-linear" if log_sampled else "linear"
 
@@ -266,7 +296,7 @@ def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
     from astropy.io import fits
 
     with fits.open(path) as hdul:
-        header = hdul[0].header
+        header = Headers(hdul[0].header)
         data = hdul[0].data
         if data is None or data.ndim != 1:
             shape = None if data is None else data.shape
@@ -277,14 +307,15 @@ def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
             if hdu.name.upper() in ("ERR", "ERROR", "SIGMA", "ERR_FLUX") and hdu.data is not None:
                 error = np.asarray(hdu.data, dtype=float)
         wave, flux, error = _check_arrays(path, wave, data, error, "primary HDU")
-        instrument = _text(header, "INSTRUME")
+        instrument = _text(header, *_INSTRUMENT_KEYS)
+        resolution, resolution_source = resolution_from_header(header, instrument)
         medium, stated = _medium(header, _text(header, "CTYPE1"))
         return [ObservedSpectrum(
             wave=wave, flux=flux, error=error, source=str(path), medium=medium, medium_from_header=stated,
-            unit_inferred=inferred, object=_text(header, "OBJECT", "HIERARCH ESO OBS TARG NAME"),
-            instrument=instrument, resolution=_resolution(header, instrument), header_rv=None,
+            unit_inferred=inferred, object=_text(header, *_OBJECT_KEYS), instrument=instrument,
+            resolution=resolution, resolution_source=resolution_source, header_rv=None,
             meta={"format": "fits-1d", "wcs": sampling, "bunit": _text(header, "BUNIT"),
-                  "berv": _number(header, "HIERARCH ESO DRS BERV")})]
+                  "berv": _number(header, "ESO DRS BERV")})]
 
 
 def _ascii_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]:
@@ -299,7 +330,8 @@ def _ascii_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
     error = table[:, 2] if table.shape[1] == 3 else None
     wave, flux, error = _check_arrays(path, table[:, 0] * factor, table[:, 1], error, "spectrum")
     return [ObservedSpectrum(wave=wave, flux=flux, error=error, source=str(path), unit_inferred=inferred,
-                             object=path.stem, meta={"format": "ascii"})]
+                             object=path.stem, resolution_source="ASCII files do not state it",
+                             meta={"format": "ascii"})]
 
 
 def read_spectra(path: str | Path, fmt: str | None = None, wave_unit: str | None = None) -> list[ObservedSpectrum]:

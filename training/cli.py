@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from catalog.cliargs import use_help_formatter
+
 __all__ = ["main"]
 
 
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe", help="build a config's model and print its size")
     p.add_argument("--config", default="paper")
     p.set_defaults(func=_cmd_describe)
+    use_help_formatter(parser)
     return parser
 
 
