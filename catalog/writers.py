@@ -212,11 +212,14 @@ def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, comp
     flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
                    "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
                    "description": [f.description for f in FLAGS]})
-    catalogue_hdu = fits.table_to_hdu(table)
+    tmp = out.with_name(out.name + ".partial")
+    table.write(str(tmp), format="fits", overwrite=True)  # astropy keeps descriptions in its COMMENT block
+    with fits.open(tmp) as written:
+        catalogue_hdu = written[1].copy()
+    catalogue_hdu.name = "CATALOGUE"
     for i, name in enumerate(table.colnames, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
         catalogue_hdu.header[f"TCOMM{i}"] = table[name].description or ""
     hdus = fits.HDUList([fits.PrimaryHDU(), catalogue_hdu, provenance_hdu, fits.BinTableHDU(flags, name="FLAGS")])
-    tmp = out.with_name(out.name + ".partial")
     hdus.writeto(str(tmp), overwrite=True)
     tmp.replace(out)
     return out

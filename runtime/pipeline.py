@@ -359,7 +359,7 @@ class _DistributedRunner:
         self.ctx = ctx
         if scheduler:
             try:
-                self.client = Client(scheduler, timeout="20s")
+                self.client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise ValueError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
             self.where = f"scheduler {scheduler}"

@@ -118,7 +118,7 @@ def test_shared_real_spectra_are_read():
     vir = read_spectra(shared_file("spectra", "fasma_38Vir_HARPS_2017.fits"))[0]
     assert np.all(np.diff(uves.wave) > 0)  # repeated join pixels were merged
     assert harps.instrument == "HARPS" and harps.resolution == 115_000 and harps.object == "Ganymede"
-    assert vir.unit_inferred and 3780 < vir.wave[0] < 3790  # CTYPE1 'LINEAR' without a unit
+    assert not vir.unit_inferred and 3780 < vir.wave[0] < 3790  # CTYPE1 'LINEAR', unit from IRAF WAT1_001
 
 
 # ------------------------------------------------------------------------------------------ bad input
