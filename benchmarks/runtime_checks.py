@@ -87,8 +87,8 @@ def main() -> None:
 
         # SIGKILL mid-way, then resume
         out = tmp / "killed.zarr"
-        cmd = [sys.executable, "-m", "runtime", "process", "--input", str(survey), "--model", str(bundle),
-               "--output", str(out), "--samples", str(args.samples), "--device", "cpu", "--workers", "2", "--quiet"]
+        cmd = [sys.executable, "-m", "runtime", "process", "--survey", str(survey), "--bundle", str(bundle),
+               "--out", str(out), "--samples", str(args.samples), "--device", "cpu", "--workers", "2", "--quiet"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         while True:
             time.sleep(0.2)

@@ -115,7 +115,7 @@ def read_table(path: str | Path, complete_only: bool = False):
         arr = store.root[name]
         values = arr[:][rows]
         if values.dtype.kind in "OT":  # variable-length strings -> fixed-width for FITS and astropy
-            values = values.astype(str)
+            values = np.asarray(values.tolist(), dtype=str)
         table[name] = values
         unit = arr.attrs.get("unit", "")
         if unit:

@@ -24,28 +24,28 @@ step "2/7 train the small cINN ($epochs epochs; resumes if interrupted)"
 training fit --grid "$out/grid.h5" --config small --epochs "$epochs" --out "$out/run" --device auto
 
 step "3/7 export the model bundle and verify it against PyTorch"
-python -m export onnx --run "$out/run" --out "$out/bundle"
+[ -f "$out/bundle/manifest.json" ] || python -m export onnx --run "$out/run" --out "$out/bundle"
 python -m export verify --bundle "$out/bundle" --run "$out/run" --samples 1024
 
 step "4/7 noisy survey of the grid at S/N 50 and 250 per A"
-spectra survey --grid "$out/grid.h5" --snr 50,250 --out "$out/survey.zarr" --chunk 32 --quiet
+[ -d "$out/survey.zarr" ] || spectra survey --grid "$out/grid.h5" --snr 50,250 --out "$out/survey.zarr" --chunk 32 --quiet
 
 step "5/7 runtime process (Dask, ONNX Runtime, 4096 posterior samples per spectrum)"
 if [ -d "$out/catalog.zarr" ]; then resume="--resume"; else resume=""; fi
-runtime process --input "$out/survey.zarr" --model "$out/bundle" --output "$out/catalog.zarr" \
+runtime process --survey "$out/survey.zarr" --bundle "$out/bundle" --out "$out/catalog.zarr" \
   --workers "$workers" --samples 4096 $resume
 
 step "6/7 catalogue check and report"
-catalog check --input "$out/catalog.zarr" --survey "$out/survey.zarr" > "$out/catalog_check.json"
-catalog report --input "$out/catalog.zarr" --truth "$out/survey.zarr" --out "$out/report"
-catalog export --input "$out/catalog.zarr" --format fits --out "$out/catalog.fits"
+catalog check --catalog "$out/catalog.zarr" --survey "$out/survey.zarr" > "$out/catalog_check.json"
+catalog report --catalog "$out/catalog.zarr" --truth "$out/survey.zarr" --out "$out/report" --overwrite
+catalog export --catalog "$out/catalog.zarr" --format fits --out "$out/catalog.fits" --overwrite
 spectra plot --grid "$out/grid.h5" --rows 0 1 2 3 --zoom 6700-6715 --out "$out/report/grid_li6707.png"
 
 step "7/7 observed-spectra path: a 4MOST L1-style file (raw continuum) -> spectra ingest -> runtime process"
-spectra example-l1 --grid "$out/grid.h5" --rows 0 1 2 3 --snr 100 --out "$out/example_l1.fits"
-spectra ingest "$out/example_l1.fits" --out "$out/observed.zarr" --quiet
-rm -rf "$out/observed_catalog.zarr"
-runtime process --input "$out/observed.zarr" --model "$out/bundle" --output "$out/observed_catalog.zarr" --quiet
+spectra example-l1 --grid "$out/grid.h5" --rows 0 1 2 3 --snr 100 --out "$out/example_l1.fits" --overwrite
+spectra ingest "$out/example_l1.fits" --out "$out/observed.zarr" --overwrite --quiet
+runtime process --survey "$out/observed.zarr" --bundle "$out/bundle" --out "$out/observed_catalog.zarr" --overwrite \
+  --quiet
 
 echo
 echo "done in $(( $(date +%s) - start )) s. Outputs:"

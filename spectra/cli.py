@@ -118,6 +118,23 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack_grid(args: argparse.Namespace) -> int:
+    from .gridpack import pack_grid
+
+    paths = pack_grid(args.grid, args.out, args.name, rows_per_shard=args.rows_per_shard)
+    size = sum(p.stat().st_size for p in paths) / 1e6
+    print(f"{args.out}: {len(paths)} shard(s) {paths[0].name} ... ({size:.1f} MB)")
+    return 0
+
+
+def _cmd_unpack_grid(args: argparse.Namespace) -> int:
+    from .gridpack import unpack_grid
+
+    out = unpack_grid(args.shards, args.out)
+    print(f"{out}: grid rebuilt from {len(args.shards)} path(s)")
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_surveys
 
@@ -129,8 +146,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_example_l1(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+
     from .examples import fourmost_l1_from_grid
 
+    claim_output(args.out, "example file", overwrite=args.overwrite)
     out = fourmost_l1_from_grid(args.grid, args.rows, args.out, snr=args.snr, seed=args.seed)
     print(f"{out}: {len(args.rows)} spectra in 4MOST L1-style layout (S/N {args.snr:g} per A)")
     return 0
@@ -263,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
 
+    p = sub.add_parser("pack-grid", help="compact float16 shards of a grid's finished rows (kept in the repository)")
+    p.add_argument("grid", help="grid HDF5 file")
+    p.add_argument("--out", required=True, help="folder for the shard files")
+    p.add_argument("--name", required=True, help="shard file prefix, e.g. train-s7001")
+    p.add_argument("--rows-per-shard", type=int, default=500, help="rows per shard file")
+    p.set_defaults(func=_cmd_pack_grid)
+
+    p = sub.add_parser("unpack-grid", help="rebuild a grid file (float32) from packed shards")
+    p.add_argument("shards", nargs="+", help="shard files or folders of them (one packed grid)")
+    p.add_argument("--out", required=True, help="output grid HDF5 (resumed if it exists with the same settings)")
+    p.set_defaults(func=_cmd_unpack_grid)
+
     p = sub.add_parser("merge", help="several surveys (same pixel grid and continuum) -> one survey")
     p.add_argument("surveys", nargs="+", help="survey .zarr folders, rows kept in this order")
     p.add_argument("--out", required=True, help="output survey .zarr folder")
@@ -296,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=100.0, help="S/N per A of the added noise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output FITS file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     p.set_defaults(func=_cmd_example_l1)
 
     p = sub.add_parser("import-tsfitpy", help="import a TSFitPy/Turbospectrum grid folder")

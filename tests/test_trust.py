@@ -30,7 +30,7 @@ from spectra import cli as spectra_cli  # noqa: E402
 from spectra.degrade import gaussian_broaden, rebin  # noqa: E402
 from spectra.examples import fourmost_l1_from_grid  # noqa: E402
 from spectra.ingest import IngestFlag, IngestOptions, ingest  # noqa: E402
-from spectra.prepare import TRAINING_RESOLUTION  # noqa: E402
+from spectra.prepare import TRAINING_RESOLUTION, resample_to_grid  # noqa: E402
 from spectra.readers import read_spectra  # noqa: E402
 from spectra.survey import make_survey, parse_snr  # noqa: E402
 from spectra.wavegrid import hr_grid  # noqa: E402
@@ -384,8 +384,8 @@ def test_harps_gets_r_115000_from_its_instrument_and_is_matched(tmp_path):
     unmatched = np.interp(hr_grid().wave, np.arange(5100.0, 6850.0, 0.01), gaussian_broaden(
         np.arange(5100.0, 6850.0, 0.01), intrinsic, 115_000, np.arange(5100.0, 6850.0, 0.01)))
     assert np.sqrt(np.mean((unmatched - expected) ** 2)) > 4 * matched_rms
-    assert survey["input_resolution"][0] == 115_000 and survey["resolution_source"][0].startswith("instrument")
-    assert survey["object"][0] == "HD 1" and survey["instrument"][0] == "HARPS"
+    assert survey["input_resolution"][0] == 115_000 and str(survey["resolution_source"][0]).startswith("instrument")
+    assert str(survey["object"][0]) == "HD 1" and str(survey["instrument"][0]) == "HARPS"
 
 
 def test_eso_table_hierarch_keywords_and_modes(tmp_path):
@@ -409,14 +409,16 @@ def test_unknown_resolution_is_a_failed_row_unless_given_per_file(tmp_path):
     survey = zarr.open_group(str(report.output), mode="r")
     assert survey["ingest_flags"][0] & IngestFlag.READ_FAILED and survey["ingest_flags"][0] & \
         IngestFlag.RESOLUTION_UNKNOWN
-    assert "'HOMEMADE' is not in the table" in survey["message"][0] and "--resolution" in survey["message"][0]
+    message = str(survey["message"][0])
+    assert "'HOMEMADE' is not in the table" in message and "--resolution" in message
     table = tmp_path / "settings.csv"
     table.write_text(f"file,resolution,rv,medium\n{path.name},115000,0,air\n")
     assert spectra_cli.main(["ingest", str(path), "--out", str(tmp_path / "b.zarr"), "--table", str(table),
                              "--quiet"]) == 0
     survey = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
-    assert survey["ingest_flags"][0] == 0 and survey["input_resolution"][0] == 115_000
-    assert survey["resolution_source"][0] == "given (--resolution or --table)"
+    assert not survey["ingest_flags"][0] & (IngestFlag.READ_FAILED | IngestFlag.RESOLUTION_UNKNOWN)
+    assert survey["input_resolution"][0] == 115_000
+    assert str(survey["resolution_source"][0]) == "given (--resolution or --table)"
 
 
 def test_every_set_flag_has_a_message(tmp_path):
@@ -428,7 +430,7 @@ def test_every_set_flag_has_a_message(tmp_path):
     survey = zarr.open_group(str(report.output), mode="r")
     flags = IngestFlag(int(survey["ingest_flags"][0]))
     assert flags & IngestFlag.SNR_ESTIMATED and flags & IngestFlag.MEDIUM_ASSUMED
-    message = survey["message"][0]
+    message = str(survey["message"][0])
     assert "DER_SNR" in message and "air assumed" in message and "inferred from the range" in message
 
 
@@ -436,19 +438,19 @@ def test_already_normalised_input_is_kept_and_a_bad_continuum_is_flagged(tmp_pat
     wave = np.arange(5100.0, 6850.0, 0.02)
     flux = line_spectrum(wave, seed=4, n_lines=900)
     np.savetxt(tmp_path / "norm.txt", np.column_stack([wave, flux]))
-    bumpy = flux * np.where((wave > 5400) & (wave < 5415), 1.4, 1.0) * (1.0 + 0.3 * np.sin(wave / 40.0))
+    humps = np.where(np.mod(wave, 60.0) < 8.0, 1.4, 1.0)  # 8 A humps every 60 A: no 40 A spline follows them
+    bumpy = flux * humps * (1.0 + 0.3 * np.sin(wave / 40.0))
     np.savetxt(tmp_path / "bumpy.txt", np.column_stack([wave, bumpy]))
     report = ingest([tmp_path / "norm.txt", tmp_path / "bumpy.txt"], tmp_path / "a.zarr",
                     IngestOptions(rv=0.0, resolution=TRAINING_RESOLUTION, snr=500), progress=False)
     survey = zarr.open_group(str(report.output), mode="r")
-    grid = hr_grid()
-    direct = np.concatenate([rebin(wave, flux, grid.wave[s], grid.step) for s in grid.segments])
-    assert survey["continuum_method"][0] == "input already normalised: kept"
+    direct = resample_to_grid(wave, flux, hr_grid())  # the same rebin as ingestion, without any continuum step
+    assert str(survey["continuum_method"][0]) == "input already normalised: kept"
     np.testing.assert_allclose(survey["flux"][0], direct, atol=2e-6)
     assert not survey["ingest_flags"][0] & IngestFlag.CONTINUUM_POOR
-    assert survey["continuum_method"][1] == "pseudo-continuum fitted"
+    assert str(survey["continuum_method"][1]) == "pseudo-continuum fitted"
     assert survey["ingest_flags"][1] & IngestFlag.CONTINUUM_POOR and survey["continuum_excess"][1] > 0.02
-    assert "pseudo-continuum fit poor" in survey["message"][1]
+    assert "pseudo-continuum fit poor" in str(survey["message"][1])
 
 
 def test_shared_uves_sun_is_recognised_as_normalised():
