@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import BAD
+from .schema import BAD, Flag
 from .writers import CatalogueStore
 
 __all__ = ["CheckResult", "check_catalogue"]
@@ -25,6 +25,7 @@ class CheckResult:
     n_rows: int
     problems: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # not problems: e.g. rows of unreadable survey chunks
 
     @property
     def ok(self) -> bool:
@@ -35,11 +36,12 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
     store = CatalogueStore.open(path)
     result = CheckResult(Path(path), store.n_rows)
     problems = result.problems
-    for name in store.columns:
-        if name not in store.root:
-            problems.append(f"column {name} is listed but missing")
-        elif store.root[name].shape != (store.n_rows,):
-            problems.append(f"column {name} has shape {store.root[name].shape}, expected ({store.n_rows},)")
+    for array, names in store.arrays().items():
+        expected = (store.n_rows,) if array.startswith("text_") else (store.n_rows, len(names))
+        if array not in store.root:
+            problems.append(f"array {array} (columns {', '.join(names)}) is listed but missing")
+        elif store.root[array].shape != expected:
+            problems.append(f"array {array} has shape {store.root[array].shape}, expected {expected}")
     if problems:
         return result
     done = store.done()
@@ -48,12 +50,12 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
         problems.append(f"{missing.size} of {done.size} chunks not done (first: {missing[:5].tolist()}); "
                         "complete the run with `runtime process ... --resume`")
     ids = store.column("source_id")
-    gaps = np.flatnonzero(ids == -1)
+    flags = store.column("flags")
+    gaps = np.flatnonzero((ids == -1) & ((flags & int(Flag.READ_FAILED)) == 0))
     if gaps.size:
         problems.append(f"{gaps.size} rows were never written (first rows: {gaps[:5].tolist()})")
     if np.unique(ids[ids != -1]).size != np.count_nonzero(ids != -1):
         problems.append("source_id values are not unique")
-    flags = store.column("flags")
     params = [c for c in store.columns if c in ("teff", "logg", "fe_h")] or store.columns[2:3]
     nan_rows = np.zeros(store.n_rows, dtype=bool)
     for name in params:
@@ -64,10 +66,17 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
     if not np.array_equal(store.column("flag_bad"), (flags & int(BAD)) != 0) or \
             not np.array_equal(store.column("flag_warn"), flags != 0):
         problems.append("flag_bad / flag_warn disagree with the flags bitmask")
+    read_failed = (flags & int(Flag.READ_FAILED)) != 0
+    if read_failed.any():
+        notes = store.attrs.get("read_failures", [])
+        problems_noted = f"; {len(notes)} unreadable survey chunk(s), e.g. {notes[0]}" if notes else ""
+        result.notes.append(f"{int(read_failed.sum())} rows flagged READ_FAILED{problems_noted}")
     if survey is not None:
-        import zarr
+        from runtime.survey import open_survey
 
-        survey_ids = zarr.open_group(str(survey), mode="r")["source_id"][:]
+        survey_ids, _ = open_survey(survey).source_ids()
+        if survey_ids.size == ids.size:  # ids the survey itself cannot give (damaged chunks) are not compared
+            ids = np.where(survey_ids == -1, -1, ids)
         if survey_ids.size != store.n_rows:
             problems.append(f"{store.n_rows} rows but the survey {survey} has {survey_ids.size} spectra")
         elif not np.array_equal(survey_ids, ids):

@@ -18,8 +18,11 @@ __all__ = ["main"]
 def _cmd_export(args: argparse.Namespace) -> int:
     from .writers import export_fits, export_parquet
 
-    export = export_parquet if args.format == "parquet" else export_fits
-    out = export(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only)
+    if args.format == "fits":
+        out = export_fits(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only)
+    else:
+        out = export_parquet(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only,
+                             dataset=args.format == "parquet-dataset")
     note = " (finished rows only: --complete-only)" if args.complete_only else ""
     print(f"{out}: {args.format}{note}")
     return 0
@@ -37,6 +40,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     result = check_catalogue(args.catalog, args.survey)
     print(json.dumps(result.counts, indent=1))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"{args.catalog}: {'OK' if result.ok else 'FAILED'}")
@@ -74,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
-    p = command("export", "write the catalogue as Parquet or FITS (units, descriptions, provenance, flag table)")
+    p = command("export", "write the catalogue as Parquet, a Parquet dataset folder or FITS, streamed (units, "
+                "descriptions, provenance, flag table)")
     add_option(p, "--catalog", "--input", required=True, help="catalogue Zarr from `runtime process`")
-    p.add_argument("--format", choices=["parquet", "fits"], required=True, help="output format (the --out suffix "
-                   "must agree: .parquet/.pq or .fits/.fit/.fits.gz)")
+    p.add_argument("--format", choices=["parquet", "parquet-dataset", "fits"], required=True,
+                   help="output format (the --out suffix must agree: .parquet/.pq, .fits/.fit; a parquet-dataset is "
+                   "a folder of part files that pyarrow.dataset, pandas and dask.dataframe read as one table)")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--complete-only", action="store_true",

@@ -28,9 +28,10 @@ def _params(store: CatalogueStore) -> list[str]:
 
 def axis_label(store: CatalogueStore, column: str, prefix: str = "") -> str:
     """"T_eff [K]", "[Fe/H] [dex]": the parameter's label (from the column description) and its unit."""
-    description = str(store.root[column].attrs.get("description", column))
+    info = store.column_info(column)
+    description = str(info.get("description", column))
     label = description.split(":")[0] if ":" in description else column
-    unit = str(store.root[column].attrs.get("unit", "") or "")
+    unit = str(info.get("unit", "") or "")
     return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
 
 
@@ -49,89 +50,120 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
                               "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     params = _params(store)
-    cols = {name: store.column(name) for name in store.columns}
     label = {p: axis_label(store, p) for p in params}
-    good = ~cols["flag_bad"]
+    # one column in memory at a time; plots use a fixed random subsample of at most PLOT_ROWS rows
+    good = ~store.column("flag_bad")
+    flags = store.column("flags")
+    f_reject = store.column("f_reject")
+    sub = _subsample(store.n_rows)
     summary: dict = {"catalogue": str(Path(catalogue).resolve()), "rows": store.n_rows,
-                     "usable": int(good.sum()), "flag_warn": int(cols["flag_warn"].sum()),
-                     "flag_counts": {n: int(np.count_nonzero(cols["flags"] & b))
-                                     for n, b in store.attrs["flag_bits"].items()},
-                     "median_f_reject": float(np.nanmedian(cols["f_reject"])), "params": {}}
+                     "usable": int(good.sum()), "flag_warn": int(np.count_nonzero(flags)),
+                     "flag_counts": {n: int(np.count_nonzero(flags & b)) for n, b in store.attrs["flag_bits"].items()},
+                     "median_f_reject": float(np.nanmedian(f_reject)) if np.isfinite(f_reject).any() else None,
+                     "plotted_rows": int(sub.size), "params": {}}
+    del flags
+    widths = {}
     for p in params:
-        width = cols[p + "_p84"] - cols[p + "_p16"]
-        summary["params"][p] = {"median_map": float(np.nanmedian(cols[p][good])) if good.any() else None,
-                                "median_width68": float(np.nanmedian(width[good])) if good.any() else None}
+        width = store.column(p + "_p84") - store.column(p + "_p16")
+        summary["params"][p] = {"median_map": _median(store.column(p)[good]),
+                                "median_width68": _median(width[good])}
+        widths[p] = width[sub][good[sub]]
+    plotted = {p: store.column(p)[sub] for p in ("teff", "logg", "fe_h", "mg_fe") if p in params}
+    g = good[sub]
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(cols["teff"][good], cols["logg"][good], c=cols["fe_h"][good], s=4, cmap="viridis")
+    sc = ax.scatter(plotted["teff"][g], plotted["logg"][g], c=plotted["fe_h"][g], s=4, cmap="viridis")
     fig.colorbar(sc, label=f"{label['fe_h']} (MAP)")
     ax.invert_xaxis()
     ax.invert_yaxis()
     ax.set_xlabel(f"{label['teff']} (MAP)")
     ax.set_ylabel(f"{label['logg']} (MAP)")
-    ax.set_title("Kiel diagram")
+    ax.set_title("Kiel diagram" + _subsample_note(sub.size, store.n_rows))
     fig.tight_layout()
     fig.savefig(out / "kiel.png", dpi=110)
     plt.close(fig)
 
-    if "mg_fe" in cols:
+    if "mg_fe" in plotted:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.scatter(cols["fe_h"][good], cols["mg_fe"][good], s=4, c="k", alpha=0.5)
+        ax.scatter(plotted["fe_h"][g], plotted["mg_fe"][g], s=4, c="k", alpha=0.5)
         ax.set_xlabel(f"{label['fe_h']} (MAP)")
         ax.set_ylabel(f"{label['mg_fe']} (MAP)")
+        ax.set_title(_subsample_note(sub.size, store.n_rows).strip(" ()"), fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "mg_fe_vs_fe_h.png", dpi=110)
         plt.close(fig)
 
     fig, axes = plt.subplots(3, 5, figsize=(17, 9))
     for ax, p in zip(axes.flat, params, strict=False):
-        width = (cols[p + "_p84"] - cols[p + "_p16"])[good]
+        width = widths[p]
         ax.hist(width[np.isfinite(width)], bins=40, color="0.5")
         ax.set_xlabel(f"68 % interval width of {label[p]}", fontsize=8)
         ax.set_ylabel("spectra", fontsize=8)
     ax = axes.flat[len(params)] if len(params) < axes.size else None
     if ax is not None:
-        ax.hist(cols["f_reject"][np.isfinite(cols["f_reject"])], bins=40, color="tab:red")
+        ax.hist(f_reject[np.isfinite(f_reject)], bins=40, color="tab:red")
         ax.set_xlabel("f_reject: fraction of samples outside the training bounds", fontsize=8)
         ax.set_ylabel("spectra", fontsize=8)
     for extra in list(axes.flat)[len(params) + 1:]:
         extra.axis("off")
+    fig.suptitle("68 % widths" + _subsample_note(sub.size, store.n_rows) + "; f_reject of all rows")
     fig.tight_layout()
     fig.savefig(out / "widths_and_rejection.png", dpi=100)
     plt.close(fig)
 
     if truth is not None:
-        summary["residuals"] = _residuals(cols, params, good, truth, out, label)
+        summary["residuals"] = _residuals(store, params, good, sub, truth, out, label)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_render(summary, params))
     return summary
 
 
-def _residuals(cols, params, good, truth_path, out: Path, label: dict[str, str]) -> dict:
+#: scatter plots and histograms show at most this many rows (a fixed random subsample; the report says so)
+PLOT_ROWS = 200_000
+
+
+def _subsample(n: int) -> np.ndarray:
+    if n <= PLOT_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, PLOT_ROWS, replace=False))
+
+
+def _subsample_note(shown: int, n: int) -> str:
+    return "" if shown == n else f" (random {shown:,} of {n:,} rows)"
+
+
+def _median(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def _residuals(store: CatalogueStore, params, good, sub, truth_path, out: Path, label: dict[str, str]) -> dict:
+    """MAP - truth per parameter, against a synthetic survey's ``truth`` (read a column at a time)."""
     import zarr
 
     survey = zarr.open_group(str(truth_path), mode="r")
     if "truth" not in survey:
         raise ValueError(f"{truth_path}: no 'truth' array; residuals need a synthetic survey")
     names = list(survey["truth"].attrs["names"])
-    truth = survey["truth"][:]
-    if truth.shape[0] != cols["source_id"].size or not np.array_equal(survey["source_id"][:], cols["source_id"]):
+    ids = store.column("source_id")
+    if survey["truth"].shape[0] != ids.size or not np.array_equal(survey["source_id"][:], ids):
         raise ValueError(f"{truth_path}: rows or source ids do not match the catalogue")
     result = {}
     fig, axes = plt.subplots(3, 5, figsize=(17, 9))
     for ax, p in zip(axes.flat, [p for p in params if p in names], strict=False):
-        t = truth[:, names.index(p)]
-        r = cols[p] - t
+        t = survey["truth"][:, names.index(p)]
+        r = store.column(p) - t
         ok = good & np.isfinite(r)
         result[p] = {"bias": float(np.mean(r[ok])), "sigma": float(np.std(r[ok])), "n": int(ok.sum())}
-        ax.scatter(t[ok], r[ok], s=3, c="k", alpha=0.4)
+        shown = ok[sub]
+        ax.scatter(t[sub][shown], r[sub][shown], s=3, c="k", alpha=0.4)
         ax.axhline(0, color="r", lw=1)
         ax.set_title(f"{p}: {result[p]['bias']:+.3g} ± {result[p]['sigma']:.3g}", fontsize=9)
         ax.set_xlabel(f"true {label[p]}", fontsize=8)
         ax.set_ylabel("MAP − truth", fontsize=8)
     for extra in list(axes.flat)[len(result):]:
         extra.axis("off")
-    fig.suptitle("MAP − truth")
+    fig.suptitle("MAP − truth" + _subsample_note(int(np.size(sub)), ids.size))
     fig.tight_layout()
     fig.savefig(out / "residuals.png", dpi=100)
     plt.close(fig)
@@ -141,12 +173,15 @@ def _residuals(cols, params, good, truth_path, out: Path, label: dict[str, str])
 def _render(s: dict, params: list[str]) -> str:
     lines = [f"# Catalogue report: `{s['catalogue']}`", "",
              f"{s['rows']} rows, {s['usable']} with a usable estimate, {s['flag_warn']} with any flag; "
-             f"median f_reject {s['median_f_reject']:.3f}.", "", "| flag | rows |", "|---|---|"]
+             f"median f_reject {s['median_f_reject'] or float('nan'):.3f}."
+             + (f" Plots show a random {s['plotted_rows']:,} of the {s['rows']:,} rows."
+                if s["plotted_rows"] < s["rows"] else ""), "", "| flag | rows |", "|---|---|"]
     lines += [f"| {n} | {c} |" for n, c in s["flag_counts"].items()]
     lines += ["", "| parameter | median MAP | median 68 % width |" + (" bias | σ |" if "residuals" in s else ""),
               "|---|---|---|" + ("---|---|" if "residuals" in s else "")]
     for p in params:
-        row = f"| {p} | {s['params'][p]['median_map']:.4g} | {s['params'][p]['median_width68']:.3g} |"
+        m, w = s["params"][p]["median_map"], s["params"][p]["median_width68"]
+        row = f"| {p} | {m if m is None else format(m, '.4g')} | {w if w is None else format(w, '.3g')} |"
         if "residuals" in s and p in s["residuals"]:
             row += f" {s['residuals'][p]['bias']:+.3g} | {s['residuals'][p]['sigma']:.3g} |"
         lines.append(row)

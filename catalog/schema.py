@@ -10,7 +10,7 @@ Flags (``flags`` bitmask, set by ``runtime process``) are defined once, in :data
 threshold, description); the runtime, the catalogue attributes, the Parquet and FITS exports, ``catalog
 check``, ``catalog flags`` and the README table are all made from it.
 
-``flag_bad`` = INVALID_FLUX | INVALID_SNR | ALL_REJECTED (no usable estimate);
+``flag_bad`` = INVALID_FLUX | INVALID_SNR | ALL_REJECTED | READ_FAILED (no usable estimate);
 ``flag_warn`` = any flag set.
 """
 
@@ -64,11 +64,14 @@ FLAGS: tuple[FlagInfo, ...] = (
              "the survey is normalised differently (true vs pseudo-continuum) from the model's training spectra"),
     FlagInfo(256, "SNR_CAPPED", None,
              "S/N above the trained range was capped at its maximum for inference (--snr-cap)"),
+    FlagInfo(512, "READ_FAILED", None,
+             "the survey rows could not be read or decoded (damaged chunk): not processed; the catalogue's "
+             "read_failures attribute names the chunk"),
 )
 
 Flag = IntFlag("Flag", {f.name: f.bit for f in FLAGS})
 Flag.__doc__ = "Bits of the ``flags`` column (from :data:`FLAGS`)."
-BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED
+BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED | Flag.READ_FAILED
 FLAG_DESCRIPTIONS = {Flag[f.name]: f.description for f in FLAGS}
 
 

@@ -1,10 +1,16 @@
-"""Catalogue storage: a columnar Zarr store written by region, and exports to Parquet and FITS.
+"""Catalogue storage: a sharded Zarr v3 store written a shard per task, and exports to Parquet and FITS.
 
-Zarr layout: one 1-D array per column (``catalog.schema``), all chunked alike along the rows, plus
-``_done`` (n_chunks,) whose element k is set *after* chunk k's rows are written: the resume marker
-(a chunk file's existence is not one, since all-fill chunks are never written). Attributes carry the
-column units/descriptions, the flag table and the run's provenance. Tasks write disjoint, chunk-aligned
-regions, so any number of workers can write concurrently.
+Built for survey scale (4 million rows): the number of files grows with the number of *shards*, not with
+rows x columns. Columns of one type share a 2-D array (``values_f4`` (N, n_float) float32, ``values_i4``,
+``values_i8``, ``values_b1``; text columns one 1-D array each, ``text_<name>``), each stored with Zarr's
+sharding codec: one shard file per ``shard_rows`` rows (inner chunks of 1024 rows for reading). A task of
+``runtime process`` computes exactly one shard's rows and writes each array's shard once, whole, so two tasks
+never touch the same file (a partial shard write would rewrite the shard). ``_done`` (n_shards,) has one
+element per file; element k is set *after* shard k is written: the resume marker.
+
+A 4 M-row catalogue at 16 384 rows per shard is 245 shards x ~5 arrays, about 1 500 files. Column names,
+units, descriptions and their place in the blocks are in the group attributes (``column_meta``); readers use
+:meth:`CatalogueStore.column` or :meth:`CatalogueStore.read_rows`, never the raw arrays.
 """
 
 from __future__ import annotations
@@ -17,34 +23,71 @@ import zarr
 from .schema import FLAGS, Column, flags_table
 
 __all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_parquet", "provenance",
-           "read_table"]
+           "read_table", "shard_layout"]
 
-CATALOG_FORMAT = "cinn4most-catalogue/1"
+CATALOG_FORMAT = "cinn4most-catalogue/2"
+INNER_ROWS = 1024  # rows per inner chunk of a shard (the unit of reading)
+_BLOCKS = {"float32": "values_f4", "int32": "values_i4", "int64": "values_i8", "bool": "values_b1"}
+
+
+def shard_layout(rows: int) -> tuple[int, int]:
+    """(rows per shard = rows per task, rows per inner chunk) for a requested task size: shards larger than
+    2 048 rows are rounded up to a multiple of :data:`INNER_ROWS` (the sharding codec needs whole chunks)."""
+    if rows < 1:
+        raise ValueError(f"rows per task must be >= 1, got {rows}")
+    if rows <= 2 * INNER_ROWS:
+        return rows, rows
+    return -(-rows // INNER_ROWS) * INNER_ROWS, INNER_ROWS
 
 
 class CatalogueStore:
-    """Create, reopen and write a Zarr catalogue."""
+    """Create, reopen, write (a shard at a time) and read a Zarr catalogue."""
 
     def __init__(self, root: zarr.Group, path: Path):
         self.root, self.path = root, path
         self.columns = list(root.attrs["columns"])
+        self.meta: dict[str, dict] = dict(root.attrs["column_meta"])
         self.chunk = int(root.attrs["chunk"])
         self.n_rows = int(root.attrs["n_rows"])
 
     @classmethod
     def create(cls, path: str | Path, n_rows: int, chunk: int, columns: list[Column], attrs: dict) -> CatalogueStore:
+        """A new catalogue of ``n_rows`` rows in shards of ``chunk`` rows (see :func:`shard_layout`)."""
         path = Path(path)
         if not path.parent.exists():
             raise FileNotFoundError(f"cannot write catalogue {path}: folder {path.parent} does not exist")
-        root = zarr.open_group(str(path), mode="w-")
+        shard, inner = shard_layout(chunk)
+        meta: dict[str, dict] = {}
+        blocks: dict[str, list[Column]] = {}
         for col in columns:
-            dtype = np.dtypes.StringDType() if col.dtype == "str" else col.dtype
-            arr = root.create_array(col.name, shape=(n_rows,), chunks=(chunk,), dtype=dtype, fill_value=col.fill)
-            arr.attrs.update(unit=col.unit, description=col.description)
-        n_chunks = -(-n_rows // chunk)
+            if col.dtype == "str":
+                meta[col.name] = {"array": f"text_{col.name}", "index": None}
+            else:
+                name = _BLOCKS[col.dtype]
+                blocks.setdefault(name, []).append(col)
+                meta[col.name] = {"array": name, "index": len(blocks[name]) - 1}
+            meta[col.name].update(dtype=col.dtype, unit=col.unit, description=col.description,
+                                  fill=None if isinstance(col.fill, float) and np.isnan(col.fill) else col.fill)
+        root = zarr.open_group(str(path), mode="w-")
+        for name, cols in blocks.items():
+            width = len(cols)
+            fill = cols[0].fill if all(_same_fill(c.fill, cols[0].fill) for c in cols) else 0
+            kwargs = dict(shape=(n_rows, width), chunks=(inner, width), dtype=cols[0].dtype, fill_value=fill)
+            if shard != inner:
+                kwargs["shards"] = (shard, width)
+            arr = root.create_array(name, **kwargs)
+            arr.attrs["columns"] = [c.name for c in cols]
+        for col in columns:
+            if col.dtype == "str":
+                kwargs = dict(shape=(n_rows,), chunks=(inner,), dtype=np.dtypes.StringDType(), fill_value="")
+                if shard != inner:
+                    kwargs["shards"] = (shard,)
+                root.create_array(f"text_{col.name}", **kwargs)
+        n_chunks = -(-n_rows // shard)
         root.create_array("_done", shape=(n_chunks,), chunks=(1,), dtype=bool, fill_value=False)
-        root.attrs.update({**attrs, "format": CATALOG_FORMAT, "columns": [c.name for c in columns], "chunk": chunk,
-                           "n_rows": n_rows, "flag_bits": {f.name: f.bit for f in FLAGS},
+        root.attrs.update({**attrs, "format": CATALOG_FORMAT, "columns": [c.name for c in columns], "chunk": shard,
+                           "inner_chunk": inner, "column_meta": meta, "n_rows": n_rows,
+                           "flag_bits": {f.name: f.bit for f in FLAGS},
                            "flag_descriptions": {f.name: f.description for f in FLAGS},
                            "flag_table": flags_table()})
         return cls(root, path)
@@ -58,8 +101,11 @@ class CatalogueStore:
             root = zarr.open_group(str(path), mode=mode)
         except Exception as exc:  # zarr raises several types for non-stores
             raise ValueError(f"{path}: not a readable Zarr catalogue ({exc})") from None
-        if root.attrs.get("format") != CATALOG_FORMAT:
-            raise ValueError(f"{path}: format is {root.attrs.get('format')!r}, expected {CATALOG_FORMAT!r}")
+        found = root.attrs.get("format")
+        if found != CATALOG_FORMAT:
+            hint = " (made by an earlier version: re-run `runtime process`)" if str(found).startswith(
+                "cinn4most-catalogue/") else ""
+            raise ValueError(f"{path}: format is {found!r}, expected {CATALOG_FORMAT!r}{hint}")
         return cls(root, path)
 
     @property
@@ -73,56 +119,109 @@ class CatalogueStore:
     def done(self) -> np.ndarray:
         return self.root["_done"][:]
 
+    def done_rows(self) -> np.ndarray:
+        """True for rows whose shard is finished."""
+        rows = np.zeros(self.n_rows, dtype=bool)
+        for k in np.flatnonzero(self.done()):
+            a, b = self.chunk_bounds(int(k))
+            rows[a:b] = True
+        return rows
+
     def chunk_bounds(self, k: int) -> tuple[int, int]:
         return k * self.chunk, min((k + 1) * self.chunk, self.n_rows)
 
+    def column_info(self, name: str) -> dict:
+        """dtype, unit and description of a column."""
+        return self.meta[name]
+
+    def arrays(self) -> dict[str, list[str]]:
+        """Stored array -> the columns it holds (for checks)."""
+        out: dict[str, list[str]] = {}
+        for name in self.columns:
+            out.setdefault(self.meta[name]["array"], []).append(name)
+        return out
+
     def write_chunk(self, k: int, values: dict[str, np.ndarray]) -> None:
-        """Write chunk k's rows for every column, then its done marker."""
+        """Write shard k's rows of every column (each array's shard once, whole), then its done marker."""
         start, stop = self.chunk_bounds(k)
         missing = set(self.columns) - set(values)
         if missing:
             raise ValueError(f"chunk {k}: values for column(s) {sorted(missing)} missing")
-        for name in self.columns:
-            self.root[name][start:stop] = values[name]
+        for array, names in self.arrays().items():
+            if array.startswith("text_"):
+                self.root[array][start:stop] = np.asarray(values[names[0]], dtype=np.dtypes.StringDType())
+            else:
+                dtype = self.root[array].dtype
+                self.root[array][start:stop, :] = np.stack([np.asarray(values[n], dtype=dtype) for n in names], axis=1)
         self.root["_done"][k] = True
 
+    def read_rows(self, start: int, stop: int, columns: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of ``columns`` (default: all), one read per stored array."""
+        wanted = columns or self.columns
+        out: dict[str, np.ndarray] = {}
+        for array, names in self.arrays().items():
+            names = [n for n in names if n in wanted]
+            if not names:
+                continue
+            if array.startswith("text_"):
+                out[names[0]] = self.root[array][start:stop]
+                continue
+            block = self.root[array][start:stop, :]
+            for name in names:
+                out[name] = block[:, self.meta[name]["index"]]
+        return {name: out[name] for name in wanted}
+
     def column(self, name: str) -> np.ndarray:
-        return self.root[name][:]
+        """One whole column (its block is read in pieces of a shard, so memory stays one column)."""
+        if name not in self.meta:
+            raise KeyError(f"{self.path}: no column {name!r}")
+        parts = [self.read_rows(a, b, [name])[name] for a, b in self.row_blocks()]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    def row_blocks(self, rows: int | None = None):
+        """(start, stop) pairs covering the catalogue in blocks of ``rows`` (default: one shard)."""
+        step = rows or self.chunk
+        return [(a, min(a + step, self.n_rows)) for a in range(0, self.n_rows, step)]
+
+
+def _same_fill(a, b) -> bool:
+    return (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b)) or a == b
+
+
+def _export_blocks(store: CatalogueStore, path, complete_only: bool) -> list[tuple[int, int]]:
+    """Row blocks to export: every shard, or (``complete_only``) the finished ones; an unfinished catalogue is
+    refused otherwise."""
+    done = store.done()
+    if not done.all() and not complete_only:
+        missing = int(sum(b - a for a, b in (store.chunk_bounds(int(k)) for k in np.flatnonzero(~done))))
+        raise ValueError(f"{path}: unfinished catalogue ({missing} of {store.n_rows} rows not processed yet); "
+                         "complete it with `runtime process --resume`, or export the finished rows only "
+                         "with --complete-only")
+    return [store.chunk_bounds(int(k)) for k in np.flatnonzero(done)]
+
+
+def _text_as_str(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
 
 
 def read_table(path: str | Path, complete_only: bool = False):
-    """The catalogue as an astropy Table with units and descriptions.
-
-    An unfinished catalogue (chunks not marked done: an interrupted run) is refused unless ``complete_only``,
-    which keeps only the rows of finished chunks (the table's ``meta['rows_exported']`` says how many).
-    """
+    """The catalogue as an astropy Table with units and descriptions, in memory (for small catalogues and
+    interactive use; the exports stream instead)."""
     from astropy.table import Table
 
     store = CatalogueStore.open(path)
-    done = store.done()
-    rows = np.ones(store.n_rows, dtype=bool)
-    if not done.all():
-        missing = int(sum(b - a for a, b in (store.chunk_bounds(int(k)) for k in np.flatnonzero(~done))))
-        if not complete_only:
-            raise ValueError(f"{path}: unfinished catalogue ({missing} of {store.n_rows} rows not processed yet); "
-                             "complete it with `runtime process --resume`, or export the finished rows only "
-                             "with --complete-only")
-        for k in np.flatnonzero(~done):
-            a, b = store.chunk_bounds(int(k))
-            rows[a:b] = False
+    blocks = _export_blocks(store, path, complete_only)
+    parts = [store.read_rows(a, b) for a, b in blocks]
     table = Table()
     for name in store.columns:
-        arr = store.root[name]
-        values = arr[:][rows]
-        if values.dtype.kind in "OT":  # variable-length strings -> fixed-width for FITS and astropy
-            values = np.asarray(values.tolist(), dtype=str)
-        table[name] = values
-        unit = arr.attrs.get("unit", "")
-        if unit:
-            table[name].unit = unit
-        table[name].description = arr.attrs.get("description", "")
+        values = np.concatenate([p[name] for p in parts]) if parts else np.empty(0)
+        table[name] = _text_as_str(values)
+        info = store.column_info(name)
+        if info["unit"]:
+            table[name].unit = info["unit"]
+        table[name].description = info["description"]
     table.meta.update(provenance(store))
-    table.meta["rows_exported"] = int(rows.sum())
+    table.meta["rows_exported"] = int(sum(b - a for a, b in blocks))
     table.meta["rows_total"] = store.n_rows
     return table
 
@@ -133,93 +232,193 @@ def provenance(store: CatalogueStore) -> dict[str, str | int | float | bool]:
 
     out = {}
     for key, value in store.attrs.items():
-        if key in ("columns", "flag_bits", "flag_descriptions", "flag_table"):
+        if key in ("columns", "column_meta", "flag_bits", "flag_descriptions", "flag_table"):
             continue
         out[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
     return out
 
 
-EXPORT_SUFFIXES = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit", ".fits.gz")}
+EXPORT_SUFFIXES = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit"), "parquet-dataset": ("",)}
 
 
 def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> Path:
-    """The output's suffix must match ``fmt``; an existing file is replaced only with ``overwrite``."""
+    """The output's suffix must match ``fmt``; an existing output is replaced only with ``overwrite``."""
     from catalog.outputs import claim_output
 
     out = Path(out)
     if fmt not in EXPORT_SUFFIXES:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_SUFFIXES)}")
+    if fmt == "parquet-dataset":
+        if out.suffix.lower() in (".parquet", ".pq", ".fits", ".fit", ".zarr"):
+            raise ValueError(f"{out}: a parquet-dataset export is a folder; give a name without a file suffix")
+        if out.exists() and overwrite and not (out / "_cinn4most_dataset").is_file():
+            raise FileExistsError(f"{out} exists and is not a dataset exported by catalog export; refusing to "
+                                  "delete it even with --overwrite")
+        if out.exists() and overwrite:
+            import shutil
+
+            shutil.rmtree(out)
+        elif out.exists():
+            raise FileExistsError(f"{out} exists: add --overwrite to replace it, or choose another output")
+        return out
     if not out.name.lower().endswith(EXPORT_SUFFIXES[fmt]):
         raise ValueError(f"{out}: a {fmt} export needs a file name ending in {' or '.join(EXPORT_SUFFIXES[fmt])}")
     return claim_output(out, f"{fmt} file", overwrite=overwrite)
 
 
-def export_parquet(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
-    """Parquet with each column's unit and description in its field metadata and the run's provenance and flag
-    table in the schema metadata."""
+def _arrow_schema(store: CatalogueStore, rows: int):
     import json
 
     import pyarrow as pa
+
+    types = {"float32": pa.float32(), "int32": pa.int32(), "int64": pa.int64(), "bool": pa.bool_(),
+             "str": pa.string()}
+    fields = []
+    for name in store.columns:
+        info = store.column_info(name)
+        fields.append(pa.field(name, types[info["dtype"]], metadata={
+            b"unit": str(info["unit"] or "").encode(), b"description": str(info["description"]).encode()}))
+    metadata = {k.encode(): str(v).encode() for k, v in provenance(store).items()}
+    metadata[b"flag_table"] = json.dumps(flags_table()).encode()
+    metadata[b"rows_exported"] = str(rows).encode()
+    metadata[b"rows_total"] = str(store.n_rows).encode()
+    return pa.schema(fields, metadata=metadata)
+
+
+def _arrow_batch(store: CatalogueStore, schema, a: int, b: int):
+    import pyarrow as pa
+
+    values = store.read_rows(a, b)
+    arrays = [pa.array(_text_as_str(values[f.name]), type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def export_parquet(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False,
+                   dataset: bool = False, rows_per_file: int = 1_000_000) -> Path:
+    """Parquet, streamed a shard at a time (one row group each): memory does not grow with the catalogue.
+
+    Each field's unit and description are in its metadata; the run's provenance and the flag table in the
+    schema metadata. ``dataset``: a folder of part files (``part-00000.parquet``, at most ``rows_per_file``
+    rows each) that ``pyarrow.dataset``, ``pandas.read_parquet`` and ``dask.dataframe.read_parquet`` read as one.
+    """
     import pyarrow.parquet as pq
 
-    out = check_export_target(out, "parquet", overwrite)
-    table = read_table(path, complete_only)
-    fields, arrays = [], []
-    for name in table.colnames:
-        col = table[name]
-        meta = {b"unit": str(col.unit or "").encode(), b"description": (col.description or "").encode()}
-        arrays.append(pa.array(np.asarray(col)))
-        fields.append(pa.field(name, arrays[-1].type, metadata=meta))
-    metadata = {k.encode(): str(v).encode() for k, v in table.meta.items()}
-    metadata[b"flag_table"] = json.dumps(flags_table()).encode()
-    schema = pa.schema(fields, metadata=metadata)
-    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), str(out))
+    out = check_export_target(out, "parquet-dataset" if dataset else "parquet", overwrite)
+    store = CatalogueStore.open(path)
+    blocks = _export_blocks(store, path, complete_only)
+    schema = _arrow_schema(store, int(sum(b - a for a, b in blocks)))
+    if dataset:
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        part, rows_in_part, writer = 0, 0, None
+        for a, b in blocks:
+            if writer is None or rows_in_part >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                writer = pq.ParquetWriter(str(tmp / f"part-{part:05d}.parquet"), schema)
+                part, rows_in_part = part + 1, 0
+            writer.write_table(_arrow_batch(store, schema, a, b))
+            rows_in_part += b - a
+        if writer is not None:
+            writer.close()
+        (tmp / "_cinn4most_dataset").write_text(f"exported from {Path(path).resolve()}\n")
+        tmp.replace(out)
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    with pq.ParquetWriter(str(tmp), schema) as writer:
+        for a, b in blocks:
+            writer.write_table(_arrow_batch(store, schema, a, b))
+    tmp.replace(out)
     return out
 
 
+_FITS_FORMATS = {"float32": (">f4", "E"), "int32": (">i4", "J"), "int64": (">i8", "K"), "bool": ("S1", "L")}
+
+
 def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
-    """FITS: the catalogue table (TUNITn where FITS defines the unit, TCOMMn descriptions), a PROVENANCE table
-    (every run attribute, full length) and a FLAGS table (bit, name, threshold, description).
+    """FITS, streamed a shard at a time: the catalogue table (TUNITn where FITS defines the unit, TCOMMn
+    descriptions), a PROVENANCE table (every run attribute, full length) and a FLAGS table (bit, name,
+    threshold, description). Memory does not grow with the catalogue.
 
     ``dex`` is not a FITS unit (astropy would warn on every read), so dex columns carry no TUNIT and say
-    "[dex]" in their description; the header's DEXCOLS card lists them. Reads cleanly with
-    ``astropy.table.Table.read`` (descriptions and units kept).
+    "[dex]" in their description; a COMMENT card lists them. Reads cleanly with ``astropy.table.Table.read``
+    (units and descriptions kept: the header carries astropy's serialized column metadata).
     """
     from astropy.io import fits
     from astropy.table import Table
 
     out = check_export_target(out, "fits", overwrite)
-    table = read_table(path, complete_only)
-    meta = dict(table.meta)
-    table.meta.clear()
+    store = CatalogueStore.open(path)
+    blocks = _export_blocks(store, path, complete_only)
+    n_out = int(sum(b - a for a, b in blocks))
+    meta = provenance(store)
+    meta.update(rows_exported=n_out, rows_total=store.n_rows)
+    widths = {}
+    for name in store.columns:
+        if store.column_info(name)["dtype"] == "str":
+            longest = max((max((len(str(v).encode()) for v in store.read_rows(a, b, [name])[name]), default=0)
+                           for a, b in blocks), default=0)
+            widths[name] = max(1, longest)
+    # header: astropy writes a one-row model table (units, descriptions, its serialized column metadata)
+    model = Table()
     dex = []
-    for name in table.colnames:
-        if str(table[name].unit or "") == "dex":
-            table[name].unit = None
-            table[name].description = f"{table[name].description} [dex]"
+    dtypes = []
+    for name in store.columns:
+        info = store.column_info(name)
+        if info["dtype"] == "str":
+            model[name] = np.zeros(1, dtype=f"S{widths[name]}")
+            dtypes.append((name, f"S{widths[name]}"))
+        else:
+            model[name] = np.zeros(1, dtype=info["dtype"])
+            dtypes.append((name, _FITS_FORMATS[info["dtype"]][0]))
+        description = str(info["description"])
+        if info["unit"] == "dex":
+            description += " [dex]"
             dex.append(name)
-    table.meta["EXTNAME"] = "CATALOGUE"
-    table.meta["FORMAT"] = meta.get("format", "")
-    table.meta["BUNDLE"] = meta.get("bundle_sha256", "")
-    table.meta["NROWS"] = meta.get("rows_exported", len(table))
-    table.meta["COMMENT"] = ["Columns in dex (no FITS unit): " + ", ".join(dex),
-                             "Run provenance: PROVENANCE extension; flag bits: FLAGS extension"]
+        elif info["unit"]:
+            model[name].unit = info["unit"]
+        model[name].description = description
+    model.meta.update({"EXTNAME": "CATALOGUE", "FORMAT": meta.get("format", ""), "BUNDLE": meta.get(
+        "bundle_sha256", ""), "NROWS": n_out, "COMMENT": [
+        "Columns in dex (no FITS unit): " + ", ".join(dex),
+        "Run provenance: PROVENANCE extension; flag bits: FLAGS extension"]})
     for f in FLAGS:
-        table.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name
+        model.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name
+    tmp = out.with_name(out.name + ".partial")
+    model.write(str(tmp), format="fits", overwrite=True)
+    header = fits.getheader(tmp, 1)
+    header["NAXIS2"] = n_out
+    for i, name in enumerate(store.columns, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
+        header[f"TCOMM{i}"] = model[name].description or ""
+    row_dtype = np.dtype(dtypes)
+    with open(tmp, "wb") as fh:
+        fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        fh.write(header.tostring().encode("ascii"))
+        written = 0
+        for a, b in blocks:
+            values = store.read_rows(a, b)
+            rows = np.zeros(b - a, dtype=row_dtype)
+            for name in store.columns:
+                kind = store.column_info(name)["dtype"]
+                if kind == "bool":
+                    rows[name] = np.where(values[name], b"T", b"F")
+                elif kind == "str":
+                    rows[name] = [str(v).encode() for v in values[name]]
+                else:
+                    rows[name] = values[name]
+            fh.write(rows.tobytes())
+            written += rows.nbytes
+        fh.write(b"\0" * (-written % 2880))
     keys = sorted(meta)
-    provenance_hdu = fits.BinTableHDU(Table({"key": keys, "value": [str(meta[k]) for k in keys]}),
-                                      name="PROVENANCE")
+    fits.append(str(tmp), Table({"key": keys, "value": [str(meta[k]) for k in keys]}).as_array(),
+                fits.Header([("EXTNAME", "PROVENANCE")]))
     flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
                    "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
                    "description": [f.description for f in FLAGS]})
-    tmp = out.with_name(out.name + ".partial")
-    table.write(str(tmp), format="fits", overwrite=True)  # astropy keeps descriptions in its COMMENT block
-    with fits.open(tmp) as written:
-        catalogue_hdu = written[1].copy()
-    catalogue_hdu.name = "CATALOGUE"
-    for i, name in enumerate(table.colnames, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
-        catalogue_hdu.header[f"TCOMM{i}"] = table[name].description or ""
-    hdus = fits.HDUList([fits.PrimaryHDU(), catalogue_hdu, provenance_hdu, fits.BinTableHDU(flags, name="FLAGS")])
-    hdus.writeto(str(tmp), overwrite=True)
+    fits.append(str(tmp), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
     tmp.replace(out)
     return out

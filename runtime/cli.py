@@ -21,13 +21,24 @@ def _cmd_process(args: argparse.Namespace) -> int:
                              threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap)
     report = process_survey(args.survey, args.bundle, args.out, options, workers=args.workers,
                             scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, tls=_tls(args))
     for warning in report.warnings:
         print(f"runtime process: warning: {warning}", file=sys.stderr)
     print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
           f"already done; device {report.device} ({report.workers}); {report.seconds:.1f} s = "
           f"{report.spectra_per_second:.2f} spectra/s")
     return 0
+
+
+def _tls(args: argparse.Namespace):
+    from .pipeline import TLSFiles
+
+    given = [args.tls_ca_file, args.tls_cert, args.tls_key]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
+    return TLSFiles(*given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | tensorrt")
     p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process)")
-    p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler, e.g. tcp://host:8786")
+    p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler: tls://HOST:8786 (with the "
+                   "--tls-* files) or tcp://HOST:8786 (trusted networks only: it runs whatever it is sent)")
+    p.add_argument("--tls-ca-file", help="CA certificate that signed the scheduler's and workers' certificates")
+    p.add_argument("--tls-cert", help="this client's certificate (PEM)")
+    p.add_argument("--tls-key", help="this client's private key (PEM)")
     p.add_argument("--batch", type=int, default=16, help="spectra per ONNX call group (memory ~ batch x samples)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: 1 per Dask worker, "
                    "all cores in-process)")
-    p.add_argument("--chunk", type=int, help="catalogue rows per task (default: the survey's chunking)")
+    p.add_argument("--chunk", type=int, help="catalogue rows per task = per shard (default: about 4 tasks per "
+                   "worker, at most 16384; rounded up to a multiple of 1024 above 2048)")
     p.add_argument("--seed", type=int, default=0, help="posterior draws depend on (seed, source_id) only")
     p.add_argument("--bias-correction", action="store_true", help="add <param>_corr columns (paper Eq. B.1) "
                    "from the manifest's coefficients")

@@ -1,20 +1,25 @@
-"""``runtime process``: stream a Zarr survey through a model bundle into a catalogue, with Dask.
+"""``runtime process``: stream a survey through a model bundle into a catalogue, with Dask.
 
-Work is split into chunks of catalogue rows (by default the survey's own chunking along N). One task
-per chunk reads its rows of ``flux``, ``snr`` and ``source_id`` from the survey, samples the posterior
-of each valid spectrum (``runtime.sampler``), summarises it and writes the chunk's catalogue rows and
-then its done marker (``catalog.writers``). Only small bookkeeping travels through the scheduler;
-spectra never do, and no process ever holds the whole survey.
+Work is split into tasks of catalogue rows, one task per catalogue shard (``--chunk`` rows; by default about
+four tasks per worker, at most 16 384 rows). A task reads its survey rows 256 at a time through
+``runtime.survey`` (a Zarr survey or a simulated one), samples the posterior of each valid spectrum
+(``runtime.sampler``), summarises it, and writes its shard of each catalogue array once, whole, then its done
+marker (``catalog.writers``). Only small bookkeeping travels through the scheduler; spectra never do, and no
+process ever holds more than a shard's summaries and 256 spectra.
+
+A survey chunk that cannot be read or decoded never stops the run: its rows are flagged READ_FAILED, the
+catalogue's ``read_failures`` attribute names the chunk, and the other rows are exactly what a clean run gives.
 
 Execution: one worker in this process (``--workers 1``, no cluster), a ``dask.distributed``
-``LocalCluster`` of single-threaded worker processes (``--workers N``), or an existing cluster
-(``--scheduler tcp://HOST:8786``; workers started with ``dask worker tcp://HOST:8786 --nthreads 1``, or
-by dask-jobqueue on SLURM/PBS; input and output must be on a filesystem all workers see). Each worker
-builds its ONNX Runtime sessions once (a ``WorkerPlugin``), not per task.
+``LocalCluster`` of single-threaded worker processes (``--workers N``; its dashboard, if any, on 127.0.0.1
+only), or an existing cluster (``--scheduler tcp://HOST:8786`` or ``tls://`` with ``--tls-ca-file``,
+``--tls-cert``, ``--tls-key``; input and output must be on a filesystem all workers see). Each worker builds
+its ONNX Runtime sessions once (a ``WorkerPlugin``), not per task.
 
 Determinism: a spectrum's latent draws come from (seed, source_id) only, so the catalogue is the
 same whatever the chunk size or worker count. Resume: ``--resume`` reopens a catalogue made with the
-same bundle, seed, samples and input, and runs only the chunks not marked done.
+same bundle, seed, samples and survey *content* (its fingerprint, not its path), and runs only the shards
+not marked done.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import zarr
 from distributed import WorkerPlugin
 from tqdm.auto import tqdm
 
@@ -39,15 +43,18 @@ from catalog.schema import (
     Flag,
     catalogue_columns,
 )
-from catalog.writers import CATALOG_FORMAT, CatalogueStore
+from catalog.writers import CATALOG_FORMAT, CatalogueStore, shard_layout
 
 from .bundle import Bundle, BundleError, continuum_kind, load_bundle
-from .posterior import QUANTILES
+from .posterior import QUANTILES, summarize
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
+from .survey import SurveyReader, open_survey
 
-__all__ = ["ProcessOptions", "ProcessReport", "check_arguments", "process_chunk", "process_survey", "validate_flux"]
+__all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk", "process_survey",
+           "validate_flux"]
 
+READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
 
@@ -60,6 +67,24 @@ class ProcessOptions:
     threads: int = 0
     bias_correction: bool = False
     snr_cap: bool = False  # S/N above the trained range -> the trained maximum (flag SNR_CAPPED)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Files for a TLS connection to a Dask scheduler (``distributed.Security``): CA, client cert and key."""
+
+    ca_file: str
+    cert: str
+    key: str
+
+    def security(self):
+        from distributed import Security
+
+        for what, path in (("--tls-ca-file", self.ca_file), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{what} {path} not found")
+        return Security(tls_ca_file=self.ca_file, tls_client_cert=self.cert, tls_client_key=self.key,
+                        require_encryption=True)
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,8 @@ class ProcessReport:
     device: str
     workers: str
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # task seconds: read, network, summary, other, write
+    read_failures: list[str] = field(default_factory=list)
 
     @property
     def spectra_per_second(self) -> float:
@@ -126,61 +153,106 @@ class BundleSessions(WorkerPlugin):
         _posterior(*self.args)
 
 
-def process_chunk(k: int, ctx: RunContext) -> tuple:
-    """Run catalogue chunk k end to end (on a worker); returns (k, rows, seconds, device)."""
-    start_time = time.perf_counter()
+@dataclass
+class ChunkResult:
+    """What a task returns to the driver: small bookkeeping only."""
+
+    k: int
+    rows: int
+    seconds: float
+    device: str
+    timings: dict[str, float]  # read, network, summary, other, write [s]
+    failures: list[str]
+
+
+_READERS: dict[str, SurveyReader] = {}
+
+
+def _reader(path: str) -> SurveyReader:
+    if path not in _READERS:  # once per process (a simulated survey loads its grid once)
+        _READERS[path] = open_survey(path)
+    return _READERS[path]
+
+
+def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
+    """Run catalogue shard k end to end (on a worker), reading the survey ``READ_ROWS`` rows at a time."""
+    clock = time.perf_counter
+    start_time = clock()
+    timings = dict.fromkeys(("read", "network", "summary", "other", "write"), 0.0)
     options = ctx.options
     posterior = _posterior(ctx.bundle_path, options.device, options.threads, ctx.bundle_sha256)
     manifest = posterior.manifest
     store = CatalogueStore.open(ctx.output_path, mode="r+")
+    survey = _reader(ctx.input_path)
     start, stop = store.chunk_bounds(k)
-    survey = zarr.open_group(ctx.input_path, mode="r")
-    flux = survey["flux"][start:stop].astype(np.float32)
-    snr = survey["snr"][start:stop].astype(np.float64)
-    ids = survey["source_id"][start:stop].astype(np.int64)
     n, d = stop - start, manifest.n_params
-
-    flags = np.zeros(n, dtype=np.int32)
-    ok_flux = validate_flux(flux)
-    ok_snr = np.isfinite(snr) & (snr > 0)
-    flags[~ok_flux] |= Flag.INVALID_FLUX
-    flags[~ok_snr] |= Flag.INVALID_SNR
-    lo_snr, hi_snr = manifest.snr_range
-    snr_used = snr.copy()
-    if options.snr_cap:
-        capped = ok_snr & (snr > hi_snr)
-        snr_used[capped] = hi_snr
-        flags[capped] |= Flag.SNR_CAPPED
-    flags[ok_snr & ((snr_used < lo_snr) | (snr_used > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
-    if ctx.continuum_mismatch:
-        flags |= Flag.CONTINUUM_MISMATCH
-    ingest_flags = (survey["ingest_flags"][start:stop].astype(np.int32) if "ingest_flags" in survey
-                    else np.zeros(n, dtype=np.int32))
-    flags[ingest_flags != 0] |= Flag.INGEST_FLAGGED
-    usable = np.flatnonzero(ok_flux & ok_snr)
-
     maps = np.full((n, d), np.nan)
     quants = np.full((n, len(QUANTILES), d), np.nan)
     n_valid = np.zeros(n, dtype=np.int32)
     f_reject = np.full(n, np.nan)
-    for b in range(0, usable.size, options.batch):
-        rows = usable[b:b + options.batch]
-        summary = posterior.posterior(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows], options.seed,
-                                      options.samples)
-        maps[rows], quants[rows] = summary.map, summary.quantiles
-        n_valid[rows], f_reject[rows] = summary.n_valid, summary.f_reject
+    flags = np.zeros(n, dtype=np.int32)
+    snr_all = np.full(n, np.nan)
+    ids_all = np.full(n, -1, dtype=np.int64)
+    ingest_flags = np.zeros(n, dtype=np.int32)
+    extra: dict[str, list[np.ndarray]] = {name: [] for name in ctx.provenance}
+    failures: list[str] = []
+    lo_snr, hi_snr = manifest.snr_range
+    timings["other"] += clock() - start_time  # sessions, stores, reader
+    for a in range(start, stop, READ_ROWS):
+        t = clock()
+        block = survey.read_rows(a, min(a + READ_ROWS, stop))
+        timings["read"] += clock() - t
+        t = clock()
+        rows_here = slice(a - start, block.stop - start)
+        flux, snr, ids = block.flux, block.snr, block.source_id
+        failed = block.failed
+        failures += [message for _, _, message in block.failures]
+        f = np.zeros(flux.shape[0], dtype=np.int32)
+        ok_flux, ok_snr = validate_flux(flux), np.isfinite(snr) & (snr > 0)
+        f[~ok_flux & ~failed] |= Flag.INVALID_FLUX
+        f[~ok_snr & ~failed] |= Flag.INVALID_SNR
+        f[failed] |= Flag.READ_FAILED
+        snr_used = snr.copy()
+        if options.snr_cap:
+            capped = ok_snr & (snr > hi_snr)
+            snr_used[capped] = hi_snr
+            f[capped] |= Flag.SNR_CAPPED
+        f[ok_snr & ((snr_used < lo_snr) | (snr_used > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
+        if ctx.continuum_mismatch:
+            f |= Flag.CONTINUUM_MISMATCH
+        if "ingest_flags" in block.extra:
+            ingest = block.extra["ingest_flags"].astype(np.int32)
+            ingest_flags[rows_here] = ingest
+            f[ingest != 0] |= Flag.INGEST_FLAGGED
+        for name in ctx.provenance:
+            extra[name].append(block.extra[name])
+        flags[rows_here], snr_all[rows_here], ids_all[rows_here] = f, snr, ids
+        usable = np.flatnonzero(ok_flux & ok_snr & ~failed)
+        timings["other"] += clock() - t
+        for b in range(0, usable.size, options.batch):
+            rows = usable[b:b + options.batch]
+            t = clock()
+            samples, log_density = posterior.sample(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows],
+                                                    options.seed, options.samples)
+            timings["network"] += clock() - t
+            t = clock()
+            summary = summarize(samples, log_density, manifest.lower, manifest.upper)
+            out = rows + (a - start)
+            maps[out], quants[out] = summary.map, summary.quantiles
+            n_valid[out], f_reject[out] = summary.n_valid, summary.f_reject
+            timings["summary"] += clock() - t
 
-    processed = np.zeros(n, dtype=bool)
-    processed[usable] = True
+    t = clock()
+    processed = np.isfinite(f_reject)
     flags[processed & (f_reject > HIGH_REJECTION_FRACTION)] |= Flag.HIGH_REJECTION
     flags[processed & (n_valid == 0)] |= Flag.ALL_REJECTED
     if "fe_h" in manifest.names:
         feh = maps[:, manifest.names.index("fe_h")]
         flags[np.isfinite(feh) & (feh <= METAL_POOR_FEH)] |= Flag.METAL_POOR
 
-    values: dict[str, np.ndarray] = {"source_id": ids, "snr": snr.astype(np.float32)}
+    values: dict[str, np.ndarray] = {"source_id": ids_all, "snr": snr_all.astype(np.float32)}
     for name in ctx.provenance:
-        column = survey[name][start:stop]
+        column = np.concatenate(extra[name])
         values[name] = column if column.dtype.kind in "OTU" else column.astype(np.float32)
     for j, name in enumerate(manifest.names):
         values[name] = maps[:, j].astype(np.float32)
@@ -190,8 +262,11 @@ def process_chunk(k: int, ctx: RunContext) -> tuple:
         values[name + "_corr"] = corrected.astype(np.float32)
     values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, ingest_flags=ingest_flags, flags=flags,
                   flag_warn=flags != 0, flag_bad=(flags & int(BAD)) != 0)
+    timings["other"] += clock() - t
+    t = clock()
     store.write_chunk(k, values)
-    return k, n, time.perf_counter() - start_time, posterior.device
+    timings["write"] += clock() - t
+    return ChunkResult(k, n, clock() - start_time, posterior.device, timings, failures)
 
 
 def _bias_corrected(maps: np.ndarray, manifest, options: ProcessOptions) -> dict[str, np.ndarray]:
@@ -207,29 +282,26 @@ def _bias_corrected(maps: np.ndarray, manifest, options: ProcessOptions) -> dict
             for name, c in correction["coefficients"].items() if name in manifest.names}
 
 
-def _open_survey(path: Path, bundle: Bundle) -> tuple[zarr.Group, int, int]:
-    if not path.exists():
-        raise FileNotFoundError(f"survey {path} not found")
-    try:
-        survey = zarr.open_group(str(path), mode="r")
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable Zarr survey ({exc})") from None
-    missing = [k for k in ("flux", "snr", "source_id", "wavelength") if k not in survey]
-    if missing:
-        raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected the `spectra survey` layout")
-    n = survey["flux"].shape[0]
-    for key in ("snr", "source_id"):
-        if survey[key].shape != (n,):
-            raise ValueError(f"{path}/{key}: shape {survey[key].shape}, expected ({n},) to match flux")
-    bundle.check_wavelength(survey["wavelength"][:], f"{path}/wavelength")
-    ids = survey["source_id"][:]
-    if np.unique(ids).size != ids.size:
+def _open_survey(path: Path, bundle: Bundle) -> tuple[SurveyReader, list[str]]:
+    """The survey's reader, checked against the bundle's pixel grid; source ids unique. Unreadable source_id
+    chunks do not stop the run: they are returned as problems (their rows will be flagged READ_FAILED)."""
+    survey = open_survey(path)
+    bundle.check_wavelength(survey.wavelength, f"{path}/wavelength")
+    ids, problems = survey.source_ids()
+    known = ids[ids != -1]
+    if np.unique(known).size != known.size:
         raise ValueError(f"{path}/source_id: identifiers are not unique; results are keyed by (seed, source_id)")
-    return survey, n, int(survey["flux"].chunks[0])
+    return survey, problems
+
+
+def default_task_rows(n: int, workers: int) -> int:
+    """Rows per task (= per catalogue shard) when ``--chunk`` is not given: enough tasks to keep the workers
+    busy (about 4 each), at most 16 384 rows (a 4 M-row catalogue stays near 1 500 files), at least 256."""
+    return int(min(16_384, max(256, -(-n // (4 * max(workers, 1))))))
 
 
 def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
-                    chunk: int | None = None) -> None:
+                    chunk: int | None = None, tls: TLSFiles | None = None) -> None:
     """Refuse impossible settings before anything is created (one clear error each)."""
     if not isinstance(options.samples, int) or options.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {options.samples}")
@@ -243,9 +315,13 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
     if scheduler is not None and (not scheduler.startswith(_SCHEMES) or ":" not in scheduler.split("://", 1)[1]):
         raise ValueError(f"--scheduler {scheduler!r}: expected an address like tcp://HOST:8786")
+    if scheduler is not None and scheduler.startswith("tls://") and tls is None:
+        raise ValueError(f"--scheduler {scheduler}: a TLS scheduler needs --tls-ca-file, --tls-cert and --tls-key")
+    if tls is not None and (scheduler is None or not scheduler.startswith("tls://")):
+        raise ValueError("--tls-ca-file/--tls-cert/--tls-key go with a --scheduler tls://HOST:PORT")
 
 
-def survey_continuum(survey: zarr.Group) -> str:
+def survey_continuum(survey: SurveyReader) -> str:
     """``true`` or ``pseudo``: how the survey's spectra are normalised (recorded at ``spectra survey/ingest``)."""
     return continuum_kind(dict(survey.attrs))
 
@@ -253,17 +329,22 @@ def survey_continuum(survey: zarr.Group) -> str:
 def process_survey(input_path: str | Path, bundle_path: str | Path, output_path: str | Path,
                    options: ProcessOptions = ProcessOptions(), workers: int = 1, scheduler: str | None = None,
                    chunk: int | None = None, resume: bool = False, progress: bool = True,
-                   overwrite: bool = False) -> ProcessReport:
+                   overwrite: bool = False, tls: TLSFiles | None = None) -> ProcessReport:
     """Process a survey into a catalogue (see the module docstring).
 
     Everything that can be checked is checked before the catalogue is created (arguments, bundle files and
     manifest, survey layout, the scheduler connection); a start that fails after creating it removes it again.
     """
-    check_arguments(options, workers, scheduler, chunk)
+    check_arguments(options, workers, scheduler, chunk, tls)
     input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
     bundle = load_bundle(bundle_path)
-    survey, n, input_chunk = _open_survey(input_path, bundle)
-    chunk = chunk or input_chunk
+    survey, survey_problems = _open_survey(input_path, bundle)
+    n = survey.n
+    if chunk is None:
+        chunk = (int(CatalogueStore.open(output_path).chunk) if resume and output_path.exists()
+                 else default_task_rows(n, 1 if scheduler is None else 8) if workers == 1
+                 else default_task_rows(n, workers))
+    chunk = shard_layout(chunk)[0]
     device, _ = resolve_providers(options.device)
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
@@ -276,8 +357,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         warnings.append(f"{input_path} is {kind}-continuum normalised but the model was trained on "
                         f"{bundle.manifest.continuum}-continuum spectra: every row is flagged CONTINUUM_MISMATCH "
                         "(expect biases of ~-70 K in T_eff and -0.15 dex in [Fe/H]; README, Observed spectra)")
-    provenance = tuple(c.name for c in PROVENANCE_COLUMNS if c.name in survey)
-    identity = {"input": str(input_path), "bundle_sha256": bundle.sha256, "seed": options.seed,
+    provenance = tuple(c.name for c in PROVENANCE_COLUMNS if survey.has(c.name))
+    identity = {"survey_fingerprint": survey.fingerprint(), "bundle_sha256": bundle.sha256, "seed": options.seed,
                 "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected),
                 "snr_cap": options.snr_cap}
     ctx = RunContext(str(input_path), str(output_path), str(Path(bundle_path).resolve()), bundle.sha256,
@@ -285,7 +366,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     distributed = scheduler is not None or workers > 1
     if distributed:  # single-threaded workers: one ONNX Runtime thread each unless told otherwise
         ctx = replace(ctx, options=replace(options, threads=options.threads or 1))
-    runner = _DistributedRunner(workers, scheduler, ctx) if distributed else None  # connects before any output
+    runner = _DistributedRunner(workers, scheduler, ctx, tls) if distributed else None  # connects before any output
     created = False
     try:
         if output_path.exists():
@@ -298,7 +379,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
             columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance))
             created = True
             store = CatalogueStore.create(output_path, n, chunk, columns, {
-                **identity, "bundle": str(Path(bundle_path).resolve()),
+                **identity, "input": str(input_path), "bundle": str(Path(bundle_path).resolve()),
                 "software": f"cinn4most {_software_version()}", "device": device,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
@@ -319,18 +400,35 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     start = time.perf_counter()
     bar = tqdm(total=n, initial=n - sum(_rows(store, k) for k in todo), desc=f"process on {device}", unit="spec",
                unit_scale=True, smoothing=0.1, disable=not progress)
-    if runner is None:
-        where = "in-process"
-        for k in todo:
-            _, rows, _, _ = process_chunk(k, ctx)
-            bar.update(rows)
-    else:
-        try:
-            where = runner.run(todo, bar)
-        finally:
+    results: list[ChunkResult] = []
+
+    def finished(result: ChunkResult) -> None:
+        results.append(result)
+        bar.update(result.rows)
+
+    try:
+        if runner is None:
+            where = "in-process"
+            for k in todo:
+                finished(process_chunk(k, ctx))
+        else:
+            where = runner.run(todo, finished)
+    finally:
+        if runner is not None:
             runner.close()
+        _record_failures(store, results, survey_problems)
     bar.close()
-    return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings)
+    timings = {key: sum(r.timings[key] for r in results) for key in ("read", "network", "summary", "other", "write")}
+    return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings,
+                         timings, [m for r in results for m in r.failures])
+
+
+def _record_failures(store: CatalogueStore, results: list[ChunkResult], problems: list[str]) -> None:
+    """The driver (the only writer of the catalogue's attributes) notes unreadable survey chunks."""
+    messages = [m for r in results for m in r.failures] + problems
+    if messages:
+        earlier = list(store.attrs.get("read_failures", []))
+        store.root.attrs["read_failures"] = earlier + [m for m in messages if m not in earlier]
 
 
 def _software_version() -> str:
@@ -352,24 +450,25 @@ class _DistributedRunner:
     """A Dask client (own LocalCluster, or an existing scheduler), connected when made: a wrong address fails
     here, before the catalogue exists."""
 
-    def __init__(self, workers: int, scheduler: str | None, ctx: RunContext):
+    def __init__(self, workers: int, scheduler: str | None, ctx: RunContext, tls: TLSFiles | None = None):
         from dask.distributed import Client, LocalCluster
 
         self.cluster = None
         self.ctx = ctx
         if scheduler:
+            security = tls.security() if tls else None
             try:
-                self.client = Client(scheduler, timeout="10s")
+                self.client = Client(scheduler, timeout="10s", security=security)
             except (OSError, TimeoutError) as exc:
                 raise ValueError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
             self.where = f"scheduler {scheduler}"
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0")
+                                        host="127.0.0.1", dashboard_address=None)
             self.client = Client(self.cluster)
             self.where = f"LocalCluster of {workers} worker processes"
 
-    def run(self, todo: list[int], bar) -> str:
+    def run(self, todo: list[int], finished) -> str:
         from dask.distributed import as_completed
 
         options = self.ctx.options
@@ -377,8 +476,7 @@ class _DistributedRunner:
                                                    self.ctx.bundle_sha256))
         futures = [self.client.submit(process_chunk, k, self.ctx, pure=False) for k in todo]
         for future in as_completed(futures):
-            _, rows, _, _ = future.result()
-            bar.update(rows)
+            finished(future.result())
             future.release()
         return self.where
 

@@ -71,3 +71,22 @@ def test_damaged_file_is_rebuilt_from_the_journal(tmp_path):
         assert reader.done.all()
         np.testing.assert_allclose(reader.flux[2], 0.7, rtol=1e-6)
         assert reader.labels[2, 1] == 3.0
+
+
+def test_pack_and_unpack_keep_rows_labels_and_flux_to_float16(fake_grid, tmp_path):
+    from spectra.gridpack import pack_grid, unpack_grid
+    from spectra.gridstore import GridReader
+
+    shards = pack_grid(fake_grid, tmp_path / "packed", "fake", rows_per_shard=2)
+    assert [p.name for p in shards] == ["fake-0000.h5", "fake-0001.h5", "fake-0002.h5"]  # 5 finished rows
+    back = unpack_grid([tmp_path / "packed"], tmp_path / "back.h5")
+    with GridReader(fake_grid) as a, GridReader(back) as b:
+        np.testing.assert_array_equal(a.done, b.done)
+        rows = np.flatnonzero(a.done)
+        np.testing.assert_array_equal(a.labels[rows], b.labels[rows])
+        diff = np.abs(np.stack([a.flux[int(i), :] - b.flux[int(i), :] for i in rows]))
+        assert diff.max() <= 2.5e-4
+        assert b.attrs["seed"] == a.attrs["seed"] and "fake" in b.attrs["unpacked_from"]
+    (tmp_path / "packed" / "other-0000.h5").write_bytes(b"not ours")
+    with pytest.raises(OSError):
+        pack_grid(fake_grid, tmp_path / "packed", "other")

@@ -294,7 +294,7 @@ def test_all_failed_batch_and_missing_paths_exit_non_zero(tmp_path, capsys):
 def test_export_format_follows_suffix_and_unfinished_catalogues_are_refused(setup, tmp_path):
     _, _, bundle, survey = setup
     out = tmp_path / "c.zarr"
-    process_survey(survey, bundle, out, OPTIONS, progress=False)
+    process_survey(survey, bundle, out, OPTIONS, chunk=20, progress=False)
     fits_file = export_fits(out, tmp_path / "demo.fits")
     data = fits_file.read_bytes()
     with pytest.raises(ValueError, match=r"a parquet export needs a file name ending in .parquet"):
