@@ -110,7 +110,25 @@ class ZarrSurvey(SurveyReader):
     def has(self, name: str) -> bool:
         return name in self.root
 
+    def _missing_chunks(self, start: int, stop: int) -> list[int]:
+        """Flux chunks of rows [start, stop) whose file is absent from a local store (Zarr would silently return
+        the fill value for them)."""
+        flux = self.root["flux"]
+        base = Path(str(getattr(flux.store, "root", ""))) / flux.path
+        if not base.is_dir():
+            return []
+        encode = flux.metadata.chunk_key_encoding.encode_chunk_key
+        step = int((flux.shards or flux.chunks)[0])  # one file per shard, or per chunk without sharding
+        missing = []
+        for i in range(start // step, (stop - 1) // step + 1):
+            if not (base / encode((i, 0))).exists():
+                missing.append(i)
+        return missing
+
     def _read(self, start: int, stop: int) -> RowBlock:
+        missing = self._missing_chunks(start, stop)
+        if missing:
+            raise FileNotFoundError(f"flux chunk file(s) {missing} missing")
         extra = {name: self.root[name][start:stop] for name in self.extra}
         return RowBlock(start, stop, self.root["flux"][start:stop].astype(np.float32),
                         self.root["snr"][start:stop].astype(np.float64),

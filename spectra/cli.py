@@ -135,6 +135,15 @@ def _cmd_unpack_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulated import write_simulated_survey
+
+    out = write_simulated_survey(args.grid, args.n, args.snr, args.out, seed=args.seed, chunk=args.chunk,
+                                 overwrite=args.overwrite)
+    print(f"{out}: simulated survey of {args.n} spectra from {args.grid} (rows made when read)")
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_surveys
 
@@ -282,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
+
+    p = sub.add_parser("simulate", help="a survey of any size generated on the fly from a grid (a small .json file)")
+    p.add_argument("--grid", required=True, help="grid HDF5 file (its finished rows are the base spectra)")
+    p.add_argument("--n", type=int, required=True, help="number of spectra")
+    p.add_argument("--snr", default="paper", help="S/N per A: a value, a comma list, 'paper' or LOW-HIGH")
+    p.add_argument("--seed", type=int, default=0, help="row i depends on (seed, i) only")
+    p.add_argument("--chunk", type=int, default=4096, help="rows per reading chunk")
+    p.add_argument("--out", required=True, help="output .json description")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("pack-grid", help="compact float16 shards of a grid's finished rows (kept in the repository)")
     p.add_argument("grid", help="grid HDF5 file")
