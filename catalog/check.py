@@ -49,22 +49,23 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
         missing = np.flatnonzero(~done)
         problems.append(f"{missing.size} of {done.size} chunks not done (first: {missing[:5].tolist()}); "
                         "complete the run with `runtime process ... --resume`")
-    ids = store.column("source_id")
-    flags = store.column("flags")
+    params = [c for c in store.columns if c in ("teff", "logg", "fe_h")] or store.columns[2:3]
+    cols = store.read_columns(["source_id", "flags", "flag_bad", "flag_warn", *params])
+    ids = cols["source_id"]
+    flags = cols["flags"]
     gaps = np.flatnonzero((ids == -1) & ((flags & int(Flag.READ_FAILED)) == 0))
     if gaps.size:
         problems.append(f"{gaps.size} rows were never written (first rows: {gaps[:5].tolist()})")
     if np.unique(ids[ids != -1]).size != np.count_nonzero(ids != -1):
         problems.append("source_id values are not unique")
-    params = [c for c in store.columns if c in ("teff", "logg", "fe_h")] or store.columns[2:3]
     nan_rows = np.zeros(store.n_rows, dtype=bool)
     for name in params:
-        nan_rows |= ~np.isfinite(store.column(name))
+        nan_rows |= ~np.isfinite(cols[name])
     unexplained = nan_rows & ((flags & int(BAD)) == 0) & (ids != -1)
     if unexplained.any():
         problems.append(f"{unexplained.sum()} rows have NaN estimates without a bad-input or rejection flag")
-    if not np.array_equal(store.column("flag_bad"), (flags & int(BAD)) != 0) or \
-            not np.array_equal(store.column("flag_warn"), flags != 0):
+    if not np.array_equal(cols["flag_bad"], (flags & int(BAD)) != 0) or \
+            not np.array_equal(cols["flag_warn"], flags != 0):
         problems.append("flag_bad / flag_warn disagree with the flags bitmask")
     read_failed = (flags & int(Flag.READ_FAILED)) != 0
     if read_failed.any():
@@ -83,7 +84,7 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
             first = int(np.flatnonzero(survey_ids != ids)[0])
             problems.append(f"source ids differ from the survey's (first at row {first})")
     attrs = store.attrs
-    result.counts = {"rows": store.n_rows, "flag_bad": int(store.column("flag_bad").sum()),
-                     "flag_warn": int(store.column("flag_warn").sum())}
+    result.counts = {"rows": store.n_rows, "flag_bad": int(cols["flag_bad"].sum()),
+                     "flag_warn": int(cols["flag_warn"].sum())}
     result.counts.update({name: int(np.count_nonzero(flags & bit)) for name, bit in attrs["flag_bits"].items()})
     return result

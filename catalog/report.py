@@ -52,9 +52,11 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     params = _params(store)
     label = {p: axis_label(store, p) for p in params}
     # one column in memory at a time; plots use a fixed random subsample of at most PLOT_ROWS rows
-    good = ~store.column("flag_bad")
-    flags = store.column("flags")
-    f_reject = store.column("f_reject")
+    cols = store.read_columns(["flag_bad", "flags", "f_reject", *params, *(p + s for p in params
+                                                                           for s in ("_p16", "_p84"))])
+    good = ~cols.pop("flag_bad")
+    flags = cols.pop("flags")
+    f_reject = cols.pop("f_reject")
     sub = _subsample(store.n_rows)
     summary: dict = {"catalogue": str(Path(catalogue).resolve()), "rows": store.n_rows,
                      "usable": int(good.sum()), "flag_warn": int(np.count_nonzero(flags)),
@@ -64,11 +66,11 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     del flags
     widths = {}
     for p in params:
-        width = store.column(p + "_p84") - store.column(p + "_p16")
-        summary["params"][p] = {"median_map": _median(store.column(p)[good]),
-                                "median_width68": _median(width[good])}
+        width = cols.pop(p + "_p84") - cols.pop(p + "_p16")
+        summary["params"][p] = {"median_map": _median(cols[p][good]), "median_width68": _median(width[good])}
         widths[p] = width[sub][good[sub]]
-    plotted = {p: store.column(p)[sub] for p in ("teff", "logg", "fe_h", "mg_fe") if p in params}
+    maps = {p: cols.pop(p) for p in params}
+    plotted = {p: maps[p][sub] for p in ("teff", "logg", "fe_h", "mg_fe") if p in params}
     g = good[sub]
 
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -112,7 +114,7 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     plt.close(fig)
 
     if truth is not None:
-        summary["residuals"] = _residuals(store, params, good, sub, truth, out, label)
+        summary["residuals"] = _residuals(store, maps, params, good, sub, truth, out, label)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_render(summary, params))
     return summary
@@ -137,7 +139,8 @@ def _median(values: np.ndarray) -> float | None:
     return float(np.median(values)) if values.size else None
 
 
-def _residuals(store: CatalogueStore, params, good, sub, truth_path, out: Path, label: dict[str, str]) -> dict:
+def _residuals(store: CatalogueStore, maps: dict[str, np.ndarray], params, good, sub, truth_path, out: Path,
+               label: dict[str, str]) -> dict:
     """MAP - truth per parameter, against a synthetic survey's ``truth`` (read a column at a time)."""
     import zarr
 
@@ -152,7 +155,7 @@ def _residuals(store: CatalogueStore, params, good, sub, truth_path, out: Path, 
     fig, axes = plt.subplots(3, 5, figsize=(17, 9))
     for ax, p in zip(axes.flat, [p for p in params if p in names], strict=False):
         t = survey["truth"][:, names.index(p)]
-        r = store.column(p) - t
+        r = maps[p] - t
         ok = good & np.isfinite(r)
         result[p] = {"bias": float(np.mean(r[ok])), "sigma": float(np.std(r[ok])), "n": int(ok.sum())}
         shown = ok[sub]

@@ -175,8 +175,16 @@ class CatalogueStore:
         """One whole column (its block is read in pieces of a shard, so memory stays one column)."""
         if name not in self.meta:
             raise KeyError(f"{self.path}: no column {name!r}")
-        parts = [self.read_rows(a, b, [name])[name] for a, b in self.row_blocks()]
-        return np.concatenate(parts) if parts else np.empty(0)
+        return self.read_columns([name])[name]
+
+    def read_columns(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Whole columns ``names``, read in one pass over the shards (each stored block is decompressed once,
+        whatever the number of columns taken from it)."""
+        unknown = [n for n in names if n not in self.meta]
+        if unknown:
+            raise KeyError(f"{self.path}: no column(s) {', '.join(unknown)}")
+        parts = [self.read_rows(a, b, names) for a, b in self.row_blocks()]
+        return {n: np.concatenate([p[n] for p in parts]) if parts else np.empty(0) for n in names}
 
     def row_blocks(self, rows: int | None = None):
         """(start, stop) pairs covering the catalogue in blocks of ``rows`` (default: one shard)."""

@@ -9,8 +9,9 @@ writes a small JSON file instead::
 and :class:`SimulatedSurvey` (read through ``runtime.survey.open_survey``, the same interface as a Zarr
 survey) generates row i when it is read: ``source_id`` = i; from ``numpy.random.default_rng(SeedSequence(
 [seed, i]))`` it picks the base spectrum among the grid's finished rows, then the S/N (the fixed values in
-turn by ``i``, or a log-uniform draw) and adds the noise of ``spectra.degrade.add_noise`` (paper Eq. 1). A row
-therefore depends on (seed, source_id) only: any reader, chunking or worker count sees the same spectra.
+turn by ``i``, or a log-uniform draw) and adds Gaussian noise of ``spectra.degrade.noise_sigma`` (paper Eq. 1),
+drawn in float32 (half the cost of float64; a simulated survey is for scale, ``spectra survey`` for accuracy).
+A row therefore depends on (seed, source_id) only: any reader, chunking or worker count sees the same spectra.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from runtime.survey import SIMULATED_FORMAT, RowBlock, SurveyReader
 
-from .degrade import add_noise
+from .degrade import noise_sigma
 from .gridstore import GridReader
 from .survey import SnrSpec, parse_snr
 
@@ -96,7 +97,7 @@ class SimulatedSurvey(SurveyReader):
                 raise ValueError(f"{self.path}: the grid {self.grid_path} changed since the survey was described")
             with GridReader(self.grid_path) as grid:
                 rows = np.flatnonzero(grid.done)
-                flux = np.stack([grid.flux[int(i), :] for i in rows]).astype(np.float64)
+                flux = np.stack([grid.flux[int(i), :] for i in rows]).astype(np.float32)
                 _GRIDS[key] = (flux, grid.labels[rows], rows, grid.wavelength)
         return _GRIDS[key]
 
@@ -111,7 +112,9 @@ class SimulatedSurvey(SurveyReader):
         """(base index into the grid's finished rows, S/N per Å, noisy flux) of one row."""
         base, rng = self._base(source_id)
         snr = self.snr.draw(int(source_id) % self.snr.per_base, rng)
-        return base, snr, add_noise(self.flux[base], snr, self.pixel, rng)
+        clean = self.flux[base]
+        sigma = noise_sigma(clean, snr, self.pixel).astype(np.float32)
+        return base, snr, clean + sigma * rng.standard_normal(clean.size, dtype=np.float32)
 
     def read_rows(self, start: int, stop: int) -> RowBlock:
         if not 0 <= start <= stop <= self.n:
