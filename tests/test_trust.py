@@ -507,3 +507,18 @@ def test_merge_surveys_from_two_ingests(setup, tmp_path):
     assert str(merged["file"][2]).endswith("b.fits") and merged.attrs["continuum_kind"] == "pseudo"
     first = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
     np.testing.assert_array_equal(merged["flux"][:2], first["flux"][:])
+
+
+def test_report_axes_name_the_parameter_and_its_unit(setup, tmp_path):
+    from catalog.report import axis_label, make_report
+
+    _, _, bundle, survey = setup
+    out = tmp_path / "c.zarr"
+    process_survey(survey, bundle, out, OPTIONS, progress=False)
+    store = CatalogueStore.open(out)
+    assert axis_label(store, "teff") == "T_eff [K]" and axis_label(store, "fe_h") == "[Fe/H] [dex]"
+    assert axis_label(store, "vbroad_p16") == "v_broad [km/s]"
+    make_report(out, tmp_path / "r")
+    with pytest.raises(FileExistsError, match=r"--overwrite"):
+        make_report(out, tmp_path / "r")
+    make_report(out, tmp_path / "r", overwrite=True)
