@@ -307,8 +307,8 @@ def _open_survey(path: Path, bundle: Bundle) -> tuple[SurveyReader, list[str]]:
 
 def default_task_rows(n: int, workers: int) -> int:
     """Rows per task (= per catalogue shard) when ``--chunk`` is not given: enough tasks to keep the workers
-    busy (about 4 each), at most 16 384 rows (a 4 M-row catalogue stays near 1 500 files), at least 256."""
-    return int(min(16_384, max(256, -(-n // (4 * max(workers, 1))))))
+    busy (about 4 each), at most 16 384 rows (a 4 M-row catalogue stays near 1 500 files), at least 32."""
+    return int(min(16_384, max(32, -(-n // (4 * max(workers, 1))))))
 
 
 def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
