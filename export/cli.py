@@ -37,6 +37,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator import export_emulator
+
+    out = export_emulator(args.run, args.out, errors=args.errors, overwrite=args.overwrite)
+    print(f"{out}: emulator.onnx, wavelength.npy, emulator.json")
+    return 0
+
+
 def _cmd_bias_correction(args: argparse.Namespace) -> int:
     from runtime.bundle import store_bias_correction
 
@@ -63,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--samples", type=int, default=4096)
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("emulator", help="write a trained spectral emulator as ONNX + manifest")
+    p.add_argument("--run", required=True, help="emulator folder (training emulator-fit --out)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--errors", help="emulator_errors.json from `training emulator-evaluate`, recorded in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="replace an exported emulator in --out")
+    p.set_defaults(func=_cmd_emulator)
     p = sub.add_parser("bias-correction", help="store Eq. B.1 coefficients (catalog calibrate, or 'paper') in a bundle")
     p.add_argument("--bundle", required=True)
     p.add_argument("--coefficients", required=True, help="coefficients JSON from `catalog calibrate`, or 'paper'")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["INSTRUMENTS", "resolution_from_header"]
+__all__ = ["INSTRUMENTS", "Headers", "header_text", "resolution_from_header"]
 
 #: instrument name (normalised: upper case, no blanks or dashes) -> short description for messages
 INSTRUMENTS = {
@@ -60,16 +60,36 @@ _GIRAFFE = {"HR9B": 25_900.0, "HR10": 19_800.0, "HR11": 24_200.0, "HR12": 18_700
 _RESOLUTION_KEYS = ("SPEC_RES", "SPECRES", "RESOLUTION", "RESOLUT", "R")
 
 
-def _get(header, key: str):
-    """A header value by keyword; ESO ``HIERARCH`` keywords with or without the prefix."""
-    for candidate in (key, f"HIERARCH {key}") if not key.startswith("HIERARCH") else (key, key[9:]):
-        try:
-            value = header.get(candidate)
-        except (KeyError, ValueError):
-            value = None
+class Headers:
+    """FITS headers looked up in order (e.g. a table's, then the primary's), keeping ESO ``HIERARCH`` keywords
+    reachable with or without the prefix (merging headers into a dict loses the prefix)."""
+
+    def __init__(self, *headers):
+        self.headers = [h for h in headers if h is not None]
+
+    def get(self, key: str, default=None):
+        names = (key, f"HIERARCH {key}") if not key.startswith("HIERARCH ") else (key, key[len("HIERARCH "):])
+        for header in self.headers:
+            for name in names:
+                try:
+                    value = header.get(name)
+                except (KeyError, ValueError):
+                    value = None
+                if value not in (None, ""):
+                    return value
+        return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+
+def header_text(header, *keys: str) -> str:
+    """The first non-empty value among ``keys``, as stripped text ("" if none)."""
+    for key in keys:
+        value = header.get(key)
         if value not in (None, ""):
-            return value
-    return None
+            return str(value).strip()
+    return ""
 
 
 def _float(value) -> float | None:
@@ -80,29 +100,24 @@ def _float(value) -> float | None:
     return number if number == number and number > 0 else None  # NaN and sentinels out
 
 
-def _text(header, *keys: str) -> str:
-    for key in keys:
-        value = _get(header, key)
-        if value is not None:
-            return str(value).strip()
-    return ""
-
-
 def _slit(text: str) -> float | None:
     match = re.match(r"\s*([0-9]*\.?[0-9]+)", text or "")
     return _float(match.group(1)) if match else None
 
 
 def resolution_from_header(header, instrument: str = "") -> tuple[float | None, str]:
-    """(R, where it came from) for a FITS header (anything with ``.get``); (None, reason) when unknown."""
+    """(R, where it came from) for a FITS header; (None, reason) when unknown. ``header``: :class:`Headers` (or
+    an astropy ``Header``, which is wrapped so that ESO keys resolve with or without ``HIERARCH``)."""
+    if not isinstance(header, Headers):
+        header = Headers(header)
     for key in _RESOLUTION_KEYS:
-        r = _float(_get(header, key))
+        r = _float(header.get(key))
         if r is not None and r > 100:
             return r, f"header {key}"
-    name = (instrument or _text(header, "INSTRUME")).upper().replace(" ", "").replace("-", "").replace("_", "")
+    name = (instrument or header_text(header, "INSTRUME")).upper().replace(" ", "").replace("-", "").replace("_", "")
     if not name:
         return None, "no resolution keyword and no INSTRUME in the header"
-    mode = _text(header, "ESO INS MODE", "INSTMODE", "OBSMODE").upper()
+    mode = header_text(header, "ESO INS MODE", "INSTMODE", "OBSMODE").upper()
     if name.startswith("HARPSN") or name == "HARPN":
         return 115_000.0, "instrument table: HARPS-N"
     if name.startswith("HARPS"):
@@ -117,12 +132,12 @@ def resolution_from_header(header, instrument: str = "") -> tuple[float | None, 
     if name.startswith("FEROS"):
         return 48_000.0, "instrument table: FEROS"
     if name.startswith("UVES"):
-        slit = _float(_get(header, "ESO INS SLIT3 WID")) or _float(_get(header, "ESO INS SLIT2 WID"))
+        slit = _float(header.get("ESO INS SLIT3 WID")) or _float(header.get("ESO INS SLIT2 WID"))
         if slit is None:
             return None, "UVES without a slit width (ESO INS SLIT3 WID) or SPEC_RES"
         return 41_400.0 / slit, f"instrument table: UVES slit {slit:g} arcsec"
     if name.startswith(("GIRAFFE", "FLAMES")):
-        text = " ".join(_text(header, k) for k in ("ESO INS EXP MODE", "ESO INS FILT NAME", "SETUP", "SETTING"))
+        text = " ".join(header_text(header, k) for k in ("ESO INS EXP MODE", "ESO INS FILT NAME", "SETUP", "SETTING"))
         setting = next((s for s in sorted(_GIRAFFE, key=len, reverse=True) if s in text.upper().replace(" ", "")),
                        None)
         if setting is None:
@@ -140,7 +155,7 @@ def resolution_from_header(header, instrument: str = "") -> tuple[float | None, 
         return (81_000.0, "instrument table: ESPaDOnS star only") if star_only else (
             68_000.0, "instrument table: ESPaDOnS star+sky")
     if name.startswith("MIKE"):
-        slit = _slit(_text(header, "SLITSIZE", "SLIT"))
+        slit = _slit(header_text(header, "SLITSIZE", "SLIT"))
         if slit is None:
             return None, "MIKE without a slit size (SLITSIZE)"
         return 22_000.0 * 0.7 / slit, f"instrument table: MIKE red, slit {slit:g} arcsec"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .instruments import resolution_from_header
+from .instruments import Headers, header_text, resolution_from_header
 
 __all__ = [
     "FORMATS",
@@ -121,37 +121,6 @@ def _check_arrays(path, wave: np.ndarray, flux: np.ndarray, error: np.ndarray | 
     return wave, flux, error
 
 
-class Headers:
-    """FITS headers looked up in order (e.g. a table's, then the primary's), keeping ESO ``HIERARCH`` keywords
-    reachable with or without the prefix (merging headers into a dict loses the prefix)."""
-
-    def __init__(self, *headers):
-        self.headers = [h for h in headers if h is not None]
-
-    def get(self, key: str, default=None):
-        names = (key, f"HIERARCH {key}") if not key.startswith("HIERARCH ") else (key, key[len("HIERARCH "):])
-        for header in self.headers:
-            for name in names:
-                try:
-                    value = header.get(name)
-                except (KeyError, ValueError):
-                    value = None
-                if value not in (None, ""):
-                    return value
-        return default
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
-
-
-def _text(header, *keys: str) -> str:
-    for key in keys:
-        value = header.get(key)
-        if value not in (None, ""):
-            return str(value).strip()
-    return ""
-
-
 def _number(header, *keys: str) -> float | None:
     for key in keys:
         value = header.get(key)
@@ -171,7 +140,7 @@ def _iraf_unit(header) -> str:
     """The wavelength unit of IRAF's ``WAT1_001 = 'wtype=linear label=Wavelength units=Angstroms'``."""
     import re
 
-    match = re.search(r"units=(\S+)", _text(header, "WAT1_001"))
+    match = re.search(r"units=(\S+)", header_text(header, "WAT1_001"))
     return match.group(1) if match else ""
 
 
@@ -182,7 +151,7 @@ def _medium(header, ctype: str = "") -> tuple[str, bool]:
         return "air", True
     if ctype.startswith("WAVE"):
         return "vacuum", True
-    flag = _text(header, "AIRORVAC", "VACUUM", "WAVEMED", "MEDIUM").lower()
+    flag = header_text(header, "AIRORVAC", "VACUUM", "WAVEMED", "MEDIUM").lower()
     if flag.startswith("vac") or flag in ("t", "true"):
         return "vacuum", True
     if flag.startswith("air") or flag in ("f", "false"):
@@ -215,7 +184,7 @@ def detect_format(path: str | Path) -> str:
             for hdu in tables:
                 cols = {c.upper() for c in hdu.columns.names}
                 if "WAVE" in cols and "FLUX" in cols:
-                    if "ERR_FLUX" in cols and ("FIBINFO" in names or _text(primary, "INSTRUME").upper()
+                    if "ERR_FLUX" in cols and ("FIBINFO" in names or header_text(primary, "INSTRUME").upper()
                                                 .startswith("4MOST")):
                         return "4most-l1"
                     return "eso-phase3"
@@ -249,7 +218,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
         data = table.data
         if len(data) == 0:
             raise SpectrumReadError(path, "the spectrum table has no rows")
-        instrument = _text(header, *_INSTRUMENT_KEYS) or ("4MOST-HR" if fmt == "4most-l1" else "")
+        instrument = header_text(header, *_INSTRUMENT_KEYS) or ("4MOST-HR" if fmt == "4most-l1" else "")
         resolution, resolution_source = resolution_from_header(header, instrument)
         out = []
         for i, row in enumerate(data):
@@ -258,13 +227,13 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
             factor, inferred = _unit_factor(path, unit, wave, f"{what} column WAVE")
             error = np.asarray(row[err_col], dtype=float) if err_col else None
             wave, flux, error = _check_arrays(path, wave * factor, row[cols["FLUX"]], error, what)
-            name = _text(header, *_OBJECT_KEYS)
+            name = header_text(header, *_OBJECT_KEYS)
             meta = {"format": fmt, "row": i}
             if fibres is not None and i < len(fibres):
                 fib = {k.upper(): fibres[k][i] for k in fibres.columns.names}
                 name = str(fib.get("OBJ_NAME", fib.get("OBJECT", name))).strip()
                 meta.update({k.lower(): (v.item() if hasattr(v, "item") else str(v)) for k, v in fib.items()})
-            medium, stated = _medium(header, _text(header, "CTYPE1"))
+            medium, stated = _medium(header, header_text(header, "CTYPE1"))
             if "SPECSYS" in header:
                 meta["specsys"] = str(header["SPECSYS"])
             out.append(ObservedSpectrum(
@@ -282,11 +251,11 @@ def _wcs_wavelength(path: Path, header, n: int, wave_unit: str | None) -> tuple[
         raise SpectrumReadError(path, "1D FITS image without a wavelength WCS (CRVAL1 and CDELT1/CD1_1)")
     crpix = _number(header, "CRPIX1") or 1.0
     coord = crval + (np.arange(n) + 1.0 - crpix) * cdelt
-    ctype = _text(header, "CTYPE1").upper()
+    ctype = header_text(header, "CTYPE1").upper()
     log_sampled = ctype.endswith("-LOG") or header.get("DC-FLAG") == 1
     if log_sampled:
         coord = np.exp(coord) if ctype.endswith("-LOG") else 10.0 ** coord
-    unit = wave_unit or _text(header, "CUNIT1") or _iraf_unit(header) or (
+    unit = wave_unit or header_text(header, "CUNIT1") or _iraf_unit(header) or (
         "angstrom" if ctype.startswith("ANGSTROM") else "")
     factor, inferred = _unit_factor(path, unit, coord, "WCS axis 1")
     return coord * factor, inferred, "log-linear" if log_sampled else "linear"
@@ -307,14 +276,14 @@ def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
             if hdu.name.upper() in ("ERR", "ERROR", "SIGMA", "ERR_FLUX") and hdu.data is not None:
                 error = np.asarray(hdu.data, dtype=float)
         wave, flux, error = _check_arrays(path, wave, data, error, "primary HDU")
-        instrument = _text(header, *_INSTRUMENT_KEYS)
+        instrument = header_text(header, *_INSTRUMENT_KEYS)
         resolution, resolution_source = resolution_from_header(header, instrument)
-        medium, stated = _medium(header, _text(header, "CTYPE1"))
+        medium, stated = _medium(header, header_text(header, "CTYPE1"))
         return [ObservedSpectrum(
             wave=wave, flux=flux, error=error, source=str(path), medium=medium, medium_from_header=stated,
-            unit_inferred=inferred, object=_text(header, *_OBJECT_KEYS), instrument=instrument,
+            unit_inferred=inferred, object=header_text(header, *_OBJECT_KEYS), instrument=instrument,
             resolution=resolution, resolution_source=resolution_source, header_rv=None,
-            meta={"format": "fits-1d", "wcs": sampling, "bunit": _text(header, "BUNIT"),
+            meta={"format": "fits-1d", "wcs": sampling, "bunit": header_text(header, "BUNIT"),
                   "berv": _number(header, "ESO DRS BERV")})]
 
 

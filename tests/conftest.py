@@ -67,3 +67,23 @@ def labelled_grid(tmp_path: Path) -> Path:
             flux = np.clip(1.0 - a * base_a - b * base_b, 0.05, 1.0)
             writer.write_row(i, flux, row, "interpolated", 0.0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The `tiny` cINN trained for 2 epochs on the labelled grid, exported: (folder, grid, run, bundle).
+
+    Shared by the export, runtime, trust and scale tests (read-only: tests that alter a bundle copy it first).
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from dataclasses import replace
+
+    from export.onnx import export_bundle
+    from training.config import CONFIGS
+    from training.fit import fit
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    grid = labelled_grid.__wrapped__(tmp)
+    fit(grid, replace(CONFIGS["tiny"], epochs=2), tmp / "run", device="cpu", progress=False)
+    return tmp, grid, tmp / "run", export_bundle(tmp / "run", tmp / "bundle")

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,19 +18,13 @@ from export.onnx import export_bundle  # noqa: E402
 from export.verify import FP32_TOLERANCE, verify_bundle  # noqa: E402
 from runtime.bundle import FORMAT_VERSION, BundleError, hash_files, load_bundle  # noqa: E402
 from training.config import CONFIGS  # noqa: E402
-from training.fit import fit, save_untrained_run  # noqa: E402
+from training.fit import save_untrained_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_bundle):
     """A tiny model trained on a learnable fake grid, and its bundle."""
-    from conftest import labelled_grid
-
-    tmp = tmp_path_factory.mktemp("export")
-    grid = labelled_grid.__wrapped__(tmp)
-    run = tmp / "run"
-    fit(grid, replace(CONFIGS["tiny"], epochs=2), run, device="cpu", progress=False)
-    bundle = export_bundle(run, tmp / "bundle")
+    _, grid, run, bundle = tiny_bundle
     return grid, run, bundle
 
 

@@ -17,24 +17,17 @@ pytest.importorskip("onnxruntime")
 from catalog.check import check_catalogue
 from catalog.schema import Flag
 from catalog.writers import CatalogueStore, export_fits, export_parquet
-from export.onnx import export_bundle
 from runtime.pipeline import ProcessOptions, process_survey
 from spectra.survey import make_survey, parse_snr
-from training.config import CONFIGS
-from training.fit import fit
 
 OPTIONS = ProcessOptions(samples=256, seed=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from conftest import labelled_grid
-
-    tmp = tmp_path_factory.mktemp("runtime")
-    grid = labelled_grid.__wrapped__(tmp)
-    fit(grid, replace(CONFIGS["tiny"], epochs=2), tmp / "run", device="cpu", progress=False)
-    bundle = export_bundle(tmp / "run", tmp / "bundle")
-    survey = make_survey(grid, parse_snr("50,250"), tmp / "survey.zarr", seed=1, chunk=16, progress=False)
+def setup(tiny_bundle, tmp_path_factory):
+    tmp, grid, _, bundle = tiny_bundle
+    survey = make_survey(grid, parse_snr("50,250"), tmp_path_factory.mktemp("runtime") / "survey.zarr", seed=1,
+                         chunk=16, progress=False)
     return tmp, bundle, survey
 
 

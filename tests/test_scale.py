@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +16,22 @@ pytest.importorskip("onnxruntime")
 from catalog.check import check_catalogue
 from catalog.schema import Flag, catalogue_columns
 from catalog.writers import CatalogueStore, export_fits, export_parquet
-from export.onnx import export_bundle
 from runtime import cli as runtime_cli
 from runtime.bundle import load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.survey import open_survey
 from spectra import cli as spectra_cli
 from spectra.survey import make_survey, parse_snr
-from training.config import CONFIGS
-from training.fit import fit
 
 OPTIONS = ProcessOptions(samples=64, seed=5, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from conftest import labelled_grid
-
-    tmp = tmp_path_factory.mktemp("scale")
-    grid = labelled_grid.__wrapped__(tmp)
-    fit(grid, replace(CONFIGS["tiny"], epochs=1), tmp / "run", device="cpu", progress=False)
-    bundle = export_bundle(tmp / "run", tmp / "bundle")
-    survey = make_survey(grid, parse_snr("50,250"), tmp / "survey.zarr", seed=1, chunk=16, progress=False)
-    clean = tmp / "clean.zarr"
+def setup(tiny_bundle, tmp_path_factory):
+    tmp, grid, _, bundle = tiny_bundle
+    here = tmp_path_factory.mktemp("scale")
+    survey = make_survey(grid, parse_snr("50,250"), here / "survey.zarr", seed=1, chunk=16, progress=False)
+    clean = here / "clean.zarr"
     process_survey(survey, bundle, clean, OPTIONS, chunk=32, progress=False)
     return tmp, grid, bundle, survey, clean
 

@@ -34,8 +34,6 @@ from spectra.prepare import TRAINING_RESOLUTION, resample_to_grid  # noqa: E402
 from spectra.readers import read_spectra  # noqa: E402
 from spectra.survey import make_survey, parse_snr  # noqa: E402
 from spectra.wavegrid import hr_grid  # noqa: E402
-from training.config import CONFIGS  # noqa: E402
-from training.fit import fit  # noqa: E402
 
 from conftest import line_spectrum, shared_file  # noqa: E402
 
@@ -44,14 +42,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from conftest import labelled_grid
-
-    tmp = tmp_path_factory.mktemp("trust")
-    grid = labelled_grid.__wrapped__(tmp)
-    fit(grid, replace(CONFIGS["tiny"], epochs=1), tmp / "run", device="cpu", progress=False)
-    bundle = export_bundle(tmp / "run", tmp / "bundle")
-    survey = make_survey(grid, parse_snr("100"), tmp / "survey.zarr", seed=1, chunk=20, progress=False)
+def setup(tiny_bundle, tmp_path_factory):
+    tmp, grid, _, bundle = tiny_bundle
+    survey = make_survey(grid, parse_snr("100"), tmp_path_factory.mktemp("trust") / "survey.zarr", seed=1, chunk=20,
+                         progress=False)
     return tmp, grid, bundle, survey
 
 

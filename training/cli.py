@@ -73,6 +73,26 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_emulator_fit(args: argparse.Namespace) -> int:
+    from .emulator import EmulatorConfig, fit_emulator
+
+    config = EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    record = fit_emulator(args.grid, args.out, config, progress=not args.quiet)
+    print(f"{args.out}: emulator trained on {record['n_train']} spectra in {record['cpu_seconds']:.0f} s; "
+          f"validation rms (median) {100 * record['val_rms_median']:.3f} %")
+    return 0
+
+
+def _cmd_emulator_evaluate(args: argparse.Namespace) -> int:
+    from .emulator import evaluate_emulator
+
+    table = evaluate_emulator(args.run, args.grid, args.out)
+    print(f"{args.out}/emulator_errors.md: {table['n_spectra']} held-out spectra, per-pixel median "
+          f"{100 * table['pixel_abs_median']:.3f} %, per-spectrum rms median {100 * table['rms_median']:.3f} %")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_saliency)
+
+    p = sub.add_parser("emulator-fit", help="train a spectral emulator (labels -> unrotated HR spectrum)")
+    p.add_argument("--grid", required=True, nargs="+", help="unrotated grid file(s) (spectra grid --unrotated)")
+    p.add_argument("--out", required=True, help="emulator folder")
+    p.add_argument("--hidden", default="256,256,512", help="hidden layer widths")
+    p.add_argument("--steps", type=int, default=3000, help="Adam steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_emulator_fit)
+
+    p = sub.add_parser("emulator-evaluate", help="emulator errors on held-out PySME spectra (never trained on)")
+    p.add_argument("--run", required=True, help="emulator folder")
+    p.add_argument("--grid", required=True, nargs="+", help="held-out unrotated grid file(s)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=_cmd_emulator_evaluate)
 
     p = sub.add_parser("describe", help="build a config's model and print its size")
     p.add_argument("--config", default="paper")

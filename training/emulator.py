@@ -1,0 +1,222 @@
+"""Spectral emulator: stellar labels -> the normalised, unrotated 4MOST HR spectrum (The Payne-style network).
+
+PySME costs seconds per spectrum; an emulator trained on a few thousand PySME spectra makes new ones in
+microseconds, so a cINN can be trained on an unlimited stream of labels drawn from the prior (Ting et al. 2019;
+GALAH DR4 interpolates SME spectra the same way).
+
+* Inputs: every grid label except v_broad (:data:`EMULATOR_INPUTS`: T_eff, log g, [Fe/H], v_mic and the 21
+  [X/Fe]), in physical units. Each is transformed as in ``spectra.schema`` (log10 for T_eff) and scaled to
+  [-1, 1] by its training bounds inside the model.
+* Output: flux on the grid's pixels = the training set's mean spectrum + an MLP's correction.
+* v_broad is not the emulator's job: spectra are synthesised unrotated (``spectra grid --unrotated``) and
+  rotated afterwards by ``spectra.rotation.Rotator``, a convolution that commutes with the line-spread functions.
+
+Scaling and mean spectrum are buffers of the module, so the exported ONNX graph (``export emulator``) takes
+physical labels and needs nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from spectra import schema
+from spectra.gridstore import GridReader
+
+__all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "error_table", "evaluate_emulator",
+           "fit_emulator", "load_emulator", "load_unrotated"]
+
+EMULATOR_INPUTS: tuple[str, ...] = tuple(p.name for p in schema.ALL_LABELS if p.name != "vbroad")
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    hidden: tuple[int, ...] = (256, 256, 512)
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    seed: int = 0
+    log_every: int = 100
+
+
+class Emulator(nn.Module):
+    """Physical labels (B, len(EMULATOR_INPUTS)) -> flux (B, P)."""
+
+    def __init__(self, n_pixels: int, hidden: tuple[int, ...] = (256, 256, 512),
+                 mean_flux: np.ndarray | None = None):
+        super().__init__()
+        params = [schema.parameter(n) for n in EMULATOR_INPUTS]
+        lower = np.array([float(p.to_network(p.lower)) for p in params])
+        upper = np.array([float(p.to_network(p.upper)) for p in params])
+        self.register_buffer("centre", torch.tensor((lower + upper) / 2, dtype=torch.float32))
+        self.register_buffer("half_range", torch.tensor((upper - lower) / 2, dtype=torch.float32))
+        self.register_buffer("log10_mask", torch.tensor([p.transform == "log10" for p in params]))
+        mean = np.ones(n_pixels) if mean_flux is None else np.asarray(mean_flux, dtype=float)
+        self.register_buffer("mean_flux", torch.tensor(mean, dtype=torch.float32))
+        sizes = [len(EMULATOR_INPUTS), *hidden]
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(sizes[-1], n_pixels)
+        nn.init.zeros_(self.head.weight)  # start at the mean spectrum
+        nn.init.zeros_(self.head.bias)
+
+    def scale(self, labels: torch.Tensor) -> torch.Tensor:
+        x = torch.where(self.log10_mask, torch.log10(torch.clamp(labels, min=1e-6)), labels)
+        return (x - self.centre) / self.half_range
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.mean_flux + self.head(self.body(self.scale(labels)))
+
+
+def load_unrotated(paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """(labels (N, len(EMULATOR_INPUTS)), flux (N, P) float32, wavelength, provenance) of the finished rows of
+    unrotated grids (``spectra grid --unrotated``, or ``spectra unpack-grid`` of packed shards)."""
+    labels, fluxes, provenance, wave = [], [], [], None
+    for path in map(Path, paths):
+        with GridReader(path) as grid:
+            if grid.attrs.get("rotation") != "none":
+                raise ValueError(f"{path}: rotation = {grid.attrs.get('rotation')!r}; the emulator learns unrotated "
+                                 "spectra (make grids with `spectra grid --unrotated`)")
+            if wave is not None and not np.array_equal(wave, grid.wavelength):
+                raise ValueError(f"{path}: pixel grid differs from the first grid's")
+            wave = grid.wavelength
+            rows = np.flatnonzero(grid.done)
+            index = [grid.label_names.index(n) for n in EMULATOR_INPUTS]
+            labels.append(grid.labels[rows][:, index])
+            fluxes.append(np.stack([grid.flux[int(i), :] for i in rows]).astype(np.float32))
+            provenance.append({"path": str(path), "rows": int(rows.size), "seed": grid.attrs.get("seed"),
+                               "engine": grid.attrs.get("engine_version"), "prior": grid.attrs.get("prior")})
+    if not labels:
+        raise ValueError("no grids given")
+    return np.concatenate(labels), np.concatenate(fluxes), wave, provenance
+
+
+def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfig = EmulatorConfig(),
+                 progress: bool = True) -> dict:
+    """Train an emulator on ``grids`` into the folder ``out`` (``emulator.pt``, ``emulator.json``); returns the
+    record written to ``emulator.json`` (config, inputs, grids, held-out validation rms, history)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels, flux, wave, provenance = load_unrotated(grids)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(labels.shape[0])
+    n_val = max(1, round(config.val_fraction * labels.shape[0]))
+    val, train = order[:n_val], order[n_val:]
+    if train.size < 2:
+        raise ValueError(f"{labels.shape[0]} spectra are too few to train an emulator")
+    torch.manual_seed(config.seed)
+    model = Emulator(flux.shape[1], tuple(config.hidden), flux[train].mean(axis=0))
+    x_train, y_train = torch.from_numpy(labels[train]).float(), torch.from_numpy(flux[train])
+    x_val, y_val = torch.from_numpy(labels[val]).float(), torch.from_numpy(flux[val])
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
+    history, start = [], time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    for step in tqdm(range(config.steps), desc=f"emulator {out.name}", disable=not progress):
+        batch = torch.randint(0, train.size, (min(config.batch_size, train.size),), generator=generator)
+        loss = torch.mean((model(x_train[batch]) - y_train[batch]) ** 2)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            with torch.no_grad():
+                val_rms = torch.sqrt(torch.mean((model(x_val) - y_val) ** 2, dim=1))
+            history.append({"step": step + 1, "train_mse": float(loss), "val_rms_median": float(val_rms.median()),
+                            "seconds": round(time.perf_counter() - start, 1)})
+    torch.save({"model": model.state_dict(), "config": asdict(config), "n_pixels": flux.shape[1]},
+               out / "emulator.pt")
+    np.save(out / "wavelength.npy", wave)
+    record = {"inputs": list(EMULATOR_INPUTS), "units": [schema.parameter(n).unit for n in EMULATOR_INPUTS],
+              "bounds": [[schema.parameter(n).lower, schema.parameter(n).upper] for n in EMULATOR_INPUTS],
+              "rotation": "none (apply v_broad with spectra.rotation.Rotator)", "config": asdict(config),
+              "grids": provenance, "n_train": int(train.size), "n_val": int(val.size),
+              "val_rms_median": history[-1]["val_rms_median"], "cpu_seconds": round(time.perf_counter() - start, 1),
+              "parameters": int(sum(p.numel() for p in model.parameters())), "history": history}
+    (out / "emulator.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def load_emulator(run: str | Path) -> tuple[Emulator, dict, np.ndarray]:
+    """(model in eval mode, its ``emulator.json`` record, wavelength) of a trained emulator folder."""
+    run = Path(run)
+    path = run / "emulator.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run} an emulator folder (training emulator-fit --out)?")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = Emulator(int(state["n_pixels"]), tuple(state["config"]["hidden"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, json.loads((run / "emulator.json").read_text()), np.load(run / "wavelength.npy")
+
+
+def emulate(model: Emulator, labels: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Flux (N, P) for physical labels (N, len(EMULATOR_INPUTS)), in batches."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, labels.shape[0], batch):
+            out.append(model(torch.from_numpy(np.asarray(labels[start:start + batch], dtype=np.float32))).numpy())
+    return np.concatenate(out) if out else np.empty((0, model.mean_flux.numel()), dtype=np.float32)
+
+
+def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray) -> dict:
+    """Errors on held-out spectra: per-pixel |Δ| median and 99th percentile, per-spectrum rms (median, 95th
+    percentile, fraction <= 0.3 %), and the per-spectrum rms by T_eff, log g and [Fe/H] bins."""
+    delta = emulate(model, labels) - flux
+    rms = np.sqrt(np.mean(delta**2, axis=1))
+    names = list(EMULATOR_INPUTS)
+    teff, logg, feh = (labels[:, names.index(n)] for n in ("teff", "logg", "fe_h"))
+    bins = {}
+    for name, values, edges in (("teff", teff, [4000, 5000, 6000, 7000]), ("logg", logg, [1, 2.5, 3.5, 5]),
+                                ("fe_h", feh, [-5, -2, -1, 0.5])):
+        for lo, hi in itertools.pairwise(edges):
+            inside = (values >= lo) & (values <= hi)
+            if inside.any():
+                bins[f"{name} {lo:g}..{hi:g}"] = {"n": int(inside.sum()), "rms_median": float(np.median(rms[inside])),
+                                                  "rms_p95": float(np.percentile(rms[inside], 95))}
+    abs_delta = np.abs(delta)
+    return {"n_spectra": int(labels.shape[0]), "pixel_abs_median": float(np.median(abs_delta)),
+            "pixel_abs_p99": float(np.percentile(abs_delta, 99)), "rms_median": float(np.median(rms)),
+            "rms_p95": float(np.percentile(rms, 95)), "fraction_rms_le_0.3pct": float(np.mean(rms <= 3e-3)),
+            "bins": bins, "rms": rms.tolist()}
+
+
+def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | Path) -> dict:
+    """The error table of an emulator on held-out PySME grids, as ``emulator_errors.json`` and ``.md`` in ``out``
+    (a folder; existing reports are replaced, nothing else is touched)."""
+    model, record, wave = load_emulator(run)
+    labels, flux, test_wave, provenance = load_unrotated(test_grids)
+    if not np.array_equal(wave, test_wave):
+        raise ValueError("the test grid's pixels differ from the emulator's")
+    table = error_table(model, labels, flux)
+    table.update(emulator=str(Path(run).resolve()), test_grids=provenance, n_train=record["n_train"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "emulator_errors.json").write_text(json.dumps(table, indent=1))
+    lines = [f"# Emulator errors on {table['n_spectra']} held-out PySME spectra", "",
+             f"Emulator `{table['emulator']}` trained on {record['n_train']} spectra "
+             f"({', '.join(g['path'] for g in record['grids'])}); tested on "
+             f"{', '.join(g['path'] for g in provenance)}.", "",
+             "| per-pixel median abs | per-pixel 99th pct abs | per-spectrum rms median | rms 95th pct | "
+             "fraction with rms <= 0.3 % |", "|---|---|---|---|---|",
+             f"| {100 * table['pixel_abs_median']:.3f} % | {100 * table['pixel_abs_p99']:.3f} % | "
+             f"{100 * table['rms_median']:.3f} % | {100 * table['rms_p95']:.3f} % | "
+             f"{100 * table['fraction_rms_le_0.3pct']:.0f} % |", "", "| bin | spectra | rms median | rms 95th pct |",
+             "|---|---|---|---|"]
+    lines += [f"| {k} | {v['n']} | {100 * v['rms_median']:.3f} % | {100 * v['rms_p95']:.3f} % |"
+              for k, v in table["bins"].items()]
+    lines += ["", "Goal (issue 16): median <= 0.1 %, per-spectrum rms <= 0.3 % for 95 % of the stars.", ""]
+    (out / "emulator_errors.md").write_text("\n".join(lines))
+    return table
