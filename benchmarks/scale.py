@@ -78,6 +78,23 @@ def same_rows(a: Path, b: Path, rows: int) -> bool:
     return True
 
 
+def post_steps(cat: Path, sim: Path, work: Path) -> dict:
+    """`catalog check`, both exports and `catalog report` of one catalogue, each timed with its peak memory."""
+    py = sys.executable
+    entry = {"check": timed([py, "-m", "catalog", "check", "--catalog", str(cat), "--survey", str(sim)],
+                            work / "check.log")}
+    entry["check"]["ok"] = entry["check"]["exit"] == 0
+    for fmt, target in (("parquet", work / "cat.parquet"), ("fits", work / "cat.fits")):
+        if target.exists():
+            target.unlink()
+        entry[f"export_{fmt}"] = timed([py, "-m", "catalog", "export", "--catalog", str(cat), "--format", fmt,
+                                        "--out", str(target)], work / f"export_{fmt}.log")
+        entry[f"export_{fmt}"]["bytes"] = target.stat().st_size if target.exists() else None
+    entry["report"] = timed([py, "-m", "catalog", "report", "--catalog", str(cat), "--out", str(work / "report"),
+                             "--overwrite"], work / "report.log")
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", required=True, help="grid whose finished rows are the base spectra")
@@ -89,14 +106,29 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-at", type=float, default=0.3, help="fraction of shards done when SIGKILL is sent")
     parser.add_argument("--out", default="benchmarks/results/scale.md")
+    parser.add_argument("--post-only", action="store_true", help="keep the runs in --work and the .json; redo "
+                        "only check, exports and report of the largest catalogue")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    result: dict = {"machine": machine(), "grid": str(args.grid), "bundle": str(args.bundle),
+    result: dict = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]), "machine": machine(),
+                    "grid": str(args.grid), "bundle": str(args.bundle),
                     "samples": args.samples, "workers": args.workers, "sizes": {}, "uptime_before": os.getloadavg()}
 
     sizes = [int(s) for s in args.sizes.split(",") if s] + [args.n]
+    if args.render_only:
+        Path(args.out).write_text(render(json.loads(Path(args.out).with_suffix(".json").read_text()), args))
+        return 0
+    if args.post_only:
+        result = json.loads(Path(args.out).with_suffix(".json").read_text())
+        entry = result["sizes"][str(args.n)]
+        entry.update(post_steps(work / f"cat{args.n}.zarr", work / f"sim{args.n}.json", work))
+        result["post_steps_rerun"] = True
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
+        Path(args.out).write_text(render(result, args))
+        return 0
     for n in sizes:
         sim = work / f"sim{n}.json"
         subprocess.run([py, "-m", "spectra", "simulate", "--grid", args.grid, "--n", str(n), "--snr", "paper",
@@ -138,18 +170,7 @@ def main() -> int:
         entry["catalogue"] = {"files": files, "bytes": size, "shards": CatalogueStore.open(cat).n_chunks,
                               "rows_per_shard": CatalogueStore.open(cat).chunk}
         if n == args.n:
-            entry["check"] = timed([py, "-m", "catalog", "check", "--catalog", str(cat), "--survey", str(sim)],
-                                   work / "check.log")
-            entry["check"]["ok"] = entry["check"]["exit"] == 0
-            for fmt, target in (("parquet", work / "cat.parquet"), ("fits", work / "cat.fits")):
-                if target.exists():
-                    target.unlink()
-                entry[f"export_{fmt}"] = timed([py, "-m", "catalog", "export", "--catalog", str(cat), "--format",
-                                                fmt, "--out", str(target)], work / f"export_{fmt}.log")
-                entry[f"export_{fmt}"]["bytes"] = target.stat().st_size if target.exists() else None
-            report = work / "report"
-            entry["report"] = timed([py, "-m", "catalog", "report", "--catalog", str(cat), "--out", str(report),
-                                     "--overwrite"], work / "report.log")
+            entry.update(post_steps(cat, sim, work))
         result["sizes"][str(n)] = entry
         Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
         print(f"{n} rows done: {json.dumps(entry)[:300]}", flush=True)
@@ -166,8 +187,8 @@ def render(r: dict, args) -> str:
         f"**{r['samples']} posterior samples** per spectrum (the paper's 4096 would multiply the network time, "
         "not the overhead measured here); input: simulated surveys (`spectra simulate`: each row generated from "
         f"(seed, source_id) from the {Path(r['grid']).name} grid's 200 PySME spectra at the paper's 19 S/N values, "
-        "through the same reader interface as Zarr surveys). Command: `python benchmarks/scale.py "
-        + " ".join(sys.argv[1:]) + "`.",
+        "through the same reader interface as Zarr surveys). Command: `" + r.get("command", "") + "`. "
+        + r.get("setup", ""),
         "",
         "## Per-row cost by size (task seconds per row, summed over both workers)",
         "",
@@ -214,6 +235,21 @@ def render(r: dict, args) -> str:
         f"{big['export_fits']['peak_mb']:,.0f} | {(big['export_fits']['bytes'] or 0) / 1e9:.2f} GB |",
         f"| `catalog report` | {big['report']['wall_s']:,.0f} | {big['report']['peak_mb']:,.0f} | plots of a "
         "random 200 000 rows, statistics of all |",
+        "",
+        "## Reading the numbers",
+        "",
+        "- **Overhead per row stays flat**: 0.8–1.1 ms of task time outside the network from 10 k to 4 M rows; the "
+        "write cost per row does not grow with N (one shard per task, whole). The 10 k run carries the workers' "
+        "start (ONNX sessions, loading the grid) in 'validation, flags, bookkeeping'; the 1 M run shared the "
+        "cores with test runs of mine (niced), hence its higher read time.",
+        "- Most of the overhead is *making* the spectra: a simulated row is 25 200 Gaussian draws. Reading a Zarr "
+        "survey instead costs decompression; `runtime_checks.md` has that path.",
+        "- Exports stream a shard at a time, so their peak memory does not depend on N (≤ 250 MB here). "
+        "`catalog check` and `catalog report` hold only the columns they need (check: ids, flags and three MAPs; "
+        "report: each parameter's MAP and 68 % width, for exact medians), so theirs grows with N, to 0.5 and "
+        "1.0 GB at 4 M rows.",
+        "- At this model size and 16 samples the network is a fifth of the cost; at the paper's size and 4096 "
+        "samples it dominates (throughput.md), and the overhead measured here is what remains.",
         "",
     ]
     return "\n".join(lines)

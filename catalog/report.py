@@ -52,11 +52,7 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     params = _params(store)
     label = {p: axis_label(store, p) for p in params}
     # one column in memory at a time; plots use a fixed random subsample of at most PLOT_ROWS rows
-    cols = store.read_columns(["flag_bad", "flags", "f_reject", *params, *(p + s for p in params
-                                                                           for s in ("_p16", "_p84"))])
-    good = ~cols.pop("flag_bad")
-    flags = cols.pop("flags")
-    f_reject = cols.pop("f_reject")
+    good, flags, f_reject, maps, width_all = _report_columns(store, params)
     sub = _subsample(store.n_rows)
     summary: dict = {"catalogue": str(Path(catalogue).resolve()), "rows": store.n_rows,
                      "usable": int(good.sum()), "flag_warn": int(np.count_nonzero(flags)),
@@ -66,10 +62,9 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     del flags
     widths = {}
     for p in params:
-        width = cols.pop(p + "_p84") - cols.pop(p + "_p16")
-        summary["params"][p] = {"median_map": _median(cols[p][good]), "median_width68": _median(width[good])}
+        width = width_all.pop(p)
+        summary["params"][p] = {"median_map": _median(maps[p][good]), "median_width68": _median(width[good])}
         widths[p] = width[sub][good[sub]]
-    maps = {p: cols.pop(p) for p in params}
     plotted = {p: maps[p][sub] for p in ("teff", "logg", "fe_h", "mg_fe") if p in params}
     g = good[sub]
 
@@ -118,6 +113,25 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_render(summary, params))
     return summary
+
+
+def _report_columns(store: CatalogueStore, params: list[str]):
+    """One pass over the shards: good-row mask, flags, f_reject, and per parameter the MAP and the 68 % width
+    (float32), never the quantile columns of the whole catalogue at once."""
+    names = ["flag_bad", "flags", "f_reject", *params, *(p + q for p in params for q in ("_p16", "_p84"))]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("good", "flags", "f_reject", *params,
+                                                         *(p + "_w" for p in params))}
+    for a, b in store.row_blocks():
+        block = store.read_rows(a, b, names)
+        parts["good"].append(~block["flag_bad"])
+        parts["flags"].append(block["flags"])
+        parts["f_reject"].append(block["f_reject"])
+        for p in params:
+            parts[p].append(block[p])
+            parts[p + "_w"].append(block[p + "_p84"] - block[p + "_p16"])
+    joined = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
+    return (joined["good"], joined["flags"], joined["f_reject"], {p: joined[p] for p in params},
+            {p: joined[p + "_w"] for p in params})
 
 
 #: scatter plots and histograms show at most this many rows (a fixed random subsample; the report says so)

@@ -167,8 +167,8 @@ class CatalogueStore:
                 out[names[0]] = self.root[array][start:stop]
                 continue
             block = self.root[array][start:stop, :]
-            for name in names:
-                out[name] = block[:, self.meta[name]["index"]]
+            for name in names:  # copies: a view would keep the whole block alive
+                out[name] = np.ascontiguousarray(block[:, self.meta[name]["index"]])
         return {name: out[name] for name in wanted}
 
     def column(self, name: str) -> np.ndarray:
