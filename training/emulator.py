@@ -134,7 +134,8 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             with torch.no_grad():
                 val_rms = torch.sqrt(torch.mean((model(x_val) - y_val) ** 2, dim=1))
-            history.append({"step": step + 1, "train_mse": float(loss), "val_rms_median": float(val_rms.median()),
+            history.append({"step": step + 1, "train_mse": float(loss.detach()),
+                            "val_rms_median": float(val_rms.median()),
                             "seconds": round(time.perf_counter() - start, 1)})
     torch.save({"model": model.state_dict(), "config": asdict(config), "n_pixels": flux.shape[1]},
                out / "emulator.pt")
