@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catalog.outputs import claim_output
 from runtime.bundle import sha256_file
 from spectra import schema
 from spectra.wavegrid import wavelength_sha256
@@ -34,7 +33,6 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
         raise FileExistsError(f"{out} is a folder with other files in it; choose a new --out")
     if (out / "emulator.json").is_file() and not overwrite:
         raise FileExistsError(f"{out} holds an exported emulator; add --overwrite to replace it")
-    claim_output(out, "emulator folder", resume=True)
     out.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, len(EMULATOR_INPUTS))
     torch.onnx.export(model, (example,), str(out / "emulator.onnx"), input_names=["labels"], output_names=["flux"],

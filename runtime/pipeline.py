@@ -332,11 +332,6 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
         raise ValueError("--tls-ca-file/--tls-cert/--tls-key go with a --scheduler tls://HOST:PORT")
 
 
-def survey_continuum(survey: SurveyReader) -> str:
-    """``true`` or ``pseudo``: how the survey's spectra are normalised (recorded at ``spectra survey/ingest``)."""
-    return continuum_kind(dict(survey.attrs))
-
-
 def process_survey(input_path: str | Path, bundle_path: str | Path, output_path: str | Path,
                    options: ProcessOptions = ProcessOptions(), workers: int = 1, scheduler: str | None = None,
                    chunk: int | None = None, resume: bool = False, progress: bool = True,
@@ -363,7 +358,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         raise BundleError(f"{bundle_path}: --bias-correction requested but the manifest holds no coefficients")
     claim_output(output_path, "catalogue", (CATALOG_FORMAT,), overwrite=overwrite, resume=resume)
     warnings = []
-    kind = survey_continuum(survey)
+    kind = continuum_kind(dict(survey.attrs))  # true or pseudo, as `spectra survey/ingest` recorded it
     if kind != bundle.manifest.continuum:
         warnings.append(f"{input_path} is {kind}-continuum normalised but the model was trained on "
                         f"{bundle.manifest.continuum}-continuum spectra: every row is flagged CONTINUUM_MISMATCH "

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from catalog.outputs import claim_output
+from runtime.bundle import continuum_kind
 
 from .survey import SURVEY_FORMAT
 
@@ -33,13 +34,6 @@ def _open(path: Path) -> zarr.Group:
         raise ValueError(f"{path}: not a survey made by `spectra survey` or `spectra ingest` "
                          f"(format {root.attrs.get('format')!r})")
     return root
-
-
-def _continuum(root: zarr.Group) -> str:
-    kind = root.attrs.get("continuum_kind")
-    if kind:
-        return str(kind)
-    return "pseudo" if str(root.attrs.get("continuum", "")).startswith("pseudo") else "true"
 
 
 def _fill(dtype) -> object:
@@ -60,10 +54,11 @@ def merge_surveys(inputs: list[str | Path], out: str | Path, chunk: int = 256, o
     roots = [_open(p) for p in paths]
     first = roots[0]
     wave = first["wavelength"][:]
-    kinds = {_continuum(r) for r in roots}
+    conventions = [continuum_kind(dict(r.attrs)) for r in roots]
+    kinds = set(conventions)
     if len(kinds) > 1:
         raise ValueError("the surveys are normalised differently (" + ", ".join(
-            f"{p}: {_continuum(r)}" for p, r in zip(paths, roots, strict=True)) + "); a model expects one convention")
+            f"{p}: {c}" for p, c in zip(paths, conventions, strict=True)) + "); a model expects one convention")
     for path, root in zip(paths[1:], roots[1:], strict=True):
         other = root["wavelength"][:]
         if other.shape != wave.shape or np.max(np.abs(other - wave)) > 1e-6:

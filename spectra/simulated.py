@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.bundle import sha256_file
 from runtime.survey import SIMULATED_FORMAT, RowBlock, SurveyReader
 
 from .degrade import noise_sigma
@@ -31,14 +32,6 @@ from .survey import SnrSpec, parse_snr
 __all__ = ["SimulatedSurvey", "write_simulated_survey"]
 
 _GRIDS: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, seed: int = 0, chunk: int = 4096,
@@ -56,7 +49,7 @@ def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, 
         if not reader.done.any():
             raise ValueError(f"{grid}: the grid has no finished rows")
     claim_output(out, "simulated survey", overwrite=overwrite)
-    description = {"format": SIMULATED_FORMAT, "grid": str(grid), "grid_sha256": _file_sha256(grid), "n": int(n),
+    description = {"format": SIMULATED_FORMAT, "grid": str(grid), "grid_sha256": sha256_file(grid), "n": int(n),
                    "snr": spec.describe(), "seed": int(seed), "chunk": int(chunk),
                    "noise_model": "Gaussian, sigma_i = f_i / (S/N_A * sqrt(pixel_width_A)) (Ksoll+2026 Eq. 1)",
                    "continuum": "true continuum (synthesis)", "continuum_kind": "true"}
@@ -93,7 +86,7 @@ class SimulatedSurvey(SurveyReader):
     def _grid(self):
         key = str(self.grid_path)
         if key not in _GRIDS:  # once per process: the grid's finished rows in memory (small grids)
-            if _file_sha256(self.grid_path) != self.spec["grid_sha256"]:
+            if sha256_file(self.grid_path) != self.spec["grid_sha256"]:
                 raise ValueError(f"{self.path}: the grid {self.grid_path} changed since the survey was described")
             with GridReader(self.grid_path) as grid:
                 rows = np.flatnonzero(grid.done)
