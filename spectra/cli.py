@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid HDF5 file")
     p.add_argument("--out", required=True, help="folder for the shard files")
     p.add_argument("--name", required=True, help="shard file prefix, e.g. train-s7001")
-    p.add_argument("--rows-per-shard", type=int, default=500, help="rows per shard file")
+    p.add_argument("--rows-per-shard", type=int, default=250, help="rows per shard file (~4 MB each)")
     p.set_defaults(func=_cmd_pack_grid)
 
     p = sub.add_parser("unpack-grid", help="rebuild a grid file (float32) from packed shards")

@@ -2,7 +2,8 @@
 
 PySME costs seconds per spectrum, and nothing outside the repository survives a session, so every grid we
 synthesise is kept in the repository in this form and grown by later sessions. ``spectra pack-grid`` writes the
-finished rows of a grid (``spectra.gridstore`` layout) as shard files of at most ``rows_per_shard`` rows::
+finished rows of a grid (``spectra.gridstore`` layout) as shard files of at most ``rows_per_shard`` rows (250,
+about 4 MB: no single large binary in the repository)::
 
     <name>-0000.h5 ...   /flux (n, P) float16 (gzip 9 + shuffle, one row per chunk), /labels (n, K) float64,
                          /row (n,) index in the source grid, /atmosphere_method (n,), /synthesis_seconds (n,),
@@ -30,7 +31,7 @@ FLUX_PRECISION = "float16: |error| <= 2.4e-4 for flux <= 1 (median 1e-4)"
 _FORMAT = "cinn4most-gridpack/1"
 
 
-def pack_grid(grid_path: str | Path, out_dir: str | Path, name: str, rows_per_shard: int = 500) -> list[Path]:
+def pack_grid(grid_path: str | Path, out_dir: str | Path, name: str, rows_per_shard: int = 250) -> list[Path]:
     """Write the finished rows of ``grid_path`` as shards ``out_dir/<name>-NNNN.h5``; returns their paths.
 
     Re-packing the same grid rewrites its shards (they are ours: they carry ``format`` and ``packed_from``);
