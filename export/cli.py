@@ -1,6 +1,7 @@
 """``export``: turn a training run into a model bundle, and verify a bundle against its run.
 
-Subcommands: ``onnx``, ``verify``, ``bias-correction``. Errors become one line on stderr and exit status 2; a failed
+Subcommands: ``onnx``, ``quantize``, ``verify``, ``emulator``, ``bias-correction``. Errors become one line on
+stderr and exit status 2; a failed
 verification exits with status 1.
 """
 
@@ -10,6 +11,7 @@ import argparse
 import sys
 
 from catalog.cliargs import use_help_formatter
+from runtime.bundle import VARIANTS
 
 __all__ = ["main"]
 
@@ -18,20 +20,37 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     from .onnx import export_bundle
 
     correction = None if args.bias_correction == "none" else args.bias_correction
-    out = export_bundle(args.run, args.out, opset=args.opset, fp16=args.fp16, bias_correction=correction,
-                        overwrite=args.overwrite)
-    print(f"{out}: feature_extractor.onnx, inverse_flow.onnx, wavelength.npy, manifest.json"
-          + (" (+ fp16 graphs)" if args.fp16 else ""))
+    precisions = list(args.precision or []) + (["fp16"] if args.fp16 and "fp16" not in (args.precision or []) else [])
+    out = export_bundle(args.run, args.out, opset=args.opset, precisions=tuple(precisions),
+                        bias_correction=correction, overwrite=args.overwrite, grid=args.grid)
+    print(f"{out}: feature_extractor.onnx, inverse_flow.onnx, condition_projection.onnx, hoisted_flow.onnx, "
+          f"posterior_summary.onnx, wavelength.npy, manifest.json"
+          + "".join(f", hoisted_flow.{p}.onnx" for p in precisions))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .variants import quantize_bundle
+
+    variants = quantize_bundle(args.bundle, args.precision, grid=args.grid, n_spectra=args.spectra,
+                               overwrite=args.overwrite)
+    failed = [p for p in args.precision if not variants[p]["verification"]["passed"]]
+    if failed:
+        print(f"export quantize: {', '.join(failed)} above the tolerance: kept in the bundle with its measured "
+              "error, and `runtime process` refuses it unless --force-precision", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import FP32_TOLERANCE, verify_bundle
 
-    report = verify_bundle(args.bundle, args.run, n_samples=args.samples)
+    report = verify_bundle(args.bundle, args.run, n_samples=args.samples, grid=args.grid)
     print("\n".join(report.lines()))
     if not report.ok:
-        print(f"export verify: FAILED: worst fp32 error {report.worst:.2e} > {FP32_TOLERANCE:.0e}", file=sys.stderr)
+        print(f"export verify: FAILED: worst fp32 error {report.worst:.2e} (limit {FP32_TOLERANCE:.0e}); variants: "
+              + (", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}" for k, v in report.variants.items()) or "none"),
+              file=sys.stderr)
         return 1
     print(f"export verify: OK (worst fp32 error {report.worst:.2e} <= {FP32_TOLERANCE:.0e})")
     return 0
@@ -62,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
-    p.add_argument("--fp16", action="store_true", help="also write half-precision graphs (needs onnxconverter-common)")
+    p.add_argument("--precision", nargs="+", choices=VARIANTS,
+                   help="also write these verified reduced-precision variants of the flow (see `export quantize`)")
+    p.add_argument("--grid", help="grid of real spectra to verify the variants on (default: the run's grid)")
+    p.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)  # old spelling of --precision fp16
     p.add_argument("--bias-correction", default="paper",
                    help="'paper' (Table B.3, stored not applied), a coefficients JSON, or 'none'")
     p.set_defaults(func=_cmd_onnx)
@@ -70,7 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     p.add_argument("--run", required=True)
     p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--grid", help="grid of real spectra to re-measure precision variants on (default: training grid)")
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("quantize", help="add int8/fp16/bf16 variants of the flow to a bundle, verified against fp32")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--precision", nargs="+", required=True, choices=VARIANTS)
+    p.add_argument("--grid", help="grid of real spectra on the bundle's pixel grid (default: the training grid)")
+    p.add_argument("--spectra", type=int, default=24, help="grid spectra per S/N (250, 50, 20) to verify on")
+    p.add_argument("--overwrite", action="store_true", help="remake a variant the bundle already has")
+    p.set_defaults(func=_cmd_quantize)
     p = sub.add_parser("emulator", help="write a trained spectral emulator as ONNX + manifest")
     p.add_argument("--run", required=True, help="emulator folder (training emulator-fit --out)")
     p.add_argument("--out", required=True, help="output folder")

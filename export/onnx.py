@@ -1,10 +1,10 @@
 """Export a trained run to a model bundle (two ONNX graphs + wavelength grid + manifest).
 
 The graphs are traced from the PyTorch model with the TorchScript-based exporter (``dynamo=False``;
-FrEIA's reverse pass exports cleanly with it) at a chosen opset, with a dynamic batch axis. The
+FrEIA's reverse pass exports cleanly with it) at a chosen opset, with a dynamic batch axis: the two standard
+graphs, the hoisted pair (``export.hoisted``) and the posterior summary (``export.summary``). The
 manifest is written through ``runtime.bundle.write_manifest`` so the reader's validation applies.
-``--fp16`` also writes half-precision copies (``*.fp16.onnx``, fp32 inputs/outputs, Exp/Log/Atan and
-reductions kept in fp32) for GPUs; they are described in the manifest and verified separately.
+``--precision int8 fp16 bf16`` then adds verified reduced-precision variants (``export.variants``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from runtime.bundle import (
     FORMAT_VERSION,
     GRAPHS,
     HOISTED,
+    SUMMARY,
     bias_correction_from,
     hash_files,
     sha256_file,
@@ -32,6 +33,8 @@ from spectra.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
 from training.model import CINN
+
+from .summary import export_summary
 
 __all__ = ["DEFAULT_OPSET", "export_bundle"]
 
@@ -109,31 +112,17 @@ def export_hoisted(model: CINN, out: Path, opset: int) -> dict:
     }
 
 
-def export_fp16(out: Path) -> dict[str, str]:
-    try:
-        import onnx
-        from onnxconverter_common import float16
-    except ImportError:
-        raise ValueError("--fp16 needs the onnxconverter-common package (pip install onnxconverter-common)") from None
-    files = {}
-    for key, (filename, _, _) in GRAPHS.items():
-        graph = onnx.load(str(out / filename))
-        half = float16.convert_float_to_float16(graph, keep_io_types=True,
-                                                op_block_list=["Exp", "Log", "Atan", "ReduceSum", "Sum"])
-        target = filename.replace(".onnx", ".fp16.onnx")
-        onnx.save(half, str(out / target))
-        files[key] = target
-    return files
-
-
-def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                  bias_correction: str | None = "paper", overwrite: bool = False) -> Path:
+def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, precisions: tuple[str, ...] = (),
+                  bias_correction: str | None = "paper", overwrite: bool = False, grid: str | Path | None = None,
+                  log=print) -> Path:
     """Write the bundle for ``run`` into ``out``; returns ``out``.
 
     ``bias_correction``: ``"paper"`` stores Table B.3 of the paper (applied only on request at runtime),
     a path stores coefficients fitted with ``catalog calibrate``, None stores none. Parameters, bounds,
     transforms, S/N range and continuum convention are copied from the run's recorded schema, never from the
     live ``spectra.schema``. An existing bundle at ``out`` is replaced only with ``overwrite``.
+    ``precisions``: reduced-precision variants to add and verify (``export.variants``) on ``grid`` (default: the
+    run's training grid).
     """
     run, out = Path(run), Path(out)
     model, config, meta = load_run(run)
@@ -201,12 +190,13 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         },
     }
     manifest["extra_graphs"] = export_hoisted(model, out, opset)
-    if fp16:
-        manifest["extra_graphs"].update({f"{key}_fp16": {"file": f, "precision": "fp16 weights and arithmetic, "
-                                                        "fp32 inputs/outputs; Exp/Log/Atan/reductions in fp32"}
-                                         for key, f in export_fp16(out).items()})
+    manifest["extra_graphs"]["posterior_summary"] = export_summary(manifest, out / SUMMARY, opset)
     manifest["files"] = hash_files(out, manifest)
     write_manifest(out, manifest)
+    if precisions:
+        from .variants import quantize_bundle
+
+        quantize_bundle(out, list(precisions), grid=grid, log=log)
     return out
 
 

@@ -7,9 +7,12 @@ Checks, each on random inputs and on real (noisy) spectra of the training grid w
 * posterior MAPs: 4096 samples per spectrum through ``runtime.sampler`` (numpy + onnxruntime; the hoisted
   graphs when the bundle has them, as the runtime does) vs the
   same z through PyTorch, summarised by the same ``runtime.posterior.summarize``.
+* the summary graph (``posterior_summary.onnx``, used on GPUs) against the numpy summary on the same samples.
 Error measure: max over elements of |onnx - torch| / max(|torch|, 1) (relative for large values,
-absolute below 1, which is the scale of the standardised outputs). fp32 must reach <= 1e-4; the
-fp16 graphs, when present, are reported separately with their own figures.
+absolute below 1, which is the scale of the standardised outputs). fp32 must reach <= 1e-4.
+
+Every reduced-precision variant the bundle lists is measured again against fp32 on posteriors of real grid
+spectra (``export.variants.verify_variant``, in half-widths), and must be within its tolerance.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _err(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass
 class VerifyReport:
     errors: dict[str, float] = field(default_factory=dict)
-    fp16_errors: dict[str, float] = field(default_factory=dict)
+    variants: dict[str, dict] = field(default_factory=dict)
     graph_bytes: dict[str, int] = field(default_factory=dict)
     graph_nodes: dict[str, int] = field(default_factory=dict)
 
@@ -48,11 +51,13 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return self.worst <= FP32_TOLERANCE
+        return self.worst <= FP32_TOLERANCE and all(v["passed"] for v in self.variants.values())
 
     def lines(self) -> list[str]:
         out = [f"{k:<36s} {v:.2e}" for k, v in self.errors.items()]
-        out += [f"{k + ' (fp16)':<36s} {v:.2e}" for k, v in self.fp16_errors.items()]
+        out += [f"{name + ' variant':<36s} quantiles {v['quantile_error']:.4f}, MAP {v['map_error']:.4f} "
+                f"half-widths (tolerance {v['tolerance']}): {'ok' if v['passed'] else 'FAILED'}"
+                for name, v in self.variants.items()]
         out += [f"{k:<36s} {self.graph_bytes[k] / 1e6:.1f} MB, {self.graph_nodes[k]} nodes" for k in self.graph_bytes]
         return out
 
@@ -118,7 +123,8 @@ def _compare_graphs(model, posterior: OnnxPosterior, sets, rng, report_errors: d
             else 0.0
 
 
-def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 4096, seed: int = 0) -> VerifyReport:
+def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 4096, seed: int = 0,
+                  grid: str | Path | None = None) -> VerifyReport:
     """Compare the bundle with its run; see the module docstring. Does not raise on large errors."""
     import onnx
 
@@ -131,14 +137,26 @@ def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 409
     sets = _inputs(model, bundle, rng)
     report = VerifyReport()
     _compare_graphs(model, OnnxPosterior(bundle), sets, rng, report.errors, n_samples)
-    extra = bundle.manifest.raw.get("extra_graphs") or {}
-    if "feature_extractor_fp16" in extra and "inverse_flow_fp16" in extra:
-        half = OnnxPosterior(bundle, use_hoisted=False)
-        import onnxruntime as ort
+    if bundle.has_summary_graph:
+        flux, snr = sets.get("grid spectra", sets["random"])
+        ids = np.arange(flux.shape[0]) + 1
+        host = OnnxPosterior(bundle, summary="host").posterior(flux, snr, ids, seed, n_samples)
+        device = OnnxPosterior(bundle, summary="device").posterior(flux, snr, ids, seed, n_samples)
+        report.errors["summary graph quantiles"] = _err(np.nan_to_num(device.quantiles), np.nan_to_num(host.quantiles))
+        report.errors["summary graph MAP"] = _err(np.nan_to_num(device.map), np.nan_to_num(host.map))
+    variants = bundle.manifest.precisions
+    if variants:
+        from .variants import verify_variant
 
-        half.features_session = ort.InferenceSession(str(bundle.path / extra["feature_extractor_fp16"]["file"]))
-        half.flow_session = ort.InferenceSession(str(bundle.path / extra["inverse_flow_fp16"]["file"]))
-        _compare_graphs(model, half, sets, np.random.default_rng(seed), report.fp16_errors, n_samples)
+        grid_path = Path(grid) if grid else Path(bundle.manifest.raw["provenance"].get("grid", ""))
+        if not grid_path.is_file():
+            raise FileNotFoundError(f"{bundle_path} has {', '.join(variants)} variants; verifying them needs real "
+                                    f"spectra: give --grid (the training grid {str(grid_path)!r} is not here)")
+        for name, variant in variants.items():
+            check = verify_variant(bundle.path, name, bundle.path / variant["files"]["hoisted_flow"], grid_path)
+            errors = check["verification"]
+            errors["passed"] = max(errors["quantile_error"], errors["map_error"]) <= errors["tolerance"]
+            report.variants[name] = errors
     for key in ("feature_extractor", "inverse_flow"):
         path = bundle.graph_path(key)
         report.graph_bytes[key] = path.stat().st_size

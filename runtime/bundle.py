@@ -37,6 +37,9 @@ __all__ = [
     "FORMAT_VERSION",
     "GRAPHS",
     "HOISTED",
+    "SUMMARY",
+    "VARIANTS",
+    "VARIANT_TOLERANCE",
     "Bundle",
     "BundleError",
     "Manifest",
@@ -69,6 +72,12 @@ PAPER_BIAS_CORRECTION = {
 }
 #: optional faster graphs (``export.hoisted``): file names
 HOISTED = {"projection": "condition_projection.onnx", "flow": "hoisted_flow.onnx"}
+#: the posterior summary as a graph (``export.summary``), run on GPU providers
+SUMMARY = "posterior_summary.onnx"
+#: reduced-precision variants of the hoisted flow a bundle may carry (``export quantize``); fp32 is the reference
+VARIANTS = ("int8", "fp16", "bf16")
+#: largest accepted difference from fp32 of a variant's posterior quantiles, in units of the 68 % half-width
+VARIANT_TOLERANCE = 0.05
 _REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention", "n_features",
              "n_params", "graphs", "opset", "provenance", "files")
 #: suffixes of files that could hold a model or its data: such a file in a bundle must be listed in ``files``
@@ -151,6 +160,11 @@ class Manifest:
     def bias_correction(self) -> dict | None:
         return self.raw.get("bias_correction")
 
+    @property
+    def precisions(self) -> dict[str, dict]:
+        """Reduced-precision variants: {name: {files, verification, ...}} (fp32 is always there, not listed)."""
+        return dict(self.raw.get("precisions") or {})
+
     def to_physical(self, x: np.ndarray) -> np.ndarray:
         """Standardised network outputs (..., D) -> physical units."""
         net = np.asarray(x, dtype=float) * self.x_std + self.x_mean
@@ -169,6 +183,10 @@ class Bundle:
 
     def graph_path(self, key: str) -> Path:
         return self.path / GRAPHS[key][0]
+
+    @property
+    def has_summary_graph(self) -> bool:
+        return SUMMARY in self.manifest.raw.get("files", {})
 
     @property
     def has_hoisted(self) -> bool:
@@ -225,9 +243,11 @@ def store_bias_correction(bundle_path: str | Path, source: str | Path) -> dict:
 
 
 def listed_files(raw: dict) -> list[str]:
-    """Every file a manifest refers to: the graphs, the extra graphs and the pixel grid."""
+    """Every file a manifest refers to: the graphs, the extra graphs, the precision variants and the pixel grid."""
     names = [g["file"] for g in raw.get("graphs", {}).values()]
     names += [g["file"] for g in (raw.get("extra_graphs") or {}).values()]
+    names += [f for v in (raw.get("precisions") or {}).values() if isinstance(v, dict)
+              for f in (v.get("files") or {}).values()]
     names.append(raw.get("pixel_grid", {}).get("file", "wavelength.npy"))
     return names
 
@@ -348,6 +368,7 @@ def _validate(raw: dict, where: Path) -> None:
         if not isinstance(graph, dict):
             raise BundleError(f"{where}: extra_graphs.{key} must be an object")
         _plain_filename(graph.get("file"), where, f"extra_graphs.{key}.file")
+    _validate_precisions(raw.get("precisions"), where)
     files = raw["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{where}: files must map file name -> sha256")
@@ -367,6 +388,26 @@ def _validate(raw: dict, where: Path) -> None:
                 raise BundleError(f"{where}: bias_correction for {name!r}, which is not a parameter")
             if not isinstance(c, dict) or not all(_is_number(c.get(k)) for k in ("a", "b")):
                 raise BundleError(f"{where}: bias_correction.coefficients[{name!r}] needs finite numbers a and b")
+
+
+def _validate_precisions(precisions, where: Path) -> None:
+    """``precisions``: {name: {files: {graph key: file}, verification: {...} or null, ...}} (``export quantize``)."""
+    if precisions is None:
+        return
+    if not isinstance(precisions, dict):
+        raise BundleError(f"{where}: precisions must be an object")
+    for name, variant in precisions.items():
+        if name not in VARIANTS:
+            raise BundleError(f"{where}: precisions.{name}: unknown precision (known: {', '.join(VARIANTS)})")
+        if not isinstance(variant, dict) or not isinstance(variant.get("files"), dict) or not variant["files"]:
+            raise BundleError(f"{where}: precisions.{name}.files must map graph -> file")
+        for key, file in variant["files"].items():
+            _plain_filename(file, where, f"precisions.{name}.files.{key}")
+        check = variant.get("verification")
+        numbers = ("quantile_error", "map_error", "tolerance")
+        if check is not None and not (isinstance(check, dict) and all(_is_number(check.get(k)) for k in numbers)):
+            raise BundleError(f"{where}: precisions.{name}.verification needs finite quantile_error, map_error "
+                              "and tolerance")
 
 
 def _check_files(path: Path, raw: dict, where: Path) -> dict[str, str]:

@@ -1,0 +1,242 @@
+"""Reduced-precision variants of the hoisted flow, each verified against fp32 on real posteriors.
+
+``python -m export quantize --bundle B --precision int8 fp16 bf16 [--grid GRID]`` writes, next to the fp32
+``hoisted_flow.onnx``:
+
+* ``hoisted_flow.int8.onnx`` — for CPUs: ONNX Runtime's dynamic quantization with signed, per-channel int8
+  weights (``quantize_dynamic(weight_type=QInt8, per_channel=True)``); activations are quantized per call.
+  Unsigned or per-tensor weights are slower and, per-tensor signed, inaccurate (deployment notes).
+* ``hoisted_flow.fp16.onnx`` — for GPUs: fp16 weights and arithmetic (``onnxconverter-common``), fp32
+  inputs and outputs, with ``Exp``, ``Atan``, the log-Jacobian sums and the coupling arithmetic outside the
+  subnets kept in fp32.
+* ``hoisted_flow.bf16.onnx`` — for GPUs: every MatMul in bfloat16 (inputs and weights rounded to bf16, fp32
+  accumulation as on tensor cores, output rounded to bf16), everything else fp32. ONNX Runtime's CPU provider
+  has no bf16 MatMul, so it is verified through a numerically equivalent CPU graph (the same roundings as
+  Casts around an fp32 MatMul); the manifest says so.
+
+Verification (the manifest's ``precisions.<name>.verification``): posteriors of real grid spectra with noise at
+several S/N, 4096 samples, the same latent draws for fp32 and the variant; for every spectrum and parameter the
+differences of the five quantiles and of the MAP are divided by the fp32 posterior's 68 % half-width
+((p84 - p16) / 2). Recorded: the largest quantile difference, the median, and the MAP difference (95th
+percentile over spectra x parameters: the MAP is one sample out of 4096, and a variant's slightly different
+densities may pick a neighbouring sample of nearly equal density; the median quantile is the robust estimate).
+``runtime process`` refuses a variant above ``runtime.bundle.VARIANT_TOLERANCE`` unless forced.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from runtime.bundle import HOISTED, VARIANT_TOLERANCE, VARIANTS, hash_files, load_bundle, write_manifest
+
+__all__ = ["MAP_PERCENTILE", "make_variant", "quantize_bundle", "variant_errors", "verify_variant"]
+
+MAP_PERCENTILE = 95
+_FP16_KEEP = ["Exp", "Atan", "ReduceSum", "Sum", "Log", "Div", "Sub", "Mul", "Neg", "Concat", "Gather", "Split"]
+
+
+def _int8(src: Path, dst: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is for conv nets
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise ValueError("the fp16 variant needs onnxconverter-common (pip install 'cinn4most[fp16]')") from None
+    with warnings.catch_warnings():  # "number truncated to 1e-07": tiny weights flush to fp16's range, expected
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=_FP16_KEEP)
+    _float_outputs(half)
+    onnx.save(half, str(dst))
+
+
+def _float_outputs(model) -> None:
+    """Cast graph outputs left in fp16 back to fp32 (``keep_io_types`` misses outputs made by some op chains)."""
+    from onnx import TensorProto, helper
+
+    for output in model.graph.output:
+        if output.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        inner = f"{output.name}/fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == output.name else o for o in node.output]
+            node.input[:] = [inner if i == output.name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Cast", [inner], [output.name], to=TensorProto.FLOAT))
+        output.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def _bf16_bits(w: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even."""
+    u = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16(src: Path, dst: Path, emulate: bool = False) -> None:
+    """MatMuls with constant weights in bf16; ``emulate``: the same roundings around fp32 MatMuls (runs on CPU)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        a, w_name = node.input
+        weight = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        bits = _bf16_bits(weight)
+        tag = node.name or w_name
+        if emulate:
+            rounded = (bits.astype(np.uint32) << 16).view(np.float32).reshape(weight.shape)
+            inits[w_name].CopyFrom(numpy_helper.from_array(rounded, w_name))
+            nodes += [helper.make_node("Cast", [a], [f"{tag}/a_bf16"], to=TensorProto.BFLOAT16),
+                      helper.make_node("Cast", [f"{tag}/a_bf16"], [f"{tag}/a_r"], to=TensorProto.FLOAT),
+                      helper.make_node("MatMul", [f"{tag}/a_r", w_name], [f"{tag}/y"]),
+                      helper.make_node("Cast", [f"{tag}/y"], [f"{tag}/y_bf16"], to=TensorProto.BFLOAT16),
+                      helper.make_node("Cast", [f"{tag}/y_bf16"], [node.output[0]], to=TensorProto.FLOAT)]
+        else:
+            tensor = helper.make_tensor(w_name, TensorProto.BFLOAT16, weight.shape, bits.tobytes(), raw=True)
+            inits[w_name].CopyFrom(tensor)
+            nodes += [helper.make_node("Cast", [a], [f"{tag}/a_bf16"], to=TensorProto.BFLOAT16),
+                      helper.make_node("MatMul", [f"{tag}/a_bf16", w_name], [f"{tag}/y_bf16"]),
+                      helper.make_node("Cast", [f"{tag}/y_bf16"], [node.output[0]], to=TensorProto.FLOAT)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+
+
+def make_variant(precision: str, src: Path, dst: Path, emulate: bool = False) -> None:
+    """Write the ``precision`` variant of the fp32 graph ``src`` to ``dst``."""
+    if precision == "int8":
+        _int8(src, dst)
+    elif precision == "fp16":
+        _fp16(src, dst)
+    elif precision == "bf16":
+        _bf16(src, dst, emulate=emulate)
+    else:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(VARIANTS)})")
+
+
+def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], seed: int):
+    """Noisy real grid spectra at each S/N (first ``n_spectra`` finished rows), in the bundle's convention."""
+    from runtime.bundle import continuum_kind
+    from spectra.degrade import add_noise
+    from spectra.gridstore import GridReader
+
+    with GridReader(grid) as reader:
+        rows = np.flatnonzero(reader.done)[:n_spectra]
+        clean = reader.flux[rows, :].astype(float)
+        attrs = dict(reader.attrs)
+    if clean.shape[1] != bundle.manifest.n_pixels:
+        raise ValueError(f"{grid}: {clean.shape[1]} pixels, the bundle expects {bundle.manifest.n_pixels}")
+    rng = np.random.default_rng(seed)
+    width = bundle.manifest.raw["pixel_grid"]["pixel_width"]
+    flux = np.concatenate([add_noise(clean, np.full(len(rows), s), width, rng) for s in snrs])
+    if bundle.manifest.continuum == "pseudo" and continuum_kind(attrs) != "pseudo":
+        from spectra.continuum import normalise
+
+        flux = np.stack([normalise(bundle.wavelength, row) for row in flux])
+    snr = np.repeat(np.asarray(snrs, dtype=float), len(rows))
+    return flux.astype(np.float32), snr, len(rows)
+
+
+def variant_errors(bundle_path: Path, precision: str, graph: Path, grid: Path, n_spectra: int = 24,
+                   snrs: tuple[float, ...] = (250.0, 50.0, 20.0), n_samples: int = 4096, seed: int = 0) -> dict:
+    """Posterior differences of ``graph`` (a variant of the bundle's hoisted flow) against fp32, in half-widths."""
+    from runtime.sampler import OnnxPosterior
+
+    bundle = load_bundle(bundle_path, check_graphs=False)
+    flux, snr, n_rows = _test_spectra(bundle, grid, n_spectra, snrs, seed)
+    ids = np.arange(flux.shape[0]) + 1
+    reference = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, seed, n_samples)
+    candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph)
+    other = candidate.posterior(flux, snr, ids, seed, n_samples)
+    q = reference.quantiles
+    half = 0.5 * (q[:, 3] - q[:, 1])  # (p84 - p16) / 2, shape (N, D)
+    ok = np.isfinite(half) & (half > 0) & np.isfinite(other.quantiles).all(axis=1)
+    dq = np.abs(other.quantiles - q) / np.where(ok, half, np.nan)[:, None, :]
+    dmap = np.abs(other.map - reference.map) / np.where(ok, half, np.nan)
+    dq, dmap = dq[np.isfinite(dq)], dmap[np.isfinite(dmap)]
+    if dq.size == 0:
+        raise ValueError(f"{grid}: no spectrum gave a usable fp32 posterior to compare against")
+    return {"quantile_error": float(dq.max()), "quantile_error_median": float(np.median(dq)),
+            "map_error": float(np.percentile(dmap, MAP_PERCENTILE)), "map_error_max": float(dmap.max()),
+            "map_error_median": float(np.median(dmap)), "tolerance": VARIANT_TOLERANCE,
+            "unit": "fraction of the fp32 posterior's 68 % half-width", "spectra": int(n_rows),
+            "snr": list(snrs), "samples": n_samples, "grid": str(grid), "provider": "CPUExecutionProvider",
+            "map_statistic": f"{MAP_PERCENTILE}th percentile over spectra x parameters"}
+
+
+def verify_variant(bundle_path: Path, precision: str, graph: Path, grid: Path, n_spectra: int = 24) -> dict:
+    """{"verification": errors[, "verified_by": how]} of the variant file ``graph`` against the bundle's fp32 flow.
+    bf16 is checked through its CPU emulation (same roundings), made from the fp32 graph in a temporary folder."""
+    if precision != "bf16":
+        return {"verification": variant_errors(bundle_path, precision, graph, grid, n_spectra=n_spectra)}
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        emulated = tmp / "bf16_emulated.onnx"
+        make_variant("bf16", bundle_path / HOISTED["flow"], emulated, emulate=True)
+        return {"verification": variant_errors(bundle_path, precision, emulated, grid, n_spectra=n_spectra),
+                "verified_by": "CPU graph with the same bf16 roundings (MatMul inputs, weights and outputs) around "
+                               "fp32 MatMuls; ONNX Runtime's CPU provider has no bf16 MatMul"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def quantize_bundle(bundle_path: str | Path, precisions: list[str], grid: str | Path | None = None,
+                    n_spectra: int = 24, overwrite: bool = False, log=print) -> dict:
+    """Add verified ``precisions`` variants to a bundle (see the module docstring); returns the manifest entry."""
+    bundle_path = Path(bundle_path)
+    bundle = load_bundle(bundle_path, check_graphs=False)
+    raw = dict(bundle.manifest.raw)
+    if not bundle.has_hoisted:
+        raise ValueError(f"{bundle_path}: no hoisted flow graph to quantize; re-export the bundle")
+    grid = Path(grid) if grid else Path(raw["provenance"].get("grid", ""))
+    if not grid.is_file():
+        raise FileNotFoundError(f"real spectra are needed to verify the variants: the training grid "
+                                f"{str(grid)!r} is not here; give --grid GRID (a spectra grid on the bundle's "
+                                "pixel grid)")
+    variants = dict(raw.get("precisions") or {})
+    source = bundle_path / HOISTED["flow"]
+    for precision in precisions:
+        target = bundle_path / HOISTED["flow"].replace(".onnx", f".{precision}.onnx")
+        if precision in variants and not overwrite:
+            raise FileExistsError(f"{bundle_path}: already has a {precision} variant; add --overwrite to remake it")
+        if target.exists() and precision not in variants:
+            raise FileExistsError(f"{target} exists and is not a variant this bundle lists; remove it first")
+        entry = {"files": {"hoisted_flow": target.name}, "for": "cpu" if precision == "int8" else "cuda, tensorrt"}
+        staging = Path(tempfile.mkdtemp())
+        try:  # made and verified outside the bundle, which holds only listed files
+            made = staging / target.name
+            make_variant(precision, source, made)
+            log(f"{precision}: verifying against fp32 on {grid.name} ...")
+            entry.update(verify_variant(bundle_path, precision, made, grid, n_spectra))
+            shutil.move(made, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        check = entry["verification"]
+        passed = max(check["quantile_error"], check["map_error"]) <= check["tolerance"]
+        check["passed"] = passed
+        log(f"{precision}: quantiles differ from fp32 by at most {check['quantile_error']:.4f} half-widths "
+            f"(median {check['quantile_error_median']:.4f}), MAP {check['map_error']:.4f} "
+            f"({check['map_statistic']}): {'within' if passed else 'ABOVE'} the tolerance {check['tolerance']}")
+        variants[precision] = entry
+        raw["precisions"] = variants  # listed at once: the bundle is consistent after every variant
+        raw["files"] = hash_files(bundle_path, raw)
+        write_manifest(bundle_path, raw)
+    return variants
