@@ -11,6 +11,10 @@ import sys
 
 from catalog.cliargs import HelpFormatter, add_option, check_required, use_help_formatter
 
+from .precision import PRECISIONS
+from .sampler import SUMMARY_MODES
+from .sessions import DEVICES
+
 __all__ = ["main"]
 
 
@@ -18,14 +22,17 @@ def _cmd_process(args: argparse.Namespace) -> int:
     from .pipeline import ProcessOptions, process_survey
 
     options = ProcessOptions(samples=args.samples, seed=args.seed, batch=args.batch, device=args.device,
-                             threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap)
+                             threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap,
+                             precision=args.precision, force_precision=args.force_precision, summary=args.summary,
+                             cuda_graph=args.cuda_graph)
     report = process_survey(args.survey, args.bundle, args.out, options, workers=args.workers,
                             scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet,
                             overwrite=args.overwrite, tls=_tls(args))
     for warning in report.warnings:
         print(f"runtime process: warning: {warning}", file=sys.stderr)
     print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
-          f"already done; device {report.device} ({report.workers}); {report.seconds:.1f} s = "
+          f"already done; device {report.device}, precision {report.precision} ({report.workers}); "
+          f"{report.seconds:.1f} s = "
           f"{report.spectra_per_second:.2f} spectra/s")
     return 0
 
@@ -50,7 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(p, "--bundle", "--model", required=True, help="model bundle folder (export onnx)")
     add_option(p, "--out", "--output", required=True, help="catalogue Zarr to write")
     p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | tensorrt")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="execution provider (auto: CUDA if present)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="flow precision: auto = the bundle's verified int8 variant on CPUs, fp16 on GPUs, else fp32 "
+                   "(the catalogue records which ran)")
+    p.add_argument("--force-precision", action="store_true",
+                   help="run a --precision variant even if its recorded error against fp32 exceeds the tolerance")
+    p.add_argument("--summary", default="auto", choices=SUMMARY_MODES,
+                   help="where rejection, MAP and quantiles are computed: device (the bundle's summary graph), host "
+                   "(numpy), auto (device on GPUs, host on CPUs where numpy is faster)")
+    p.add_argument("--cuda-graph", action="store_true", help="CUDA: capture the flow once as a CUDA graph and "
+                   "replay it (every call padded to --batch spectra)")
     p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process)")
     p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler: tls://HOST:8786 (with the "
                    "--tls-* files) or tcp://HOST:8786 (trusted networks only: it runs whatever it is sent)")

@@ -47,6 +47,7 @@ from catalog.writers import CATALOG_FORMAT, CatalogueStore, shard_layout
 
 from .bundle import Bundle, BundleError, continuum_kind, load_bundle
 from .posterior import QUANTILES, summarize
+from .precision import choose_precision, variant_file
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
 from .survey import SurveyReader, open_survey
@@ -54,6 +55,8 @@ from .survey import SurveyReader, open_survey
 __all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk", "process_survey",
            "validate_flux"]
 
+#: resume-identity attributes that catalogues from before they existed lack, with the value they implied
+_IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32"}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
@@ -67,6 +70,10 @@ class ProcessOptions:
     threads: int = 0
     bias_correction: bool = False
     snr_cap: bool = False  # S/N above the trained range -> the trained maximum (flag SNR_CAPPED)
+    precision: str = "auto"  # runtime.precision: auto | fp32 | int8 | fp16 | bf16 (the driver makes it concrete)
+    force_precision: bool = False  # run a variant whose recorded error is above the tolerance
+    summary: str = "auto"  # where rejection/MAP/quantiles run: auto (device graph on GPUs), device, host
+    cuda_graph: bool = False  # CUDA provider: capture and replay CUDA graphs (calls padded to --batch spectra)
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class ProcessReport:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # task seconds: read, network, summary, other, write
     read_failures: list[str] = field(default_factory=list)
+    precision: str = "fp32"
 
     @property
     def spectra_per_second(self) -> float:
@@ -142,13 +150,17 @@ def validate_flux(flux: np.ndarray) -> np.ndarray:
 _SESSIONS: dict[tuple, OnnxPosterior] = {}
 
 
-def _posterior(bundle_path: str, device: str, threads: int, sha256: str | None = None) -> OnnxPosterior:
+def _posterior(bundle_path: str, options: ProcessOptions, sha256: str | None = None) -> OnnxPosterior:
     """One set of ONNX Runtime sessions per process (i.e. per Dask worker), created on first use from a bundle
     whose identity must be ``sha256`` (the one the driver loaded and recorded in the catalogue)."""
-    key = (bundle_path, device, threads, sha256)
+    key = (bundle_path, options.device, options.threads, options.precision, options.force_precision,
+           options.summary, options.cuda_graph, options.batch, options.samples, sha256)
     if key not in _SESSIONS:
         bundle = load_bundle(bundle_path, check_graphs=False, expected_sha256=sha256)
-        _SESSIONS[key] = OnnxPosterior(bundle, device=device, threads=threads)
+        _SESSIONS[key] = OnnxPosterior(bundle, device=options.device, threads=options.threads,
+                                       max_rows=options.batch * options.samples, precision=options.precision,
+                                       force_precision=options.force_precision, summary=options.summary,
+                                       cuda_graph=options.cuda_graph, n_samples=options.samples)
     return _SESSIONS[key]
 
 
@@ -157,8 +169,8 @@ class BundleSessions(WorkerPlugin):
 
     name = "cinn4most-bundle-sessions"
 
-    def __init__(self, bundle_path: str, device: str, threads: int, sha256: str):
-        self.args = (bundle_path, device, threads, sha256)
+    def __init__(self, bundle_path: str, options: ProcessOptions, sha256: str):
+        self.args = (bundle_path, options, sha256)
 
     def setup(self, worker) -> None:
         _posterior(*self.args)
@@ -185,15 +197,16 @@ def _reader(path: str) -> SurveyReader:
     return _READERS[path]
 
 
-def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
-    """Run catalogue shard k end to end (on a worker), reading the survey ``READ_ROWS`` rows at a time."""
+def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], ChunkResult]:
+    """Catalogue shard k's column values (on a worker), reading the survey ``READ_ROWS`` rows at a time, the next
+    block read ahead while this one is on the device."""
     clock = time.perf_counter
     start_time = clock()
     timings = dict.fromkeys(("read", "network", "summary", "other", "write"), 0.0)
     options = ctx.options
-    posterior = _posterior(ctx.bundle_path, options.device, options.threads, ctx.bundle_sha256)
+    posterior = _posterior(ctx.bundle_path, options, ctx.bundle_sha256)
     manifest = posterior.manifest
-    store = CatalogueStore.open(ctx.output_path, mode="r+")
+    store = CatalogueStore.open(ctx.output_path, mode="r")
     survey = _reader(ctx.input_path)
     start, stop = store.chunk_bounds(k)
     n, d = stop - start, manifest.n_params
@@ -209,10 +222,8 @@ def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
     failures: list[str] = []
     lo_snr, hi_snr = manifest.snr_range
     timings["other"] += clock() - start_time  # sessions, stores, reader
-    for a in range(start, stop, READ_ROWS):
-        t = clock()
-        block = survey.read_rows(a, min(a + READ_ROWS, stop))
-        timings["read"] += clock() - t
+    for a, block, waited in _read_ahead(survey, start, stop):
+        timings["read"] += waited
         t = clock()
         rows_here = slice(a - start, block.stop - start)
         flux, snr, ids = block.flux, block.snr, block.source_id
@@ -243,11 +254,16 @@ def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
         for b in range(0, usable.size, options.batch):
             rows = usable[b:b + options.batch]
             t = clock()
-            samples, log_density = posterior.sample(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows],
-                                                    options.seed, options.samples)
-            timings["network"] += clock() - t
-            t = clock()
-            summary = summarize(samples, log_density, manifest.lower, manifest.upper)
+            if posterior.summary_on_device:  # flow and summary on the device: only summaries come back
+                summary = posterior.posterior(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows], options.seed,
+                                              options.samples)
+                timings["network"] += clock() - t
+            else:
+                samples, log_density = posterior.sample(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows],
+                                                        options.seed, options.samples)
+                timings["network"] += clock() - t
+                t = clock()
+                summary = summarize(samples, log_density, manifest.lower, manifest.upper)
             out = rows + (a - start)
             maps[out], quants[out] = summary.map, summary.quantiles
             n_valid[out], f_reject[out] = summary.n_valid, summary.f_reject
@@ -274,10 +290,41 @@ def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
     values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, ingest_flags=ingest_flags, flags=flags,
                   flag_warn=flags != 0, flag_bad=(flags & int(BAD)) != 0)
     timings["other"] += clock() - t
-    t = clock()
-    store.write_chunk(k, values)
-    timings["write"] += clock() - t
-    return ChunkResult(k, n, clock() - start_time, posterior.device, timings, failures)
+    return values, ChunkResult(k, n, clock() - start_time, posterior.device, timings, failures)
+
+
+def write_chunk(k: int, ctx: RunContext, values: dict[str, np.ndarray], result: ChunkResult) -> ChunkResult:
+    """Write shard k's arrays, then its done marker (``CatalogueStore.write_chunk``); adds the write time."""
+    t = time.perf_counter()
+    CatalogueStore.open(ctx.output_path, mode="r+").write_chunk(k, values)
+    seconds = time.perf_counter() - t
+    result.timings["write"] += seconds
+    result.seconds += seconds
+    return result
+
+
+def process_chunk(k: int, ctx: RunContext) -> ChunkResult:
+    """Run catalogue shard k end to end (a Dask task): compute, then write its shard and done marker."""
+    values, result = compute_chunk(k, ctx)
+    return write_chunk(k, ctx, values, result)
+
+
+def _read_ahead(survey: SurveyReader, start: int, stop: int):
+    """(first row, block, seconds waited) for the survey rows [start, stop) in blocks of ``READ_ROWS``; the next
+    block is read and decoded in a background thread while the caller works on this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(range(start, stop, READ_ROWS))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(survey.read_rows, starts[0], min(starts[0] + READ_ROWS, stop)) if starts else None
+        for i, a in enumerate(starts):
+            t = time.perf_counter()
+            block = pending.result()
+            waited = time.perf_counter() - t
+            if i + 1 < len(starts):
+                nxt = starts[i + 1]
+                pending = pool.submit(survey.read_rows, nxt, min(nxt + READ_ROWS, stop))
+            yield a, block, waited
 
 
 def _bias_corrected(maps: np.ndarray, manifest, options: ProcessOptions) -> dict[str, np.ndarray]:
@@ -352,6 +399,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                  else default_task_rows(n, workers))
     chunk = shard_layout(chunk)[0]
     device, _ = resolve_providers(options.device)
+    precision = choose_precision(bundle, options.precision, device, options.force_precision)
+    options = replace(options, precision=precision, force_precision=options.force_precision and precision != "fp32")
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
     if options.bias_correction and not corrected:
@@ -366,7 +415,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     provenance = tuple(c.name for c in PROVENANCE_COLUMNS if survey.has(c.name))
     identity = {"survey_fingerprint": survey.fingerprint(), "bundle_sha256": bundle.sha256, "seed": options.seed,
                 "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected),
-                "snr_cap": options.snr_cap}
+                "snr_cap": options.snr_cap, "precision": precision}
     ctx = RunContext(str(input_path), str(output_path), str(Path(bundle_path).resolve()), bundle.sha256,
                      options, bool(warnings), provenance)
     distributed = scheduler is not None or workers > 1
@@ -378,7 +427,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         if output_path.exists():
             store = CatalogueStore.open(output_path, mode="r+")
             for key, value in identity.items():
-                if store.attrs.get(key, False if key == "snr_cap" else None) != value:
+                if store.attrs.get(key, _IDENTITY_DEFAULTS.get(key)) != value:
                     raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
                                      f"{value!r}; resume needs the same settings")
         else:
@@ -391,7 +440,9 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                 "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
                 "map_definition": "highest-density posterior sample inside the training bounds",
                 "model_continuum": bundle.manifest.continuum, "survey_continuum": kind,
-                "warnings": warnings,
+                "warnings": warnings, "precision_forced": options.force_precision,
+                "precision_graph": variant_file(bundle, precision, "hoisted_flow", "hoisted_flow.onnx"),
+                "precision_verification": (bundle.manifest.precisions.get(precision) or {}).get("verification"),
             })
     except BaseException:
         if runner is not None:
@@ -416,8 +467,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     try:
         if runner is None:
             where = "in-process"
-            for k in todo:
-                finished(process_chunk(k, ctx))
+            _run_in_process(todo, ctx, finished)
         else:
             where = runner.run(todo, finished)
     finally:
@@ -427,7 +477,23 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     bar.close()
     timings = {key: sum(r.timings[key] for r in results) for key in ("read", "network", "summary", "other", "write")}
     return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings,
-                         timings, [m for r in results for m in r.failures])
+                         timings, [m for r in results for m in r.failures], precision)
+
+
+def _run_in_process(todo: list[int], ctx: RunContext, finished) -> None:
+    """Shards one after another in this process; each shard is written in a background thread while the next
+    one is computed (its done marker after its data, so an interruption loses at most the shards in flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind") as writer:
+        pending = None
+        for k in todo:
+            values, result = compute_chunk(k, ctx)
+            if pending is not None:
+                finished(pending.result())
+            pending = writer.submit(write_chunk, k, ctx, values, result)
+        if pending is not None:
+            finished(pending.result())
 
 
 def _record_run(store: CatalogueStore, results: list[ChunkResult], problems: list[str], seconds: float, where: str,
@@ -490,8 +556,7 @@ class _DistributedRunner:
         from dask.distributed import as_completed
 
         options = self.ctx.options
-        self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options.device, options.threads,
-                                                   self.ctx.bundle_sha256))
+        self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options, self.ctx.bundle_sha256))
         futures = [self.client.submit(process_chunk, k, self.ctx, pure=False) for k in todo]
         for future in as_completed(futures):
             finished(future.result())
