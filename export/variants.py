@@ -192,8 +192,8 @@ def verify_variant(bundle_path: Path, precision: str, graph: Path, grid: Path, n
         emulated = tmp / "bf16_emulated.onnx"
         make_variant("bf16", bundle_path / HOISTED["flow"], emulated, emulate=True)
         return {"verification": variant_errors(bundle_path, precision, emulated, grid, n_spectra=n_spectra),
-                "verified_by": "CPU graph with the same bf16 roundings (MatMul inputs, weights and outputs) around "
-                               "fp32 MatMuls; ONNX Runtime's CPU provider has no bf16 MatMul"}
+                "verified_by": "emulated on the CPU: a graph with the same bf16 roundings (MatMul inputs, weights and "
+                               "outputs) around fp32 MatMuls; ONNX Runtime's CPU provider has no bf16 MatMul"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

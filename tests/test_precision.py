@@ -1,0 +1,197 @@
+"""The accelerator-ready sampler: device-side summary graph, IO binding, verified int8/fp16/bf16 variants."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import onnxruntime as ort
+
+from catalog.writers import CatalogueStore
+from runtime.binding import BoundFlow
+from runtime.bundle import VARIANT_TOLERANCE, BundleError, load_bundle, write_manifest
+from runtime.pipeline import ProcessOptions, process_survey
+from runtime.posterior import summarize
+from runtime.precision import choose_precision
+from runtime.sampler import OnnxPosterior, latent_draws
+from spectra.survey import make_survey, parse_snr
+
+OPTIONS = ProcessOptions(samples=512, seed=7, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_bundle, tmp_path_factory):
+    """A copy of the trained test bundle with int8, fp16 and bf16 variants, and a survey of its grid."""
+    from export.variants import quantize_bundle
+
+    _, grid, _, bundle = tiny_bundle
+    tmp = tmp_path_factory.mktemp("precision")
+    copy = tmp / "bundle"
+    shutil.copytree(bundle, copy)
+    quantize_bundle(copy, ["int8", "fp16", "bf16"], grid=grid, n_spectra=8, log=lambda *_: None)
+    survey = make_survey(grid, parse_snr("50,250"), tmp / "survey.zarr", seed=2, chunk=16, progress=False)
+    return copy, survey
+
+
+def _reference_summary(manifest, x, log_det, z):
+    phys = manifest.to_physical(x)
+    d = x.shape[2]
+    logp = -0.5 * np.sum(z.astype(np.float64) ** 2, axis=2) - 0.5 * d * np.log(2 * np.pi) - log_det
+    return summarize(phys, logp, manifest.lower, manifest.upper)
+
+
+def test_summary_graph_equals_numpy_reference(tiny_bundle):
+    """Rejection, MAP (same sample) and quantiles of the ONNX summary equal numpy's, incl. a row with no valid
+    sample and rows with few valid samples (interpolation at small n)."""
+    _, _, _, bundle_path = tiny_bundle
+    bundle = load_bundle(bundle_path)
+    session = ort.InferenceSession(str(bundle_path / "posterior_summary.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    b, s, d = 6, 1000, bundle.manifest.n_params
+    x = (rng.standard_normal((b, s, d)) * np.array([0.5, 2.0, 3.0, 0.5, 3.0, 2.5])[:, None, None]).astype(np.float32)
+    x[2] = 40.0  # nothing inside the bounds
+    z = rng.standard_normal((b, s, d)).astype(np.float32)
+    log_det = rng.standard_normal((b, s)).astype(np.float32)
+    log_det[0, :10] = np.inf  # non-finite densities are invalid
+    map_, quantiles, n_valid = session.run(None, {"x": x, "log_jac_det": log_det, "z": z})
+    ref = _reference_summary(bundle.manifest, x, log_det, z)
+    np.testing.assert_array_equal(n_valid, ref.n_valid)
+    assert n_valid[2] == 0 and 0 < n_valid.min(initial=10**9, where=n_valid > 0) < s
+    np.testing.assert_array_equal(np.isnan(map_), np.isnan(ref.map))
+    np.testing.assert_allclose(map_, ref.map, rtol=1e-12, equal_nan=True)  # the same sample
+    np.testing.assert_allclose(quantiles, ref.quantiles, rtol=1e-6, equal_nan=True)
+
+
+def test_device_summary_path_equals_host_path(tiny_bundle):
+    """The IO-bound flow + summary graph chain gives the numpy pipeline's summaries for the same spectra."""
+    _, grid, _, bundle_path = tiny_bundle
+    bundle = load_bundle(bundle_path)
+    from spectra.gridstore import GridReader
+
+    with GridReader(grid) as reader:
+        flux = reader.flux[:5, :].astype(np.float32)
+    snr, ids = np.full(5, 100.0), np.arange(5) + 11
+    host = OnnxPosterior(bundle, summary="host").posterior(flux, snr, ids, 1, 700)
+    device = OnnxPosterior(bundle, summary="device", max_rows=2 * 700).posterior(flux, snr, ids, 1, 700)
+    np.testing.assert_array_equal(device.n_valid, host.n_valid)
+    np.testing.assert_allclose(device.map, host.map, rtol=1e-12)
+    np.testing.assert_allclose(device.quantiles, host.quantiles, rtol=1e-6)
+
+
+def test_fixed_batch_binding_pads_without_changing_results(tiny_bundle):
+    """CUDA graphs need one shape: padded calls give the unpadded results for the real spectra."""
+    _, _, _, bundle_path = tiny_bundle
+    post = OnnxPosterior(load_bundle(bundle_path), summary="device")
+    d = post.manifest.n_params
+    proj = post.projection(np.random.default_rng(0).standard_normal((3, post.manifest.n_features)).astype(np.float32))
+    z = np.stack([latent_draws(0, i, 300, d) for i in range(3)])
+    free = BoundFlow(post.hoisted_session, post.summary_session, d, proj.shape[1], 5)
+    fixed = BoundFlow(post.hoisted_session, post.summary_session, d, proj.shape[1], 5, fixed_batch=8)
+    for a, b in zip(free.summary(z, proj), fixed.summary(z, proj), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="fixed at 8"):
+        fixed.summary(np.concatenate([z] * 3), np.concatenate([proj] * 3))
+
+
+def test_variants_recorded_with_error_and_hash(variants):
+    bundle_path, _ = variants
+    bundle = load_bundle(bundle_path)
+    for name in ("int8", "fp16", "bf16"):
+        entry = bundle.manifest.precisions[name]
+        check = entry["verification"]
+        assert check["tolerance"] == VARIANT_TOLERANCE and check["passed"]
+        assert 0 <= check["quantile_error_median"] <= check["quantile_error"] <= VARIANT_TOLERANCE
+        file = entry["files"]["hoisted_flow"]
+        assert file == f"hoisted_flow.{name}.onnx" and len(bundle.manifest.raw["files"][file]) == 64
+    assert "emulat" in bundle.manifest.precisions["bf16"]["verified_by"]
+    assert choose_precision(bundle, "auto", "cpu") == "int8"
+    assert choose_precision(bundle, "auto", "cuda") == "fp16"
+
+
+def test_int8_catalogue_within_tolerance_of_fp32(variants, tmp_path):
+    bundle, survey = variants
+    process_survey(survey, bundle, tmp_path / "fp32.zarr", replace(OPTIONS, precision="fp32"), progress=False)
+    process_survey(survey, bundle, tmp_path / "int8.zarr", replace(OPTIONS, precision="int8"), progress=False)
+    fp32, int8 = CatalogueStore.open(tmp_path / "fp32.zarr"), CatalogueStore.open(tmp_path / "int8.zarr")
+    assert fp32.attrs["precision"] == "fp32" and int8.attrs["precision"] == "int8"
+    assert int8.attrs["precision_graph"] == "hoisted_flow.int8.onnx" and int8.attrs["precision_verification"]
+    worst = 0.0
+    for name in ("teff", "logg", "fe_h"):
+        half = 0.5 * (fp32.column(f"{name}_p84") - fp32.column(f"{name}_p16"))
+        for suffix in ("_p2_5", "_p16", "_p50", "_p84", "_p97_5"):
+            column = f"{name}{suffix}"
+            if column in fp32.columns:
+                worst = max(worst, float(np.nanmax(np.abs(int8.column(column) - fp32.column(column)) / half)))
+    assert 0 < worst <= VARIANT_TOLERANCE  # int8 really ran (not bit-equal) and is within tolerance
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_determinism_holds_for_every_precision(variants, tmp_path, precision):
+    """A spectrum's result depends on (seed, source_id) only, for every precision: workers and chunking do
+    not matter (int8 runs one spectrum per call: its activation scales are per call)."""
+    bundle, survey = variants
+    options = replace(OPTIONS, precision=precision, batch=5)
+    process_survey(survey, bundle, tmp_path / "a.zarr", options, chunk=16, progress=False)
+    process_survey(survey, bundle, tmp_path / "b.zarr", replace(options, batch=3), chunk=40, progress=False)
+    process_survey(survey, bundle, tmp_path / "c.zarr", options, workers=2, progress=False)
+    a, b, c = (CatalogueStore.open(tmp_path / f"{k}.zarr") for k in "abc")
+    assert a.attrs["precision"] == precision
+    for name in a.columns:
+        np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
+        np.testing.assert_array_equal(a.column(name), c.column(name), err_msg=name)
+
+
+def test_variant_above_tolerance_refused_unless_forced(variants, tmp_path):
+    bundle, survey = variants
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["precisions"]["int8"]["verification"]["quantile_error"] = 0.2
+    write_manifest(copy, raw)
+    with pytest.raises(BundleError, match=r"refusing the int8 variant.*0\.200.*--force-precision"):
+        process_survey(survey, copy, tmp_path / "c.zarr", replace(OPTIONS, precision="int8"), progress=False)
+    assert not (tmp_path / "c.zarr").exists()
+    assert load_bundle(copy).manifest.precisions["int8"]  # still listed; auto now avoids it:
+    report = process_survey(survey, copy, tmp_path / "auto.zarr", OPTIONS, progress=False)
+    assert report.precision == "fp32"
+    process_survey(survey, copy, tmp_path / "forced.zarr", replace(OPTIONS, precision="int8", force_precision=True),
+                   progress=False)
+    store = CatalogueStore.open(tmp_path / "forced.zarr")
+    assert store.attrs["precision"] == "int8" and store.attrs["precision_forced"] is True
+
+
+def test_missing_variant_and_resume_with_other_precision_are_clear_errors(tiny_bundle, variants, tmp_path):
+    _, _, _, plain = tiny_bundle
+    bundle, survey = variants
+    with pytest.raises(BundleError, match=r"no int8 variant.*export quantize"):
+        process_survey(survey, plain, tmp_path / "x.zarr", replace(OPTIONS, precision="int8"), progress=False)
+    process_survey(survey, bundle, tmp_path / "c.zarr", replace(OPTIONS, precision="fp32"), chunk=16, progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        process_survey(survey, bundle, tmp_path / "c.zarr", replace(OPTIONS, precision="int8"), resume=True,
+                       progress=False)
+
+
+def test_changed_variant_file_is_refused(variants, tmp_path):
+    bundle, _ = variants
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    with open(copy / "hoisted_flow.int8.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match=r"hoisted_flow\.int8\.onnx: sha256"):
+        load_bundle(copy)
+
+
+def test_gpu_providers_are_never_silently_replaced():
+    """Asking for CUDA or TensorRT where ONNX Runtime lacks them is an error naming what is available."""
+    from runtime.sessions import resolve_providers
+
+    for device in ("cuda", "tensorrt"):
+        if f"{'CUDA' if device == 'cuda' else 'Tensorrt'}ExecutionProvider" in ort.get_available_providers():
+            continue
+        with pytest.raises(ValueError, match=f"--device {device}: ONNX Runtime here offers"):
+            resolve_providers(device)
