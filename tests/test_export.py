@@ -154,12 +154,15 @@ def test_paper_config_exports_and_verifies(tmp_path):
     assert report.graph_bytes["feature_extractor"] > 200e6
 
 
-def test_fp16_graphs_are_written_and_reported_separately(trained, tmp_path):
+def test_precision_variants_are_exported_and_verified_on_posteriors(trained, tmp_path):
+    """`export onnx --precision` adds verified variants; `export verify` re-measures them in half-widths."""
     pytest.importorskip("onnxconverter_common")
     _, run, _ = trained
-    bundle = export_bundle(run, tmp_path / "b16", fp16=True)
-    extra = load_bundle(bundle).manifest.raw["extra_graphs"]
-    assert (bundle / extra["inverse_flow_fp16"]["file"]).exists()
+    bundle = export_bundle(run, tmp_path / "b16", precisions=("fp16", "int8"), log=lambda *_: None)
+    variants = load_bundle(bundle).manifest.precisions
+    assert (bundle / variants["fp16"]["files"]["hoisted_flow"]).exists()
     report = verify_bundle(bundle, run, n_samples=512)
-    assert report.ok  # the fp32 graphs
-    assert report.fp16_errors and max(report.fp16_errors.values()) < 1e-2
+    assert report.ok  # the fp32 graphs, the summary graph and both variants
+    assert "summary graph quantiles" in report.errors
+    for name in ("fp16", "int8"):
+        assert 0 < report.variants[name]["quantile_error"] <= report.variants[name]["tolerance"]
