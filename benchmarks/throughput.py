@@ -105,10 +105,12 @@ def sampling_rates(model: CINN, bundle_path: Path, flux: np.ndarray, snr: np.nda
     if int8_graph is not None:
         posts["onnx_hoisted_int8"] = OnnxPosterior(bundle, threads=1, precision="int8", flow_graph=int8_graph)
 
+    snr32 = snr.reshape(-1, 1).astype(np.float32)
+
     def torch_eager():
         with torch.no_grad():
             for i in range(n):
-                c = model.features(torch.from_numpy(flux[i:i + 1]), torch.from_numpy(snr[i:i + 1].reshape(1, 1)))
+                c = model.features(torch.from_numpy(flux[i:i + 1]), torch.from_numpy(snr32[i:i + 1]))
                 z = torch.randn(SAMPLES, model.n_params)
                 x, log_det = model.reverse(z, c.expand(SAMPLES, -1))
                 log_p = -0.5 * (z.double() ** 2).sum(1).numpy() - log_det.double().numpy().reshape(-1)
@@ -217,6 +219,9 @@ def main() -> None:
         raise SystemExit(f"{args.bundle} has no int8 variant: run `python -m export quantize --bundle "
                          f"{args.bundle} --precision int8` first")
     report["trained_int8_verification"] = bundle.manifest.precisions["int8"]["verification"]
+    provenance = bundle.manifest.raw["provenance"]
+    report["trained_bundle"] = {"config": provenance["config"]["name"], "grid": Path(provenance["grid"]).name,
+                                "grid_rows": provenance.get("grid_attrs", {}).get("n"), "epoch": provenance["epoch"]}
     trained_model, trained_config, _ = load_run(args.run)
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -258,7 +263,10 @@ def render(r: dict) -> str:
     lines = ["# Throughput on one CPU core", "", f"Made by `{r['command']}` on {r['date']}.", "",
              f"Machine: {cpu['model']} ({', '.join(cpu['flags'])}); everything pinned to core {r['core']} "
              f"(load average at start {r['load_average_at_start']:.2f}); no GPU (see `benchmarks/gpu.sh`). "
-             f"fp32 matmul peak of this core (4096x512 @ 512x512, torch): {r['matmul_peak_gflops']:.0f} GFLOP/s.",
+             f"fp32 matmul peak of this core (4096x512 @ 512x512, torch): {r['matmul_peak_gflops']:.0f} GFLOP/s. "
+             f"Trained bundle: the `{r['trained_bundle']['config']}` config trained on {r['trained_bundle']['grid']} "
+             f"({r['trained_bundle']['grid_rows']} spectra, as `scripts/demo.sh` makes it), with its int8 variant from "
+             "`export quantize`.",
              "", "## Sampling stage (features + 4096 flow samples + summary per spectrum), spectra/s", "",
              "Interleaved repeats, best of each; ratios to PyTorch eager measured in the same run on the same core.",
              "", "| model | " + " | ".join(_LABELS.values()) + " |", "|---|" + "---|" * len(_LABELS)]
