@@ -24,7 +24,7 @@ step "2/7 train the small cINN ($epochs epochs; resumes if interrupted)"
 training fit --grid "$out/grid.h5" --config small --epochs "$epochs" --out "$out/run" --device auto
 
 step "3/7 export the model bundle and verify it against PyTorch"
-[ -f "$out/bundle/manifest.json" ] || python -m export onnx --run "$out/run" --out "$out/bundle"
+[ -f "$out/bundle/manifest.json" ] || python -m export onnx --run "$out/run" --out "$out/bundle" --precision int8
 python -m export verify --bundle "$out/bundle" --run "$out/run" --samples 1024
 
 step "4/7 noisy survey of the grid at S/N 50 and 250 per A"
