@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca-file", help="CA certificate that signed the scheduler's and workers' certificates")
     p.add_argument("--tls-cert", help="this client's certificate (PEM)")
     p.add_argument("--tls-key", help="this client's private key (PEM)")
-    p.add_argument("--batch", type=int, default=16, help="spectra per ONNX call group (memory ~ batch x samples)")
+    p.add_argument("--batch", type=int, default=0, help="spectra per flow call (memory ~ batch x samples x 2 kB); "
+                   "0: 16 on a CPU, 256 on a GPU (hundreds x 4096 rows keep a GPU busy)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: 1 per Dask worker, "
                    "all cores in-process)")
     p.add_argument("--chunk", type=int, help="catalogue rows per task = per shard (default: about 4 tasks per "

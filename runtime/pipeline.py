@@ -65,7 +65,7 @@ _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 class ProcessOptions:
     samples: int = 4096
     seed: int = 0
-    batch: int = 16  # spectra per ONNX flow call group (x samples = rows per call)
+    batch: int = 0  # spectra per flow call (x samples = rows per call); 0: 16 on a CPU, 256 on a GPU
     device: str = "auto"
     threads: int = 0
     bias_correction: bool = False
@@ -363,8 +363,8 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
     """Refuse impossible settings before anything is created (one clear error each)."""
     if not isinstance(options.samples, int) or options.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {options.samples}")
-    if options.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {options.batch}")
+    if options.batch < 0:
+        raise ValueError(f"--batch must be >= 1 (or 0 for the device's default), got {options.batch}")
     if options.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {options.threads}")
     if workers < 1:
@@ -400,7 +400,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     chunk = shard_layout(chunk)[0]
     device, _ = resolve_providers(options.device)
     precision = choose_precision(bundle, options.precision, device, options.force_precision)
-    options = replace(options, precision=precision, force_precision=options.force_precision and precision != "fp32")
+    options = replace(options, precision=precision, force_precision=options.force_precision and precision != "fp32",
+                      batch=options.batch or (16 if device == "cpu" else 256))
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
     if options.bias_correction and not corrected:

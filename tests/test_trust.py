@@ -209,7 +209,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(setup, tmp_path):
 # ------------------------------------------------------------------------------ argument errors, outputs
 @pytest.mark.parametrize(("args", "message"), [
     (["--samples", "0"], "--samples must be >= 1"),
-    (["--batch", "0"], "--batch must be >= 1"),
+    (["--batch", "-1"], "--batch must be >= 1"),
     (["--workers", "0"], "--workers must be >= 1"),
     (["--chunk", "0"], "--chunk must be >= 1"),
     (["--scheduler", "localhost"], "expected an address like tcp://HOST:8786"),
