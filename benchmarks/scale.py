@@ -30,7 +30,7 @@ from _common import machine
 
 from catalog.writers import CatalogueStore
 
-STAGES = ("read", "network", "summary", "other", "write")
+STAGES = ("read", "network", "summary", "resim", "other", "write")
 
 
 def timed(cmd: list[str], log: Path) -> dict:
@@ -59,7 +59,7 @@ def overhead(catalogue: Path) -> dict:
     """Task seconds per row by stage, summed over the invocations (a resumed run has two)."""
     runs = CatalogueStore.open(catalogue).attrs.get("runs", [])
     rows = sum(r["rows"] for r in runs)
-    seconds = {k: sum(r["task_seconds"][k] for r in runs) for k in STAGES}
+    seconds = {k: sum(r["task_seconds"].get(k, 0.0) for r in runs) for k in STAGES}
     per_row = {k: 1e3 * v / rows for k, v in seconds.items()}
     per_row["outside_network"] = sum(v for k, v in per_row.items() if k != "network")
     return {"rows": rows, "invocations": len(runs), "ms_per_row": {k: round(v, 4) for k, v in per_row.items()}}

@@ -26,6 +26,7 @@ __all__ = [
     "FLAGS",
     "PROVENANCE_COLUMNS",
     "QUANTILE_SUFFIXES",
+    "RESIM_COLUMNS",
     "Column",
     "Flag",
     "FlagInfo",
@@ -67,6 +68,9 @@ FLAGS: tuple[FlagInfo, ...] = (
     FlagInfo(512, "READ_FAILED", None,
              "the survey rows could not be read or decoded (damaged chunk): not processed; the catalogue's "
              "read_failures attribute names the chunk"),
+    FlagInfo(1024, "POOR_FIT", None,
+             "chi2_resim above the bundle's calibrated threshold (its manifest, emulator.poor_fit_chi2; the "
+             "catalogue's poor_fit_chi2 attribute): the spectrum re-simulated at the MAP does not match the input"),
 )
 
 Flag = IntFlag("Flag", {f.name: f.bit for f in FLAGS})
@@ -115,9 +119,18 @@ PROVENANCE_COLUMNS: tuple[Column, ...] = (
 )
 
 
-def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provenance: list[str] = ()) -> list[Column]:
+#: the re-simulation check (``runtime.resim``), present when the bundle carries an emulator
+RESIM_COLUMNS: tuple[Column, ...] = (
+    Column("chi2_resim", "float32", "", "reduced chi^2 of the input against the model spectrum re-simulated at the "
+           "MAP (emulator, rotated by the MAP v_broad), noise from the S/N plus the emulator's error", np.nan),
+    Column("resim_rms", "float32", "", "rms of input minus re-simulated spectrum (continuum units)", np.nan),
+)
+
+
+def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provenance: list[str] = (),
+                      resim: bool = False) -> list[Column]:
     """All columns for the bundle's ``parameters`` (manifest entries), in catalogue order; ``provenance``: the
-    names of :data:`PROVENANCE_COLUMNS` the survey provides."""
+    names of :data:`PROVENANCE_COLUMNS` the survey provides; ``resim``: add :data:`RESIM_COLUMNS`."""
     cols = [
         Column("source_id", "int64", "", "identifier of the input spectrum", -1),
         Column("snr", "float32", "", "S/N per Angstrom of the input spectrum", np.nan),
@@ -131,6 +144,7 @@ def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provena
         if p["name"] in corrected:
             cols.append(Column(p["name"] + "_corr", "float32", unit,
                                f"{p['label']}: MAP after the T_eff-linear bias correction (Eq. B.1)", np.nan))
+    cols += list(RESIM_COLUMNS) if resim else []
     cols += [
         Column("f_reject", "float32", "", "fraction of posterior samples outside the training bounds", np.nan),
         Column("n_valid", "int32", "", "number of posterior samples inside the training bounds", 0),

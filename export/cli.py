@@ -1,6 +1,7 @@
 """``export``: turn a training run into a model bundle, and verify a bundle against its run.
 
-Subcommands: ``onnx``, ``quantize``, ``verify``, ``emulator``, ``bias-correction``. Errors become one line on
+Subcommands: ``onnx``, ``quantize``, ``verify``, ``emulator``, ``attach-emulator``, ``calibrate-poor-fit``,
+``bias-correction``. Errors become one line on
 stderr and exit status 2; a failed
 verification exits with status 1.
 """
@@ -64,6 +65,26 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attach_emulator(args: argparse.Namespace) -> int:
+    from .resim import attach_emulator
+
+    entry = attach_emulator(args.bundle, args.emulator, overwrite=args.overwrite)
+    print(f"{args.bundle}: emulator attached ({len(entry['inputs'])} inputs, {len(entry['fill'])} filled from the "
+          f"prior's trends, model error {100 * entry['model_error']:.2f} %); calibrate POOR_FIT with "
+          "`python -m export calibrate-poor-fit`")
+    return 0
+
+
+def _cmd_calibrate_poor_fit(args: argparse.Namespace) -> int:
+    from .resim import calibrate_poor_fit
+
+    entry = calibrate_poor_fit(args.bundle, args.catalog, args.percentile)
+    cal = entry["poor_fit_calibration"]
+    print(f"{args.bundle}: POOR_FIT above chi2_resim = {entry['poor_fit_chi2']:.3f} ({cal['percentile']:g}th "
+          f"percentile of {cal['rows']} rows; median {cal['chi2_median']:.3f})")
+    return 0
+
+
 def _cmd_bias_correction(args: argparse.Namespace) -> int:
     from runtime.bundle import store_bias_correction
 
@@ -107,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", help="emulator_errors.json from `training emulator-evaluate`, recorded in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an exported emulator in --out")
     p.set_defaults(func=_cmd_emulator)
+    p = sub.add_parser("attach-emulator", help="put an exported emulator into a bundle (re-simulation check)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--emulator", required=True, help="folder written by `export emulator`")
+    p.add_argument("--overwrite", action="store_true", help="replace an emulator the bundle already carries")
+    p.set_defaults(func=_cmd_attach_emulator)
+    p = sub.add_parser("calibrate-poor-fit", help="set the POOR_FIT chi2_resim threshold from held-out spectra")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--catalog", required=True, help="catalogue of held-out synthetic spectra made with this bundle")
+    p.add_argument("--percentile", type=float, default=99.0, help="percentile of chi2_resim used as threshold")
+    p.set_defaults(func=_cmd_calibrate_poor_fit)
     p = sub.add_parser("bias-correction", help="store Eq. B.1 coefficients (catalog calibrate, or 'paper') in a bundle")
     p.add_argument("--bundle", required=True)
     p.add_argument("--coefficients", required=True, help="coefficients JSON from `catalog calibrate`, or 'paper'")

@@ -185,6 +185,11 @@ class Bundle:
         return self.path / GRAPHS[key][0]
 
     @property
+    def emulator(self) -> dict | None:
+        """The manifest's emulator entry (re-simulation check), or None."""
+        return self.manifest.raw.get("emulator")
+
+    @property
     def has_summary_graph(self) -> bool:
         return SUMMARY in self.manifest.raw.get("files", {})
 
@@ -248,6 +253,8 @@ def listed_files(raw: dict) -> list[str]:
     names += [g["file"] for g in (raw.get("extra_graphs") or {}).values()]
     names += [f for v in (raw.get("precisions") or {}).values() if isinstance(v, dict)
               for f in (v.get("files") or {}).values()]
+    if isinstance(raw.get("emulator"), dict) and "file" in raw["emulator"]:
+        names.append(raw["emulator"]["file"])
     names.append(raw.get("pixel_grid", {}).get("file", "wavelength.npy"))
     return names
 
@@ -369,6 +376,7 @@ def _validate(raw: dict, where: Path) -> None:
             raise BundleError(f"{where}: extra_graphs.{key} must be an object")
         _plain_filename(graph.get("file"), where, f"extra_graphs.{key}.file")
     _validate_precisions(raw.get("precisions"), where)
+    _validate_emulator(raw.get("emulator"), where)
     files = raw["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{where}: files must map file name -> sha256")
@@ -408,6 +416,27 @@ def _validate_precisions(precisions, where: Path) -> None:
         if check is not None and not (isinstance(check, dict) and all(_is_number(check.get(k)) for k in numbers)):
             raise BundleError(f"{where}: precisions.{name}.verification needs finite quantile_error, map_error "
                               "and tolerance")
+
+
+def _validate_emulator(emulator, where: Path) -> None:
+    """``emulator``: the spectral model for the re-simulation check (``export attach-emulator``)."""
+    if emulator is None:
+        return
+    if not isinstance(emulator, dict):
+        raise BundleError(f"{where}: emulator must be an object")
+    _plain_filename(emulator.get("file"), where, "emulator.file")
+    inputs, fill = emulator.get("inputs"), emulator.get("fill", {})
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(n, str) for n in inputs):
+        raise BundleError(f"{where}: emulator.inputs must list the emulator's input label names")
+    if not isinstance(fill, dict) or not all(isinstance(v, list) and len(v) == 4 and all(_is_number(x) for x in v)
+                                             for v in fill.values()):
+        raise BundleError(f"{where}: emulator.fill must map label -> [slope, offset, low, high]")
+    for key in ("model_error",):
+        if not _is_number(emulator.get(key)) or emulator[key] < 0:
+            raise BundleError(f"{where}: emulator.{key} must be a number >= 0, got {emulator.get(key)!r}")
+    threshold = emulator.get("poor_fit_chi2")
+    if threshold is not None and (not _is_number(threshold) or threshold <= 0):
+        raise BundleError(f"{where}: emulator.poor_fit_chi2 must be a positive number or null, got {threshold!r}")
 
 
 def _check_files(path: Path, raw: dict, where: Path) -> dict[str, str]:

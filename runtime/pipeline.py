@@ -48,6 +48,7 @@ from catalog.writers import CATALOG_FORMAT, CatalogueStore, shard_layout
 from .bundle import Bundle, BundleError, continuum_kind, load_bundle
 from .posterior import QUANTILES, summarize
 from .precision import choose_precision, variant_file
+from .resim import Resimulator
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
 from .survey import SurveyReader, open_survey
@@ -55,6 +56,8 @@ from .survey import SurveyReader, open_survey
 __all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk", "process_survey",
            "validate_flux"]
 
+#: the stages a task's seconds are counted in (ChunkResult.timings, the catalogue's runs attribute)
+STAGES = ("read", "network", "summary", "resim", "other", "write")
 #: resume-identity attributes that catalogues from before they existed lack, with the value they implied
 _IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32"}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
@@ -164,6 +167,18 @@ def _posterior(bundle_path: str, options: ProcessOptions, sha256: str | None = N
     return _SESSIONS[key]
 
 
+_RESIMULATORS: dict[tuple, Resimulator] = {}
+
+
+def _resimulator(bundle_path: str, threads: int, sha256: str | None) -> Resimulator:
+    """The bundle's emulator session (re-simulation check), once per process."""
+    key = (bundle_path, threads, sha256)
+    if key not in _RESIMULATORS:
+        _RESIMULATORS[key] = Resimulator(load_bundle(bundle_path, check_graphs=False, expected_sha256=sha256),
+                                         threads=threads)
+    return _RESIMULATORS[key]
+
+
 class BundleSessions(WorkerPlugin):
     """Dask ``WorkerPlugin``: build the sessions when a worker starts, so the first task does not pay."""
 
@@ -173,7 +188,9 @@ class BundleSessions(WorkerPlugin):
         self.args = (bundle_path, options, sha256)
 
     def setup(self, worker) -> None:
-        _posterior(*self.args)
+        posterior = _posterior(*self.args)
+        if posterior.bundle.emulator:
+            _resimulator(self.args[0], self.args[1].threads, self.args[2])
 
 
 @dataclass
@@ -202,7 +219,7 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     block read ahead while this one is on the device."""
     clock = time.perf_counter
     start_time = clock()
-    timings = dict.fromkeys(("read", "network", "summary", "other", "write"), 0.0)
+    timings = dict.fromkeys(STAGES, 0.0)
     options = ctx.options
     posterior = _posterior(ctx.bundle_path, options, ctx.bundle_sha256)
     manifest = posterior.manifest
@@ -214,6 +231,8 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     quants = np.full((n, len(QUANTILES), d), np.nan)
     n_valid = np.zeros(n, dtype=np.int32)
     f_reject = np.full(n, np.nan)
+    resim = _resimulator(ctx.bundle_path, options.threads, ctx.bundle_sha256) if posterior.bundle.emulator else None
+    chi2, resim_rms = np.full(n, np.nan), np.full(n, np.nan)
     flags = np.zeros(n, dtype=np.int32)
     snr_all = np.full(n, np.nan)
     ids_all = np.full(n, -1, dtype=np.int64)
@@ -268,6 +287,13 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
             maps[out], quants[out] = summary.map, summary.quantiles
             n_valid[out], f_reject[out] = summary.n_valid, summary.f_reject
             timings["summary"] += clock() - t
+            if resim is not None:
+                t = clock()
+                fitted = np.isfinite(summary.map).all(axis=1)
+                if fitted.any():
+                    c, r = resim.check(flux[rows[fitted]], snr_used[rows[fitted]], summary.map[fitted])
+                    chi2[out[fitted]], resim_rms[out[fitted]] = c, r
+                timings["resim"] += clock() - t
 
     t = clock()
     processed = np.isfinite(f_reject)
@@ -276,6 +302,8 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     if "fe_h" in manifest.names:
         feh = maps[:, manifest.names.index("fe_h")]
         flags[np.isfinite(feh) & (feh <= METAL_POOR_FEH)] |= Flag.METAL_POOR
+    if resim is not None and resim.threshold is not None:
+        flags[np.isfinite(chi2) & (chi2 > resim.threshold)] |= Flag.POOR_FIT
 
     values: dict[str, np.ndarray] = {"source_id": ids_all, "snr": snr_all.astype(np.float32)}
     for name in ctx.provenance:
@@ -287,6 +315,8 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
             values[name + suffix] = quants[:, qi, j].astype(np.float32)
     for name, corrected in _bias_corrected(maps, manifest, options).items():
         values[name + "_corr"] = corrected.astype(np.float32)
+    if resim is not None:
+        values.update(chi2_resim=chi2.astype(np.float32), resim_rms=resim_rms.astype(np.float32))
     values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, ingest_flags=ingest_flags, flags=flags,
                   flag_warn=flags != 0, flag_bad=(flags & int(BAD)) != 0)
     timings["other"] += clock() - t
@@ -338,6 +368,15 @@ def _bias_corrected(maps: np.ndarray, manifest, options: ProcessOptions) -> dict
     teff = maps[:, manifest.names.index(correction.get("teff_parameter", "teff"))]
     return {name: maps[:, manifest.names.index(name)] - (c["a"] * teff + c["b"])
             for name, c in correction["coefficients"].items() if name in manifest.names}
+
+
+def _resim_description(bundle: Bundle) -> str:
+    entry = bundle.emulator
+    if not entry:
+        return "none: the bundle carries no emulator"
+    return (f"chi2_resim/resim_rms against the bundle's emulator ({entry['file']}) at the MAP, rotated by the MAP "
+            f"v_broad; model error {entry['model_error']:.4f} added in quadrature to the noise; POOR_FIT above "
+            f"{entry.get('poor_fit_chi2')}")
 
 
 def _open_survey(path: Path, bundle: Bundle) -> tuple[SurveyReader, list[str]]:
@@ -432,7 +471,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                     raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
                                      f"{value!r}; resume needs the same settings")
         else:
-            columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance))
+            columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance),
+                                        resim=bool(bundle.emulator))
             created = True
             store = CatalogueStore.create(output_path, n, chunk, columns, {
                 **identity, "input": str(input_path), "bundle": str(Path(bundle_path).resolve()),
@@ -444,6 +484,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                 "warnings": warnings, "precision_forced": options.force_precision,
                 "precision_graph": variant_file(bundle, precision, "hoisted_flow", "hoisted_flow.onnx"),
                 "precision_verification": (bundle.manifest.precisions.get(precision) or {}).get("verification"),
+                "resim": _resim_description(bundle),
+                "poor_fit_chi2": (bundle.emulator or {}).get("poor_fit_chi2"),
             })
     except BaseException:
         if runner is not None:
@@ -476,7 +518,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
             runner.close()
         _record_run(store, results, survey_problems, time.perf_counter() - start, where, device)
     bar.close()
-    timings = {key: sum(r.timings[key] for r in results) for key in ("read", "network", "summary", "other", "write")}
+    timings = {key: sum(r.timings[key] for r in results) for key in STAGES}
     return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings,
                          timings, [m for r in results for m in r.failures], precision)
 
@@ -507,7 +549,7 @@ def _record_run(store: CatalogueStore, results: list[ChunkResult], problems: lis
         earlier = list(store.attrs.get("read_failures", []))
         updates["read_failures"] = earlier + [m for m in messages if m not in earlier]
     if results:
-        stages = ("read", "network", "summary", "other", "write")
+        stages = STAGES
         updates["runs"] = [*store.attrs.get("runs", []), {
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "where": where, "device": device,
             "tasks": len(results), "rows": int(sum(r.rows for r in results)), "wall_seconds": round(seconds, 3),

@@ -31,7 +31,7 @@ from scipy.stats import norm, qmc
 
 from . import schema
 
-__all__ = ["PRIOR_VERSION", "draw_labels"]
+__all__ = ["PRIOR_VERSION", "draw_labels", "label_trends"]
 
 PRIOR_VERSION = "kiel-fgk-v1"
 A_LI_SUN = 1.05
@@ -49,6 +49,26 @@ def _feh_ppf(u: np.ndarray) -> np.ndarray:
 
 def _alpha_trend(feh: np.ndarray) -> np.ndarray:
     return np.clip(-0.4 * feh, 0.0, 0.4)
+
+
+def label_trends() -> dict[str, list[float]]:
+    """The prior's median of every [X/Fe] as a function of [Fe/H]: {name: [slope, offset, low, high]} meaning
+    ``clip(slope [Fe/H] + offset, low, high)``. A model of spectra that needs abundances the cINN does not infer
+    (the re-simulation at the MAP) fills them with these, recorded in the bundle so the runtime needs no prior."""
+    trends = {}
+    for element in schema.ABUNDANCE_ELEMENTS:
+        p = schema.parameter(f"{element.lower()}_fe")
+        if element in (*_ALPHA, "Eu"):
+            rule = [-0.4, 0.0, 0.0, 0.4]  # _alpha_trend
+        elif element == "Mn":
+            rule = [0.4, 0.0, -0.4, 0.0]
+        elif element == "N":
+            rule = [0.0, 0.2, 0.2, 0.2]
+        else:
+            rule = [0.0, 0.0, 0.0, 0.0]
+        rule[2], rule[3] = max(rule[2], p.lower), min(rule[3], p.upper)
+        trends[p.name] = rule
+    return trends
 
 
 def draw_labels(n: int, seed: int) -> np.ndarray:
