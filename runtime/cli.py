@@ -1,7 +1,7 @@
 """``runtime``: process a Zarr survey with a model bundle into a catalogue (numpy + onnxruntime + dask only).
 
-Subcommand: ``process``. Errors become one line on stderr and exit status 2; re-running with ``--resume``
-after an interruption completes only the missing chunks.
+Subcommands: ``process``, ``example-survey``. Errors become one line on stderr and exit status 2; re-running with
+``--resume`` after an interruption completes only the missing chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ def _cmd_process(args: argparse.Namespace) -> int:
                              threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap,
                              precision=args.precision, force_precision=args.force_precision, summary=args.summary,
                              cuda_graph=args.cuda_graph)
-    report = process_survey(args.survey, args.bundle, args.out, options, workers=args.workers,
+    bundle = args.bundle
+    if bundle is None:
+        from .packaged import default_bundle
+
+        bundle = default_bundle()
+        print(f"runtime process: using the packaged default model ({bundle})", file=sys.stderr)
+    report = process_survey(args.survey, bundle, args.out, options, workers=args.workers,
                             scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet,
                             overwrite=args.overwrite, tls=_tls(args))
     for warning in report.warnings:
@@ -34,6 +40,14 @@ def _cmd_process(args: argparse.Namespace) -> int:
           f"already done; device {report.device}, precision {report.precision} ({report.workers}); "
           f"{report.seconds:.1f} s = "
           f"{report.spectra_per_second:.2f} spectra/s")
+    return 0
+
+
+def _cmd_example_survey(args: argparse.Namespace) -> int:
+    from .packaged import unpack_examples
+
+    for survey in unpack_examples(args.out, overwrite=args.overwrite):
+        print(survey)
     return 0
 
 
@@ -54,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("process", help="survey.zarr + bundle -> catalogue.zarr (resumable)",
                        formatter_class=HelpFormatter)
     add_option(p, "--survey", "--input", required=True, help="survey Zarr (flux, snr, source_id, wavelength)")
-    add_option(p, "--bundle", "--model", required=True, help="model bundle folder (export onnx)")
+    add_option(p, "--bundle", "--model", help="model bundle folder (export onnx); default: the model packaged with "
+               "cinn4most (runtime/default_bundle, pseudo-continuum normalised, for observed spectra)")
     add_option(p, "--out", "--output", required=True, help="catalogue Zarr to write")
     p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
     p.add_argument("--device", default="auto", choices=DEVICES, help="execution provider (auto: CUDA if present)")
@@ -89,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing catalogue made by this command")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_process)
+    p = sub.add_parser("example-survey", help="unpack the packaged example surveys (synthetic + observed)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True, help="folder to unpack synthetic.zarr and observed.zarr into")
+    p.add_argument("--overwrite", action="store_true", help="replace example surveys unpacked there before")
+    p.set_defaults(func=_cmd_example_survey)
     use_help_formatter(parser)
     return parser
 

@@ -98,6 +98,14 @@ def _cmd_normalise_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_grid(args: argparse.Namespace) -> int:
+    from .rotation import rotate_grid
+
+    out = rotate_grid(args.grid, args.out, copies=args.copies, seed=args.seed, progress=not args.quiet)
+    print(f"{out}: {args.copies} rotated cop{'y' if args.copies == 1 else 'ies'} of each spectrum of {args.grid}")
+    return 0
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .continuum import ContinuumOptions
     from .ingest import IngestOptions, ingest, read_options_table
@@ -291,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
+
+    p = sub.add_parser("rotate-grid", help="rotated grid from an unrotated one (v_broad: own label + prior draws)")
+    p.add_argument("grid", help="unrotated grid HDF5 file (spectra grid --unrotated)")
+    p.add_argument("--out", required=True, help="new grid HDF5 file (resumable)")
+    p.add_argument("--copies", type=int, default=1, help="rotated copies per spectrum: the first with its own "
+                   "v_broad label, the others with fresh prior draws")
+    p.add_argument("--seed", type=int, default=0, help="seed of the v_broad draws")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_rotate_grid)
 
     p = sub.add_parser("simulate", help="a survey of any size generated on the fly from a grid (a small .json file)")
     p.add_argument("--grid", required=True, help="grid HDF5 file (its finished rows are the base spectra)")

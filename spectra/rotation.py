@@ -22,7 +22,7 @@ from scipy.signal import fftconvolve
 from .degrade import C_KMS, LIMB_DARKENING, _rotation_kernel
 from .wavegrid import WavelengthGrid
 
-__all__ = ["Rotator"]
+__all__ = ["Rotator", "draw_vbroad", "rotate_grid"]
 
 
 class _Window:
@@ -91,3 +91,58 @@ class Rotator:
             conv = fftconvolve(padded, kernels, mode="valid", axes=1) if half else padded
             out[moving, segment] = window.to_pixels(conv)
         return out[0] if single else out
+
+
+def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fresh v_broad [km/s] from the grid prior (``spectra.prior``): log-uniform 1-100 km/s, 1-30 below [Fe/H] -2."""
+    vmax = np.where(np.asarray(feh) > -2.0, 100.0, 30.0)
+    return 10.0 ** (np.log10(vmax) * rng.uniform(size=np.shape(feh)))
+
+
+def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, progress: bool = True):
+    """A rotated grid from an unrotated one (``spectra grid --unrotated``): ``copies`` rows per base spectrum, the
+    first rotated by the row's own ``vbroad`` label, the others by fresh draws from the prior (v_broad as
+    augmentation: one synthesis, many rotations). Labels carry the v_broad applied. Resumable like any grid."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .gridstore import GridReader, GridWriter
+    from .wavegrid import hr_grid
+
+    if copies < 1:
+        raise ValueError(f"--copies must be >= 1, got {copies}")
+    out, grid = Path(out), hr_grid()
+    rotator = Rotator(grid)
+    with GridReader(source) as reader:
+        if reader.attrs.get("rotation") != "none":
+            raise ValueError(f"{source}: rotation = {reader.attrs.get('rotation')!r}; rotate-grid needs an unrotated "
+                             "grid (spectra grid --unrotated)")
+        if reader.wavelength.size != grid.size:
+            raise ValueError(f"{source}: {reader.wavelength.size} pixels; rotate-grid works on the HR grid")
+        names = reader.label_names
+        iv, ifeh = names.index("vbroad"), names.index("fe_h")
+        base = np.flatnonzero(reader.done)
+        labels, methods, seconds = reader.labels, reader.atmosphere_method, reader.synthesis_seconds
+        attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
+        attrs.update(rotation=f"applied by spectra.rotation.Rotator, {copies} v_broad per base spectrum (seed {seed})",
+                     rotated_from=str(Path(source).resolve()), base_rows=int(base.size))
+        plan = []  # (out row, source row, v_broad)
+        for c in range(copies):
+            rng = np.random.default_rng([seed, c])
+            v = labels[base, iv] if c == 0 else draw_vbroad(labels[base, ifeh], rng)
+            plan += [(c * base.size + k, int(i), float(vk)) for k, (i, vk) in enumerate(zip(base, v, strict=True))]
+        with GridWriter(out, len(plan), grid, attrs) as writer:
+            todo = [p for p in plan if not writer.done[p[0]]]
+            for a in tqdm(range(0, len(todo), batch), desc=f"rotate {out.name}", disable=not progress):
+                part = todo[a:a + batch]
+                rows = [p[1] for p in part]
+                order = np.argsort(rows)  # h5py reads need increasing indices
+                flux = np.empty((len(part), grid.size))
+                flux[order] = reader.flux[np.asarray(rows)[order], :]
+                rotated = rotator(flux, np.array([p[2] for p in part]))
+                for (target, i, v), f in zip(part, rotated, strict=True):
+                    row = labels[i].copy()
+                    row[iv] = v
+                    writer.write_row(target, f, row, methods[i], float(seconds[i]))
+    return out
