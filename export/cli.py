@@ -60,7 +60,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from .emulator import export_emulator
 
-    out = export_emulator(args.run, args.out, errors=args.errors, overwrite=args.overwrite)
+    out = export_emulator(args.run, args.out, errors=args.errors, overwrite=args.overwrite, weights=args.weights)
     print(f"{out}: emulator.onnx, wavelength.npy, emulator.json")
     return 0
 
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--errors", help="emulator_errors.json from `training emulator-evaluate`, recorded in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an exported emulator in --out")
+    p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: large weight matrices stored in half precision (half the size; float32 arithmetic)")
     p.set_defaults(func=_cmd_emulator)
     p = sub.add_parser("attach-emulator", help="put an exported emulator into a bundle (re-simulation check)")
     p.add_argument("--bundle", required=True)

@@ -24,9 +24,32 @@ __all__ = ["EMULATOR_FORMAT", "export_emulator", "onnx_parity"]
 EMULATOR_FORMAT = "cinn4most-emulator/1"
 
 
+def half_weights(path: Path, min_size: int = 1 << 20) -> int:
+    """Store the graph's large float32 weights (>= ``min_size`` values) as float16 with a Cast back to float32:
+    half the file, the same float32 arithmetic (ONNX Runtime folds the Cast when the session loads). Returns the
+    number of weights converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    converted = 0
+    for init in list(model.graph.initializer):
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_size:
+            continue
+        half_name = f"{init.name}/fp16"
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), half_name)
+        model.graph.initializer.remove(init)
+        model.graph.initializer.append(half)
+        model.graph.node.insert(0, helper.make_node("Cast", [half_name], [init.name], to=TensorProto.FLOAT))
+        converted += 1
+    onnx.save(model, str(path))
+    return converted
+
+
 def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None = None, opset: int = 17,
-                    overwrite: bool = False) -> Path:
-    """Write the emulator of ``run`` into the folder ``out``; returns it."""
+                    overwrite: bool = False, weights: str = "fp32") -> Path:
+    """Write the emulator of ``run`` into the folder ``out``; returns it. ``weights="fp16"`` stores the large
+    weight matrices in half precision (``half_weights``; the output layer is 512 x 25 200 values)."""
     model, record, wave = load_emulator(run)
     out = Path(out)
     if out.exists() and not (out / "emulator.json").is_file() and any(out.iterdir()):
@@ -37,6 +60,10 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
     example = torch.zeros(2, len(EMULATOR_INPUTS))
     torch.onnx.export(model, (example,), str(out / "emulator.onnx"), input_names=["labels"], output_names=["flux"],
                       dynamic_axes={"labels": {0: "batch"}, "flux": {0: "batch"}}, opset_version=opset, dynamo=False)
+    if weights == "fp16":
+        half_weights(out / "emulator.onnx")
+    elif weights != "fp32":
+        raise ValueError(f"weights must be fp32 or fp16, got {weights!r}")
     np.save(out / "wavelength.npy", wave)
     manifest = {
         "format": EMULATOR_FORMAT,
@@ -49,6 +76,7 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
                                              "cpu_seconds")},
         "errors": None,
         "opset": opset,
+        "weights": "float32" if weights == "fp32" else "large weight matrices stored as float16, computed in float32",
     }
     if errors:
         table = json.loads(Path(errors).read_text())

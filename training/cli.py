@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="posterior accuracy and calibration on a split of the grid")
     p.add_argument("--run", required=True)
     p.add_argument("--grid", required=True)
-    p.add_argument("--split", default="test", choices=["train", "test", "val"])
+    p.add_argument("--split", default="test", choices=["train", "test", "val", "all"],
+                   help="part of --grid to evaluate on; 'all' for a held-out grid the run never saw")
     p.add_argument("--snr", default="paper", help="'paper' (19 values), a list like 50,250, or LOW-HIGH")
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--max-spectra", type=int, help="evaluate only the first N spectra of the split")

@@ -83,7 +83,7 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, config, meta, data = open_run_with_grid(run, grid)
-    rows = data.split[split]
+    rows = data.rows if split == "all" else data.split[split]  # all: a held-out grid the run never saw
     if max_spectra:
         rows = rows[:max_spectra]
     snr = snr or SnrSpec(values=(250.0,))
@@ -91,7 +91,7 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     names = data.target_names
     lower = np.array([p.lower for p in schema.TARGETS])
     upper = np.array([p.upper for p in schema.TARGETS])
-    train_labels = data.labels[data.split.train]
+    train_labels = data.labels[data.rows if split == "all" else data.split.train]
     label_range = train_labels.max(axis=0) - train_labels.min(axis=0)
     x_mean, x_sd = model.x_mean.numpy().astype(float), model.x_std.numpy().astype(float)
 
