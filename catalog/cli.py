@@ -35,6 +35,13 @@ def _cmd_flags(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .show import show_rows
+
+    print(show_rows(args.catalog, args.params.split(","), rows=args.rows))
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .check import check_catalogue
 
@@ -110,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="coefficients JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing coefficients file")
     p.set_defaults(func=_cmd_calibrate)
+    p = command("show", "print rows as a table: MAP and 68 % interval per parameter, re-simulation chi2, flag names")
+    add_option(p, "--catalog", required=True, help="catalogue Zarr (runtime process --out)")
+    p.add_argument("--params", default="teff,logg,fe_h,vbroad,mg_fe", help="parameters to show, comma-separated")
+    p.add_argument("--rows", type=int, default=20, help="first N rows")
+    p.set_defaults(func=_cmd_show)
     p = command("flags", "print the flag bits of the `flags` column (bit, name, threshold, meaning)")
     p.set_defaults(func=_cmd_flags)
     use_help_formatter(parser)

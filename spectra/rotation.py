@@ -136,10 +136,8 @@ def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, pr
             todo = [p for p in plan if not writer.done[p[0]]]
             for a in tqdm(range(0, len(todo), batch), desc=f"rotate {out.name}", disable=not progress):
                 part = todo[a:a + batch]
-                rows = [p[1] for p in part]
-                order = np.argsort(rows)  # h5py reads need increasing indices
-                flux = np.empty((len(part), grid.size))
-                flux[order] = reader.flux[np.asarray(rows)[order], :]
+                unique, inverse = np.unique([p[1] for p in part], return_inverse=True)  # h5py: increasing, unique
+                flux = reader.flux[unique, :][inverse].astype(float)
                 rotated = rotator(flux, np.array([p[2] for p in part]))
                 for (target, i, v), f in zip(part, rotated, strict=True):
                     row = labels[i].copy()

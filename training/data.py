@@ -2,7 +2,8 @@
 
 * **Split** (paper Sect. 2.1): the finished rows of the grid (the base spectra) are permuted with a
   fixed seed and cut 75 / 20 / 5 % into train / test / validation. Noisy copies are made on the fly
-  from a base spectrum of one split only, so no star is on both sides.
+  from a base spectrum of one split only, so no star is on both sides; the rotated copies of one star made by
+  ``spectra rotate-grid`` (rows ``c * base_rows + k``) are split together.
 * **Noise**: each time a spectrum is drawn it gets fresh noise (``spectra.degrade.add_noise``, paper
   Eq. 1 with S/N per Å) at an S/N drawn from the paper's 19 values (``snr_mode="paper"``) or
   log-uniformly in 10-1000 (``"continuous"``, the paper's stated next step). The network is given
@@ -78,7 +79,12 @@ class GridData:
         if done.size < 10:
             raise ValueError(f"{self.path}: only {done.size} finished spectra; training needs at least 10")
         self.rows = done
-        self.split = split_rows(done, fractions, split_seed)
+        base = int(self.reader.attrs.get("base_rows", 0) or 0)
+        if base:  # rotated copies of one base spectrum (spectra rotate-grid) stay on one side of the split
+            groups = split_rows(np.arange(base), fractions, split_seed)
+            self.split = Split(*(done[np.isin(done % base, getattr(groups, k))] for k in ("train", "test", "val")))
+        else:
+            self.split = split_rows(done, fractions, split_seed)
         self.wavelength = self.reader.wavelength
         self.pixel = float(np.median(np.diff(self.wavelength)))
         self.labels = self.reader.labels[:, self._columns]  # physical units, all rows

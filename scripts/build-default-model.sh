@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
+# (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
+# About 45 minutes on 2 CPU cores (the emulator ~20, the cINN ~15). Needs the train, cpu and test extras
+# (the test venv has them: bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
+#
+#   bash scripts/build-default-model.sh [WORK_DIR]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+work="${1:-build-default}"
+mkdir -p "$work"
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+step "kept PySME spectra: training (unrotated) and the fixed held-out test set"
+[ -f "$work/train.h5" ] || spectra unpack-grid training/grids/train-s7001-*.h5 --out "$work/train.h5"
+[ -f "$work/test.h5" ] || spectra unpack-grid training/grids/test-s9001-*.h5 --out "$work/test.h5"
+
+step "emulator: labels -> unrotated spectrum, errors on the held-out set"
+[ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" --out "$work/emu" --steps 4000 --quiet
+training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$work/emulator_errors"
+[ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
+  --weights fp16 --errors "$work/emulator_errors/emulator_errors.json"
+
+step "training set: 4 rotations per star (own v_broad + 3 prior draws), pseudo-continuum normalised"
+spectra rotate-grid "$work/train.h5" --out "$work/train_rot.h5" --copies 4 --seed 1 --quiet
+spectra normalise-grid "$work/train_rot.h5" --out "$work/train_pc.h5" --quiet
+
+step "cINN (training/default_model.json)"
+training fit --grid "$work/train_pc.h5" --config training/default_model.json --out "$work/run" --device cpu
+
+step "bundle: fp32 + verified int8, the emulator for the re-simulation check"
+[ -f "$work/bundle/manifest.json" ] || python -m export onnx --run "$work/run" --out "$work/bundle" \
+  --precision int8 --grid "$work/train_pc.h5"
+python -c "import json,sys; sys.exit(0 if json.load(open('$work/bundle/manifest.json')).get('emulator') else 1)" \
+  || python -m export attach-emulator --bundle "$work/bundle" --emulator "$work/emu_onnx"
+
+step "held-out test survey (S/N 20, 50, 250; pseudo-continuum after noise, like observed spectra)"
+spectra rotate-grid "$work/test.h5" --out "$work/test_rot.h5" --quiet
+spectra normalise-grid "$work/test_rot.h5" --out "$work/test_pc.h5" --quiet
+[ -d "$work/test_survey.zarr" ] || spectra survey --grid "$work/test_rot.h5" --snr 20,50,250 --continuum pseudo \
+  --out "$work/test_survey.zarr" --seed 9 --quiet
+runtime process --survey "$work/test_survey.zarr" --bundle "$work/bundle" --out "$work/test_catalog.zarr" \
+  --workers 2 --quiet --overwrite
+python -m export calibrate-poor-fit --bundle "$work/bundle" --catalog "$work/test_catalog.zarr" --percentile 99
+python -m export verify --bundle "$work/bundle" --run "$work/run" --grid "$work/train_pc.h5" --samples 1024
+
+step "accuracy on the held-out set"
+training evaluate --run "$work/run" --grid "$work/test_pc.h5" --split all --snr 20,50,250 \
+  --out benchmarks/results/default_model --quiet
+
+step "ship: runtime/default_bundle and runtime/examples"
+rm -rf runtime/default_bundle
+cp -r "$work/bundle" runtime/default_bundle
+python scripts/build_examples.py --synthetic "$work/test_survey.zarr" --rows 60
+echo "done: runtime/default_bundle ($(du -sh runtime/default_bundle | cut -f1)), runtime/examples"

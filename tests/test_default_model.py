@@ -1,0 +1,110 @@
+"""The model that ships: the packaged default bundle, the example surveys, rotated training grids."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from catalog.show import flag_names, show_rows
+from runtime.bundle import load_bundle
+from runtime.packaged import DEFAULT_BUNDLE, default_bundle, unpack_examples
+from spectra import schema
+from spectra.gridstore import GridReader
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_bundle_is_complete_and_verified():
+    bundle = load_bundle(default_bundle())
+    m = bundle.manifest
+    assert m.continuum == "pseudo"  # observed spectra arrive pseudo-continuum normalised
+    assert m.precisions["int8"]["verification"]["passed"]
+    assert bundle.emulator and bundle.emulator["poor_fit_chi2"] > 0  # re-simulation check, calibrated
+    assert bundle.has_summary_graph and bundle.has_hoisted
+    total = sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir())
+    assert total < 80e6  # the shipped model stays well inside the repository's data budget
+
+
+def test_runtime_process_without_bundle_works_from_a_fresh_install(tmp_path):
+    """Install the package (not editable) into a folder, leave the repository, and run the quick start's main job:
+    the default bundle and the example surveys must be in the installed package."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=run, env=env, capture_output=True, text=True)
+
+    done = cli("runtime", "example-survey", "--out", "ex")
+    assert done.returncode == 0, done.stderr
+    done = cli("runtime", "process", "--survey", "ex/observed.zarr", "--out", "c.zarr", "--samples", "512",
+               "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "packaged default model" in done.stderr
+    probe = ("import json, runtime.packaged as p, runtime.bundle as b; from catalog.writers import CatalogueStore; "
+             "s = CatalogueStore.open('c.zarr'); print(json.dumps({'file': p.__file__, 'bundle': s.attrs['bundle'], "
+             "'sha': s.attrs['bundle_sha256'], 'expected': b.load_bundle(p.default_bundle()).sha256, "
+             "'precision': s.attrs['precision'], 'chi2': [float(v) for v in s.column('chi2_resim')]}))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=run, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["file"].startswith(str(target))  # the installed copy, not the repository
+    assert Path(info["bundle"]).is_relative_to(target) and info["sha"] == info["expected"]
+    assert info["precision"] == "int8"
+    assert np.isfinite(info["chi2"]).all()
+
+
+def test_example_surveys_unpack_and_are_never_clobbered(tmp_path):
+    surveys = unpack_examples(tmp_path)
+    assert sorted(p.name for p in surveys) == ["observed.zarr", "synthetic.zarr"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        unpack_examples(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    unpack_examples(tmp_path, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_rotate_grid_keeps_stars_together_and_records_vbroad(tmp_path):
+    from test_emulator import _grid
+
+    from spectra.rotation import rotate_grid
+    from training.data import GridData
+
+    source = _grid(tmp_path / "flat.h5", 20, seed=1)
+    out = rotate_grid(source, tmp_path / "rot.h5", copies=3, seed=2, progress=False)
+    names = schema.label_names()
+    with GridReader(source) as a, GridReader(out) as b:
+        assert b.done.all() and b.n == 60 and b.attrs["base_rows"] == 20
+        np.testing.assert_array_equal(b.labels[:20, names.index("vbroad")], a.labels[:, names.index("vbroad")])
+        assert not np.allclose(b.labels[20:40, names.index("vbroad")], a.labels[:, names.index("vbroad")])
+        other = [i for i, n in enumerate(names) if n != "vbroad"]
+        np.testing.assert_array_equal(b.labels[40:, other], a.labels[:, other])
+    data = GridData(out, (0.6, 0.2, 0.2), split_seed=0)
+    sides = {k: set((data.split[k] % 20).tolist()) for k in ("train", "test", "val")}
+    assert not (sides["train"] & sides["test"]) and not (sides["train"] & sides["val"])
+    assert sum(len(v) for v in sides.values()) == 20
+    with pytest.raises(ValueError, match="needs an unrotated grid"):
+        rotate_grid(out, tmp_path / "again.h5")
+
+
+def test_catalog_show_prints_intervals_and_flag_names(tmp_path):
+    from runtime.pipeline import ProcessOptions, process_survey
+
+    survey = unpack_examples(tmp_path)[0]
+    process_survey(survey, default_bundle(), tmp_path / "c.zarr", ProcessOptions(samples=256, device="cpu"),
+                   progress=False)
+    text = show_rows(tmp_path / "c.zarr", ["teff", "fe_h"], rows=2)
+    assert text.count("\n") >= 3 and "teff [p16, p84]" in text and "chi2_resim" in text
+    assert flag_names(0) == "-" and flag_names(1 | 1024) == "HIGH_REJECTION|POOR_FIT"
+    with pytest.raises(ValueError, match="no column"):
+        show_rows(tmp_path / "c.zarr", ["nonsense"])
