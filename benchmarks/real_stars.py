@@ -149,6 +149,9 @@ def main() -> None:
                                  "p84": float(cat[p + "_p84"][i])} for p in names}
             star[variant]["flags"] = int(cat["flags"][i])
             star[variant]["f_reject"] = float(cat["f_reject"][i])
+            if "chi2_resim" in cat:  # the runtime's own check against the bundle's emulator
+                star[variant]["chi2_resim"] = float(cat["chi2_resim"][i])
+                star[variant]["resim_rms"] = float(cat["resim_rms"][i])
         m = star["own"]
         xfe = {p.split("_")[0].capitalize(): m[p]["map"] for p in names if p.endswith("_fe")}
         labels = labels_from_values(m["teff"]["map"], m["logg"]["map"], m["fe_h"]["map"], m["vmic"]["map"],
@@ -234,11 +237,17 @@ def render(r: dict) -> str:
             d = [v[p]["map"] - lit[p][0] for p in ("teff", "logg", "fe_h")]
             lines.append(f"| {s['star']} | {variant} | {d[0]:+.0f} | {d[1]:+.2f} | {d[2]:+.2f} |")
     lines += ["", "## Re-simulation at the MAP (own S/N)", "",
-              "| star | median abs. deviation | rms | pixels | plot |", "|---|---|---|---|---|"]
+              "PySME synthesis at the MAP (this script), and the runtime's own check against the bundle's emulator "
+              "(`chi2_resim`, `resim_rms` columns; POOR_FIT is flag 1024).", "",
+              "| star | PySME: median abs. deviation | PySME: rms | pixels | runtime chi2_resim | runtime resim_rms "
+              "| plot |", "|---|---|---|---|---|---|---|"]
     for s in r["stars"]:
         x = s["resimulation"]
+        own = s["own"]
+        chi2 = f"{own['chi2_resim']:.2f}" if "chi2_resim" in own else "-"
+        rms = f"{100 * own['resim_rms']:.2f} %" if "resim_rms" in own else "-"
         lines.append(f"| {s['star']} | {x['median_abs_dev_percent']:.2f} % | {x['rms_percent']:.2f} % | "
-                     f"{x['pixels']} | ![{s['star']}]({s['plot']}) |")
+                     f"{x['pixels']} | {chi2} | {rms} | ![{s['star']}]({s['plot']}) |")
     lines += ["", "Paper (its Sect. 4.3): median deviation 0.69 %.", "",
               "## Ingested solar spectra vs our synthetic Sun (same pixels, both pseudo-continuum normalised)", "",
               "| spectrum | green rms | red rms |", "|---|---|---|"]

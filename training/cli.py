@@ -93,6 +93,14 @@ def _cmd_emulator_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_emulate_grid(args: argparse.Namespace) -> int:
+    from .emulator import emulate_grid
+
+    out = emulate_grid(args.run, args.out, args.n, args.seed, progress=not args.quiet)
+    print(f"{out}: {args.n} emulated, rotated spectra (labels from the grid prior, seed {args.seed})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, nargs="+", help="held-out unrotated grid file(s)")
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=_cmd_emulator_evaluate)
+
+    p = sub.add_parser("emulate-grid", help="a training grid of emulated spectra (prior labels, rotated)")
+    p.add_argument("--run", required=True, help="emulator folder (training emulator-fit --out)")
+    p.add_argument("--out", required=True, help="grid HDF5 file to write (resumable)")
+    p.add_argument("--n", type=int, required=True, help="number of spectra")
+    p.add_argument("--seed", type=int, default=1, help="prior seed (use one the PySME test set does not)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_emulate_grid)
 
     p = sub.add_parser("describe", help="build a config's model and print its size")
     p.add_argument("--config", default="paper")
