@@ -99,7 +99,8 @@ class OnnxPosterior:
             self.spectra_per_call = 1 if self.precision == "int8" else max(1, max_rows // s)
             self.projection_session = session(HOISTED["projection"])
             proj_width = int(self.projection_session.get_outputs()[0].shape[1] or 0) or self._proj_width()
-            flow_file = flow_graph or variant_file(bundle, self.precision, "hoisted_flow", HOISTED["flow"])
+            flow_file = (Path(flow_graph).resolve() if flow_graph is not None
+                         else variant_file(bundle, self.precision, "hoisted_flow", HOISTED["flow"]))
             b = self.spectra_per_call
             trt = {"z": (f"1x1x{d}", f"{b}x{s}x{d}", f"{b}x{s}x{d}"),
                    "cond_proj": (f"1x{proj_width}", f"{b}x{proj_width}", f"{b}x{proj_width}")}
