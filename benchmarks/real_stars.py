@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/real_stars")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="real_stars", help="stem of the output files")
+    parser.add_argument("--snr-cap", action="store_true", help="runtime process --snr-cap: S/N above the trained "
+                        "range is used at its maximum (flag SNR_CAPPED), as recommended for real spectra")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
@@ -109,7 +111,7 @@ def main() -> None:
     report = ingest(files, work / "own.zarr", IngestOptions(), per_file=per_file, progress=False)
     ingest_seconds = time.perf_counter() - t0
     degrade_to(work / "own.zarr", work / "s250.zarr", 250.0)
-    options = ProcessOptions(samples=args.samples, seed=0)
+    options = ProcessOptions(samples=args.samples, seed=0, snr_cap=args.snr_cap)
     catalogues = {}
     for variant in ("own", "s250"):
         process_survey(work / f"{variant}.zarr", args.bundle, work / f"{variant}_cat.zarr", options, progress=False)
@@ -130,7 +132,8 @@ def main() -> None:
     sun_labels = labels_from_values(5772.0, 4.44, 0.0, vmic=1.0, vbroad=3.5)
     names = [c for c in catalogues["own"] if c + "_p84" in catalogues["own"]]
     results = {"machine": machine(), "bundle": str(Path(args.bundle).resolve()), "samples": args.samples,
-               "name_option": f" --name {args.name}" if args.name != "real_stars" else "",
+               "name_option": (f" --name {args.name}" if args.name != "real_stars" else "")
+               + (" --snr-cap" if args.snr_cap else ""),
                "ingest_seconds": ingest_seconds, "ingest_flag_counts": report.flag_counts, "stars": []}
     import matplotlib
 

@@ -25,7 +25,7 @@ catalog check --catalog "$out/synthetic_catalog.zarr" --survey "$out/synthetic.z
 catalog report --catalog "$out/synthetic_catalog.zarr" --truth "$out/synthetic.zarr" --out "$out/report" --overwrite
 
 step "3/4 runtime process, default model: the Sun (UVES, HARPS) and 38 Vir (HARPS)"
-runtime process --survey "$out/observed.zarr" --out "$out/observed_catalog.zarr" --overwrite --quiet
+runtime process --survey "$out/observed.zarr" --out "$out/observed_catalog.zarr" --overwrite --quiet --snr-cap
 catalog export --catalog "$out/observed_catalog.zarr" --format fits --out "$out/observed_catalog.fits" --overwrite
 
 step "4/4 results"
