@@ -93,7 +93,7 @@ def _cmd_normalise_grid(args: argparse.Namespace) -> int:
     from .continuum import ContinuumOptions, normalise_grid
 
     out = normalise_grid(args.grid, args.out, ContinuumOptions(knot_spacing=args.knot_spacing),
-                         progress=not args.quiet)
+                         progress=not args.quiet, workers=args.workers)
     print(f"{out}: pseudo-continuum normalised copy of {args.grid}")
     return 0
 
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid HDF5 file")
     p.add_argument("--out", required=True, help="new grid HDF5 file")
     p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--workers", type=int, default=1, help="processes fitting continua in parallel")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
 

@@ -98,12 +98,26 @@ def normalise(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | No
     return flux / pseudo_continuum(wave, flux, options)
 
 
-def normalise_grid(source, out, options: ContinuumOptions | None = None, progress: bool = True):
+def _normalise_rows(args) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, normalised flux) for one block of a grid file (a worker of :func:`normalise_grid`)."""
+    from .gridstore import GridReader
+    from .wavegrid import hr_grid
+
+    source, rows, opt = args
+    wave = hr_grid().wave
+    with GridReader(source) as reader:
+        flux = reader.flux[np.asarray(rows), :].astype(float)
+    return rows, np.stack([normalise(wave, f, opt) for f in flux])
+
+
+def normalise_grid(source, out, options: ContinuumOptions | None = None, progress: bool = True, workers: int = 1):
     """Copy a grid file with every finished row divided by its pseudo-continuum (noiseless spectra).
 
     The copy's attributes record the normalisation (``continuum``) and the source grid; training on it
-    makes the network expect pseudo-continuum normalised input, as ``spectra ingest`` delivers.
+    makes the network expect pseudo-continuum normalised input, as ``spectra ingest`` delivers. ``workers``
+    processes fit blocks of 64 rows at once (~0.1 s per spectrum each); this process writes them.
     """
+    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     from tqdm.auto import tqdm
@@ -121,10 +135,14 @@ def normalise_grid(source, out, options: ContinuumOptions | None = None, progres
         attrs.update(continuum=opt.describe(), normalised_from=str(Path(source).resolve()))
         done, labels = reader.done, reader.labels
         methods, seconds = reader.atmosphere_method, reader.synthesis_seconds
-        with GridWriter(out, done.size, grid, attrs) as writer:  # an interrupted copy is resumed
-            todo = np.flatnonzero(done & ~writer.done)
-            for i in tqdm(todo, desc=f"normalise {out.name}", disable=not progress):
-                flux = reader.flux[i, :].astype(float)
-                writer.write_row(int(i), normalise(grid.wave, flux, opt), labels[i], methods[i],
-                                 float(seconds[i]))
+    with GridWriter(out, done.size, grid, attrs) as writer:  # an interrupted copy is resumed
+        todo = np.flatnonzero(done & ~writer.done)
+        blocks = [(str(source), todo[a:a + 64], opt) for a in range(0, todo.size, 64)]
+        bar = tqdm(total=todo.size, desc=f"normalise {out.name}", disable=not progress)
+        with ProcessPoolExecutor(max(1, workers)) as pool:
+            for rows, flux in (pool.map(_normalise_rows, blocks) if workers > 1 else map(_normalise_rows, blocks)):
+                for i, f in zip(rows, flux, strict=True):
+                    writer.write_row(int(i), f, labels[i], methods[i], float(seconds[i]))
+                bar.update(len(rows))
+        bar.close()
     return out
