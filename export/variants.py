@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import HOISTED, VARIANT_TOLERANCE, VARIANTS, hash_files, load_bundle, write_manifest
+from runtime.precision import within_tolerance
 
 __all__ = ["MAP_PERCENTILE", "make_variant", "quantize_bundle", "variant_errors", "verify_variant"]
 
@@ -230,7 +231,7 @@ def quantize_bundle(bundle_path: str | Path, precisions: list[str], grid: str | 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         check = entry["verification"]
-        passed = max(check["quantile_error"], check["map_error"]) <= check["tolerance"]
+        passed = within_tolerance(check)
         check["passed"] = passed
         log(f"{precision}: quantiles differ from fp32 by at most {check['quantile_error']:.4f} half-widths "
             f"(median {check['quantile_error_median']:.4f}), MAP {check['map_error']:.4f} "

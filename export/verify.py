@@ -146,6 +146,8 @@ def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 409
         report.errors["summary graph MAP"] = _err(np.nan_to_num(device.map), np.nan_to_num(host.map))
     variants = bundle.manifest.precisions
     if variants:
+        from runtime.precision import within_tolerance
+
         from .variants import verify_variant
 
         grid_path = Path(grid) if grid else Path(bundle.manifest.raw["provenance"].get("grid", ""))
@@ -155,7 +157,7 @@ def verify_bundle(bundle_path: str | Path, run: str | Path, n_samples: int = 409
         for name, variant in variants.items():
             check = verify_variant(bundle.path, name, bundle.path / variant["files"]["hoisted_flow"], grid_path)
             errors = check["verification"]
-            errors["passed"] = max(errors["quantile_error"], errors["map_error"]) <= errors["tolerance"]
+            errors["passed"] = within_tolerance(errors)
             report.variants[name] = errors
     for key in ("feature_extractor", "inverse_flow"):
         path = bundle.graph_path(key)

@@ -170,12 +170,12 @@ def _posterior(bundle_path: str, options: ProcessOptions, sha256: str | None = N
 _RESIMULATORS: dict[tuple, Resimulator] = {}
 
 
-def _resimulator(bundle_path: str, threads: int, sha256: str | None) -> Resimulator:
-    """The bundle's emulator session (re-simulation check), once per process."""
-    key = (bundle_path, threads, sha256)
+def _resimulator(bundle: Bundle, threads: int) -> Resimulator:
+    """The bundle's emulator session (re-simulation check), once per process, for the bundle the posterior's
+    sessions already loaded and checked (not loaded and hashed a second time)."""
+    key = (str(bundle.path), bundle.sha256, threads)
     if key not in _RESIMULATORS:
-        _RESIMULATORS[key] = Resimulator(load_bundle(bundle_path, check_graphs=False, expected_sha256=sha256),
-                                         threads=threads)
+        _RESIMULATORS[key] = Resimulator(bundle, threads=threads)
     return _RESIMULATORS[key]
 
 
@@ -190,7 +190,7 @@ class BundleSessions(WorkerPlugin):
     def setup(self, worker) -> None:
         posterior = _posterior(*self.args)
         if posterior.bundle.emulator:
-            _resimulator(self.args[0], self.args[1].threads, self.args[2])
+            _resimulator(posterior.bundle, self.args[1].threads)
 
 
 @dataclass
@@ -231,7 +231,7 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     quants = np.full((n, len(QUANTILES), d), np.nan)
     n_valid = np.zeros(n, dtype=np.int32)
     f_reject = np.full(n, np.nan)
-    resim = _resimulator(ctx.bundle_path, options.threads, ctx.bundle_sha256) if posterior.bundle.emulator else None
+    resim = _resimulator(posterior.bundle, options.threads) if posterior.bundle.emulator else None
     chi2, resim_rms = np.full(n, np.nan), np.full(n, np.nan)
     flags = np.zeros(n, dtype=np.int32)
     snr_all = np.full(n, np.nan)
@@ -277,6 +277,7 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
                 summary = posterior.posterior(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows], options.seed,
                                               options.samples)
                 timings["network"] += clock() - t
+                t = clock()
             else:
                 samples, log_density = posterior.sample(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows],
                                                         options.seed, options.samples)
@@ -344,16 +345,18 @@ def _read_ahead(survey: SurveyReader, start: int, stop: int):
     block is read and decoded in a background thread while the caller works on this one."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def read(a: int):
+        return survey.read_rows(a, min(a + READ_ROWS, stop))
+
     starts = list(range(start, stop, READ_ROWS))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
-        pending = pool.submit(survey.read_rows, starts[0], min(starts[0] + READ_ROWS, stop)) if starts else None
+        pending = pool.submit(read, starts[0]) if starts else None
         for i, a in enumerate(starts):
             t = time.perf_counter()
             block = pending.result()
             waited = time.perf_counter() - t
             if i + 1 < len(starts):
-                nxt = starts[i + 1]
-                pending = pool.submit(survey.read_rows, nxt, min(nxt + READ_ROWS, stop))
+                pending = pool.submit(read, starts[i + 1])
             yield a, block, waited
 
 

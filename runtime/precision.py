@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from .bundle import VARIANTS, Bundle, BundleError
 
-__all__ = ["PRECISIONS", "choose_precision", "variant_file"]
+__all__ = ["PRECISIONS", "choose_precision", "variant_file", "within_tolerance"]
 
 PRECISIONS = ("auto", "fp32", *VARIANTS)
 _AUTO = {"cpu": ("int8",), "cuda": ("fp16", "bf16"), "tensorrt": ("fp16", "bf16")}
+
+
+def within_tolerance(check: dict) -> bool:
+    """A variant's measured quantile and MAP differences from fp32 are both within its tolerance."""
+    return max(check["quantile_error"], check["map_error"]) <= check["tolerance"]
 
 
 def _verified(variant: dict) -> tuple[bool, str]:
@@ -25,7 +30,7 @@ def _verified(variant: dict) -> tuple[bool, str]:
     if not check:
         why = variant.get("unverified_reason", "no verification recorded")
         return False, f"it is unverified ({why})"
-    if check["quantile_error"] > check["tolerance"] or check["map_error"] > check["tolerance"]:
+    if not within_tolerance(check):
         return False, (f"its recorded error against fp32 is {check['quantile_error']:.3f} (quantiles) / "
                        f"{check['map_error']:.3f} (MAP) half-widths, above the tolerance {check['tolerance']}")
     return True, ""
