@@ -19,7 +19,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
                          snr_mode=args.snr_mode, seed=args.seed)
-    result = fit(args.grid, config, args.out, device=args.device, restart=args.restart, progress=not args.quiet)
+    source = args.emulator or args.grid
+    if (config.data == "stream") != bool(args.emulator):
+        raise ValueError(f"config {config.name!r} has data = {config.data!r}: "
+                         + ("give --emulator (an emulator run folder)" if config.data == "stream" else
+                            "give --grid, not --emulator"))
+    result = fit(source, config, args.out, device=args.device, restart=args.restart, progress=not args.quiet,
+                 workers=args.workers)
     print(f"{result.run}: {result.epochs_done} epochs, best validation loss {result.best_val:.4f} at epoch "
           f"{result.best_epoch}{' (stopped early)' if result.stopped_early else ''}; {result.n_parameters:,} "
           f"parameters; {result.seconds:.0f} s this call. Loss curves: {result.run / 'loss.png'}")
@@ -32,7 +38,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     metrics = evaluate(args.run, args.grid, args.out, split=args.split, snr=parse_snr(args.snr),
-                       n_samples=args.samples, seed=args.seed, max_spectra=args.max_spectra, progress=not args.quiet)
+                       n_samples=args.samples, seed=args.seed, max_spectra=args.max_spectra, progress=not args.quiet,
+                       bound=args.bound)
     print(f"{args.out}/report.md: {metrics['n_spectra']} spectra x {len(metrics['per_snr'])} S/N, "
           f"{metrics['spectra_per_second']:.2f} spectra/s")
     for key in ("250", "50"):
@@ -105,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="training", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="train a cINN on a grid (resumes an interrupted run in --out)")
-    p.add_argument("--grid", required=True, help="grid HDF5 file (spectra grid)")
+    p = sub.add_parser("fit", help="train a cINN on a grid or a fresh emulated stream (resumes a run in --out)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--grid", help="grid HDF5 file (spectra grid)")
+    source.add_argument("--emulator", help="emulator run folder: fresh stars every batch (configs with data=stream)")
+    p.add_argument("--workers", type=int, default=1, help="processes making stream batches ahead of the optimiser")
     p.add_argument("--config", default="small", help="paper | small | tiny | a JSON file of config fields")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--epochs", type=int, help="override the config's epoch count")
@@ -128,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-spectra", type=int, help="evaluate only the first N spectra of the split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--bound", help="bound.json of benchmarks/information_limit.py: adds σ / bound per S/N")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -28,6 +28,7 @@ class Config:
     subnet_width: int = 512
     subnet_layers: int = 3  # weight layers: in -> w -> ... -> out
     feature_dropout: float = 0.0  # dropout after each hidden feature layer (not in the paper; regularises small grids)
+    compression: int = 0  # > 0: project the flux on this many principal components first (training.stream.pca_basis)
     clamp: float = 1.9
     permutation_seed: int = 0
     # data
@@ -48,6 +49,12 @@ class Config:
     min_delta: float = 1e-3
     val_batches: int = 8
     seed: int = 0
+    # data: "grid" (noisy copies of a grid's spectra) or "stream" (fresh emulated stars every batch, training.stream)
+    data: str = "grid"
+    stream_stars: int = 64  # stream: new stars per batch (batch_size = stream_stars x stream_copies)
+    stream_copies: int = 8  # stream: noisy copies of each star (independent S/N and noise)
+    pca_stars: int = 3072  # stream + compression: noiseless emulated stars the principal components come from
+    lr_schedule: str = "exponential"  # "exponential" (lr x lr_decay per epoch) or "onecycle" (over all epochs)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -10,7 +10,10 @@ parameter:
 * Table A.2 analogue: NRMSE = RMSE / (max - min of the parameter over the training rows);
 * calibration: fraction of true values inside the central 68 % and 95 % intervals, and simulation-
   based-calibration (SBC) ranks: the fraction of valid samples below the truth, uniform if calibrated;
-* median width of the 68 % interval and the mean rejected fraction.
+* median width of the 68 % interval and the mean rejected fraction;
+* with ``bound`` (the ``bound.json`` of ``benchmarks/information_limit.py``): the efficiency σ / bound =
+  rms(MAP - truth) / rms Cramér-Rao bound at that S/N, so that a poor network can be told from poor data
+  (1 = as good as any unbiased estimator; 'n/a' for S/N values the bound file does not have).
 
 Writes ``report.md``, ``metrics.json``, ``predicted_vs_true.png`` (Fig. 5 style), ``residuals_vs_snr.png``
 (Fig. 4 style) and ``sbc.png``.
@@ -36,7 +39,7 @@ from .data import GridData
 from .fit import load_run
 from .model import CINN
 
-__all__ = ["evaluate", "sample_posterior"]
+__all__ = ["efficiency", "evaluate", "load_bound", "sample_posterior"]
 
 
 def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
@@ -76,10 +79,48 @@ def open_run_with_grid(run: str | Path, grid: str | Path) -> tuple[CINN, Config,
     return model, config, meta, data
 
 
+def load_bound(path: str | Path) -> dict:
+    """A ``bound.json`` of ``benchmarks/information_limit.py``, checked for the part used here:
+    ``bound`` = {S/N: {parameter: {"rms": ..., "median": ...}}}."""
+    raw = json.loads(Path(path).read_text())
+    table = raw.get("bound") if isinstance(raw, dict) else None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f"{path}: not a bound file of benchmarks/information_limit.py (no 'bound' per S/N)")
+    try:
+        [float(k) for k in table]
+    except ValueError:
+        raise ValueError(f"{path}: the keys of 'bound' must be S/N values, got {list(table)}") from None
+    return raw
+
+
+def efficiency(per_snr: dict, bound: dict) -> dict[str, dict[str, float | None]]:
+    """σ / bound per S/N key of ``per_snr`` and parameter: rms(MAP - truth) / rms bound at the same S/N, both
+    over stars of the grid prior (the bound file's stars need not be these ones). None where the bound file has no
+    such S/N (matched by value, so "250" and "250.0" agree; "continuous" never matches) or no such parameter."""
+    table = {float(k): v for k, v in bound["bound"].items()}
+    out: dict[str, dict[str, float | None]] = {}
+    for key, result in per_snr.items():
+        try:
+            row = table.get(float(key))
+        except ValueError:
+            row = None
+        out[key] = {}
+        for name, p in result["params"].items():
+            rms = p.get("rmse", math.hypot(p["bias"], p["sigma"]))  # older metrics: rms^2 = bias^2 + sigma^2
+            b = (row or {}).get(name, {}).get("rms")
+            out[key][name] = float(rms / b) if b and math.isfinite(b) and b > 0 else None
+    return out
+
+
 def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "test",
              snr: SnrSpec | None = None, n_samples: int = 4096, seed: int = 0, max_spectra: int | None = None,
-             spectra_per_call: int = 8, progress: bool = True) -> dict:
-    """Run the evaluation and write the report files; returns the metrics dictionary."""
+             spectra_per_call: int = 8, progress: bool = True, bound: str | Path | None = None) -> dict:
+    """Run the evaluation and write the report files; returns the metrics dictionary.
+
+    ``bound``: a ``bound.json`` of ``benchmarks/information_limit.py``; adds σ / bound (``sigma_over_bound``) per
+    S/N and parameter. Read before sampling, so that a wrong path fails in a second, not after the run.
+    """
+    bound_table = load_bound(bound) if bound is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, config, meta, data = open_run_with_grid(run, grid)
@@ -132,6 +173,14 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
         "seconds": seconds, "spectra_per_second": total / seconds, "parameters": names,
         "per_snr": {k: {m: v for m, v in r.items() if m != "_arrays"} for k, r in results.items()},
     }
+    if bound_table is not None:
+        ratios = efficiency(metrics["per_snr"], bound_table)
+        for key, per in ratios.items():
+            for name, ratio in per.items():
+                metrics["per_snr"][key]["params"][name]["sigma_over_bound"] = ratio
+        metrics["bound"] = {"file": str(Path(bound).resolve()), "snr": list(bound_table["bound"]),
+                            "emulator": bound_table.get("meta", {}).get("emulator"),
+                            "n_stars": bound_table.get("meta", {}).get("n_stars")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     _plots(results, names, out)
     (out / "report.md").write_text(_render(metrics))
@@ -152,6 +201,7 @@ def _metrics(truth, maps, quantiles, n_valid, ranks, n_samples, label_range, nam
         out["params"][name] = {
             "bias": float(r[:, j].mean()) if len(r) else float("nan"),
             "sigma": float(r[:, j].std()) if len(r) else float("nan"),
+            "rmse": float(np.sqrt(np.mean(r[:, j] ** 2))) if len(r) else float("nan"),
             "nrmse": float(np.sqrt(np.mean(r[:, j] ** 2)) / label_range[j]) if len(r) else float("nan"),
             "coverage68": float(inside68[ok, j].mean()) if len(r) else float("nan"),
             "coverage95": float(inside95[ok, j].mean()) if len(r) else float("nan"),
@@ -221,6 +271,10 @@ def _plots(results: dict, names: list[str], out: Path) -> None:
         plt.close(fig)
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _render(m: dict) -> str:
     names = m["parameters"]
     units = {p.name: p.unit for p in schema.TARGETS}
@@ -246,6 +300,15 @@ def _render(m: dict) -> str:
     for key, r in m["per_snr"].items():
         cells = [f"{r['params'][n]['median_width68']:.3g}" for n in names]
         lines.append(f"| {key} | {r['mean_f_reject']:.3f} | " + " | ".join(cells) + " |")
+    if m.get("bound"):
+        b = m["bound"]
+        lines += ["", "## σ / bound (efficiency): rms(MAP − truth) / rms Cramér–Rao bound", "",
+                  f"Bound: `{b['file']}` ({b.get('n_stars')} stars, S/N {', '.join(b['snr'])}; "
+                  "`benchmarks/information_limit.py`). 1 = as good as any unbiased estimator; n/a = S/N not in the "
+                  "bound file.", "", head, sep]
+        for key, r in m["per_snr"].items():
+            cells = [_ratio(r["params"][n].get("sigma_over_bound")) for n in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "![MAP vs truth](predicted_vs_true.png)", "", "![SBC](sbc.png)", ""]
     if len(m["per_snr"]) > 1:
         lines += ["![residuals vs S/N](residuals_vs_snr.png)", ""]

@@ -66,7 +66,8 @@ def _epoch_seed(seed: int, epoch: int) -> list[int]:
 
 
 def _batch_loss(model: CINN, flux, snr, x, config: Config, generator: torch.Generator):
-    c = model.features(flux, snr)
+    # the stream's workers deliver the compressed inputs already; a grid delivers pixels
+    c = model.features_from_coefficients(flux, snr) if config.data == "stream" else model.features(flux, snr)
     z, log_det = model(x, c)
     nll = (0.5 * (z**2).sum(dim=1) - log_det).mean() / model.n_params
     if config.reverse_loss_weight > 0:
@@ -84,20 +85,72 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _validation_loss(model: CINN, data: GridData, config: Config, device: torch.device) -> float:
-    """Mean loss on fixed noisy validation batches (same noise every epoch, so epochs compare)."""
+def _validation_batches(data, config: Config) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Fixed noisy validation batches (same stars and noise every epoch, so epochs compare)."""
+    if config.data == "stream":  # stars of their own stream (epoch 2**31 - 1), never a training batch
+        return list(data.batches([[2**31 - 1, k] for k in range(config.val_batches)]))
     rng = np.random.default_rng([config.seed, 424242])
+    out = []
+    for _ in range(config.val_batches):
+        rows = rng.choice(data.split.val, size=min(config.batch_size, 4 * data.split.val.size))
+        out.append(data.noisy_batch(rows, rng, config.snr_mode))
+    return out
+
+
+def _train_batches(data, config: Config, epoch: int, rng: np.random.Generator):
+    """The epoch's training batches (flux or coefficients, S/N, standardised targets), in order."""
+    if config.data == "stream":
+        yield from data.batches([[epoch, b] for b in range(config.batches_per_epoch)])
+        return
+    for _ in range(config.batches_per_epoch):
+        rows = rng.choice(data.split.train, size=config.batch_size)
+        yield data.noisy_batch(rows, rng, config.snr_mode)
+
+
+def _validation_loss(model: CINN, batches, config: Config, device: torch.device) -> float:
+    """Mean loss on the fixed validation batches."""
     gen = torch.Generator().manual_seed(config.seed + 99)
     model.eval()
     total = 0.0
     with torch.no_grad():
-        for _ in range(config.val_batches):
-            rows = rng.choice(data.split.val, size=min(config.batch_size, 4 * data.split.val.size))
-            flux, snr, x = (torch.from_numpy(a).to(device) for a in data.noisy_batch(rows, rng, config.snr_mode))
+        for arrays in batches:
+            flux, snr, x = (torch.from_numpy(a).to(device) for a in arrays)
             nll, rev = _batch_loss(model, flux, snr, x, config, gen)
             total += float(nll + config.reverse_loss_weight * rev)
     model.train()
     return total / config.val_batches
+
+
+def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int, progress: bool, state):
+    """(EmulatedData, model with its compression and standardisation) for a stream run; the principal components
+    are kept in the run folder (``pca.npz``) so that a resumed run projects exactly as before."""
+    from .stream import EmulatedData, StreamSpec, pca_basis
+
+    spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed)
+    if config.batch_size != spec.batch_size:
+        raise ValueError(f"stream runs need batch_size = stream_stars x stream_copies = {spec.batch_size}, "
+                         f"got {config.batch_size}")
+    projection = None
+    if config.compression:
+        path = out / "pca.npz"
+        if not path.exists():
+            mean, basis, singular = pca_basis(spec, config.pca_stars, config.compression, workers, progress)
+            np.savez(path, mean=mean, basis=basis, singular=singular)
+        saved = np.load(path)
+        projection = (saved["mean"], saved["basis"])
+    data = EmulatedData(spec, projection, workers)
+    torch.manual_seed(config.seed)
+    model = CINN(config, data.n_pixels, data.n_params)
+    if projection is not None:
+        model.set_compression(*projection)
+    if state is None:
+        drawn = list(data.batches([[2**31 - 2, k] for k in range(8)]))  # their own stream again
+        inputs, snr = (np.concatenate([d[i] for d in drawn]) for i in (0, 1))
+        log_snr = np.log10(snr[:, 0].astype(float))
+        model.set_standardisation(inputs.mean(axis=0), np.maximum(inputs.std(axis=0), 1e-3),
+                                  np.array([log_snr.mean()]), np.array([log_snr.std() + 1e-8]),
+                                  data.x_mean, data.x_std)
+    return data, model
 
 
 def build_model(config: Config, data: GridData) -> CINN:
@@ -109,31 +162,41 @@ def build_model(config: Config, data: GridData) -> CINN:
 
 
 def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto", restart: bool = False,
-        progress: bool = True, stop_after_epochs: int | None = None) -> FitResult:
+        progress: bool = True, stop_after_epochs: int | None = None, workers: int = 1) -> FitResult:
     """Train (or resume) a cINN on ``grid`` into the run folder ``out``.
 
+    With ``config.data == "stream"``, ``grid`` is an emulator run folder and every batch is fresh emulated stars
+    (``training.stream``), made by ``workers`` processes ahead of the optimiser.
     ``stop_after_epochs`` ends the call after that many epochs *of this call* (used to test resume).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    data = GridData(grid, config.split, config.split_seed)
     checkpoint_path = out / "checkpoint.pt"
     resume = checkpoint_path.exists() and not restart
-    if resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(config):
-            raise ValueError(f"{out} holds a run with another config; use --restart or another --out")
-        model = CINN(config, data.n_pixels, data.n_params)
-        model.load_state_dict(state["model"])
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
+    if state is not None and state["config"] != asdict(config):
+        raise ValueError(f"{out} holds a run with another config; use --restart or another --out")
+    if config.data == "stream":
+        data, model = _stream_model(grid, config, out, workers, progress, state)
     else:
-        model = build_model(config, data)
-        state = None
+        data = GridData(grid, config.split, config.split_seed)
+        model = build_model(config, data) if state is None else CINN(config, data.n_pixels, data.n_params)
+    if state is not None:
+        model.load_state_dict(state["model"])
     model.to(dev)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
+    if config.lr_schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, pct_start=0.1,
+                                                        total_steps=config.epochs * config.batches_per_epoch)
+    elif config.lr_schedule == "exponential":
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
+    else:
+        raise ValueError(f"lr_schedule must be 'exponential' or 'onecycle', got {config.lr_schedule!r}")
+    per_batch = config.lr_schedule == "onecycle"
+    val_batches = _validation_batches(data, config)
     history: list[dict] = []
     best_val, best_epoch, bad_epochs, start_epoch = math.inf, -1, 0, 0
     if state is not None:
@@ -144,8 +207,12 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
     (out / "config.json").write_text(config.to_json())
     meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": __version__,
             "schema": run_schema(config, data.grid_attrs),
-            "torch": torch.__version__, "split_sizes": {k: int(getattr(data.split, k).size)
-                                                        for k in ("train", "test", "val")}}
+            "torch": torch.__version__}
+    if config.data == "stream":
+        meta["stream"] = {"emulator": str(Path(grid).resolve()), "stars_per_batch": config.stream_stars,
+                          "copies": config.stream_copies}
+    else:
+        meta["split_sizes"] = {k: int(getattr(data.split, k).size) for k in ("train", "test", "val")}
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
 
     start = time.perf_counter()
@@ -159,9 +226,8 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         train_nll = train_rev = 0.0
         model.train()
-        for batch in range(config.batches_per_epoch):
-            rows = rng.choice(data.split.train, size=config.batch_size)
-            flux, snr, x = (torch.from_numpy(a).to(dev) for a in data.noisy_batch(rows, rng, config.snr_mode))
+        for batch, arrays in enumerate(_train_batches(data, config, epoch, rng)):
+            flux, snr, x = (torch.from_numpy(a).to(dev) for a in arrays)
             nll, rev = _batch_loss(model, flux, snr, x, config, gen)
             loss = nll + config.reverse_loss_weight * rev
             if not torch.isfinite(loss):
@@ -174,10 +240,13 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
             if not torch.isfinite(norm):
                 raise DivergenceError(f"gradient norm became {float(norm)} at epoch {epoch}, batch {batch}")
             optimiser.step()
+            if per_batch:
+                scheduler.step()
             train_nll += float(nll.detach())
             train_rev += float(rev.detach())
-        scheduler.step()
-        val = _validation_loss(model, data, config, dev)
+        if not per_batch:
+            scheduler.step()
+        val = _validation_loss(model, val_batches, config, dev)
         record = {"epoch": epoch, "train_nll": train_nll / config.batches_per_epoch,
                   "train_rev": train_rev / config.batches_per_epoch, "val_loss": val,
                   "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}
@@ -272,7 +341,7 @@ def load_run(run: str | Path, which: str = "best") -> tuple[CINN, Config, dict]:
     for key in ("feature_layers", "split", "betas"):
         data[key] = tuple(data[key])
     config = Config(**data)
-    n_pixels = state["model"]["flux_mean"].numel()
+    n_pixels = state["model"].get("pca_mean", state["model"]["flux_mean"]).numel()
     n_params = state["model"]["x_mean"].numel()
     model = CINN(config, n_pixels, n_params)
     model.load_state_dict(state["model"])

@@ -67,7 +67,8 @@ class CINN(nn.Module):
         self.config = config
         self.n_pixels, self.n_params = n_pixels, n_params
         self.n_features = config.feature_layers[-1]
-        self.feature_extractor = _mlp([n_pixels + 1, *config.feature_layers], config.feature_dropout)
+        n_inputs = config.compression or n_pixels
+        self.feature_extractor = _mlp([n_inputs + 1, *config.feature_layers], config.feature_dropout)
         self.flow = Ff.SequenceINN(n_params)
         for k in range(config.n_blocks):
             self.flow.append(Fm.PermuteRandom, seed=config.permutation_seed + k)
@@ -80,12 +81,21 @@ class CINN(nn.Module):
                 clamp_activation=partial(atan_clamp, alpha=config.clamp),
             )
         # standardisation (set from the training data by ``set_standardisation``)
-        self.register_buffer("flux_mean", torch.zeros(n_pixels))
-        self.register_buffer("flux_std", torch.ones(n_pixels))
+        self.register_buffer("flux_mean", torch.zeros(n_inputs))  # of the coefficients when compressing
+        self.register_buffer("flux_std", torch.ones(n_inputs))
         self.register_buffer("log_snr_mean", torch.zeros(1))
         self.register_buffer("log_snr_std", torch.ones(1))
         self.register_buffer("x_mean", torch.zeros(n_params))
         self.register_buffer("x_std", torch.ones(n_params))
+        if config.compression:
+            # flux -> principal-component coefficients (set by ``set_compression``)
+            self.register_buffer("pca_mean", torch.zeros(n_pixels))
+            self.register_buffer("pca_basis", torch.zeros(config.compression, n_pixels))
+
+    def set_compression(self, mean, basis) -> None:
+        """The projection of :func:`training.stream.pca_basis` (mean spectrum (P,), orthonormal rows (n, P))."""
+        self.pca_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.pca_basis.copy_(torch.as_tensor(basis, dtype=torch.float32))
 
     def set_standardisation(self, flux_mean, flux_std, log_snr_mean, log_snr_std, x_mean, x_std) -> None:
         for name, value in dict(flux_mean=flux_mean, flux_std=flux_std, log_snr_mean=log_snr_mean,
@@ -95,7 +105,14 @@ class CINN(nn.Module):
 
     def features(self, flux: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
         """Condition c from raw continuum-normalised flux (B, P) and S/N per Å (B, 1)."""
-        f = (flux - self.flux_mean) / self.flux_std
+        if self.config.compression:
+            return self.features_from_coefficients((flux - self.pca_mean) @ self.pca_basis.T, snr)
+        return self.features_from_coefficients(flux, snr)
+
+    def features_from_coefficients(self, inputs: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        """Condition c from the feature extractor's raw input: flux, or its principal-component coefficients
+        when the model compresses (what the training stream's workers compute)."""
+        f = (inputs - self.flux_mean) / self.flux_std
         s = (torch.log10(snr) - self.log_snr_mean) / self.log_snr_std
         return self.feature_extractor(torch.cat([f, s], dim=1))
 

@@ -1,0 +1,155 @@
+"""The information limit: Cramér–Rao bound, fit shift and finite-difference Jacobian (training/information.py),
+benchmarks/information_limit.py on two shipped held-out stars, and the σ / bound column of `training evaluate`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.information import central_jacobian, covariance, cramer_rao_bound, fisher_information, fit_shift
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _linear_model(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (P=300, D=4) design whose columns differ in scale by 10⁴ (kelvin vs dex) and are correlated (so that
+    marginal and conditional bounds differ), and per-pixel σ of Eq. 1's kind (varying over the pixels)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((300, 4))
+    base[:, 1] += 0.8 * base[:, 0]  # correlated labels: marginalising matters
+    a = base * np.array([1e-4, 0.3, 1.0, 2.0])
+    sigma = 0.05 * rng.uniform(0.5, 1.5, 300)
+    return a, sigma
+
+
+def test_linear_gaussian_model_jacobian_bound_and_monte_carlo():
+    a, sigma = _linear_model()
+    theta0 = np.array([5000.0, 3.0, -0.5, 0.1])
+    jac = central_jacobian(lambda t: t @ a.T, theta0, np.array([10.0, 0.02, 0.02, 0.02]))
+    np.testing.assert_allclose(jac, a, rtol=1e-6, atol=1e-12)
+
+    bound, fisher = cramer_rao_bound(jac, sigma)
+    expected_fisher = a.T @ np.diag(sigma**-2) @ a
+    np.testing.assert_allclose(fisher, expected_fisher, rtol=1e-10)
+    np.testing.assert_allclose(bound, np.sqrt(np.diag(np.linalg.inv(expected_fisher))), rtol=1e-8)
+    np.testing.assert_allclose(covariance(jac, sigma), np.linalg.inv(expected_fisher), rtol=1e-7, atol=1e-20)
+    assert np.all(bound[:2] > 1.2 / np.sqrt(np.diag(expected_fisher))[:2]), "marginal, not conditional, bounds"
+
+    # Weighted least squares is efficient for a linear-Gaussian model: its scatter over noise draws is the bound.
+    rng = np.random.default_rng(1)
+    w = 1.0 / sigma
+    estimates = np.array([np.linalg.lstsq(a * w[:, None], (a @ theta0 + sigma * rng.standard_normal(300)) * w,
+                                          rcond=None)[0] for _ in range(2000)])
+    np.testing.assert_allclose(estimates.std(axis=0), bound, rtol=0.10)
+    assert np.all(np.abs(estimates.mean(axis=0) - theta0) < 4 * bound / np.sqrt(2000))  # unbiased
+
+
+def test_bound_scales_with_noise_and_uninformative_labels_are_infinite():
+    a, sigma = _linear_model(2)
+    bound, _ = cramer_rao_bound(a, sigma)
+    np.testing.assert_allclose(cramer_rao_bound(a, sigma / 5.0)[0], bound / 5.0, rtol=1e-10)  # 1/(S/N)
+    padded = np.column_stack([a[:, :2], np.zeros(300), a[:, 2:]])  # a label the spectrum does not depend on
+    b2, _ = cramer_rao_bound(padded, sigma)
+    assert np.isinf(b2[2])
+    np.testing.assert_allclose(b2[[0, 1, 3, 4]], bound, rtol=1e-10)
+    twin = np.column_stack([a, 2.0 * a[:, 3]])  # two labels with indistinguishable effects
+    b3, _ = cramer_rao_bound(twin, sigma)
+    assert np.isinf(b3[3]) and np.isinf(b3[4]) and np.all(np.isfinite(b3[:3]))
+
+
+def test_central_differences_are_central():
+    """f(θ) = θ² has central difference exactly 2θ; a one-sided difference would be off by h."""
+    theta = np.array([1.0, -2.0, 3.0])
+    jac = central_jacobian(lambda t: t**2, theta, 0.5)
+    np.testing.assert_allclose(jac, np.diag(2 * theta), atol=1e-12)
+    with pytest.raises(ValueError, match="steps"):
+        central_jacobian(lambda t: t, theta, np.array([0.1, 0.0, 0.1]))
+
+
+def test_fit_shift_recovers_a_linear_offset_at_any_snr():
+    a, sigma = _linear_model(3)
+    delta = np.array([30.0, -0.1, 0.05, 0.02])
+    np.testing.assert_allclose(fit_shift(a, sigma, a @ delta), delta, rtol=1e-8)
+    np.testing.assert_allclose(fit_shift(a, 7.0 * sigma, a @ delta), delta, rtol=1e-8)  # independent of S/N
+    # A residual orthogonal (in the σ⁻² metric) to the model's directions moves nothing.
+    w = sigma**-2
+    r = np.random.default_rng(4).standard_normal(300)
+    r_perp = r - a @ np.linalg.solve(a.T @ (w[:, None] * a), a.T @ (w * r))
+    np.testing.assert_allclose(fit_shift(a, sigma, r_perp), 0.0, atol=1e-9)
+    # Masked pixels (σ = 0 or NaN residual) take no part.
+    r_bad = a @ delta
+    r_bad[:5] = np.nan
+    np.testing.assert_allclose(fit_shift(a, sigma, r_bad), delta, rtol=1e-8)
+    np.testing.assert_allclose(fisher_information(a, np.where(np.arange(300) < 5, 0.0, sigma)),
+                               a[5:].T @ (a[5:] / sigma[5:, None] ** 2), rtol=1e-10)
+
+
+def _bound_file(path: Path) -> Path:
+    per = {"teff": {"rms": 10.0, "median": 7.0}, "logg": {"rms": 0.05, "median": 0.02}}
+    path.write_text(json.dumps({"meta": {"n_stars": 3, "emulator": "x"}, "parameters": ["teff", "logg"],
+                                "bound": {"250": per, "50": {k: {"rms": 5 * v["rms"]} for k, v in per.items()}},
+                                "floor": {}}))
+    return path
+
+
+def test_evaluate_report_has_sigma_over_bound(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("FrEIA")
+    from training.evaluate import _render, efficiency, load_bound
+
+    bound = load_bound(_bound_file(tmp_path / "bound.json"))
+
+    def params(bias: float, sigma: float) -> dict:
+        return {"bias": bias, "sigma": sigma, "rmse": float(np.hypot(bias, sigma)), "nrmse": 0.1,
+                "coverage68": 0.68, "coverage95": 0.95, "median_width68": 1.0, "sbc_hist": [1] * 10}
+
+    per_snr = {key: {"n": 10, "mean_f_reject": 0.0, "params": {"teff": params(30.0, 40.0), "logg": params(0, 0.1)}}
+               for key in ("250", "20")}
+    ratios = efficiency(per_snr, bound)
+    assert ratios["250"]["teff"] == pytest.approx(50.0 / 10.0)  # rms(MAP - truth) = hypot(bias, sigma)
+    assert ratios["250"]["logg"] == pytest.approx(0.1 / 0.05)
+    assert ratios["20"] == {"teff": None, "logg": None}  # S/N 20 is not in the bound file
+    for key, per in ratios.items():
+        for name, value in per.items():
+            per_snr[key]["params"][name]["sigma_over_bound"] = value
+    metrics = {"run": "runs/x", "config": "tiny", "epoch": 1, "split": "test", "grid": "g.h5", "n_spectra": 10,
+               "n_samples": 16, "spectra_per_second": 1.0, "parameters": ["teff", "logg"], "per_snr": per_snr,
+               "bound": {"file": "bound.json", "snr": ["250", "50"], "n_stars": 3}}
+    report = _render(metrics)
+    section = report.split("## σ / bound")[1].split("\n\n")[2].splitlines()  # the table
+    assert section[2] == "| 250 | 5.00 | 2.00 |"
+    assert section[3] == "| 20 | n/a | n/a |"
+    del metrics["bound"]
+    assert "σ / bound" not in _render(metrics)  # optional: reports without a bound file stay as they were
+    with pytest.raises(ValueError, match="not a bound file"):
+        load_bound(_write(tmp_path / "other.json", {"per_snr": {}}))
+
+
+def _write(path: Path, content: dict) -> Path:
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_information_limit_script_on_two_shipped_stars(tmp_path):
+    """The script runs on the shipped bundle and held-out shards, and evaluate reads what it writes."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    pytest.importorskip("FrEIA")
+    from training.evaluate import efficiency, load_bound
+
+    shards = sorted((ROOT / "training" / "grids").glob("test-s9001-*.h5"))
+    if not shards or not (ROOT / "runtime" / "default_bundle" / "emulator.onnx").is_file():
+        pytest.skip("shipped held-out shards or bundle emulator not in this checkout")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "information_limit.py"), "--stars", "2", "--snr",
+                    "50,250", "--out", str(tmp_path), "--quiet"], check=True, cwd=ROOT, capture_output=True)
+    bound = load_bound(tmp_path / "bound.json")
+    assert list(bound["bound"]) == ["50", "250"] and bound["meta"]["n_stars"] == 2
+    teff50, teff250 = bound["bound"]["50"]["teff"]["rms"], bound["bound"]["250"]["teff"]["rms"]
+    assert teff50 == pytest.approx(5.0 * teff250) and 1.0 < teff250 < 100.0
+    assert np.isfinite(bound["floor"]["fe_h"]["rms"])
+    per_snr = {"250": {"params": {"teff": {"bias": 0.0, "sigma": teff250}}}}
+    assert efficiency(per_snr, bound)["250"]["teff"] == pytest.approx(1.0)
+    assert "## Headline parameters" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,232 @@
+"""Unlimited fresh training data: prior labels -> emulator -> rotation -> pseudo-continuum -> noise, per batch.
+
+A fixed pool of stars (the earlier recipe: 10,000 emulated stars normalised once) lets a network learn the pool;
+drawing new stars for every batch does not, and costs the emulator's forward pass, a rotation and a batched
+continuum fit per star. Each batch is ``stars`` new stars from the grid prior (``spectra.prior.draw_labels`` with a
+scramble seed of its own), each seen ``copies`` times at independent S/N and noise draws, so no (star, S/N, noise)
+example repeats and no star outlives its batch.
+
+Normalisation: every star gets one pseudo-continuum (``spectra.continuum.BatchNormaliser``, the ingestion fit
+to 5e-5), fitted on its rotated spectrum with S/N 1000 noise; each copy's noise of paper Eq. 1 is added to the
+flux, which is then divided by that continuum. Observed spectra are normalised *after* their noise; the
+difference is the continuum fit's own response to noise (its clipping bias is ~0.13 sigma of the 1 Å-smoothed
+noise: 0.7 % at S/N 20, 0.05 % at S/N 250 per Å), small against the posterior widths at every S/N. Fitting each
+noisy copy instead would cost a continuum fit per example, ~10x the rest of the pipeline on a CPU
+(``benchmarks/results/estimator_study.md`` reports both rates).
+
+Compression: :func:`pca_basis` finds the principal components of noiseless normalised emulated spectra; the
+workers project each noisy example on them (``n`` numbers instead of ~25,000 pixels), which the model's
+``features_from_coefficients`` takes. The same projection is a buffer of the model, so the exported graph takes
+pixels.
+
+Determinism: batch (epoch e, index b) depends on (seed, e, b) only (``SeedSequence([seed, e, b, STREAM_TAG])``);
+worker processes compute batches in any order and the loop consumes them in order, so a resumed or re-run fit
+sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spectra import schema
+
+__all__ = ["EmulatedData", "StreamSpec", "pca_basis"]
+
+CONTINUUM_SNR = 1000.0  # per Å, of the copy each star's pseudo-continuum is fitted on
+STREAM_TAG = 0x5354524D  # "STRM": this module's streams never coincide with survey or posterior streams
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    emulator: str  # emulator run folder (training emulator-fit --out)
+    stars: int = 64  # new stars per batch
+    copies: int = 8  # noisy copies per star (independent S/N and noise)
+    snr_range: tuple[float, float] = (10.0, 1000.0)
+    seed: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.stars * self.copies
+
+
+class _Generator:
+    """Per-process state: emulator (torch, one thread), rotator, batch normaliser, projection."""
+
+    def __init__(self, spec: StreamSpec, projection: tuple[np.ndarray, np.ndarray] | None):
+        import torch
+
+        from spectra.continuum import BatchNormaliser
+        from spectra.rotation import Rotator
+        from spectra.wavegrid import HR_PIXEL, hr_grid
+
+        from .emulator import EMULATOR_INPUTS, load_emulator
+
+        torch.set_num_threads(1)
+        self.spec = spec
+        self.model, _, wave = load_emulator(spec.emulator)
+        grid = hr_grid()
+        if wave.shape != grid.wave.shape or np.max(np.abs(wave - grid.wave)) > 1e-6:
+            raise ValueError(f"{spec.emulator}: the emulator's pixel grid is not the HR grid")
+        self.wave, self.pixel = grid.wave, HR_PIXEL
+        self.rotator = Rotator(grid)
+        self.normaliser = BatchNormaliser(grid.wave)
+        names = schema.label_names()
+        self.emulator_columns = [names.index(n) for n in EMULATOR_INPUTS]
+        self.vbroad_column = names.index("vbroad")
+        self.target_columns = [names.index(n) for n in schema.target_names()]
+        self.projection = projection
+
+    def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
+        import torch
+
+        from spectra.degrade import add_noise
+        from spectra.prior import draw_labels
+
+        scramble = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+        labels = draw_labels(n, scramble)
+        with torch.no_grad():
+            flux = self.model(torch.from_numpy(labels[:, self.emulator_columns].astype(np.float32))).numpy()
+        flux = self.rotator(flux.astype(float), labels[:, self.vbroad_column])
+        # the continuum is fitted with S/N 1000 noise: on a noiseless spectrum with many pure-continuum pixels
+        # (hot stars) the clipping sigma is ~1e-16 and the fit chaotic, as no observed spectrum is
+        rng = np.random.default_rng(np.random.SeedSequence([*seed, 2]))
+        continuum = self.normaliser.continuum(add_noise(flux, CONTINUUM_SNR, self.pixel, rng))
+        return labels, flux, continuum
+
+    def batch(self, seed: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input (B, n) coefficients or (B, P) flux, float32; S/N per Å (B, 1); physical targets (B, 13))."""
+        from spectra.degrade import add_noise
+
+        spec = self.spec
+        labels, flux, continuum = self.stars([*seed, 0], spec.stars)
+        rng = np.random.default_rng(np.random.SeedSequence([*seed, 1]))
+        star = np.repeat(np.arange(spec.stars), spec.copies)
+        lo, hi = np.log(spec.snr_range[0]), np.log(spec.snr_range[1])
+        snr = np.exp(rng.uniform(lo, hi, star.size))
+        noisy = add_noise(flux[star], snr, self.pixel, rng) / continuum[star]
+        if self.projection is not None:
+            mean, basis = self.projection
+            inputs = ((noisy - mean) @ basis.T).astype(np.float32)
+        else:
+            inputs = noisy.astype(np.float32)
+        return inputs, snr.reshape(-1, 1).astype(np.float32), labels[star][:, self.target_columns]
+
+
+_STATE: _Generator | None = None
+
+
+def _init(spec: StreamSpec, projection) -> None:
+    global _STATE
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _STATE = _Generator(spec, projection)
+
+
+def _batch(seed: list[int]):
+    assert _STATE is not None
+    return _STATE.batch(seed)
+
+
+def _stars(args):
+    seed, n = args
+    assert _STATE is not None
+    _, flux, continuum = _STATE.stars(seed, n)
+    return (flux / continuum).astype(np.float32)
+
+
+def pca_basis(spec: StreamSpec, n_stars: int, n_components: int, workers: int = 1,
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean spectrum (P,), basis (n_components, P) orthonormal rows, singular values) of ``n_stars`` noiseless
+    normalised emulated spectra (their own prior stream, never a training batch)."""
+    from tqdm.auto import tqdm
+
+    chunks = [([spec.seed, STREAM_TAG, 99, k], min(64, n_stars - k * 64)) for k in range(-(-n_stars // 64))]
+    parts = []
+    with _Pool(spec, None, workers) as pool:
+        for part in tqdm(pool.imap(_stars, chunks), total=len(chunks), desc="PCA stars", disable=not progress):
+            parts.append(part)
+    flux = np.concatenate(parts).astype(float)
+    mean = flux.mean(axis=0)
+    _, singular, vt = np.linalg.svd(flux - mean, full_matrices=False)
+    return mean, vt[:n_components].copy(), singular
+
+
+class _Pool:
+    """A process pool of generators (or this process alone for workers <= 1)."""
+
+    def __init__(self, spec: StreamSpec, projection, workers: int):
+        self.spec, self.projection, self.workers = spec, projection, workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_init,
+                                                     initargs=(self.spec, self.projection))
+        else:
+            _init(self.spec, self.projection)
+        return self
+
+    def imap(self, func, items):
+        if self.pool is None:
+            return map(func, items)
+        return self.pool.imap(func, items)
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+class EmulatedData:
+    """The training-data interface of ``training.fit`` backed by the fresh stream (see the module docstring).
+
+    ``projection``: (mean, basis) applied in the workers; batches then carry coefficients, not pixels.
+    """
+
+    def __init__(self, spec: StreamSpec, projection: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1):
+        from spectra.continuum import ContinuumOptions
+        from spectra.prior import PRIOR_VERSION
+        from spectra.wavegrid import hr_grid
+
+        self.spec, self.projection, self.workers = spec, projection, workers
+        self.target_names = schema.target_names()
+        self.wavelength = hr_grid().wave
+        sample = schema_targets(40_000, spec.seed)
+        transformed = self.transform(sample)
+        self.x_mean, self.x_std = transformed.mean(axis=0), transformed.std(axis=0) + 1e-8
+        self.grid_attrs = {"engine": "emulator", "engine_version": str(Path(spec.emulator).resolve()),
+                           "prior": PRIOR_VERSION, "continuum": ContinuumOptions().describe(),
+                           "stream": f"fresh: {spec.stars} stars x {spec.copies} copies per batch"}
+        self._pool = _Pool(spec, projection, workers).__enter__()
+
+    n_params = property(lambda self: len(self.target_names))
+    n_pixels = property(lambda self: self.wavelength.size)
+
+    @staticmethod
+    def transform(labels: np.ndarray) -> np.ndarray:
+        return np.column_stack([p.to_network(labels[:, j]) for j, p in enumerate(schema.TARGETS)])
+
+    def standardise(self, labels: np.ndarray) -> np.ndarray:
+        return (self.transform(labels) - self.x_mean) / self.x_std
+
+    def batches(self, seeds: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(inputs, S/N, standardised targets) float32 for each seed, in order, computed ahead by the workers."""
+        for inputs, snr, labels in self._pool.imap(_batch, [[self.spec.seed, STREAM_TAG, *s] for s in seeds]):
+            yield inputs, snr, self.standardise(labels).astype(np.float32)
+
+    def close(self) -> None:
+        self._pool.__exit__(None, None, None)
+
+
+def schema_targets(n: int, seed: int) -> np.ndarray:
+    """Physical targets (n, 13) drawn from the grid prior (for the target standardisation)."""
+    from spectra.prior import draw_labels
+
+    names = schema.label_names()
+    return draw_labels(n, seed + 12345)[:, [names.index(t) for t in schema.target_names()]]
