@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 60 minutes on 2 CPU cores (the emulator ~20, normalising the emulated pool ~11, the cINN ~15). Needs the
+# About 100 minutes on 2 CPU cores (the emulator ~20, the cINN on its fresh stream ~60, reports ~15). Needs the
 # train, cpu and test extras (the test venv has them: bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
@@ -23,17 +23,12 @@ training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$work
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$work/emulator_errors/emulator_errors.json"
 
-step "training set: 10 000 emulated stars (prior labels -> emulator -> rotation), pseudo-continuum normalised"
-training emulate-grid --run "$work/emu" --out "$work/pool.h5" --n 10000 --seed 1 --quiet
-spectra normalise-grid "$work/pool.h5" --out "$work/train_pc.h5" --workers 2 --quiet
-
 step "real PySME spectra (4 rotations each, pseudo-continuum) to verify the precision variants on"
 spectra rotate-grid "$work/train.h5" --out "$work/pysme_rot.h5" --copies 4 --seed 1 --quiet
 spectra normalise-grid "$work/pysme_rot.h5" --out "$work/pysme_pc.h5" --workers 2 --quiet
 
-step "cINN (training/default_model.json, 70 epochs)"
-training fit --grid "$work/train_pc.h5" --config training/default_model.json --epochs 70 --out "$work/run" \
-  --device cpu
+step "cINN on fresh emulated stars every batch (training/estimator_model.json: 256 principal components, ~60 min)"
+training fit --emulator "$work/emu" --config training/estimator_model.json --out "$work/run" --device cpu --workers 2
 
 step "bundle: fp32 + verified int8, the emulator for the re-simulation check"
 [ -f "$work/bundle/manifest.json" ] || python -m export onnx --run "$work/run" --out "$work/bundle" \
@@ -51,9 +46,17 @@ runtime process --survey "$work/test_survey.zarr" --bundle "$work/bundle" --out 
 python -m export calibrate-poor-fit --bundle "$work/bundle" --catalog "$work/test_catalog.zarr" --percentile 99
 python -m export verify --bundle "$work/bundle" --run "$work/run" --grid "$work/pysme_pc.h5" --samples 1024
 
-step "accuracy on the held-out set"
-training evaluate --run "$work/run" --grid "$work/test_pc.h5" --split all --snr 20,50,250 \
-  --out benchmarks/results/default_model --quiet
+step "the information limit of this emulator on the held-out stars"
+python benchmarks/information_limit.py --emulator "$work/emu" --grid "$work/test.h5" --snr 20,50,250 \
+  --out benchmarks/results/information_limit --quiet
+
+step "accuracy on the held-out set: PySME spectra, and the emulator's own (no emulator mismatch)"
+training evaluate --run "$work/run" --grid "$work/test_rot.h5" --split all --snr 20,50,250 --normalise-after-noise \
+  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model --quiet
+[ -f "$work/test_emu.h5" ] || training emulate-grid --run "$work/emu" --labels-from "$work/test.h5" \
+  --out "$work/test_emu.h5" --quiet
+training evaluate --run "$work/run" --grid "$work/test_emu.h5" --split all --snr 20,50,250 --normalise-after-noise \
+  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model_emulated --quiet
 
 step "ship: runtime/default_bundle and runtime/examples"
 rm -rf runtime/default_bundle

@@ -39,7 +39,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.run, args.grid, args.out, split=args.split, snr=parse_snr(args.snr),
                        n_samples=args.samples, seed=args.seed, max_spectra=args.max_spectra, progress=not args.quiet,
-                       bound=args.bound)
+                       bound=args.bound, normalise_after_noise=args.normalise_after_noise)
     print(f"{args.out}/report.md: {metrics['n_spectra']} spectra x {len(metrics['per_snr'])} S/N, "
           f"{metrics['spectra_per_second']:.2f} spectra/s")
     for key in ("250", "50"):
@@ -103,8 +103,13 @@ def _cmd_emulator_evaluate(args: argparse.Namespace) -> int:
 def _cmd_emulate_grid(args: argparse.Namespace) -> int:
     from .emulator import emulate_grid
 
-    out = emulate_grid(args.run, args.out, args.n, args.seed, progress=not args.quiet)
-    print(f"{out}: {args.n} emulated, rotated spectra (labels from the grid prior, seed {args.seed})")
+    if args.n is None and args.labels_from is None:
+        raise ValueError("give --n (labels from the prior) or --labels-from GRID")
+    out = emulate_grid(args.run, args.out, args.n or 0, args.seed, progress=not args.quiet,
+                       labels_from=args.labels_from)
+    origin = (f"the labels of {args.labels_from}" if args.labels_from
+              else f"labels from the grid prior, seed {args.seed}")
+    print(f"{out}: emulated, rotated spectra ({origin})")
     return 0
 
 
@@ -138,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-spectra", type=int, help="evaluate only the first N spectra of the split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--normalise-after-noise", action="store_true",
+                   help="--grid has the true continuum: normalise each noisy copy (like observed spectra)")
     p.add_argument("--bound", help="bound.json of benchmarks/information_limit.py: adds σ / bound per S/N")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
@@ -173,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulate-grid", help="a training grid of emulated spectra (prior labels, rotated)")
     p.add_argument("--run", required=True, help="emulator folder (training emulator-fit --out)")
     p.add_argument("--out", required=True, help="grid HDF5 file to write (resumable)")
-    p.add_argument("--n", type=int, required=True, help="number of spectra")
+    p.add_argument("--n", type=int, help="number of spectra (labels from the grid prior)")
+    p.add_argument("--labels-from", help="a grid whose labels to emulate instead (e.g. the held-out PySME set)")
     p.add_argument("--seed", type=int, default=1, help="prior seed (use one the PySME test set does not)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_emulate_grid)

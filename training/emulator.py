@@ -224,11 +224,14 @@ def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | 
 
 
 def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int = 256,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, labels_from: str | Path | None = None) -> Path:
     """A grid of ``n`` emulated spectra: labels from the grid prior (``spectra.prior.draw_labels``, Sobol ``seed``;
     prefix-stable like ``spectra grid``), the emulator's unrotated spectrum, rotated by each row's v_broad
     (``spectra.rotation.Rotator``). A training set as large as wanted for the cost of a forward pass, with the
-    emulator's errors; its attributes say so (``engine`` = the emulator). Resumable like any grid."""
+    emulator's errors; its attributes say so (``engine`` = the emulator). Resumable like any grid.
+
+    ``labels_from``: take the finished rows' labels of that grid instead (``n`` and ``seed`` are then ignored):
+    the emulator's version of a PySME set, e.g. the held-out stars with no emulator mismatch at all."""
     from tqdm.auto import tqdm
 
     from spectra.gridstore import GridWriter
@@ -240,11 +243,19 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
     grid = hr_grid()
     if wave.shape != grid.wave.shape or np.max(np.abs(wave - grid.wave)) > 1e-6:
         raise ValueError(f"{run}: the emulator's pixel grid is not the HR grid")
-    labels = draw_labels(n, seed)
     names = schema.label_names()
+    if labels_from is not None:
+        with GridReader(labels_from) as source:
+            if source.label_names != names:
+                raise ValueError(f"{labels_from}: labels {source.label_names} differ from the schema's {names}")
+            labels = source.labels[np.flatnonzero(source.done)]
+        n, seed = labels.shape[0], -1
+    else:
+        labels = draw_labels(n, seed)
     index = [names.index(name) for name in EMULATOR_INPUTS]
     rotator = Rotator(grid)
-    attrs = {"seed": seed, "prior": PRIOR_VERSION, "engine": "emulator", "engine_version": str(Path(run).resolve()),
+    prior = PRIOR_VERSION if labels_from is None else f"labels of {labels_from}"
+    attrs = {"seed": seed, "prior": prior, "engine": "emulator", "engine_version": str(Path(run).resolve()),
              "emulator_training": json.dumps({k: record[k] for k in ("grids", "n_train", "val_rms_median")}),
              "linelist_sha256": "as the emulator's training grids", "rotation": "applied by spectra.rotation.Rotator",
              "continuum": "true continuum (emulated synthesis)"}

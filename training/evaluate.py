@@ -114,16 +114,30 @@ def efficiency(per_snr: dict, bound: dict) -> dict[str, dict[str, float | None]]
 
 def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "test",
              snr: SnrSpec | None = None, n_samples: int = 4096, seed: int = 0, max_spectra: int | None = None,
-             spectra_per_call: int = 8, progress: bool = True, bound: str | Path | None = None) -> dict:
+             spectra_per_call: int = 8, progress: bool = True, bound: str | Path | None = None,
+             normalise_after_noise: bool = False) -> dict:
     """Run the evaluation and write the report files; returns the metrics dictionary.
 
     ``bound``: a ``bound.json`` of ``benchmarks/information_limit.py``; adds σ / bound (``sigma_over_bound``) per
     S/N and parameter. Read before sampling, so that a wrong path fails in a second, not after the run.
+    ``normalise_after_noise``: ``grid`` holds true-continuum spectra; each noisy copy is divided by its own
+    pseudo-continuum (``spectra.continuum.BatchNormaliser``), as observed spectra and ``spectra survey
+    --continuum pseudo`` are, instead of adding noise to spectra normalised before.
     """
     bound_table = load_bound(bound) if bound is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, config, meta, data = open_run_with_grid(run, grid)
+    normaliser = None
+    if normalise_after_noise:
+        from runtime.bundle import continuum_kind
+        from spectra.continuum import BatchNormaliser
+
+        if continuum_kind(data.grid_attrs) == "pseudo":
+            data.close()
+            raise ValueError(f"{grid}: already pseudo-continuum normalised; --normalise-after-noise needs the "
+                             "true-continuum grid")
+        normaliser = BatchNormaliser(data.wavelength)
     rows = data.rows if split == "all" else data.split[split]  # all: a held-out grid the run never saw
     if max_spectra:
         rows = rows[:max_spectra]
@@ -147,6 +161,8 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
             rng = np.random.default_rng([seed, k, start_i])
             fixed = None if snr_value is None else np.full(len(batch), float(snr_value))
             flux, snr_in, _ = data.noisy_batch(batch, rng, config.snr_mode, fixed)
+            if normaliser is not None:
+                flux = normaliser(flux).astype(np.float32)
             seeds = [[seed, int(r), k, 17] for r in batch]
             x_std, logp = sample_posterior(model, flux, snr_in, n_samples, seeds)
             phys = to_physical(x_std, x_mean, x_sd)
@@ -169,7 +185,8 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     seconds = time.perf_counter() - start
     metrics = {
         "run": str(Path(run).resolve()), "grid": str(Path(grid).resolve()), "split": split,
-        "n_spectra": len(rows), "n_samples": n_samples, "config": config.name, "epoch": meta.get("epoch"),
+        "n_spectra": len(rows), "n_samples": n_samples,
+        "normalised_after_noise": bool(normalise_after_noise), "config": config.name, "epoch": meta.get("epoch"),
         "seconds": seconds, "spectra_per_second": total / seconds, "parameters": names,
         "per_snr": {k: {m: v for m, v in r.items() if m != "_arrays"} for k, r in results.items()},
     }

@@ -172,7 +172,9 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0))
+    # a stream's worker processes keep their cores busy: the optimiser gets what is left (at least one)
+    torch.set_num_threads(max(1, cores - (workers if config.data == "stream" and workers > 1 else 0)))
     checkpoint_path = out / "checkpoint.pt"
     resume = checkpoint_path.exists() and not restart
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
