@@ -29,6 +29,7 @@ from runtime.bundle import (
     sha256_file,
     write_manifest,
 )
+from runtime.streams import scheme as random_stream_scheme
 from spectra.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
@@ -180,6 +181,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         "graphs": {key: {"file": f, "inputs": list(i), "outputs": list(o), "batch_axis": 0}
                    for key, (f, i, o) in GRAPHS.items()},
         "log_density": "log p(x | spectrum) = log N(z; 0, I) - log_jac_det, in the standardised x space",
+        "random_streams": random_stream_scheme(),
         "opset": opset,
         "bias_correction": correction,
         "provenance": {

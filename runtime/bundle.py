@@ -12,6 +12,12 @@ A bundle is a folder::
 with the per-parameter transform (identity or log10). ``log_jac_det`` = log|det dx/dz|, so
 log p(x | spectrum) = log N(z; 0, I) - log_jac_det.
 
+``random_streams`` (optional; ``{"version": 2, "scheme": "..."}`` from ``runtime.streams.scheme``) records how
+the exporting software seeds per-spectrum draws (survey noise and latent z, each its own tagged stream):
+provenance, since which draws a catalogue used is decided by the runtime that makes it, and recorded there too.
+Bundles exported before the field existed (the shipped ``runtime/default_bundle`` among them) lack it and stay
+valid: the graphs do not depend on it.
+
 ``export`` writes bundles with :func:`write_manifest` (so writer and reader cannot drift apart);
 ``runtime`` reads them with :func:`load_bundle`, which validates everything it can before a survey
 starts and names the file and field of any problem.
@@ -159,6 +165,12 @@ class Manifest:
     @property
     def bias_correction(self) -> dict | None:
         return self.raw.get("bias_correction")
+
+    @property
+    def random_streams(self) -> dict | None:
+        """The exporting software's random-stream scheme (``runtime.streams.scheme``), None for bundles exported
+        before it was recorded (they used scheme version 1: one untagged stream per spectrum)."""
+        return self.raw.get("random_streams")
 
     @property
     def precisions(self) -> dict[str, dict]:
@@ -377,6 +389,7 @@ def _validate(raw: dict, where: Path) -> None:
         _plain_filename(graph.get("file"), where, f"extra_graphs.{key}.file")
     _validate_precisions(raw.get("precisions"), where)
     _validate_emulator(raw.get("emulator"), where)
+    _validate_random_streams(raw.get("random_streams"), where)
     files = raw["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{where}: files must map file name -> sha256")
@@ -437,6 +450,17 @@ def _validate_emulator(emulator, where: Path) -> None:
     threshold = emulator.get("poor_fit_chi2")
     if threshold is not None and (not _is_number(threshold) or threshold <= 0):
         raise BundleError(f"{where}: emulator.poor_fit_chi2 must be a positive number or null, got {threshold!r}")
+
+
+def _validate_random_streams(streams, where: Path) -> None:
+    """Optional (older bundles lack it); when present, a version number and the scheme's description."""
+    if streams is None:
+        return
+    if (not isinstance(streams, dict) or isinstance(streams.get("version"), bool)
+            or not isinstance(streams.get("version"), int) or streams["version"] < 1
+            or not isinstance(streams.get("scheme"), str) or not streams["scheme"]):
+        raise BundleError(f"{where}: random_streams must be {{\"version\": int >= 1, \"scheme\": text}}, got "
+                          f"{streams!r:.120}")
 
 
 def _check_files(path: Path, raw: dict, where: Path) -> dict[str, str]:

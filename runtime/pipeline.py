@@ -16,10 +16,11 @@ only), or an existing cluster (``--scheduler tcp://HOST:8786`` or ``tls://`` wit
 ``--tls-cert``, ``--tls-key``; input and output must be on a filesystem all workers see). Each worker builds
 its ONNX Runtime sessions once (a ``WorkerPlugin``), not per task.
 
-Determinism: a spectrum's latent draws come from (seed, source_id) only, so the catalogue is the
-same whatever the chunk size or worker count. Resume: ``--resume`` reopens a catalogue made with the
-same bundle, seed, samples and survey *content* (its fingerprint, not its path), and runs only the shards
-not marked done.
+Determinism: a spectrum's latent draws come from (seed, source_id) only — its latent stream
+``SeedSequence([seed, source_id, LATENT])`` (``runtime.streams``), never the stream its survey noise was drawn
+from — so the catalogue is the same whatever the chunk size or worker count. The catalogue records the scheme
+(``random_streams``). Resume: ``--resume`` reopens a catalogue made with the same bundle, seed, samples, random
+stream scheme and survey *content* (its fingerprint, not its path), and runs only the shards not marked done.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from .precision import choose_precision, variant_file
 from .resim import Resimulator
 from .sampler import OnnxPosterior
 from .sessions import resolve_providers
+from .streams import LEGACY_SCHEME, check_seed
+from .streams import scheme as random_stream_scheme
 from .survey import SurveyReader, open_survey
 
 __all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk", "process_survey",
@@ -59,7 +62,7 @@ __all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "pr
 #: the stages a task's seconds are counted in (ChunkResult.timings, the catalogue's runs attribute)
 STAGES = ("read", "network", "summary", "resim", "other", "write")
 #: resume-identity attributes that catalogues from before they existed lack, with the value they implied
-_IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32"}
+_IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
@@ -409,6 +412,7 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
         raise ValueError(f"--batch must be >= 1 (or 0 for the device's default), got {options.batch}")
     if options.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {options.threads}")
+    check_seed(options.seed, "--seed")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if chunk is not None and chunk < 1:
@@ -458,7 +462,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     provenance = tuple(c.name for c in PROVENANCE_COLUMNS if survey.has(c.name))
     identity = {"survey_fingerprint": survey.fingerprint(), "bundle_sha256": bundle.sha256, "seed": options.seed,
                 "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected),
-                "snr_cap": options.snr_cap, "precision": precision}
+                "snr_cap": options.snr_cap, "precision": precision, "random_streams": random_stream_scheme()}
     ctx = RunContext(str(input_path), str(output_path), str(Path(bundle_path).resolve()), bundle.sha256,
                      options, bool(warnings), provenance)
     distributed = scheduler is not None or workers > 1
@@ -469,10 +473,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     try:
         if output_path.exists():
             store = CatalogueStore.open(output_path, mode="r+")
-            for key, value in identity.items():
-                if store.attrs.get(key, _IDENTITY_DEFAULTS.get(key)) != value:
-                    raise ValueError(f"{output_path} was made with {key} = {store.attrs.get(key)!r}, this run has "
-                                     f"{value!r}; resume needs the same settings")
+            _check_identity(output_path, dict(store.attrs), identity)
         else:
             columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance),
                                         resim=bool(bundle.emulator))
@@ -524,6 +525,23 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     timings = {key: sum(r.timings[key] for r in results) for key in STAGES}
     return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings,
                          timings, [m for r in results for m in r.failures], precision)
+
+
+def _check_identity(output_path: Path, attrs: dict, identity: dict) -> None:
+    """Refuse to resume a catalogue made with other settings (one line naming the first difference): its finished
+    shards and this run's would not form one catalogue."""
+    for key, value in identity.items():
+        made = attrs.get(key, _IDENTITY_DEFAULTS.get(key))
+        if made == value:
+            continue
+        if key == "random_streams":
+            version = made.get("version") if isinstance(made, dict) else made
+            raise ValueError(f"{output_path} was made with random-stream scheme version {version!r}"
+                             f"{' (latent draws shared the survey noise stream)' if made == LEGACY_SCHEME else ''}, "
+                             f"this software draws with version {value['version']}: its rows would differ from "
+                             "the finished ones; re-run without --resume (--overwrite) to remake the catalogue")
+        raise ValueError(f"{output_path} was made with {key} = {attrs.get(key)!r}, this run has {value!r}; resume "
+                         "needs the same settings")
 
 
 def _run_in_process(todo: list[int], ctx: RunContext, finished) -> None:

@@ -1,9 +1,10 @@
 """Posterior sampling with a model bundle through ONNX Runtime (numpy + onnxruntime only).
 
 For each spectrum: features once (``feature_extractor.onnx``) and the subnets' condition term once
-(``condition_projection.onnx``), then ``n_samples`` latent draws z ~ N(0, I) from
-``numpy.random.default_rng(SeedSequence([seed, source_id]))`` — so a spectrum's samples depend on
-(seed, source_id) only, never on batching, chunking, workers or device — pushed through the hoisted flow
+(``condition_projection.onnx``), then ``n_samples`` latent draws z ~ N(0, I) from the spectrum's own latent
+stream ``SeedSequence([seed, source_id, LATENT])`` (``runtime.streams``; a simulated survey's noise has its
+own tag, so z is never the noise shifted) — so a spectrum's samples depend on (seed, source_id) only, never on
+batching, chunking, workers or device — pushed through the hoisted flow
 (``hoisted_flow.onnx`` or its int8/fp16/bf16 variant, ``runtime.precision``), many spectra x samples per call.
 Densities: log p = log N(z; 0, I) - log|det dx/dz| (network space).
 
@@ -31,6 +32,7 @@ from .bundle import HOISTED, SUMMARY, Bundle, BundleError
 from .posterior import QUANTILES, PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
 from .sessions import resolve_providers, session_options
+from .streams import LATENT, stream_rng
 
 __all__ = ["SUMMARY_MODES", "OnnxPosterior", "latent_draws"]
 
@@ -38,8 +40,9 @@ SUMMARY_MODES = ("auto", "device", "host")
 
 
 def latent_draws(seed: int, source_id: int, n_samples: int, n_params: int) -> np.ndarray:
-    """z (n_samples, n_params) float32 for one spectrum, from (seed, source_id) only."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(source_id)]))
+    """z (n_samples, n_params) float32 for one spectrum, from (seed, source_id) only: its latent stream
+    (``runtime.streams.LATENT``), independent of the noise of a survey simulated with the same seed."""
+    rng = stream_rng(seed, source_id, LATENT)
     return rng.standard_normal((n_samples, n_params), dtype=np.float32)
 
 

@@ -3,7 +3,9 @@
 :func:`fourmost_l1_from_grid` writes grid rows as a 4MOST L1-style FITS file (``readers.write_fourmost_l1``):
 noise at a given S/N per Å with its ``ERR_FLUX``, an optional Doppler shift, and a smooth non-flat
 continuum (a 6000 K blackbody shape times a slow ripple), so that ingestion has real work to do:
-find the RV, normalise, estimate nothing it was told.
+find the RV, normalise, estimate nothing it was told. The noise of grid row r is drawn from its noise stream
+``SeedSequence([seed, r, NOISE])`` (``runtime.streams``), the same stream ``spectra survey`` would use for a
+spectrum with source_id r, and never the stream of the posterior's latent draws.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from runtime.streams import NOISE, check_seed, stream_rng
 
 from .degrade import C_KMS, add_noise, noise_sigma
 from .gridstore import GridReader
@@ -32,6 +36,7 @@ def fourmost_l1_from_grid(grid_path: str | Path, rows: list[int], out: str | Pat
                           seed: int = 0, rv_kms: float | list[float] = 0.0, raw_continuum: bool = True) -> Path:
     """Grid rows → noisy 4MOST L1-style file (one table row per spectrum, resolving power stated as the
     grid's own, ``prepare.TRAINING_RESOLUTION``, so that ingestion does not broaden them again)."""
+    seed = check_seed(seed, "--seed")
     rvs = np.broadcast_to(np.asarray(rv_kms, dtype=float), (len(rows),))
     spectra = []
     with GridReader(grid_path) as grid:
@@ -39,8 +44,7 @@ def fourmost_l1_from_grid(grid_path: str | Path, rows: list[int], out: str | Pat
         pixel = float(np.median(np.diff(wave)))
         for i, row in enumerate(rows):
             clean = grid.flux[row, :].astype(float)
-            rng = np.random.default_rng(np.random.SeedSequence([seed, row]))
-            noisy = add_noise(clean, snr, pixel, rng)
+            noisy = add_noise(clean, snr, pixel, stream_rng(seed, row, NOISE))
             error = noise_sigma(clean, snr, pixel)
             scale = smooth_continuum(wave) if raw_continuum else np.ones_like(wave)
             observed_wave = wave * (1.0 + rvs[i] / C_KMS)

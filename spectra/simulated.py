@@ -4,14 +4,20 @@ A survey of 4 million spectra x 25 200 pixels is 400 GB, more than our machines 
 writes a small JSON file instead::
 
     {"format": "cinn4most-simulated-survey/1", "grid": "/abs/grid.h5", "grid_sha256": "...", "n": 4000000,
-     "snr": "fixed:10,...,1000", "seed": 0, "chunk": 4096}
+     "snr": "fixed:10,...,1000", "seed": 0, "chunk": 4096, "random_streams": {"version": 2, ...}}
 
 and :class:`SimulatedSurvey` (read through ``runtime.survey.open_survey``, the same interface as a Zarr
-survey) generates row i when it is read: ``source_id`` = i; from ``numpy.random.default_rng(SeedSequence(
-[seed, i]))`` it picks the base spectrum among the grid's finished rows, then the S/N (the fixed values in
-turn by ``i``, or a log-uniform draw) and adds Gaussian noise of ``spectra.degrade.noise_sigma`` (paper Eq. 1),
-drawn in float32 (half the cost of float64; a simulated survey is for scale, ``spectra survey`` for accuracy).
-A row therefore depends on (seed, source_id) only: any reader, chunking or worker count sees the same spectra.
+survey) generates row i when it is read: ``source_id`` = i; from its row stream ``SeedSequence([seed, i, ROW])``
+(``runtime.streams``) it picks the base spectrum among the grid's finished rows, then the S/N (the fixed values
+in turn by ``i``, or a log-uniform draw); from its noise stream ``SeedSequence([seed, i, NOISE])`` it adds
+Gaussian noise of ``spectra.degrade.noise_sigma`` (paper Eq. 1), drawn in float32 (half the cost of float64; a
+simulated survey is for scale, ``spectra survey`` for accuracy). A row therefore depends on (seed, source_id)
+only: any reader, chunking or worker count sees the same spectra; and the posterior's latent draws for the same
+(seed, source_id) come from a third stream, so they are not this noise shifted by a few elements.
+
+The rows a description denotes depend on the stream scheme, so the description records it
+(``random_streams``) and a description without it (written before scheme version 2) is refused rather than
+read as different spectra under the same name: write it again with ``spectra simulate``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import sha256_file
+from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
 from runtime.survey import SIMULATED_FORMAT, RowBlock, SurveyReader
 
 from .degrade import noise_sigma
@@ -45,6 +52,7 @@ def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, 
     if out.suffix.lower() != ".json":
         raise ValueError(f"{out}: a simulated survey is a .json file")
     spec = parse_snr(snr)
+    seed = check_seed(seed, "--seed")
     with GridReader(grid) as reader:
         if not reader.done.any():
             raise ValueError(f"{grid}: the grid has no finished rows")
@@ -52,7 +60,8 @@ def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, 
     description = {"format": SIMULATED_FORMAT, "grid": str(grid), "grid_sha256": sha256_file(grid), "n": int(n),
                    "snr": spec.describe(), "seed": int(seed), "chunk": int(chunk),
                    "noise_model": "Gaussian, sigma_i = f_i / (S/N_A * sqrt(pixel_width_A)) (Ksoll+2026 Eq. 1)",
-                   "continuum": "true continuum (synthesis)", "continuum_kind": "true"}
+                   "continuum": "true continuum (synthesis)", "continuum_kind": "true",
+                   "random_streams": scheme()}
     out.write_text(json.dumps(description, indent=1))
     return out
 
@@ -73,6 +82,12 @@ class SimulatedSurvey(SurveyReader):
         for key in ("grid", "grid_sha256", "n", "snr", "seed", "chunk"):
             if key not in spec:
                 raise ValueError(f"{self.path}: simulated survey lacks {key!r}")
+        streams = spec.get("random_streams")
+        if streams != scheme():
+            made = "before random streams were recorded (version 1)" if streams is None else f"with {streams!r}"
+            raise ValueError(f"{self.path}: described {made}; this software generates rows with random-stream "
+                             f"scheme version {scheme()['version']}, which gives other spectra: write the description "
+                             "again with `spectra simulate`")
         self.spec = spec
         self.grid_path = Path(spec["grid"])
         if not self.grid_path.is_file():
@@ -98,7 +113,8 @@ class SimulatedSurvey(SurveyReader):
         return name in ("flux", "snr", "source_id", "wavelength", "truth", "base_index")
 
     def _base(self, source_id: int) -> tuple[int, np.random.Generator]:
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(source_id)]))
+        """The row's base spectrum (index into the finished rows) and its row stream, positioned for the S/N."""
+        rng = stream_rng(self.seed, source_id, ROW)
         return int(rng.integers(self.base_rows.size)), rng
 
     def draw(self, source_id: int) -> tuple[int, float, np.ndarray]:
@@ -107,7 +123,8 @@ class SimulatedSurvey(SurveyReader):
         snr = self.snr.draw(int(source_id) % self.snr.per_base, rng)
         clean = self.flux[base]
         sigma = noise_sigma(clean, snr, self.pixel).astype(np.float32)
-        return base, snr, clean + sigma * rng.standard_normal(clean.size, dtype=np.float32)
+        noise = stream_rng(self.seed, source_id, NOISE).standard_normal(clean.size, dtype=np.float32)
+        return base, snr, clean + sigma * noise
 
     def read_rows(self, start: int, stop: int) -> RowBlock:
         if not 0 <= start <= stop <= self.n:

@@ -9,10 +9,12 @@ each requested S/N per Å with the noise of paper Eq. 1 (see ``degrade``). Layou
     base_index  (N,)   int64                         row of the grid the spectrum came from
     wavelength  (P,)   float64                       air, Å
     truth       (N, K) float64, attrs names          labels where known (synthetic surveys)
-    attrs: format, noise model, seed, S/N spec, grid provenance
+    attrs: format, noise model, seed, random_streams, S/N spec, grid provenance
 
-The noise of a spectrum is drawn from ``numpy.random.default_rng(SeedSequence([seed, source_id]))``:
-it does not depend on chunking. Written chunk by chunk: the grid is never loaded whole.
+The noise of a spectrum is drawn from its noise stream ``SeedSequence([seed, source_id, NOISE])`` and a
+log-uniform S/N from its row stream (``runtime.streams``): it does not depend on chunking, and it is independent
+of the posterior's latent draws for the same (seed, source_id), which have a stream of their own. Written chunk
+by chunk: the grid is never loaded whole.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 from tqdm.auto import tqdm
+
+from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
 
 from .continuum import ContinuumOptions, normalise
 from .degrade import add_noise
@@ -92,6 +96,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
     out = Path(out)
     if chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    seed = check_seed(seed, "--seed")
     if not Path(grid_path).is_file():
         raise FileNotFoundError(f"grid {grid_path} not found")
     claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite)
@@ -122,6 +127,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
             continuum=continuum.describe() if continuum else "true continuum (synthesis)",
             continuum_kind="pseudo" if continuum else "true",
             seed=seed,
+            random_streams=scheme(),
             grid=str(Path(grid_path).resolve()),
             grid_attrs={k: v for k, v in grid.attrs.items() if isinstance(v, (str, int, float, bool))},
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -137,9 +143,8 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
             noisy = np.empty_like(clean)
             snrs = np.empty(rows.size)
             for j, (source_id, k) in enumerate(zip(ids, rows % n_snr, strict=True)):
-                rng = np.random.default_rng(np.random.SeedSequence([seed, int(source_id)]))
-                snrs[j] = snr.draw(int(k), rng)
-                noisy[j] = add_noise(clean[j].astype(float), snrs[j], pixel, rng)
+                snrs[j] = snr.draw(int(k), stream_rng(seed, source_id, ROW))
+                noisy[j] = add_noise(clean[j].astype(float), snrs[j], pixel, stream_rng(seed, source_id, NOISE))
                 if continuum is not None:
                     noisy[j] = normalise(wave, noisy[j], continuum)
             flux[start:stop] = noisy
