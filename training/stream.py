@@ -40,6 +40,7 @@ __all__ = ["EmulatedData", "StreamSpec", "pca_basis"]
 
 CONTINUUM_SNR = 1000.0  # per Å, of the copy each star's pseudo-continuum is fitted on
 STREAM_TAG = 0x5354524D  # "STRM": this module's streams never coincide with survey or posterior streams
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -101,21 +102,29 @@ class _Generator:
         return labels, flux, continuum
 
     def batch(self, seed: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(input (B, n) coefficients or (B, P) flux, float32; S/N per Å (B, 1); physical targets (B, 13))."""
-        from spectra.degrade import add_noise
+        """(input (B, n) coefficients or (B, P) flux, float32; S/N per Å (B, 1); physical targets (B, 13)).
 
+        Examples are made a star at a time in float32 (a (copies, P) block stays in cache): noise of paper Eq. 1,
+        f + |f| n / (S/N per pixel), divided by the star's continuum, projected."""
         spec = self.spec
         labels, flux, continuum = self.stars([*seed, 0], spec.stars)
         rng = np.random.default_rng(np.random.SeedSequence([*seed, 1]))
         star = np.repeat(np.arange(spec.stars), spec.copies)
         lo, hi = np.log(spec.snr_range[0]), np.log(spec.snr_range[1])
         snr = np.exp(rng.uniform(lo, hi, star.size))
-        noisy = add_noise(flux[star], snr, self.pixel, rng) / continuum[star]
-        if self.projection is not None:
-            mean, basis = self.projection
-            inputs = ((noisy - mean) @ basis.T).astype(np.float32)
-        else:
-            inputs = noisy.astype(np.float32)
+        snr_pixel = (snr * np.sqrt(self.pixel)).astype(np.float32)
+        width = self.projection[1].shape[0] if self.projection is not None else flux.shape[1]
+        inputs = np.empty((star.size, width), dtype=np.float32)
+        for k in range(spec.stars):
+            rows = slice(k * spec.copies, (k + 1) * spec.copies)
+            f = flux[k].astype(np.float32)
+            noise = rng.standard_normal((spec.copies, f.size), dtype=np.float32)
+            noisy = (f + np.abs(f) * (noise / snr_pixel[rows, None])) / continuum[k].astype(np.float32)
+            if self.projection is not None:
+                mean, basis = self.projection
+                inputs[rows] = (noisy - mean) @ basis.T
+            else:
+                inputs[rows] = noisy
         return inputs, snr.reshape(-1, 1).astype(np.float32), labels[star][:, self.target_columns]
 
 
@@ -124,7 +133,8 @@ _STATE: _Generator | None = None
 
 def _init(spec: StreamSpec, projection) -> None:
     global _STATE
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if projection is not None:
+        projection = tuple(np.asarray(a, dtype=np.float32) for a in projection)
     _STATE = _Generator(spec, projection)
 
 
@@ -166,8 +176,18 @@ class _Pool:
 
     def __enter__(self):
         if self.workers > 1:
-            self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_init,
-                                                     initargs=(self.spec, self.projection))
+            # one thread per worker: the workers are the parallelism (BLAS threads would fight them)
+            saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+            os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+            try:
+                self.pool = mp.get_context("spawn").Pool(self.workers, initializer=_init,
+                                                         initargs=(self.spec, self.projection))
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
         else:
             _init(self.spec, self.projection)
         return self
