@@ -148,11 +148,13 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
     else:
         from spectra.wavegrid import hr_grid
 
-        grid = hr_grid()
-        if grid.size != model.n_pixels:
+        standard = hr_grid()  # not `grid`: that is the argument the variants are verified on
+        if standard.size != model.n_pixels:
             raise ValueError(f"the training grid {grid_path} is gone and the model's {model.n_pixels} pixels "
                              "are not the standard HR grid: cannot record the pixel grid")
-        wavelength, definition, grid_sha = grid.wave, grid.definition, "unavailable (grid file missing at export)"
+        wavelength, definition = standard.wave, standard.definition
+        grid_sha = ("none: trained on a fresh emulated stream" if meta.get("stream")
+                    else "unavailable (grid file missing at export)")
     np.save(out / "wavelength.npy", wavelength)
     pixel = float(np.median(np.diff(wavelength)))
     correction = bias_correction_from(bias_correction, names) if bias_correction else None
