@@ -83,7 +83,7 @@ def table(paths: list[Path], out: Path) -> str:
              "held-out stars), then coverage of the 68 % interval and the median 68 % half-width. Paper at S/N 250: "
              + ", ".join(f"{PAPER_250[p]:g}" for p in HEADLINE) + ".", "",
              "| configuration | S/N | " + " | ".join(HEADLINE) + " | coverage 68 % (min-max over 13) | "
-             "median half-width T_eff / log g / [Fe/H] | CPU s |", "|---|---|" + "---|" * (len(HEADLINE) + 3)]
+             "median half-width T_eff / log g / [Fe/H] |", "|---|---|" + "---|" * (len(HEADLINE) + 2)]
     for r in results:
         for snr, per in sorted(r["per_snr"].items(), key=lambda kv: float(kv[0])):
             cells = []
@@ -97,7 +97,7 @@ def table(paths: list[Path], out: Path) -> str:
             cov = [q["coverage68"] for q in per.values()]
             widths = " / ".join(f"{per[p]['half_width68']:.3g}" for p in ("teff", "logg", "fe_h"))
             lines.append(f"| {r['label']} | {snr} | " + " | ".join(cells)
-                         + f" | {min(cov):.2f}-{max(cov):.2f} | {widths} | {r['seconds']} |")
+                         + f" | {min(cov):.2f}-{max(cov):.2f} | {widths} |")
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text

@@ -24,7 +24,11 @@ def test_default_bundle_is_complete_and_verified():
     bundle = load_bundle(default_bundle())
     m = bundle.manifest
     assert m.continuum == "pseudo"  # observed spectra arrive pseudo-continuum normalised
-    assert m.precisions["int8"]["verification"]["passed"]
+    # every variant it carries is verified within tolerance (the session-5 model carries none: its sharp high-S/N
+    # posteriors move by up to 1.5 half-widths under dynamic int8, so the runtime runs it in fp32)
+    from runtime.precision import within_tolerance
+
+    assert all(within_tolerance(v["verification"]) for v in m.precisions.values())
     assert bundle.emulator and bundle.emulator["poor_fit_chi2"] > 0  # re-simulation check, calibrated
     assert bundle.has_summary_graph and bundle.has_hoisted
     total = sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir())
@@ -59,7 +63,7 @@ def test_runtime_process_without_bundle_works_from_a_fresh_install(tmp_path):
     info = json.loads(done.stdout)
     assert info["file"].startswith(str(target))  # the installed copy, not the repository
     assert Path(info["bundle"]).is_relative_to(target) and info["sha"] == info["expected"]
-    assert info["precision"] == "int8"
+    assert info["precision"] == ("int8" if "int8" in load_bundle(default_bundle()).manifest.precisions else "fp32")
     assert np.isfinite(info["chi2"]).all()
 
 
@@ -114,7 +118,9 @@ def test_default_model_accuracy_on_the_shipped_synthetic_example(tmp_path):
     """The packaged model on the packaged synthetic example (20 held-out PySME stars never seen in training, each at
     S/N 20, 50 and 250, with their true labels), through `runtime process` as a user runs it. Bounds from the
     held-out evaluation of the whole set (benchmarks/results/estimator_study.md) with room for 20 stars; the model
-    shipped before (session 4: 98 K / 0.30 / 0.17 at S/N 250 on the whole set) fails the T_eff bound."""
+    shipped before (session 4: 98 K / 0.30 / 0.17 at S/N 250 on the whole set) fails the T_eff and log g bounds.
+    Coverage: 0.55 measured (0.68 before): at S/N 250 the emulator floor makes the sharper model overconfident on
+    PySME spectra (see the study); the bound keeps it from getting worse."""
     import zarr
 
     from catalog.writers import CatalogueStore
@@ -130,7 +136,7 @@ def test_default_model_accuracy_on_the_shipped_synthetic_example(tmp_path):
     assert np.array_equal(root["source_id"][:], store.column("source_id"))
     high = np.isclose(snr, 250)
     assert high.sum() >= 15
-    limits = {"teff": 75.0, "logg": 0.25, "fe_h": 0.15}
+    limits = {"teff": 75.0, "logg": 0.15, "fe_h": 0.15}  # measured 34 K / 0.085 / 0.095; session 4: 113 / 0.21 / 0.14
     for name, limit in limits.items():
         residual = store.column(name)[high] - truth[high, names.index(name)]
         rms = float(np.sqrt(np.mean(residual**2)))
