@@ -2,7 +2,7 @@
 # Quick start 1: the main job on the embedded default, in about a minute after installation (2 CPU cores):
 #   the packaged example surveys (held-out synthetic PySME spectra at S/N 20, 50, 250 with their truth, and the
 #   UVES/HARPS Sun and HARPS 38 Vir through `spectra ingest`) -> runtime process with the packaged default model
-#   (4096 posterior samples per spectrum, int8 on the CPU, re-simulation check) -> catalog check + report.
+#   (4096 posterior samples per spectrum, the verified precision (fp32 for this model), re-simulation check) -> catalog check + report.
 # The training chain (grid -> cINN -> bundle) is scripts/demo-train.sh. Re-running replaces demo-output/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

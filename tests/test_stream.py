@@ -110,3 +110,22 @@ def test_stream_run_trains_resumes_identically_and_exports(emulator, tmp_path):
 def test_stream_config_needs_matching_batch_size(emulator, tmp_path):
     with pytest.raises(ValueError, match="stream_stars x stream_copies"):
         fit(emulator, _config(batch_size=10), tmp_path / "bad", device="cpu", progress=False)
+
+
+def test_model_error_adds_the_emulators_held_out_residuals(emulator, tmp_path):
+    """Model-error augmentation: each star gets one of the emulator's validation-star residuals (PySME − emulator on
+    stars it never fitted), so the same seed gives different spectra with and without it, and the labels stay."""
+    from training.emulator import validation_residuals
+
+    residuals = validation_residuals(emulator)
+    record = json.loads((emulator / "emulator.json").read_text())
+    assert residuals.shape == (record["n_val"], 25_200) and np.all(np.isfinite(residuals))
+    assert np.sqrt(np.mean(residuals**2)) > 0
+    np.save(tmp_path / "error.npy", residuals)
+    plain = EmulatedData(StreamSpec(str(emulator), stars=4, copies=3))
+    with_error = EmulatedData(StreamSpec(str(emulator), stars=4, copies=3, model_error=str(tmp_path / "error.npy")))
+    a, b = next(plain.batches([[5, 0]])), next(with_error.batches([[5, 0]]))
+    plain.close()
+    with_error.close()
+    np.testing.assert_array_equal(a[2], b[2])  # same stars
+    assert not np.allclose(a[0], b[0])  # different spectra

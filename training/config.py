@@ -54,6 +54,7 @@ class Config:
     stream_stars: int = 64  # stream: new stars per batch (batch_size = stream_stars x stream_copies)
     stream_copies: int = 8  # stream: noisy copies of each star (independent S/N and noise)
     pca_stars: int = 3072  # stream + compression: noiseless emulated stars the principal components come from
+    model_error: bool = False  # stream: add the emulator's validation-star residuals (random one per star)
     lr_schedule: str = "exponential"  # "exponential" (lr x lr_decay per epoch) or "onecycle" (over all epochs)
     extra: dict = field(default_factory=dict)
 

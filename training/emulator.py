@@ -31,7 +31,7 @@ from spectra import schema
 from spectra.gridstore import GridReader
 
 __all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "error_table",
-           "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated"]
+           "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "validation_residuals"]
 
 EMULATOR_INPUTS: tuple[str, ...] = tuple(p.name for p in schema.ALL_LABELS if p.name != "vbroad")
 
@@ -267,3 +267,17 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
             for i, f in zip(rows, flux, strict=True):
                 writer.write_row(int(i), f, labels[i], "emulated", 0.0)
     return Path(out)
+
+
+def validation_residuals(run: str | Path) -> np.ndarray:
+    """PySME − emulator (N_val, P) of the emulator's own validation stars (the split of :func:`fit_emulator`,
+    never fitted): realisations of its error on stars it did not see, unrotated, for model-error augmentation."""
+    model, record, _ = load_emulator(run)
+    labels, flux, _, _ = load_unrotated([g["path"] for g in record["grids"]])
+    config = EmulatorConfig(**{**record["config"], "hidden": tuple(record["config"]["hidden"])})
+    order = np.random.default_rng(config.seed).permutation(labels.shape[0])
+    val = np.sort(order[:max(1, round(config.val_fraction * labels.shape[0]))])
+    if val.size != record["n_val"]:
+        raise ValueError(f"{run}: its training grids no longer give the recorded split ({record['n_val']} validation "
+                         f"stars, now {val.size})")
+    return (flux[val] - emulate(model, labels[val])).astype(np.float32)

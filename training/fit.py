@@ -126,7 +126,15 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
     are kept in the run folder (``pca.npz``) so that a resumed run projects exactly as before."""
     from .stream import EmulatedData, StreamSpec, pca_basis
 
-    spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed)
+    model_error = None
+    if config.model_error:  # the emulator's error on its validation stars, kept with the run
+        from .emulator import validation_residuals
+
+        model_error = out / "model_error.npy"
+        if not model_error.exists():
+            np.save(model_error, validation_residuals(emulator))
+    spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed,
+                      str(model_error) if model_error else None)
     if config.batch_size != spec.batch_size:
         raise ValueError(f"stream runs need batch_size = stream_stars x stream_copies = {spec.batch_size}, "
                          f"got {config.batch_size}")

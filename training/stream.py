@@ -50,6 +50,7 @@ class StreamSpec:
     copies: int = 8  # noisy copies per star (independent S/N and noise)
     snr_range: tuple[float, float] = (10.0, 1000.0)
     seed: int = 0
+    model_error: str | None = None  # .npy of emulator residuals (unrotated): one, random, added to each star
 
     @property
     def batch_size(self) -> int:
@@ -82,6 +83,7 @@ class _Generator:
         self.vbroad_column = names.index("vbroad")
         self.target_columns = [names.index(n) for n in schema.target_names()]
         self.projection = projection
+        self.model_error = np.load(spec.model_error) if spec.model_error else None
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
@@ -94,7 +96,12 @@ class _Generator:
         labels = draw_labels(n, scramble)
         with torch.no_grad():
             flux = self.model(torch.from_numpy(labels[:, self.emulator_columns].astype(np.float32))).numpy()
-        flux = self.rotator(flux.astype(float), labels[:, self.vbroad_column])
+        flux = flux.astype(float)
+        if self.model_error is not None:  # a real error realisation of the emulator (another star's), random sign
+            pick = np.random.default_rng(np.random.SeedSequence([*seed, 3]))
+            index = pick.integers(self.model_error.shape[0], size=n)
+            flux += pick.choice([-1.0, 1.0], size=(n, 1)) * self.model_error[index]
+        flux = self.rotator(flux, labels[:, self.vbroad_column])
         # the continuum is fitted with S/N 1000 noise: on a noiseless spectrum with many pure-continuum pixels
         # (hot stars) the clipping sigma is ~1e-16 and the fit chaotic, as no observed spectrum is
         rng = np.random.default_rng(np.random.SeedSequence([*seed, 2]))
@@ -138,15 +145,13 @@ def _init(spec: StreamSpec, projection) -> None:
     _STATE = _Generator(spec, projection)
 
 
-def _batch(seed: list[int]):
-    assert _STATE is not None
-    return _STATE.batch(seed)
+def _batch(seed: list[int], state: _Generator | None = None):
+    return (state or _STATE).batch(seed)
 
 
-def _stars(args):
+def _stars(args, state: _Generator | None = None):
     seed, n = args
-    assert _STATE is not None
-    _, flux, continuum = _STATE.stars(seed, n)
+    _, flux, continuum = (state or _STATE).stars(seed, n)
     return (flux / continuum).astype(np.float32)
 
 
@@ -173,6 +178,7 @@ class _Pool:
     def __init__(self, spec: StreamSpec, projection, workers: int):
         self.spec, self.projection, self.workers = spec, projection, workers
         self.pool = None
+        self.state: _Generator | None = None
 
     def __enter__(self):
         if self.workers > 1:
@@ -188,13 +194,16 @@ class _Pool:
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
-        else:
-            _init(self.spec, self.projection)
+        else:  # this process: a generator of its own (two streams in one process must not share one)
+            projection = self.projection
+            if projection is not None:
+                projection = tuple(np.asarray(a, dtype=np.float32) for a in projection)
+            self.state = _Generator(self.spec, projection)
         return self
 
     def imap(self, func, items):
         if self.pool is None:
-            return map(func, items)
+            return (func(item, self.state) for item in items)
         return self.pool.imap(func, items)
 
     def __exit__(self, *exc):
