@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 100 minutes on 2 CPU cores (the emulator ~20, the cINN on its fresh stream ~60, reports ~15). Needs the
+# About 70 minutes on 2 CPU cores (the emulator ~25, the cINN on its fresh stream ~25, reports ~15). Needs the
 # train, cpu and test extras (the test venv has them: bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
@@ -23,7 +23,7 @@ training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$work
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$work/emulator_errors/emulator_errors.json"
 
-step "cINN on fresh emulated stars every batch (training/estimator_model.json: 256 principal components, ~60 min)"
+step "cINN on fresh emulated stars every batch carrying the emulator's own errors (training/estimator_model.json, ~25 min)"
 training fit --emulator "$work/emu" --config training/estimator_model.json --out "$work/run" --device cpu --workers 2
 
 step "bundle: fp32 and the emulator for the re-simulation check"

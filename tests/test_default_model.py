@@ -119,8 +119,8 @@ def test_default_model_accuracy_on_the_shipped_synthetic_example(tmp_path):
     S/N 20, 50 and 250, with their true labels), through `runtime process` as a user runs it. Bounds from the
     held-out evaluation of the whole set (benchmarks/results/estimator_study.md) with room for 20 stars; the model
     shipped before (session 4: 98 K / 0.30 / 0.17 at S/N 250 on the whole set) fails the T_eff and log g bounds.
-    Coverage: 0.55 measured (0.68 before): at S/N 250 the emulator floor makes the sharper model overconfident on
-    PySME spectra (see the study); the bound keeps it from getting worse."""
+    Coverage: 0.67 measured over the 60 rows x 13 parameters (trained with the emulator's error realisations; without
+    them the sharper model covered 0.55 here)."""
     import zarr
 
     from catalog.writers import CatalogueStore
@@ -136,7 +136,7 @@ def test_default_model_accuracy_on_the_shipped_synthetic_example(tmp_path):
     assert np.array_equal(root["source_id"][:], store.column("source_id"))
     high = np.isclose(snr, 250)
     assert high.sum() >= 15
-    limits = {"teff": 75.0, "logg": 0.15, "fe_h": 0.15}  # measured 34 K / 0.085 / 0.095; session 4: 113 / 0.21 / 0.14
+    limits = {"teff": 75.0, "logg": 0.15, "fe_h": 0.15}  # measured 34 K / 0.12 / 0.085; session 4: 113 / 0.21 / 0.14
     for name, limit in limits.items():
         residual = store.column(name)[high] - truth[high, names.index(name)]
         rms = float(np.sqrt(np.mean(residual**2)))
@@ -145,4 +145,4 @@ def test_default_model_accuracy_on_the_shipped_synthetic_example(tmp_path):
                                                                         <= store.column(f"{p}_p84"))
               for p in schema.target_names()]
     coverage = float(np.mean(inside))
-    assert 0.5 <= coverage <= 0.85, f"68 % intervals cover {coverage:.2f} of the true values"
+    assert 0.58 <= coverage <= 0.78, f"68 % intervals cover {coverage:.2f} of the true values"
