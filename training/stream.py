@@ -82,7 +82,8 @@ class _Generator:
         self.emulator_columns = [names.index(n) for n in EMULATOR_INPUTS]
         self.vbroad_column = names.index("vbroad")
         self.target_columns = [names.index(n) for n in schema.target_names()]
-        self.projection = projection
+        # float32: the examples are made in float32 (see ``batch``)
+        self.projection = None if projection is None else tuple(np.asarray(a, dtype=np.float32) for a in projection)
         self.model_error = np.load(spec.model_error) if spec.model_error else None
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +141,6 @@ _STATE: _Generator | None = None
 
 def _init(spec: StreamSpec, projection) -> None:
     global _STATE
-    if projection is not None:
-        projection = tuple(np.asarray(a, dtype=np.float32) for a in projection)
     _STATE = _Generator(spec, projection)
 
 
@@ -195,10 +194,7 @@ class _Pool:
                     else:
                         os.environ[k] = v
         else:  # this process: a generator of its own (two streams in one process must not share one)
-            projection = self.projection
-            if projection is not None:
-                projection = tuple(np.asarray(a, dtype=np.float32) for a in projection)
-            self.state = _Generator(self.spec, projection)
+            self.state = _Generator(self.spec, self.projection)
         return self
 
     def imap(self, func, items):
