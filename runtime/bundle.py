@@ -86,8 +86,10 @@ VARIANTS = ("int8", "fp16", "bf16")
 VARIANT_TOLERANCE = 0.05
 _REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention", "n_features",
              "n_params", "graphs", "opset", "provenance", "files")
-#: suffixes of files that could hold a model or its data: such a file in a bundle must be listed in ``files``
-_MODEL_SUFFIXES = (".onnx", ".npy", ".npz", ".json", ".data", ".pb", ".bin", ".ort")
+#: largest manifest accepted (the shipped one is 13 kB): a manifest is parsed whole, so its size bounds memory
+MAX_MANIFEST_BYTES = 1 << 20
+#: deepest nesting of objects/lists accepted in a manifest (the format uses 4)
+MAX_MANIFEST_DEPTH = 16
 #: continuum conventions a model can be trained on (:func:`continuum_kind`)
 CONTINUUM_KINDS = ("true", "pseudo")
 
@@ -214,8 +216,9 @@ class Bundle:
         """Raise a :class:`BundleError` unless ``wavelength`` is the bundle's pixel grid."""
         wavelength = np.asarray(wavelength, dtype=float)
         if wavelength.shape != self.wavelength.shape:
+            grid = self.manifest.raw["pixel_grid"].get("definition", "its pixel grid")
             raise BundleError(f"{source}: flux has {wavelength.size} pixels; the model in {self.path} expects "
-                              f"{self.wavelength.size} ({self.manifest.raw['pixel_grid']['definition']})")
+                              f"{self.wavelength.size} ({grid})")
         worst = float(np.max(np.abs(wavelength - self.wavelength)))
         if worst > 1e-4:
             raise BundleError(f"{source}: wavelength grid differs from the model's by up to {worst:.4g} A; "
@@ -323,6 +326,8 @@ def _validate(raw: dict, where: Path) -> None:
     if raw["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{where}: format_version is {raw['format_version']!r}; this software reads "
                           f"{FORMAT_VERSION!r}. Re-export the model with a matching version of `export`.")
+    if not isinstance(raw["provenance"], dict):
+        raise BundleError(f"{where}: provenance must be an object")
     d = _positive_int(raw, "n_params", where)
     _positive_int(raw, "n_features", where)
     if not isinstance(raw["parameters"], list) or len(raw["parameters"]) != d:
@@ -340,6 +345,8 @@ def _validate(raw: dict, where: Path) -> None:
         if not isinstance(name, str) or not name or name in seen:
             raise BundleError(f"{where}: parameters[{i}].name {name!r} must be a non-empty, unique string")
         seen.add(name)
+        if not isinstance(p["unit"], str):
+            raise BundleError(f"{where}: parameter {name}: unit must be text, got {p['unit']!r}")
         if p["transform"] not in ("identity", "log10"):
             raise BundleError(f"{where}: parameter {name} has unknown transform {p['transform']!r} "
                               "(known: identity, log10)")
@@ -359,6 +366,9 @@ def _validate(raw: dict, where: Path) -> None:
         raise BundleError(f"{where}: missing field pixel_grid.n_pixels")
     _positive_int(grid, "n_pixels", where)
     _plain_filename(grid.get("file", "wavelength.npy"), where, "pixel_grid.file")
+    width = grid.get("pixel_width", 1.0)
+    if not _is_number(width) or width <= 0:
+        raise BundleError(f"{where}: pixel_grid.pixel_width must be a positive number (A), got {width!r}")
     snr = raw["snr_convention"]
     if not isinstance(snr, dict) or snr.get("unit") != "per Angstrom":
         raise BundleError(f"{where}: snr_convention.unit must be 'per Angstrom', got {snr!r:.80}")
@@ -378,7 +388,9 @@ def _validate(raw: dict, where: Path) -> None:
         graph = raw["graphs"].get(key)
         if graph is None:
             raise BundleError(f"{where}: graphs lacks {key!r}")
-        if tuple(graph["inputs"]) != inputs or tuple(graph["outputs"]) != outputs or graph["file"] != filename:
+        if (not isinstance(graph, dict) or not isinstance(graph.get("inputs"), list)
+                or not isinstance(graph.get("outputs"), list) or tuple(graph["inputs"]) != inputs
+                or tuple(graph["outputs"]) != outputs or graph.get("file") != filename):
             raise BundleError(f"{where}: graph {key} must be {filename} with inputs {inputs} and outputs {outputs}")
     extra = raw.get("extra_graphs") or {}
     if not isinstance(extra, dict):
@@ -463,25 +475,93 @@ def _validate_random_streams(streams, where: Path) -> None:
                           f"{streams!r:.120}")
 
 
+def _bundle_contents(path: Path) -> list[str]:
+    """Names of the regular files in the bundle folder; refuses anything else in it.
+
+    Why so strict: ONNX Runtime resolves a graph's external-data references to any file inside the graph's
+    folder, whatever its name or suffix (``weights``, ``sub/w.bin``), and follows symlinks. Only bytes the
+    identity covers may be loadable, so a bundle holds exactly its manifest and the files the manifest lists
+    with their sha256: no subfolders, symlinks, devices, pipes, or unlisted files of any name.
+    """
+    names = []
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            raise BundleError(f"{entry}: a symlink in a model bundle (it could point at bytes the bundle's identity "
+                              "does not cover); copy the file in instead")
+        if entry.is_dir():
+            raise BundleError(f"{entry}: a folder in a model bundle (a graph could load external data from it "
+                              "unhashed); a bundle is one flat folder of the files its manifest lists")
+        if not entry.is_file():
+            raise BundleError(f"{entry}: not a regular file (a bundle holds only its manifest and listed files)")
+        names.append(entry.name)
+    return names
+
+
 def _check_files(path: Path, raw: dict, where: Path) -> dict[str, str]:
-    """Each listed file exists with its recorded sha256; no unlisted model file lies beside them."""
+    """Each listed file exists with its recorded sha256; nothing else lies beside them (:func:`_bundle_contents`)."""
     recorded: dict[str, str] = raw["files"]
+    present = _bundle_contents(path)
+    unlisted = [name for name in present if name != "manifest.json" and name not in recorded]
+    if unlisted:
+        raise BundleError(f"{path}: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''} not listed in "
+                          "manifest.json; a bundle holds only the files its manifest lists with their sha256 (ONNX "
+                          "Runtime could load any of them as external weights): remove them or re-export")
     hashes = {}
     for name, digest in recorded.items():
         file = path / name
-        if not file.is_file():
+        if name not in present:
             raise BundleError(f"{path}: {name} is listed in manifest.json but missing")
         found = sha256_file(file)
         if found != digest:
             raise BundleError(f"{file}: sha256 {found[:16]}... differs from the {digest[:16]}... recorded in "
                               "manifest.json; the file was changed after export (re-export the bundle)")
         hashes[name] = found
-    unlisted = sorted(f.name for f in path.iterdir() if f.is_file() and f.suffix.lower() in _MODEL_SUFFIXES
-                      and f.name != "manifest.json" and f.name not in recorded)
-    if unlisted:
-        raise BundleError(f"{path}: {', '.join(unlisted)} not listed in manifest.json; a bundle holds only the "
-                          "files its manifest lists with their sha256 (remove them or re-export)")
     return hashes
+
+
+def _read_manifest_bytes(manifest_path: Path) -> bytes:
+    """The manifest's bytes, refusing a special file or one above :data:`MAX_MANIFEST_BYTES` before reading it."""
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: not a regular file")
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes "
+                          "(not a bundle made by `export`)")
+    with open(manifest_path, "rb") as fh:
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:  # grew since stat
+        raise BundleError(f"{manifest_path}: more than {MAX_MANIFEST_BYTES} bytes")
+    return data
+
+
+def _nesting_depth(value) -> int:
+    """Deepest nesting of lists and objects in parsed JSON (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_MANIFEST_DEPTH:
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _parse_manifest(data: bytes, manifest_path: Path) -> dict:
+    """JSON object from the manifest's bytes; one-line errors for bad text, encoding and nesting."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{manifest_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: nested deeper than {MAX_MANIFEST_DEPTH} levels") from None
+    if _nesting_depth(raw) > MAX_MANIFEST_DEPTH:
+        raise BundleError(f"{manifest_path}: nested deeper than {MAX_MANIFEST_DEPTH} levels")
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest_path}: expected a JSON object")
+    return raw
 
 
 def load_bundle(path: str | Path, check_graphs: bool = True, expected_sha256: str | None = None) -> Bundle:
@@ -494,11 +574,8 @@ def load_bundle(path: str | Path, check_graphs: bool = True, expected_sha256: st
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise BundleError(f"{path}: manifest.json is missing; not a model bundle")
-    manifest_bytes = manifest_path.read_bytes()
-    try:
-        raw = json.loads(manifest_bytes)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest_bytes = _read_manifest_bytes(manifest_path)
+    raw = _parse_manifest(manifest_bytes, manifest_path)
     _validate(raw, manifest_path)
     for key, (filename, _, _) in GRAPHS.items():
         if not (path / filename).is_file():

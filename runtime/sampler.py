@@ -31,7 +31,7 @@ from .binding import BoundFlow
 from .bundle import HOISTED, SUMMARY, Bundle, BundleError
 from .posterior import QUANTILES, PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
-from .sessions import resolve_providers, session_options
+from .sessions import engine_cache_dir, resolve_providers, session_options
 from .streams import LATENT, stream_rng
 
 __all__ = ["SUMMARY_MODES", "OnnxPosterior", "latent_draws"]
@@ -75,7 +75,8 @@ class OnnxPosterior:
         if summary not in SUMMARY_MODES:
             raise ValueError(f"summary must be one of {SUMMARY_MODES}, got {summary!r}")
         self.bundle, self.manifest, self.max_rows = bundle, bundle.manifest, max_rows
-        device, providers = resolve_providers(device, cache_dir=str(bundle.path / "trt_cache"))
+        trt_cache = engine_cache_dir(bundle.sha256) if device == "tensorrt" else None
+        device, providers = resolve_providers(device, cache_dir=trt_cache)
         self.device = device
         self.hoisted = use_hoisted and bundle.has_hoisted
         if flow_graph is not None:
@@ -88,7 +89,7 @@ class OnnxPosterior:
         options = session_options(device, threads)
 
         def session(filename: str | Path, **kw):
-            _, chosen = resolve_providers(device, cache_dir=str(bundle.path / "trt_cache"), **kw)
+            _, chosen = resolve_providers(device, cache_dir=trt_cache, **kw)
             return ort.InferenceSession(str(bundle.path / filename), options, providers=chosen)
 
         self.features_session = session(bundle.graph_path("feature_extractor").name)

@@ -6,7 +6,10 @@ the CPU fallback on GPU runs and check the provider the session actually got.
 
 from __future__ import annotations
 
-__all__ = ["DEVICES", "resolve_providers", "session_options"]
+import os
+from pathlib import Path
+
+__all__ = ["DEVICES", "engine_cache_dir", "resolve_providers", "session_options"]
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -19,8 +22,8 @@ def resolve_providers(device: str, cache_dir: str | None = None, cuda_graph: boo
     ``cuda_graph``: capture the session's kernels once as a CUDA graph and replay it (CUDA provider; the caller
     must then run with the same bound buffers and shapes every time, see ``runtime.binding``).
     ``trt_profile``: {input: (min, opt, max) shape strings like ``1x4096x13``}, TensorRT's explicit optimisation
-    profile for the batch axis; engines and timing caches are kept in ``cache_dir`` (next to the bundle), since
-    building an engine takes minutes.
+    profile for the batch axis; engines and timing caches are kept in ``cache_dir`` (:func:`engine_cache_dir`),
+    since building an engine takes minutes.
     """
     import onnxruntime as ort
 
@@ -40,6 +43,7 @@ def resolve_providers(device: str, cache_dir: str | None = None, cuda_graph: boo
         options = {"device_id": 0, "trt_fp16_enable": False, "trt_engine_cache_enable": bool(cache_dir),
                    "trt_timing_cache_enable": bool(cache_dir)}
         if cache_dir:
+            Path(cache_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             options["trt_engine_cache_path"] = cache_dir
             options["trt_timing_cache_path"] = cache_dir
         if trt_profile:
@@ -49,6 +53,20 @@ def resolve_providers(device: str, cache_dir: str | None = None, cuda_graph: boo
     if device == "cuda":
         return device, [(provider, cuda_options)]
     return device, [provider]
+
+
+def engine_cache_dir(bundle_sha256: str) -> str:
+    """Where TensorRT keeps the engines it built for one bundle: the user's cache folder
+    (``$CINN4MOST_CACHE`` or ``$XDG_CACHE_HOME/cinn4most`` or ``~/.cache/cinn4most``), one private (0700) folder
+    per bundle identity.
+
+    Why not beside the bundle: a serialised engine is code TensorRT runs, and the bundle's identity covers only the
+    files its manifest lists (a bundle holds nothing else). Keyed by identity, an engine is never reused for
+    another model, and a read-only bundle folder still gets a cache.
+    """
+    root = os.environ.get("CINN4MOST_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cinn4most")
+    return str(Path(root) / "tensorrt" / bundle_sha256[:32])
 
 
 def session_options(device: str, threads: int):

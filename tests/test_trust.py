@@ -98,9 +98,10 @@ def test_missing_and_unlisted_files_are_refused(setup, tmp_path):
     with pytest.raises(BundleError, match=r"inverse_flow_v2.onnx not listed in manifest.json"):
         load_bundle(extra)
     (extra / "inverse_flow_v2.onnx").unlink()
-    (extra / "NOTES.txt").write_text("a user's note is not a model file")
-    (extra / "trt_cache").mkdir()
     load_bundle(extra)
+    (extra / "NOTES.txt").write_text("ONNX Runtime would load any file as external weights")  # issue 21: refused
+    with pytest.raises(BundleError, match=r"NOTES.txt not listed in manifest.json"):
+        load_bundle(extra)
 
 
 def test_identity_covers_every_graph_and_resume_refuses_another_model(setup, tmp_path):
