@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from catalog.cliargs import HelpFormatter, add_option, check_required, use_help_formatter
+from catalog.cliargs import HelpFormatter, add_option, check_required, run_command, use_help_formatter
 
 __all__ = ["main"]
 
@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_required(parser, args)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        print(f"catalog {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("catalog", args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,21 @@ defaults.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import sys
 
-__all__ = ["HelpFormatter", "add_option", "check_required", "use_help_formatter"]
+__all__ = ["HelpFormatter", "add_option", "check_required", "describe_error", "run_command", "use_help_formatter"]
+
+#: what to do about an operating-system error, by errno (the path and the system's words come first)
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, then re-run the same command (with --resume where it has one)",
+    errno.EDQUOT: "the disk quota is exhausted: free space, then re-run (with --resume where it has one)",
+    errno.EROFS: "the file system is read-only: choose an output on a writable one",
+    errno.EACCES: "permission denied: choose an output folder you can write, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose an output folder you can write",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer workers",
+}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,3 +67,36 @@ def use_help_formatter(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 use_help_formatter(sub)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: our own messages as they are; an operating-system error as path, the system's
+    words and what to do (a traceback tells an astronomer nothing about a full disk)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename if exc.filename is not None else ""
+        text = f"{where}: {os.strerror(exc.errno)}" if where else os.strerror(exc.errno)
+        hint = _OS_HINTS.get(exc.errno)
+        message = f"{text} ({hint})" if hint else text
+    elif isinstance(exc, KeyError) and exc.args:
+        message = str(exc.args[0])
+    elif isinstance(exc, MemoryError):
+        message = "out of memory" + (f" ({exc})" if str(exc) else "") + ": use smaller chunks or fewer workers"
+    else:
+        message = str(exc) or type(exc).__name__
+    return " ".join(message.split())
+
+
+def run_command(program: str, args: argparse.Namespace, interrupted: str = "re-run the same command to resume"
+                ) -> int:
+    """Run a parsed sub-command (``args.func(args)``): bad input and failing files or disks give one line on
+    stderr and exit 2, Ctrl-C exit 130 with how to resume. Every CLI's ``main`` goes through here, so all
+    commands answer the same failure the same way. Programming errors still raise (a traceback is a bug report).
+    """
+    try:
+        return args.func(args)
+    except (ValueError, LookupError, OSError, MemoryError, RecursionError) as exc:
+        print(f"{program} {args.command}: error: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program} {args.command}: interrupted; {interrupted}", file=sys.stderr)
+        return 130

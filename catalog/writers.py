@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from .schema import FLAGS, Column, flags_table
+from .scratch import written_atomically
 
 __all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_parquet", "provenance",
            "read_table", "shard_layout"]
@@ -259,19 +260,23 @@ def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> P
     if fmt == "parquet-dataset":
         if out.suffix.lower() in (".parquet", ".pq", ".fits", ".fit", ".zarr"):
             raise ValueError(f"{out}: a parquet-dataset export is a folder; give a name without a file suffix")
-        if out.exists() and overwrite and not (out / "_cinn4most_dataset").is_file():
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"cannot write parquet-dataset {out}: folder {out.parent} does not exist")
+        if (out.exists() or out.is_symlink()) and overwrite and (
+                out.is_symlink() or not out.is_dir() or not (out / "_cinn4most_dataset").is_file()):
             raise FileExistsError(f"{out} exists and is not a dataset exported by catalog export; refusing to "
                                   "delete it even with --overwrite")
-        if out.exists() and overwrite:
-            import shutil
-
-            shutil.rmtree(out)
-        elif out.exists():
+        if (out.exists() or out.is_symlink()) and not overwrite:
             raise FileExistsError(f"{out} exists: add --overwrite to replace it, or choose another output")
-        return out
+        return out  # an old dataset of ours is replaced only once the new one is complete (written_atomically)
     if not out.name.lower().endswith(EXPORT_SUFFIXES[fmt]):
         raise ValueError(f"{out}: a {fmt} export needs a file name ending in {' or '.join(EXPORT_SUFFIXES[fmt])}")
-    return claim_output(out, f"{fmt} file", overwrite=overwrite)
+    if overwrite and (out.is_symlink() or out.is_dir()):
+        raise FileExistsError(f"{out} is a {'symlink' if out.is_symlink() else 'folder'}; --overwrite replaces "
+                              "files only (choose another output)")
+    if overwrite and out.is_file():  # replaced by the rename of the finished export, not deleted before it
+        return out
+    return claim_output(out, f"{fmt} file")
 
 
 def _arrow_schema(store: CatalogueStore, rows: int):
@@ -316,32 +321,32 @@ def export_parquet(path: str | Path, out: str | Path, overwrite: bool = False, c
     blocks = _export_blocks(store, path, complete_only)
     schema = _arrow_schema(store, int(sum(b - a for a, b in blocks)))
     if dataset:
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        part, rows_in_part, writer = 0, 0, None
-        for a, b in blocks:
-            if writer is None or rows_in_part >= rows_per_file:
+        with written_atomically(out, folder=True) as tmp:
+            part, rows_in_part, writer = 0, 0, None
+            try:
+                for a, b in blocks:
+                    if writer is None or rows_in_part >= rows_per_file:
+                        if writer is not None:
+                            writer.close()
+                        writer = pq.ParquetWriter(str(tmp / f"part-{part:05d}.parquet"), schema)
+                        part, rows_in_part = part + 1, 0
+                    writer.write_table(_arrow_batch(store, schema, a, b))
+                    rows_in_part += b - a
+            finally:
                 if writer is not None:
                     writer.close()
-                writer = pq.ParquetWriter(str(tmp / f"part-{part:05d}.parquet"), schema)
-                part, rows_in_part = part + 1, 0
-            writer.write_table(_arrow_batch(store, schema, a, b))
-            rows_in_part += b - a
-        if writer is not None:
-            writer.close()
-        (tmp / "_cinn4most_dataset").write_text(f"exported from {Path(path).resolve()}\n")
-        tmp.replace(out)
+            (tmp / "_cinn4most_dataset").write_text(f"exported from {Path(path).resolve()}\n")
         return out
-    tmp = out.with_name(out.name + ".partial")
-    with pq.ParquetWriter(str(tmp), schema) as writer:
+    with written_atomically(out) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for a, b in blocks:
             writer.write_table(_arrow_batch(store, schema, a, b))
-    tmp.replace(out)
     return out
+
+
+def _fits_text(value) -> bytes:
+    """FITS text is ASCII: other characters are written as Python escapes (``é`` -> ``\\xe9``, ``☉`` ->
+    ``\\u2609``), which ``codecs.decode(text, "unicode_escape")`` undoes; Parquet keeps the UTF-8 text."""
+    return str(value).encode("ascii", "backslashreplace")
 
 
 _FITS_FORMATS = {"float32": (">f4", "E"), "int32": (">i4", "J"), "int64": (">i8", "K"), "bool": ("S1", "L")}
@@ -368,7 +373,7 @@ def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, comp
     widths = {}
     for name in store.columns:
         if store.column_info(name)["dtype"] == "str":
-            longest = max((max((len(str(v).encode()) for v in store.read_rows(a, b, [name])[name]), default=0)
+            longest = max((max((len(_fits_text(v)) for v in store.read_rows(a, b, [name])[name]), default=0)
                            for a, b in blocks), default=0)
             widths[name] = max(1, longest)
     # header: astropy writes a one-row model table (units, descriptions, its serialized column metadata)
@@ -393,40 +398,41 @@ def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, comp
     model.meta.update({"EXTNAME": "CATALOGUE", "FORMAT": meta.get("format", ""), "BUNDLE": meta.get(
         "bundle_sha256", ""), "NROWS": n_out, "COMMENT": [
         "Columns in dex (no FITS unit): " + ", ".join(dex),
+        "Text columns are ASCII: other characters as Python escapes (\\xe9, \\u2609); Parquet keeps UTF-8",
         "Run provenance: PROVENANCE extension; flag bits: FLAGS extension"]})
     for f in FLAGS:
         model.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name
-    tmp = out.with_name(out.name + ".partial")
-    model.write(str(tmp), format="fits", overwrite=True)
-    header = fits.getheader(tmp, 1)
-    header["NAXIS2"] = n_out
-    for i, name in enumerate(store.columns, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
-        header[f"TCOMM{i}"] = model[name].description or ""
-    row_dtype = np.dtype(dtypes)
-    with open(tmp, "wb") as fh:
-        fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
-        fh.write(header.tostring().encode("ascii"))
-        written = 0
-        for a, b in blocks:
-            values = store.read_rows(a, b)
-            rows = np.zeros(b - a, dtype=row_dtype)
-            for name in store.columns:
-                kind = store.column_info(name)["dtype"]
-                if kind == "bool":
-                    rows[name] = np.where(values[name], b"T", b"F")
-                elif kind == "str":
-                    rows[name] = [str(v).encode() for v in values[name]]
-                else:
-                    rows[name] = values[name]
-            fh.write(rows.tobytes())
-            written += rows.nbytes
-        fh.write(b"\0" * (-written % 2880))
-    keys = sorted(meta)
-    fits.append(str(tmp), Table({"key": keys, "value": [str(meta[k]) for k in keys]}).as_array(),
-                fits.Header([("EXTNAME", "PROVENANCE")]))
-    flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
-                   "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
-                   "description": [f.description for f in FLAGS]})
-    fits.append(str(tmp), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
-    tmp.replace(out)
+    with written_atomically(out) as tmp:
+        model.write(str(tmp), format="fits", overwrite=True)
+        header = fits.getheader(tmp, 1)
+        header["NAXIS2"] = n_out
+        for i, name in enumerate(store.columns, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
+            header[f"TCOMM{i}"] = model[name].description or ""
+        row_dtype = np.dtype(dtypes)
+        with open(tmp, "wb") as fh:
+            fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+            fh.write(header.tostring().encode("ascii"))
+            written = 0
+            for a, b in blocks:
+                values = store.read_rows(a, b)
+                rows = np.zeros(b - a, dtype=row_dtype)
+                for name in store.columns:
+                    kind = store.column_info(name)["dtype"]
+                    if kind == "bool":
+                        rows[name] = np.where(values[name], b"T", b"F")
+                    elif kind == "str":
+                        rows[name] = [_fits_text(v) for v in values[name]]
+                    else:
+                        rows[name] = values[name]
+                fh.write(rows.tobytes())
+                written += rows.nbytes
+            fh.write(b"\0" * (-written % 2880))
+        keys = sorted(meta)
+        values = [_fits_text(meta[k]).decode() for k in keys]
+        fits.append(str(tmp), Table({"key": keys, "value": values}).as_array(),
+                    fits.Header([("EXTNAME", "PROVENANCE")]))
+        flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
+                       "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
+                       "description": [f.description for f in FLAGS]})
+        fits.append(str(tmp), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import use_help_formatter
+from catalog.cliargs import run_command, use_help_formatter
 from runtime.bundle import VARIANTS
 
 __all__ = ["main"]
@@ -150,11 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        print(f"export {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("export", args)
 
 
 if __name__ == "__main__":

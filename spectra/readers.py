@@ -133,6 +133,45 @@ def _number(header, *keys: str) -> float | None:
 
 
 _OBJECT_KEYS = ("OBJECT", "ESO OBS TARG NAME", "TARGNAME", "TARGET", "OBJNAME")
+#: how far into a file :func:`_utf8_primary_value` looks for the primary header's END card
+_RAW_HEADER_LIMIT = 2880 * 200
+
+
+def _utf8_primary_value(path: Path, keys: tuple[str, ...]) -> str:
+    """The first of ``keys`` in the primary header, read from the raw cards as UTF-8 text ("" if none).
+
+    Why: FITS headers are ASCII by the standard, but object names with accents or symbols do reach files as
+    UTF-8 bytes; astropy then replaces each byte by "?". Names are provenance a user searches by, so they are
+    kept as written (the catalogue is UTF-8; its FITS export writes an ASCII-safe form and says so).
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read(_RAW_HEADER_LIMIT)
+    found: dict[str, str] = {}
+    for start in range(0, len(raw) - 79, 80):
+        card = raw[start:start + 80]
+        name = card[:8].decode("ascii", "replace").strip()
+        if name == "END":
+            break
+        if name == "HIERARCH":
+            name, _, rest = card[9:].partition(b"=")
+            name, value = name.decode("ascii", "replace").strip(), rest
+        elif card[8:10] == b"= ":
+            value = card[10:]
+        else:
+            continue
+        value = value.strip()
+        if value.startswith(b"'"):
+            text = value[1:].split(b"' /")[0].split(b"'/")[0].rstrip(b"'").replace(b"''", b"'")
+            found.setdefault(name, text.decode("utf-8", "replace").strip())
+    return next((found[k] for k in keys if found.get(k)), "")
+
+
+def _object_name(path: Path, header) -> str:
+    """The object name from the header, with UTF-8 restored where astropy replaced non-ASCII bytes by "?"."""
+    name = header_text(header, *_OBJECT_KEYS)
+    if "?" in name:
+        name = _utf8_primary_value(path, _OBJECT_KEYS) or name
+    return name
 _INSTRUMENT_KEYS = ("INSTRUME", "INSTRUMENT", "ESO INS ID")
 
 
@@ -227,7 +266,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
             factor, inferred = _unit_factor(path, unit, wave, f"{what} column WAVE")
             error = np.asarray(row[err_col], dtype=float) if err_col else None
             wave, flux, error = _check_arrays(path, wave * factor, row[cols["FLUX"]], error, what)
-            name = header_text(header, *_OBJECT_KEYS)
+            name = _object_name(path, header)
             meta = {"format": fmt, "row": i}
             if fibres is not None and i < len(fibres):
                 fib = {k.upper(): fibres[k][i] for k in fibres.columns.names}
@@ -281,7 +320,7 @@ def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
         medium, stated = _medium(header, header_text(header, "CTYPE1"))
         return [ObservedSpectrum(
             wave=wave, flux=flux, error=error, source=str(path), medium=medium, medium_from_header=stated,
-            unit_inferred=inferred, object=header_text(header, *_OBJECT_KEYS), instrument=instrument,
+            unit_inferred=inferred, object=_object_name(path, header), instrument=instrument,
             resolution=resolution, resolution_source=resolution_source, header_rv=None,
             meta={"format": "fits-1d", "wcs": sampling, "bunit": header_text(header, "BUNIT"),
                   "berv": _number(header, "ESO DRS BERV")})]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import use_help_formatter
+from catalog.cliargs import run_command, use_help_formatter
 
 __all__ = ["main"]
 
@@ -195,14 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"training {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"training {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("training", args)
 
 
 if __name__ == "__main__":
