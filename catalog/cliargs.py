@@ -13,7 +13,8 @@ import errno
 import os
 import sys
 
-__all__ = ["HelpFormatter", "add_option", "check_required", "describe_error", "run_command", "use_help_formatter"]
+__all__ = ["HelpFormatter", "add_option", "check_indices", "check_required", "describe_error", "run_command",
+           "use_help_formatter"]
 
 #: what to do about an operating-system error, by errno (the path and the system's words come first)
 _OS_HINTS = {
@@ -86,6 +87,19 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(message.split())
 
 
+#: options that seed random streams or number spectra: non-negative int64 values (``runtime.streams``)
+INDEX_OPTIONS = (("seed", "--seed"), ("first_id", "--first-id"))
+
+
+def check_indices(args: argparse.Namespace) -> None:
+    """Refuse a ``--seed`` or ``--first-id`` outside [0, 2**63) before a command does any work: such a value used to
+    fail in the middle of a run, naming no option and leaving an unfinished output."""
+    for attr, option in INDEX_OPTIONS:
+        value = getattr(args, attr, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):
+            raise ValueError(f"{option} must be an integer in [0, 2**63), got {value!r}")
+
+
 def run_command(program: str, args: argparse.Namespace, interrupted: str = "re-run the same command to resume"
                 ) -> int:
     """Run a parsed sub-command (``args.func(args)``): bad input and failing files or disks give one line on
@@ -93,6 +107,7 @@ def run_command(program: str, args: argparse.Namespace, interrupted: str = "re-r
     commands answer the same failure the same way. Programming errors still raise (a traceback is a bug report).
     """
     try:
+        check_indices(args)
         return args.func(args)
     except (ValueError, LookupError, OSError, MemoryError, RecursionError) as exc:
         print(f"{program} {args.command}: error: {describe_error(exc)}", file=sys.stderr)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LATENT", "LEGACY_SCHEME", "NOISE", "ROW", "SCHEME_VERSION", "STREAMS", "check_seed", "scheme",
-           "stream_rng"]
+__all__ = ["LATENT", "LEGACY_SCHEME", "NOISE", "ROW", "SCHEME_VERSION", "STREAMS", "check_index", "check_seed",
+           "scheme", "stream_rng"]
 
 #: the Gaussian noise added to a noiseless spectrum (``spectra survey``, simulated surveys, example L1 files)
 NOISE = 0x4E4F4953  # "NOIS"
@@ -58,6 +58,17 @@ def check_seed(seed: int, what: str = "seed") -> int:
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < 2**32:
         raise ValueError(f"{what} must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
+
+
+def check_index(value: int, what: str) -> int:
+    """``value`` as an int, refused unless 0 <= value < 2**63 (a non-negative int64: a source id, a ``--first-id``,
+    any ``--seed``), in one line naming ``what``.
+
+    Commands call it on their options before any work: a negative value used to pass the door and fail later in
+    ``SeedSequence`` ("expected non-negative integer"), naming neither the option nor the array."""
+    if isinstance(value, bool) or int(value) != value or not 0 <= int(value) < 2**63:
+        raise ValueError(f"{what} must be an integer in [0, 2**63), got {value!r}")
+    return int(value)
 
 
 def stream_rng(seed: int, source_id: int, stream: int) -> np.random.Generator:

@@ -25,6 +25,11 @@ How an atmosphere is made (``AtmosphereGrid.atmosphere``), recorded per spectrum
 
 The [alpha/Fe] = +0.4 of the metal-poor models and 0 of the metal-rich ones is inherited; the
 spectrum's own [X/Fe] enter the line opacity only (as in most grid-based pipelines).
+
+Reading a folder or tar archive of models takes memory bounded by design, not by the archive: a ``.mod`` file
+larger than :data:`MAX_MOD_BYTES` (a MARCS model is about 24 kB) is refused from its declared size, and at most
+that many bytes plus one are ever read of it; more than :data:`MAX_MODELS` ``.mod`` files or
+:data:`MAX_TAR_MEMBERS` archive members are refused (a few kB each are kept).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,6 +51,7 @@ __all__ = [
     "AtmosphereGrid",
     "MarcsModel",
     "default_grid",
+    "parse_marcs",
     "read_marcs",
 ]
 
@@ -63,6 +70,12 @@ _LOG_Q = np.array([is_log for _, is_log in QUANTITIES])
 KB_CGS = 1.380649e-16
 PLANE_MIN_LOGG = 3.0
 DEFAULT_GRID_FILE = "marcs_grid.npz"
+#: the largest ``.mod`` file read (a MARCS model is about 24 kB): larger ones are refused, not read
+MAX_MOD_BYTES = 2**20
+#: the most ``.mod`` files one source may hold (the MARCS 2008 standard library has 2 634)
+MAX_MODELS = 100_000
+#: the most members (files, folders, ...) a tar archive of models may hold
+MAX_TAR_MEMBERS = 1_000_000
 
 
 class AtmosphereCoverageError(ValueError):
@@ -95,12 +108,14 @@ def read_marcs(path_or_text: str | Path, source: str | None = None) -> MarcsMode
     """Parse a MARCS ``.mod`` file (path, or the text itself with ``source`` naming it)."""
     if isinstance(path_or_text, Path) or (isinstance(path_or_text, str) and "\n" not in path_or_text):
         source = source or str(path_or_text)
-        try:
-            text = Path(path_or_text).read_text()
-        except OSError as exc:
-            raise FileNotFoundError(f"cannot read MARCS model {path_or_text}: {exc.strerror}") from None
+        text = _read_model_file(Path(path_or_text))
     else:
         text, source = path_or_text, source or "<text>"
+    return parse_marcs(text, source)
+
+
+def parse_marcs(text: str, source: str) -> MarcsModel:
+    """Parse the text of a MARCS ``.mod`` file; ``source`` names it in errors."""
     lines = text.splitlines()
     if len(lines) < 30:
         _fail(source, f"only {len(lines)} lines")
@@ -283,6 +298,7 @@ class AtmosphereGrid:
             files = sorted(path.rglob("*.mod"))
             if not files:
                 raise FileNotFoundError(f"atmosphere folder {path} holds no MARCS .mod files")
+            _check_model_count(len(files), str(path))
             models = (read_marcs(f) for f in files)
         elif path.name.endswith((".tar.gz", ".tgz", ".tar")):
             models = _models_from_tar(path)
@@ -440,12 +456,78 @@ def _is_standard_choice(m: MarcsModel) -> bool:
     return abs(m.vturb - 2.0) < 1e-6 and abs(m.mass - 1.0) < 1e-6
 
 
+def _check_model_size(size: int, source: str) -> None:
+    if size > MAX_MOD_BYTES:
+        raise ValueError(f"{source}: {size} bytes, more than the {MAX_MOD_BYTES} bytes of the largest MARCS .mod "
+                         "file read (spectra.atmospheres.MAX_MOD_BYTES); not a MARCS model")
+
+
+def _check_model_count(count: int, source: str) -> None:
+    if count > MAX_MODELS:
+        raise ValueError(f"{source}: more than {MAX_MODELS} .mod files (spectra.atmospheres.MAX_MODELS); "
+                         "give the MARCS standard models only")
+
+
+def _read_limited(fh, source: str) -> str:
+    """At most :data:`MAX_MOD_BYTES` + 1 bytes of an open model file, refused if there are more."""
+    data = fh.read(MAX_MOD_BYTES + 1)
+    _check_model_size(len(data), source)
+    return data.decode("ascii", errors="replace")
+
+
+def _read_model_file(path: Path) -> str:
+    """The text of a ``.mod`` file of a folder, its size checked before it is read."""
+    try:
+        _check_model_size(path.stat().st_size, str(path))
+        with open(path, "rb") as fh:
+            return _read_limited(fh, str(path))
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read MARCS model {path}: {exc.strerror}") from None
+
+
 def _models_from_tar(path: Path):
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".mod"):
-                text = tar.extractfile(member).read().decode("ascii", errors="replace")
-                yield read_marcs(text, source=f"{path}:{member.name}")
+    """The models of a tar archive, streamed member by member: each ``.mod`` member's declared size is checked
+    before it is read and at most ``MAX_MOD_BYTES + 1`` bytes of it are read; the member list is not kept."""
+    with _open_tar(path) as tar:
+        members = models = 0
+        while (member := _next_member(tar, path)) is not None:
+            members += 1
+            if members > MAX_TAR_MEMBERS:
+                raise ValueError(f"{path}: more than {MAX_TAR_MEMBERS} archive members "
+                                 "(spectra.atmospheres.MAX_TAR_MEMBERS); not a MARCS model archive")
+            tar.members.clear()  # tarfile keeps every header it has read; we need none of them again
+            if not (member.isfile() and member.name.endswith(".mod")):
+                continue
+            models += 1
+            _check_model_count(models, str(path))
+            source = f"{path}:{member.name}"
+            _check_model_size(member.size, source)
+            yield parse_marcs(_read_member(tar, member, path), source=source)
+
+
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path)
+    except _TAR_ERRORS as exc:
+        raise ValueError(f"{path}: not a readable tar archive ({exc})") from None
+
+
+def _next_member(tar: tarfile.TarFile, path: Path) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except _TAR_ERRORS as exc:
+        raise ValueError(f"{path}: damaged tar archive ({exc})") from None
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> str:
+    source = f"{path}:{member.name}"
+    try:
+        return _read_limited(tar.extractfile(member), source)
+    except _TAR_ERRORS as exc:
+        raise ValueError(f"{source}: damaged tar archive ({exc})") from None
 
 
 _DEFAULT: dict[str, AtmosphereGrid] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.cliargs import use_help_formatter
+from catalog.cliargs import run_command, use_help_formatter
 
 __all__ = ["main"]
 
@@ -52,6 +52,8 @@ def _parse_xfe(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+
     from . import schema
     from .atmospheres import AtmosphereGrid
     from .grid import grid_attrs
@@ -63,9 +65,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     atmospheres = AtmosphereGrid.from_path(args.atmospheres) if args.atmospheres else None
     linelist = read_linelist(args.linelist) if args.linelist else None
     maker = SpectrumMaker(PySMEEngine(atmospheres, linelist))
-    out = Path(args.out)
-    if out.exists():
-        out.unlink()
+    out = claim_output(Path(args.out), "spectrum file", overwrite=args.overwrite)
     flux, synthesis = maker.hr_spectrum(labels)
     with GridWriter(out, 1, maker.hr, grid_attrs(maker, None, "single:spectra synth")) as writer:
         writer.write_row(0, flux, np.array([labels[n] for n in schema.label_names()]),
@@ -225,28 +225,44 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_atmospheres_pack(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+
     from .atmospheres import AtmosphereGrid
 
+    out = Path(args.out)
+    if out.suffix != ".npz":  # numpy would add the suffix and write a file nobody claimed
+        raise ValueError(f"--out {out}: expected a .npz file")
+    if not args.overwrite:
+        claim_output(out, "atmosphere grid")  # refused before the models are read
     grid = AtmosphereGrid.from_path(args.source)
-    grid.save(args.out)
-    print(f"{args.out}: {len(grid)} MARCS models packed from {args.source}")
+    claim_output(out, "atmosphere grid", overwrite=args.overwrite)  # an old grid is removed only once a new one is made
+    grid.save(out)
+    print(f"{out}: {len(grid)} MARCS models packed from {args.source}")
     return 0
 
 
 def _cmd_linelist_build(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+    from catalog.scratch import written_atomically
+
     from .linelists import build_merged_linelist
 
     merged = build_merged_linelist(Path(args.vald), Path(args.fasma), [Path(p) for p in args.linemake])
-    with gzip.open(args.out, "wt") as fh:
+    claim_output(args.out, "line list", overwrite=args.overwrite)
+    with written_atomically(args.out) as tmp, gzip.open(tmp, "wt") as fh:
         fh.write(merged.to_csv_text())
     print(f"{args.out}: {len(merged)} lines, sha256 {merged.sha256()[:16]}..., {merged.species_counts()}")
     return 0
 
 
 def _cmd_templates_build(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+
     from .rv import build_templates
 
+    claim_output(args.out, "template file")  # refused before minutes of synthesis
     templates = build_templates(progress=not args.quiet)
+    claim_output(args.out, "template file", overwrite=args.overwrite)
     templates.save(args.out)
     print(f"{args.out}: {len(templates.names)} RV templates ({', '.join(templates.names)})")
     return 0
@@ -277,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atmospheres", help="MARCS folder, .tar.gz or packed .npz (default: packaged grid)")
     p.add_argument("--linelist", help="merged line list CSV (default: packaged list)")
     p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("survey", help="noisy Zarr survey from a grid (the runtime's input)")
@@ -395,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="action", required=True)
     q = asub.add_parser("pack", help="pack a folder/.tar.gz of MARCS .mod files into an .npz")
     q.add_argument("--source", required=True)
-    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "marcs_grid.npz"))
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "marcs_grid.npz"),
+                   help="output .npz (default: the packaged grid; never replaced unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     q.set_defaults(func=_cmd_atmospheres_pack)
 
     p = sub.add_parser("linelist", help="maintenance: build the merged line list")
@@ -404,13 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--vald", required=True)
     q.add_argument("--fasma", required=True)
     q.add_argument("--linemake", nargs="+", required=True)
-    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "linelist_4most_hr_vac.csv.gz"))
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "linelist_4most_hr_vac.csv.gz"),
+                   help="output .csv.gz (default: the packaged list; never replaced unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     q.set_defaults(func=_cmd_linelist_build)
 
     p = sub.add_parser("templates", help="maintenance: synthesise the RV cross-correlation templates")
     tsub = p.add_subparsers(dest="action", required=True)
     q = tsub.add_parser("build", help="PySME templates on the R 80 000 working grid (about 1 min)")
-    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "rv_templates.npz"))
+    q.add_argument("--out", default=str(Path(__file__).parent / "data" / "rv_templates.npz"),
+                   help="output .npz (default: the packaged templates; never replaced unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_cmd_templates_build)
     use_help_formatter(parser)
@@ -419,14 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError) as exc:
-        print(f"spectra {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"spectra {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("spectra", args)
 
 
 if __name__ == "__main__":

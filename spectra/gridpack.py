@@ -21,6 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from catalog.scratch import written_atomically
+
 from . import schema
 from .gridstore import GridReader, GridWriter
 from .wavegrid import hr_grid
@@ -54,8 +56,7 @@ def pack_grid(grid_path: str | Path, out_dir: str | Path, name: str, rows_per_sh
                 with h5py.File(path, "r") as old:
                     if old.attrs.get("format") != _FORMAT:
                         raise FileExistsError(f"{path} exists and is not a packed grid shard; not replacing it")
-            tmp = path.with_name(path.name + ".partial")
-            with h5py.File(tmp, "w") as f:
+            with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
                 flux = np.stack([grid.flux[int(i), :] for i in part]).astype(np.float16)
                 f.create_dataset("flux", data=flux, chunks=(1, flux.shape[1]), compression="gzip",
                                  compression_opts=9, shuffle=True)
@@ -69,7 +70,6 @@ def pack_grid(grid_path: str | Path, out_dir: str | Path, name: str, rows_per_sh
                 f.attrs.update(attrs)
                 f.attrs.update(format=_FORMAT, packed_from=str(Path(grid_path).name), n_source_rows=grid.n,
                                flux_precision=FLUX_PRECISION, shard=k)
-            tmp.replace(path)
             written.append(path)
     return written
 

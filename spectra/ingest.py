@@ -31,6 +31,9 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
+from runtime.streams import check_index
+from runtime.survey import check_flux_chunk
+
 from .continuum import ContinuumOptions, normalise, pseudo_continuum
 from .prepare import MIN_RESOLUTION, TRAINING_RESOLUTION, match_resolution, resample_to_grid, snr_per_angstrom
 from .readers import ObservedSpectrum, SpectrumReadError, read_spectra
@@ -314,6 +317,7 @@ class _SurveyWriter:
             return
         index = np.array([i for i, _ in self.buffer], dtype="i8")
         rows = [r for _, r in self.buffer]
+        check_index(self.next_id + len(rows) - 1, "--first-id plus the number of spectra")
         self.root["flux"].append(np.stack([r.flux for r in rows]))
         self.root["snr"].append(np.array([r.snr for r in rows], dtype="f4"))
         self.root["source_id"].append(np.arange(self.next_id, self.next_id + len(rows), dtype="i8"))
@@ -388,6 +392,8 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
 
     if chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    check_flux_chunk(chunk, hr_grid().size)
+    first_id = check_index(first_id, "--first-id")
     if not files:
         raise ValueError("no input files given")
     missing = [str(f) for f in files if not Path(f).exists()]

@@ -17,6 +17,7 @@ import zarr
 
 from catalog.outputs import claim_output
 from runtime.bundle import continuum_kind
+from runtime.survey import ZarrSurvey, check_flux_chunk
 
 from .survey import SURVEY_FORMAT
 
@@ -33,6 +34,7 @@ def _open(path: Path) -> zarr.Group:
     if root.attrs.get("format") != SURVEY_FORMAT or "flux" not in root:
         raise ValueError(f"{path}: not a survey made by `spectra survey` or `spectra ingest` "
                          f"(format {root.attrs.get('format')!r})")
+    ZarrSurvey(path)  # the reader's limits (chunk sizes, row counts, codecs) before any array is read whole
     return root
 
 
@@ -54,6 +56,7 @@ def merge_surveys(inputs: list[str | Path], out: str | Path, chunk: int = 256, o
     roots = [_open(p) for p in paths]
     first = roots[0]
     wave = first["wavelength"][:]
+    check_flux_chunk(chunk, wave.size)
     conventions = [continuum_kind(dict(r.attrs)) for r in roots]
     kinds = set(conventions)
     if len(kinds) > 1:

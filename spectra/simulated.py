@@ -30,7 +30,7 @@ import numpy as np
 
 from runtime.bundle import sha256_file
 from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
-from runtime.survey import SIMULATED_FORMAT, RowBlock, SurveyReader
+from runtime.survey import MAX_ROWS, SIMULATED_FORMAT, RowBlock, SurveyReader
 
 from .degrade import noise_sigma
 from .gridstore import GridReader
@@ -49,6 +49,8 @@ def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, 
     grid, out = Path(grid).resolve(), Path(out)
     if n < 1 or chunk < 1:
         raise ValueError(f"--n and --chunk must be >= 1, got {n} and {chunk}")
+    if n > MAX_ROWS:
+        raise ValueError(f"--n {n}: more than the {MAX_ROWS} rows a survey may hold (runtime.survey.MAX_ROWS)")
     if out.suffix.lower() != ".json":
         raise ValueError(f"{out}: a simulated survey is a .json file")
     spec = parse_snr(snr)
@@ -74,6 +76,20 @@ def _snr_spec(text: str) -> SnrSpec:
     return SnrSpec(low=low, high=high)
 
 
+def _checked_numbers(path: Path, spec: dict) -> tuple[int, int, int]:
+    """(n, chunk, seed) of a description, refused out of range before anything is sized by them (``source_ids``
+    allocates n ids; the seed seeds every row's streams)."""
+    values = {}
+    for key, low, high in (("n", 0, MAX_ROWS), ("chunk", 1, 2**31), ("seed", 0, 2**32 - 1)):
+        value = spec[key]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{path}: {key} {value!r}, expected an integer in [{low}, {high}]")
+        values[key] = value
+    return values["n"], values["chunk"], values["seed"]
+
+
 class SimulatedSurvey(SurveyReader):
     """Rows generated from a grid on reading (see the module docstring)."""
 
@@ -92,7 +108,7 @@ class SimulatedSurvey(SurveyReader):
         self.grid_path = Path(spec["grid"])
         if not self.grid_path.is_file():
             raise FileNotFoundError(f"{self.path}: its grid {self.grid_path} is not there")
-        self.n, self.chunk, self.seed = int(spec["n"]), int(spec["chunk"]), int(spec["seed"])
+        self.n, self.chunk, self.seed = _checked_numbers(self.path, spec)
         self.snr = _snr_spec(spec["snr"])
         self.flux, self.labels, self.base_rows, self.wavelength = self._grid()
         self.pixel = float(np.median(np.diff(self.wavelength)))

@@ -28,6 +28,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
+from runtime.survey import check_flux_chunk
 
 from .continuum import ContinuumOptions, normalise
 from .degrade import add_noise
@@ -99,12 +100,13 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
     seed = check_seed(seed, "--seed")
     if not Path(grid_path).is_file():
         raise FileNotFoundError(f"grid {grid_path} not found")
-    claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite)
     with GridReader(grid_path) as grid:
         base_rows = np.flatnonzero(grid.done)
         if base_rows.size == 0:
             raise ValueError(f"{grid_path}: the grid has no finished rows")
         wave = grid.wavelength
+        check_flux_chunk(chunk, wave.size)  # a survey runtime process would refuse is not written
+        claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite)
         pixel = float(np.median(np.diff(wave)))
         labels = grid.labels
         n_snr = snr.per_base

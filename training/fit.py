@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from catalog.scratch import written_atomically
 from spectra import __version__
 
 from .config import Config
@@ -80,9 +81,9 @@ def _batch_loss(model: CINN, flux, snr, x, config: Config, generator: torch.Gene
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Checkpoints are written whole under a scratch name of ours, then renamed (``catalog.scratch``)."""
+    with written_atomically(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _validation_batches(data, config: Config) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
