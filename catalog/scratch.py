@@ -51,6 +51,11 @@ def written_atomically(out: str | Path, folder: bool = False) -> Iterator[Path]:
         tmp.mkdir()
     try:
         yield tmp
+    except OSError as exc:
+        _remove(tmp)
+        if exc.filename is None and exc.errno is not None:  # some writers (pyarrow) do not say which file failed
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out)) from exc
+        raise
     except BaseException:
         _remove(tmp)
         raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import HelpFormatter, add_option, check_required, use_help_formatter
+from catalog.cliargs import HelpFormatter, add_option, check_required, run_command, use_help_formatter
 
 from .precision import PRECISIONS
 from .sampler import SUMMARY_MODES
@@ -33,7 +33,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         print(f"runtime process: using the packaged default model ({bundle})", file=sys.stderr)
     report = process_survey(args.survey, bundle, args.out, options, workers=args.workers,
                             scheduler=args.scheduler, chunk=args.chunk, resume=args.resume, progress=not args.quiet,
-                            overwrite=args.overwrite, tls=_tls(args))
+                            overwrite=args.overwrite, tls=_tls(args), dashboard=args.dashboard)
     for warning in report.warnings:
         print(f"runtime process: warning: {warning}", file=sys.stderr)
     print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(numpy), auto (device on GPUs, host on CPUs where numpy is faster)")
     p.add_argument("--cuda-graph", action="store_true", help="CUDA: capture the flow once as a CUDA graph and "
                    "replay it (every call padded to --batch spectra)")
-    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process)")
+    p.add_argument("--workers", type=int, default=1, help="local Dask worker processes (1 = in this process); their "
+                   "cluster is the run's alone: 127.0.0.1, TLS with a certificate made for the run, no HTTP")
+    p.add_argument("--dashboard", action="store_true", help="with --workers N: serve the run's Dask dashboard on "
+                   "127.0.0.1 (address printed; needs bokeh). Without it the run's cluster serves no HTTP at all")
     p.add_argument("--scheduler", help="address of an existing dask.distributed scheduler: tls://HOST:8786 (with the "
                    "--tls-* files) or tcp://HOST:8786 (trusted networks only: it runs whatever it is sent)")
     p.add_argument("--tls-ca-file", help="CA certificate that signed the scheduler's and workers' certificates")
@@ -117,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_required(parser, args)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        print(f"runtime {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"runtime {args.command}: interrupted; re-run with --resume to complete", file=sys.stderr)
-        return 130
+    return run_command("runtime", args, interrupted="re-run with --resume to complete")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,20 @@ process ever holds more than a shard's summaries and 256 spectra.
 A survey chunk that cannot be read or decoded never stops the run: its rows are flagged READ_FAILED, the
 catalogue's ``read_failures`` attribute names the chunk, and the other rows are exactly what a clean run gives.
 
-Execution: one worker in this process (``--workers 1``, no cluster), a ``dask.distributed``
-``LocalCluster`` of single-threaded worker processes (``--workers N``; its dashboard, if any, on 127.0.0.1
-only), or an existing cluster (``--scheduler tcp://HOST:8786`` or ``tls://`` with ``--tls-ca-file``,
-``--tls-cert``, ``--tls-key``; input and output must be on a filesystem all workers see). Each worker builds
-its ONNX Runtime sessions once (a ``WorkerPlugin``), not per task.
+Execution: one worker in this process (``--workers 1``, no cluster), a private local ``dask.distributed``
+cluster of single-threaded worker processes (``--workers N``), or an existing cluster (``--scheduler
+tcp://HOST:8786`` or ``tls://`` with ``--tls-ca-file``, ``--tls-cert``, ``--tls-key``; input and output must be on
+a filesystem all workers see). Each worker builds its ONNX Runtime sessions once (a ``WorkerPlugin``), not per
+task, and before the catalogue exists. The local cluster is private to the run: it listens on 127.0.0.1 only, over
+TLS with a throw-away certificate made for the run (in memory; ``require_encryption``), so no other process,
+even of the same user, can connect to it or submit work; and it serves no HTTP at all (distributed otherwise
+serves identity, logs and call stacks on 8787 and on every worker, credentials or not) unless ``--dashboard``
+asks for the scheduler's dashboard (127.0.0.1 only, its address printed).
+
+One writer per catalogue: the run holds ``<output>.lock`` (``catalog.outputs.lock_output``) from before it
+touches the output until its history entry is written, so a second run on the same output stops at once, naming
+the first; a new catalogue is built under a temporary name and renamed into place, so its final name never
+shows a half-made catalogue.
 
 Determinism: a spectrum's latent draws come from (seed, source_id) only — its latent stream
 ``SeedSequence([seed, source_id, LATENT])`` (``runtime.streams``), never the stream its survey noise was drawn
@@ -26,15 +35,18 @@ stream scheme and survey *content* (its fingerprint, not its path), and runs onl
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from distributed import WorkerPlugin
+from distributed import Scheduler, Worker, WorkerPlugin
 from tqdm.auto import tqdm
 
-from catalog.outputs import claim_output
+from catalog.outputs import claim_output, creation_path, lock_output, publish, remove_leftover_creations
 from catalog.schema import (
     BAD,
     HIGH_REJECTION_FRACTION,
@@ -65,6 +77,7 @@ STAGES = ("read", "network", "summary", "resim", "other", "write")
 _IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,8 +195,52 @@ def _resimulator(bundle: Bundle, threads: int) -> Resimulator:
     return _RESIMULATORS[key]
 
 
+def build_sessions(bundle_path: str, options: ProcessOptions, sha256: str) -> OnnxPosterior:
+    """This process's ONNX Runtime sessions for the run (the chosen precision's graphs, the summary graph, the
+    emulator), each run once on a made-up spectrum, so that a bundle whose graphs do not load or do not run (a
+    corrupt int8 variant, an emulator graph or input list that does not fit) fails here with one line, before the
+    catalogue exists, and not in the first task after it. Cached: the run's tasks reuse them."""
+    try:
+        posterior = _posterior(bundle_path, options, sha256)
+        _try_posterior(posterior, options)
+        if posterior.bundle.emulator:
+            _try_emulator(_resimulator(posterior.bundle, options.threads), posterior)
+    except Exception as exc:  # onnxruntime raises its own types (not ValueError); numpy a ValueError on bad shapes
+        _SESSIONS.clear()
+        _RESIMULATORS.clear()
+        if isinstance(exc, BundleError):
+            raise
+        detail = " ".join(str(exc).split())[:400] or type(exc).__name__
+        prefix = "" if detail.startswith(bundle_path) else f"{bundle_path}: the run's ONNX Runtime sessions fail: "
+        raise BundleError(prefix + detail) from None
+    return posterior
+
+
+def _try_posterior(posterior: OnnxPosterior, options: ProcessOptions) -> None:
+    """One flat spectrum through the features, flow and summary exactly as the tasks call them."""
+    manifest = posterior.manifest
+    flux = np.ones((1, manifest.n_pixels), dtype=np.float32)
+    snr = np.full((1, 1), float(np.mean(manifest.snr_range)))
+    summary = posterior.posterior(flux, snr, np.zeros(1, dtype=np.int64), options.seed, options.samples)
+    if np.shape(summary.map) != (1, manifest.n_params):
+        raise BundleError(f"{posterior.bundle.path}: the flow gives MAPs of shape {np.shape(summary.map)}, expected "
+                          f"(1, {manifest.n_params})")
+
+
+def _try_emulator(resim: Resimulator, posterior: OnnxPosterior) -> None:
+    """The re-simulation check once, at the middle of the parameter bounds (emulator inputs, graph, rotation)."""
+    manifest = posterior.manifest
+    middle = ((np.asarray(manifest.lower, float) + np.asarray(manifest.upper, float)) / 2).reshape(1, -1)
+    model = resim.session.run(None, {"labels": resim.labels(middle)})[0]
+    if np.shape(model) != (1, manifest.n_pixels):
+        raise BundleError(f"{posterior.bundle.path}: the emulator ({posterior.bundle.emulator['file']}) gives "
+                          f"spectra of shape {np.shape(model)}, expected (1, {manifest.n_pixels})")
+    resim.check(np.ones((1, manifest.n_pixels)), np.ones(1), middle)
+
+
 class BundleSessions(WorkerPlugin):
-    """Dask ``WorkerPlugin``: build the sessions when a worker starts, so the first task does not pay."""
+    """Dask ``WorkerPlugin``: build (and try) the sessions when the plugin is registered, on every worker,
+    before the catalogue exists; the tasks then find them ready."""
 
     name = "cinn4most-bundle-sessions"
 
@@ -191,9 +248,7 @@ class BundleSessions(WorkerPlugin):
         self.args = (bundle_path, options, sha256)
 
     def setup(self, worker) -> None:
-        posterior = _posterior(*self.args)
-        if posterior.bundle.emulator:
-            _resimulator(posterior.bundle, self.args[1].threads)
+        build_sessions(*self.args)
 
 
 @dataclass
@@ -404,7 +459,7 @@ def default_task_rows(n: int, workers: int) -> int:
 
 
 def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
-                    chunk: int | None = None, tls: TLSFiles | None = None) -> None:
+                    chunk: int | None = None, tls: TLSFiles | None = None, dashboard: bool = False) -> None:
     """Refuse impossible settings before anything is created (one clear error each)."""
     if not isinstance(options.samples, int) or options.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {options.samples}")
@@ -423,18 +478,28 @@ def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | 
         raise ValueError(f"--scheduler {scheduler}: a TLS scheduler needs --tls-ca-file, --tls-cert and --tls-key")
     if tls is not None and (scheduler is None or not scheduler.startswith("tls://")):
         raise ValueError("--tls-ca-file/--tls-cert/--tls-key go with a --scheduler tls://HOST:PORT")
+    if dashboard and (scheduler is not None or workers < 2):
+        raise ValueError("--dashboard goes with --workers N (N >= 2, the run's own local cluster); an existing "
+                         "--scheduler serves its own dashboard")
+    if dashboard:
+        from importlib.util import find_spec
+
+        if find_spec("bokeh") is None:
+            raise ValueError("--dashboard needs the bokeh package (pip install bokeh)")
 
 
 def process_survey(input_path: str | Path, bundle_path: str | Path, output_path: str | Path,
                    options: ProcessOptions = ProcessOptions(), workers: int = 1, scheduler: str | None = None,
                    chunk: int | None = None, resume: bool = False, progress: bool = True,
-                   overwrite: bool = False, tls: TLSFiles | None = None) -> ProcessReport:
+                   overwrite: bool = False, tls: TLSFiles | None = None, dashboard: bool = False) -> ProcessReport:
     """Process a survey into a catalogue (see the module docstring).
 
-    Everything that can be checked is checked before the catalogue is created (arguments, bundle files and
-    manifest, survey layout, the scheduler connection); a start that fails after creating it removes it again.
+    Everything that can be checked is checked before the catalogue is created or touched: arguments, bundle files
+    and manifest, survey layout, the output's lock (one run per catalogue), every ONNX Runtime session the run will
+    use (built and tried, on every worker), the scheduler connection. A new catalogue appears under its name only
+    whole (built under a temporary name, then renamed); a failed start removes only that temporary store.
     """
-    check_arguments(options, workers, scheduler, chunk, tls)
+    check_arguments(options, workers, scheduler, chunk, tls, dashboard)
     input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
     bundle = load_bundle(bundle_path)
     survey, survey_problems = _open_survey(input_path, bundle)
@@ -452,7 +517,6 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         options.bias_correction and bundle.manifest.bias_correction) else []
     if options.bias_correction and not corrected:
         raise BundleError(f"{bundle_path}: --bias-correction requested but the manifest holds no coefficients")
-    claim_output(output_path, "catalogue", (CATALOG_FORMAT,), overwrite=overwrite, resume=resume)
     warnings = []
     kind = continuum_kind(dict(survey.attrs))  # true or pseudo, as `spectra survey/ingest` recorded it
     if kind != bundle.manifest.continuum:
@@ -468,17 +532,24 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     distributed = scheduler is not None or workers > 1
     if distributed:  # single-threaded workers: one ONNX Runtime thread each unless told otherwise
         ctx = replace(ctx, options=replace(options, threads=options.threads or 1))
-    runner = _DistributedRunner(workers, scheduler, ctx, tls) if distributed else None  # connects before any output
-    created = False
+    lock = lock_output(output_path, "catalogue", warn=_tell_warning)
+    runner = None
     try:
+        for leftover in remove_leftover_creations(output_path):
+            _tell_warning(f"removed {leftover}, a catalogue whose creation a crashed run left unfinished")
+        if distributed:  # connects and builds the sessions on every worker before any output
+            runner = _DistributedRunner(workers, scheduler, ctx, tls, dashboard)
+            runner.prepare()
+        else:
+            build_sessions(ctx.bundle_path, ctx.options, ctx.bundle_sha256)
+        claim_output(output_path, "catalogue", (CATALOG_FORMAT,), overwrite=overwrite, resume=resume)
         if output_path.exists():
             store = CatalogueStore.open(output_path, mode="r+")
             _check_identity(output_path, dict(store.attrs), identity)
         else:
             columns = catalogue_columns(bundle.manifest.raw["parameters"], corrected, list(provenance),
                                         resim=bool(bundle.emulator))
-            created = True
-            store = CatalogueStore.create(output_path, n, chunk, columns, {
+            store = _create_catalogue(output_path, n, chunk, columns, {
                 **identity, "input": str(input_path), "bundle": str(Path(bundle_path).resolve()),
                 "software": f"cinn4most {_software_version()}", "device": device,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -491,19 +562,45 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                 "resim": _resim_description(bundle),
                 "poor_fit_chi2": (bundle.emulator or {}).get("poor_fit_chi2"),
             })
-    except BaseException:
+        chunks_run, skipped, seconds, where, results = _run_shards(store, ctx, runner, survey_problems, device,
+                                                                   progress)
+    finally:  # also on KeyboardInterrupt: the cluster goes, the lock is released (after the history is written)
         if runner is not None:
             runner.close()
-        if created and output_path.exists():  # ours, and unusable: a failed start leaves nothing behind
-            import shutil
+        lock.release()
+    timings = {key: sum(r.timings[key] for r in results) for key in STAGES}
+    return ProcessReport(output_path, n, chunks_run, skipped, seconds, device, where, warnings, timings,
+                         [m for r in results for m in r.failures], precision)
 
-            shutil.rmtree(output_path)
+
+def _tell_warning(message: str) -> None:
+    """A warning the user should see now, not at the end of a long run (a lock taken over, a leftover removed)."""
+    print(f"runtime process: warning: {message}", file=sys.stderr)
+
+
+def _create_catalogue(output_path: Path, n: int, chunk: int, columns: list, attrs: dict) -> CatalogueStore:
+    """A new catalogue, built under a temporary name beside the output and then renamed into place: a crash or an
+    error while it is made never leaves a half-made catalogue under the output's name (whose absence tells the
+    next run to create it, not to resume it), and a failure removes only the temporary store this run made."""
+    building = creation_path(output_path)
+    try:
+        CatalogueStore.create(building, n, chunk, columns, attrs)
+        publish(building, output_path)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
         raise
+    return CatalogueStore.open(output_path, mode="r+")
+
+
+def _run_shards(store: CatalogueStore, ctx: RunContext, runner: _DistributedRunner | None, problems: list[str],
+                device: str, progress: bool) -> tuple[int, int, float, str, list[ChunkResult]]:
+    """Run the shards not yet done; (shards run, shards skipped, seconds, where, results). The run's history
+    entry is written whatever happens (also on an interruption), while the caller still holds the lock."""
     todo = [int(k) for k in np.flatnonzero(~store.done())]
     skipped = store.n_chunks - len(todo)
     start = time.perf_counter()
-    bar = tqdm(total=n, initial=n - sum(_rows(store, k) for k in todo), desc=f"process on {device}", unit="spec",
-               unit_scale=True, smoothing=0.1, disable=not progress)
+    bar = tqdm(total=store.n_rows, initial=store.n_rows - sum(_rows(store, k) for k in todo),
+               desc=f"process on {device}", unit="spec", unit_scale=True, smoothing=0.1, disable=not progress)
     results: list[ChunkResult] = []
     where = ""
 
@@ -520,11 +617,9 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     finally:
         if runner is not None:
             runner.close()
-        _record_run(store, results, survey_problems, time.perf_counter() - start, where, device)
-    bar.close()
-    timings = {key: sum(r.timings[key] for r in results) for key in STAGES}
-    return ProcessReport(output_path, n, len(todo), skipped, time.perf_counter() - start, device, where, warnings,
-                         timings, [m for r in results for m in r.failures], precision)
+        _record_run(store, results, problems, time.perf_counter() - start, where, device)
+        bar.close()
+    return len(todo), skipped, time.perf_counter() - start, where, results
 
 
 def _check_identity(output_path: Path, attrs: dict, identity: dict) -> None:
@@ -594,15 +689,73 @@ def _rows(store: CatalogueStore, k: int) -> int:
 
 
 
-class _DistributedRunner:
-    """A Dask client (own LocalCluster, or an existing scheduler), connected when made: a wrong address fails
-    here, before the catalogue exists."""
+class _NoHTTP:
+    """Mixin for a ``dask.distributed`` Scheduler or Worker that serves no HTTP. distributed starts an HTTP
+    server on every scheduler (port 8787, even with ``dashboard_address=None``) and on every worker (a random
+    port), whose routes publish identity, logs, metrics and call stacks to whoever reaches the port, no
+    credentials asked; the run's private cluster needs none of it."""
 
-    def __init__(self, workers: int, scheduler: str | None, ctx: RunContext, tls: TLSFiles | None = None):
-        from dask.distributed import Client, LocalCluster
+    def start_http_server(self, routes, dashboard_address, default_port=0, ssl_options=None) -> None:
+        from distributed.http.routing import RoutingApplication
+
+        self.http_application = RoutingApplication([])  # what shutdown looks for; nothing listens
+
+
+class _QuietScheduler(_NoHTTP, Scheduler):
+    """The private cluster's scheduler: TLS comms only, no HTTP server."""
+
+
+class _QuietWorker(_NoHTTP, Worker):
+    """The private cluster's workers (started by their nannies in their own processes): no HTTP server."""
+
+
+def _run_security():
+    """TLS credentials made for this run only, in memory (``distributed.Security.temporary``: a self-signed
+    certificate that is its own CA, ``require_encryption``): the scheduler, workers and nannies accept only
+    peers that present it, so no other process can join the cluster or submit work to it."""
+    from distributed import Security
+
+    try:
+        import cryptography  # noqa: F401  (Security.temporary needs it)
+    except ImportError:
+        raise ValueError("--workers N needs the cryptography package (pip install cryptography): the run's local "
+                         "cluster is private, over TLS with a certificate made for the run") from None
+    security = Security.temporary()
+    assert security.require_encryption
+    return security
+
+
+def _private_cluster(workers: int, dashboard: bool = False):
+    """The run's own cluster of ``workers`` single-threaded worker processes (a ``SpecCluster`` laid out as
+    ``LocalCluster`` lays it out: nannies, memory split evenly), private to the run: 127.0.0.1 only, TLS with
+    :func:`_run_security`, and no HTTP server anywhere unless ``dashboard`` (then the scheduler's dashboard, on
+    127.0.0.1 only)."""
+    from distributed import Nanny, SpecCluster
+    from distributed.worker_memory import parse_memory_limit
+
+    security = _run_security()
+    common = {"host": "127.0.0.1", "protocol": "tls://", "security": security}
+    scheduler = {"cls": Scheduler if dashboard else _QuietScheduler,
+                 "options": {**common, "port": 0, "dashboard": dashboard,
+                             "dashboard_address": "127.0.0.1:8787" if dashboard else None}}
+    worker = {"cls": Nanny, "options": {**common, "nthreads": 1, "worker_class": _QuietWorker, "dashboard": False,
+                                        "dashboard_address": None, "silence_logs": logging.WARNING,
+                                        "memory_limit": parse_memory_limit("auto", 1, workers, logger=_LOG)}}
+    return SpecCluster(workers=dict.fromkeys(range(workers), worker), scheduler=scheduler, worker=worker,
+                       security=security, silence_logs=logging.WARNING)
+
+
+class _DistributedRunner:
+    """A Dask client (the run's private cluster, or an existing scheduler), connected when made: a wrong address
+    fails here, before the catalogue exists."""
+
+    def __init__(self, workers: int, scheduler: str | None, ctx: RunContext, tls: TLSFiles | None = None,
+                 dashboard: bool = False):
+        from dask.distributed import Client
 
         self.cluster = None
         self.ctx = ctx
+        self.dashboard = ""
         if scheduler:
             security = tls.security() if tls else None
             try:
@@ -610,17 +763,28 @@ class _DistributedRunner:
             except (OSError, TimeoutError) as exc:
                 raise ValueError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
             self.where = f"scheduler {scheduler}"
-        else:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        host="127.0.0.1", dashboard_address=None)
+            return
+        self.cluster = _private_cluster(workers, dashboard)
+        try:
             self.client = Client(self.cluster)
-            self.where = f"LocalCluster of {workers} worker processes"
+        except BaseException:
+            self.cluster.close()
+            raise
+        self.where = f"LocalCluster of {workers} worker processes"
+        if dashboard:
+            self.dashboard = self.cluster.dashboard_link
+            print(f"runtime process: dashboard at {self.dashboard} (127.0.0.1 only; any local user can open it "
+                  "while the run lasts)", file=sys.stderr)
+
+    def prepare(self) -> None:
+        """Build and try the run's sessions on every worker now (:class:`BundleSessions`): a bundle that fails
+        there fails before the catalogue exists, with the workers' one-line error."""
+        options = self.ctx.options
+        self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options, self.ctx.bundle_sha256))
 
     def run(self, todo: list[int], finished) -> str:
         from dask.distributed import as_completed
 
-        options = self.ctx.options
-        self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options, self.ctx.bundle_sha256))
         futures = [self.client.submit(process_chunk, k, self.ctx, pure=False) for k in todo]
         for future in as_completed(futures):
             finished(future.result())
@@ -628,6 +792,9 @@ class _DistributedRunner:
         return self.where
 
     def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        """Disconnect and stop the run's own cluster (idempotent: the driver calls it on every way out)."""
+        client, cluster, self.client, self.cluster = getattr(self, "client", None), self.cluster, None, None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
