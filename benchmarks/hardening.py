@@ -57,6 +57,11 @@ def _one_line(code: int, err: str) -> bool:
     return code == 2 and "Traceback" not in err and sum(": error:" in line for line in err.splitlines()) == 1
 
 
+def _error(err: str) -> str:
+    """The error line of a command's stderr (notes such as "using the packaged default model" dropped)."""
+    return next((line for line in err.splitlines() if ": error:" in line), err)
+
+
 def _short(text: str, n: int = 150) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -99,7 +104,8 @@ def external_weights(work: Path) -> tuple[str, bool]:
                     size_threshold=0)
     _rehash(bundle)
     code, err = _process(_survey(work), bundle, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "weights" in err and not (work / "cat.zarr").exists()
+    ok = _one_line(code, err) and "weights" in err and not (work / "cat.zarr").exists()
+    return f"exit {code}: {_short(_error(err))}", ok
 
 
 @probe("symlink-in-bundle", "1", "refused: a symlink could point at bytes the identity does not cover")
@@ -109,7 +115,7 @@ def symlink_in_bundle(work: Path) -> tuple[str, bool]:
     shutil.move(bundle / "hoisted_flow.onnx", outside)
     (bundle / "hoisted_flow.onnx").symlink_to(outside)
     code, err = _process(_survey(work), bundle, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "symlink" in err
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "symlink" in err
 
 
 @probe("manifest-nested", "1, 8", "refused in one line, no RecursionError traceback")
@@ -117,7 +123,7 @@ def manifest_nested(work: Path) -> tuple[str, bool]:
     bundle = _bundle_copy(work)
     (bundle / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     code, err = _process(_survey(work), bundle, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "nested deeper" in err
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "nested deeper" in err
 
 
 @probe("manifest-200MB", "1, 6", "refused from its size before parsing; peak memory far below 200 MB of JSON")
@@ -130,7 +136,7 @@ def manifest_huge(work: Path) -> tuple[str, bool]:
             fh.write("x" * 2**20)
         fh.write('"}')
     code, err = _process(_survey(work), bundle, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "at most" in err
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "at most" in err
 
 
 @probe("graph-entry-string", "8", "refused in one line naming the field")
@@ -140,7 +146,60 @@ def graph_entry_string(work: Path) -> tuple[str, bool]:
     raw["graphs"]["inverse_flow"] = "inverse_flow.onnx"
     (bundle / "manifest.json").write_text(json.dumps(raw))
     code, err = _process(_survey(work), bundle, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "graph inverse_flow" in err
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "graph inverse_flow" in err
+
+
+# ------------------------------------------------------------------------------------------ 2, 3, 5. runs
+@probe("cluster-intruder", "2", "another local process cannot connect (no credentials, its own, plain TCP); no HTTP")
+def cluster_intruder(work: Path) -> tuple[str, bool]:
+    from test_hardening_runs import INTRUDER, _ports, _speaks_http
+
+    from runtime.pipeline import ProcessOptions, RunContext, _DistributedRunner
+
+    runner = _DistributedRunner(2, None, RunContext("in", "out", "bundle", "sha", ProcessOptions()))
+    try:
+        address = runner.cluster.scheduler.address
+        done = subprocess.run([sys.executable, "-c", INTRUDER, address], capture_output=True, text=True, timeout=120)
+        tries = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+        workers = runner.client.run(lambda dask_worker: dask_worker.address)
+        ports = [_ports(address), *(_ports(w) for w in workers)]
+        http = [port for port in ports if _speaks_http(port)]
+    finally:
+        runner.close()
+    refused = len(tries) == 3 and all(v.startswith("refused") for v in tries.values())
+    return (f"{address.split(':')[0]}://127.0.0.1; intruder: " + ", ".join(f"{k} {v}" for k, v in tries.items())
+            + f"; HTTP on {http or 'no port'}"), refused and not http and address.startswith("tls://127.0.0.1")
+
+
+@probe("two-creators", "3", "one run wins, the other exits 2 naming it; the catalogue whole, nothing left beside it")
+def two_creators(work: Path) -> tuple[str, bool]:
+    from test_hardening_runs import SLOW_RUNTIME
+
+    survey, out = _survey(work), work / "cat.zarr"
+    (work / "slow.py").write_text(SLOW_RUNTIME)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["process", "--survey", str(survey), "--out", str(out), "--samples", "32", "--chunk", "8", "--quiet"]
+    runs = [subprocess.Popen([sys.executable, str(work / "slow.py"), "0.5", *argv], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.pid, *p.communicate(timeout=600), p.returncode) for p in runs]
+    loser = next((r for r in results if r[3] == 2), None)
+    from catalog.check import check_catalogue
+
+    whole = out.exists() and check_catalogue(out, survey).ok
+    debris = sorted(p.name for p in work.iterdir() if out.name in p.name and p.name != out.name)
+    observed = (f"exits {sorted(r[3] for r in results)}; loser: {_short(_error(loser[2]) if loser else '', 110)}; "
+                f"catalogue {'whole' if whole else 'BROKEN'}; left beside it: {debris or 'nothing'}")
+    return observed, sorted(r[3] for r in results) == [0, 2] and "is being written by pid" in loser[2] and whole
+
+
+@probe("corrupt-emulator", "5", "one line (exit 2) before the catalogue exists; no output left")
+def corrupt_emulator(work: Path) -> tuple[str, bool]:
+    bundle = _bundle_copy(work)
+    (bundle / "emulator.onnx").write_bytes(b"\x08\x07garbage" * 1000)
+    _rehash(bundle)
+    code, err = _process(_survey(work), bundle, work / "cat.zarr")
+    left = sorted(p.name for p in work.iterdir() if "cat.zarr" in p.name)
+    return f"exit {code}: {_short(_error(err))}; outputs: {left or 'none'}", _one_line(code, err) and not left
 
 
 # ------------------------------------------------------------------------------------------ 4. files we did not make
@@ -168,7 +227,7 @@ def pack_existing(work: Path) -> tuple[str, bool]:
     target.write_bytes(b"someone's grid")
     tar_with_member(work / "models.tar.gz", "marcs/p5000_g+4.0.mod", 10)
     code, err = _cli("spectra", ["atmospheres", "pack", "--source", str(work / "models.tar.gz"), "--out", str(target)])
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and target.read_bytes() == b"someone's grid"
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and target.read_bytes() == b"someone's grid"
 
 
 # ------------------------------------------------------------------------------------------ 6. memory
@@ -178,7 +237,7 @@ def survey_big_chunk(work: Path) -> tuple[str, bool]:
 
     survey = crafted_survey(work / "s.zarr", rows=20_000, chunk_rows=20_000)
     code, err = _process(survey, None, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "MiB" in err
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "MiB" in err
 
 
 @probe("survey-1e12-rows", "6", "refused in one line, no MemoryError")
@@ -187,7 +246,7 @@ def survey_huge_rows(work: Path) -> tuple[str, bool]:
 
     survey = crafted_survey(work / "s.zarr", rows=10**12, chunk_rows=256, flux_chunk=False, write_ids=False)
     code, err = _process(survey, None, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", _one_line(code, err)
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err)
 
 
 @probe("tar-1GiB-member", "6", "refused from the member's declared size; peak memory far below 1 GiB")
@@ -197,7 +256,7 @@ def tar_bomb(work: Path) -> tuple[str, bool]:
     tar_with_member(work / "bomb.tar.gz", "marcs/big.mod", 2**30)
     code, err = _cli("spectra", ["atmospheres", "pack", "--source", str(work / "bomb.tar.gz"), "--out",
                                  str(work / "grid.npz")])
-    return f"exit {code}: {_short(err)}", _one_line(code, err)
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err)
 
 
 # ------------------------------------------------------------------------------------------ 7. numbers
@@ -208,7 +267,7 @@ def negative_ids(work: Path) -> tuple[str, bool]:
     survey = _survey(work)
     zarr.open_group(str(survey), mode="r+")["source_id"][3] = -5
     code, err = _process(survey, None, work / "cat.zarr")
-    return f"exit {code}: {_short(err)}", (_one_line(code, err) and "source_id" in err
+    return f"exit {code}: {_short(_error(err))}", (_one_line(code, err) and "source_id" in err
                                             and not (work / "cat.zarr").exists())
 
 
@@ -218,7 +277,8 @@ def negative_options(work: Path) -> tuple[str, bool]:
     a = _process(survey, None, work / "cat.zarr", "--seed", "-1")
     b = _cli("spectra", ["ingest", str(ROOT / "README.md"), "--out", str(work / "obs.zarr"), "--first-id", "-5"])
     ok = _one_line(*a) and "--seed" in a[1] and _one_line(*b) and "--first-id" in b[1]
-    return f"--seed -1: exit {a[0]} ({_short(a[1], 70)}); --first-id -5: exit {b[0]} ({_short(b[1], 70)})", ok
+    return (f"--seed -1: exit {a[0]} ({_short(_error(a[1]), 70)}); --first-id -5: exit {b[0]} "
+            f"({_short(_error(b[1]), 70)})"), ok
 
 
 # ------------------------------------------------------------------------------------------ 8. errors, not tracebacks
@@ -239,7 +299,7 @@ def full_disk(work: Path) -> tuple[str, bool]:
     code, err = _process(survey, None, out, "--chunk", "16")
     CatalogueStore.write_chunk = real
     resumed = _process(survey, None, out, "--chunk", "16", "--resume")[0]
-    return (f"exit {code}: {_short(err)}; --resume exit {resumed}",
+    return (f"exit {code}: {_short(_error(err))}; --resume exit {resumed}",
             _one_line(code, err) and "--resume" in err and resumed == 0)
 
 
@@ -260,7 +320,7 @@ def read_only(work: Path) -> tuple[str, bool]:
         _cli("runtime", ["example-survey", "--out", str(folder / "examples")]),
     ]
     ok = all(_one_line(*r) and str(folder) in r[1] for r in results)
-    return "; ".join(f"exit {c}: {_short(e, 60)}" for c, e in results), ok
+    return "; ".join(f"exit {c}: {_short(_error(e), 60)}" for c, e in results), ok
 
 
 @probe("example-survey-overwrite-symlink", "8", "refused in one line; the link's target intact")
@@ -270,7 +330,7 @@ def example_symlink(work: Path) -> tuple[str, bool]:
     (work / "b" / "synthetic.zarr").symlink_to(work / "a" / "synthetic.zarr")
     code, err = _cli("runtime", ["example-survey", "--out", str(work / "b"), "--overwrite"])
     intact = (work / "a" / "synthetic.zarr" / "zarr.json").is_file()
-    return f"exit {code}: {_short(err)}", _one_line(code, err) and "symlink" in err and intact
+    return f"exit {code}: {_short(_error(err))}", _one_line(code, err) and "symlink" in err and intact
 
 
 @probe("non-ascii-object", "8", "UTF-8 kept in the survey and catalogue; FITS export ASCII with escapes")
