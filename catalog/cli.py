@@ -1,6 +1,7 @@
 """``catalog``: export, check and report on catalogues written by ``runtime process``.
 
-Subcommands: ``export`` (Parquet or FITS), ``check`` (exit status 1 when a problem is found), ``report``,
+Subcommands: ``export`` (Parquet or FITS; the format follows the ``--out`` suffix), ``check`` (a JSON document
+of counts on stdout, problems and the verdict on stderr; exit status 1 when a problem is found), ``report``,
 ``calibrate`` (bias-correction coefficients from reference stars).
 """
 
@@ -16,15 +17,16 @@ __all__ = ["main"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .writers import export_fits, export_parquet
+    from .writers import export_fits, export_format, export_parquet
 
-    if args.format == "fits":
+    fmt = export_format(args.out, args.format)
+    if fmt == "fits":
         out = export_fits(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only)
     else:
         out = export_parquet(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only,
-                             dataset=args.format == "parquet-dataset")
+                             dataset=fmt == "parquet-dataset")
     note = " (finished rows only: --complete-only)" if args.complete_only else ""
-    print(f"{out}: {args.format}{note}")
+    print(f"{out}: {fmt}{note}")
     return 0
 
 
@@ -43,6 +45,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """stdout is the JSON document only (``catalog check ... > check.json`` must parse); everything meant for a
+    person (notes, problems, the verdict) goes to stderr, and the exit status carries the verdict too."""
     from .check import check_catalogue
 
     result = check_catalogue(args.catalog, args.survey)
@@ -51,7 +55,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"{args.catalog}: {'OK' if result.ok else 'FAILED'}")
+    print(f"{args.catalog}: {'OK' if result.ok else 'FAILED'}", file=sys.stderr)
     return 0 if result.ok else 1
 
 
@@ -84,15 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        # help texts are %-formatted by argparse (a bare "68 % interval" crashed --help); descriptions are not
+        return sub.add_parser(name, help=text.replace("%", "%%"), description=text, formatter_class=HelpFormatter)
 
     p = command("export", "write the catalogue as Parquet, a Parquet dataset folder or FITS, streamed (units, "
                 "descriptions, provenance, flag table)")
     add_option(p, "--catalog", "--input", required=True, help="catalogue Zarr from `runtime process`")
-    p.add_argument("--format", choices=["parquet", "parquet-dataset", "fits"], required=True,
-                   help="output format (the --out suffix must agree: .parquet/.pq, .fits/.fit; a parquet-dataset is "
-                   "a folder of part files that pyarrow.dataset, pandas and dask.dataframe read as one table)")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--format", choices=["parquet", "parquet-dataset", "fits"],
+                   help="output format; default: from the --out suffix (.parquet/.pq, .fits/.fit/.fits.gz), which "
+                   "must agree when both are given. A parquet-dataset (a name without a suffix) is a folder of part "
+                   "files that pyarrow.dataset, pandas and dask.dataframe read as one table")
+    p.add_argument("--out", required=True, help="output file (or dataset folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--complete-only", action="store_true",
                    help="export the finished rows of an unfinished catalogue (refused otherwise)")

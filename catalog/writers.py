@@ -21,10 +21,10 @@ import numpy as np
 import zarr
 
 from .schema import FLAGS, Column, flags_table
-from .scratch import written_atomically
+from .scratch import scratch_name, written_atomically
 
-__all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_parquet", "provenance",
-           "read_table", "shard_layout"]
+__all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_format", "export_parquet",
+           "provenance", "read_table", "shard_layout"]
 
 CATALOG_FORMAT = "cinn4most-catalogue/2"
 INNER_ROWS = 1024  # rows per inner chunk of a shard (the unit of reading)
@@ -247,7 +247,25 @@ def provenance(store: CatalogueStore) -> dict[str, str | int | float | bool]:
     return out
 
 
-EXPORT_SUFFIXES = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit"), "parquet-dataset": ("",)}
+EXPORT_SUFFIXES = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit", ".fits.gz", ".fit.gz"),
+                   "parquet-dataset": ("",)}
+#: file suffixes no dataset folder may carry (they name a file format)
+_FILE_SUFFIXES = (".parquet", ".pq", ".fits", ".fit", ".gz", ".zarr")
+
+
+def export_format(out: str | Path, fmt: str | None = None) -> str:
+    """The export format: ``fmt`` when given (:func:`check_export_target` then checks that the suffix agrees), else
+    the one the ``out`` suffix names, so that ``--out c.fits`` needs no ``--format fits``. A name without a known
+    suffix is refused: it could be a misspelt file name as well as a dataset folder, which must be asked for."""
+    if fmt is not None:
+        return fmt
+    name = Path(out).name.lower()
+    for candidate in ("parquet", "fits"):
+        if name.endswith(EXPORT_SUFFIXES[candidate]):
+            return candidate
+    known = ", ".join(EXPORT_SUFFIXES["parquet"] + EXPORT_SUFFIXES["fits"])
+    raise ValueError(f"{out}: cannot tell the export format from the name: end it in {known}, or give --format "
+                     "(--format parquet-dataset for a folder of Parquet part files)")
 
 
 def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> Path:
@@ -258,7 +276,7 @@ def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> P
     if fmt not in EXPORT_SUFFIXES:
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_SUFFIXES)}")
     if fmt == "parquet-dataset":
-        if out.suffix.lower() in (".parquet", ".pq", ".fits", ".fit", ".zarr"):
+        if out.suffix.lower() in _FILE_SUFFIXES:
             raise ValueError(f"{out}: a parquet-dataset export is a folder; give a name without a file suffix")
         if not out.parent.is_dir():
             raise FileNotFoundError(f"cannot write parquet-dataset {out}: folder {out.parent} does not exist")
@@ -355,28 +373,90 @@ _FITS_FORMATS = {"float32": (">f4", "E"), "int32": (">i4", "J"), "int64": (">i8"
 def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
     """FITS, streamed a shard at a time: the catalogue table (TUNITn where FITS defines the unit, TCOMMn
     descriptions), a PROVENANCE table (every run attribute, full length) and a FLAGS table (bit, name,
-    threshold, description). Memory does not grow with the catalogue.
+    threshold, description). Memory does not grow with the catalogue. An ``out`` ending in ``.gz`` is the same
+    file gzip-compressed (astropy, TOPCAT and fitsio read it as it is).
 
     ``dex`` is not a FITS unit (astropy would warn on every read), so dex columns carry no TUNIT and say
-    "[dex]" in their description; a COMMENT card lists them. Reads cleanly with ``astropy.table.Table.read``
-    (units and descriptions kept: the header carries astropy's serialized column metadata).
+    "[dex]" in their description; a COMMENT card lists them. The catalogue is the first table (HDU 1), but a
+    file of three tables makes ``astropy.table.Table.read`` warn unless told which one: read it with
+    ``Table.read(out, hdu="CATALOGUE")`` (units and descriptions kept: the header carries astropy's serialized
+    column metadata).
     """
-    from astropy.io import fits
-    from astropy.table import Table
-
     out = check_export_target(out, "fits", overwrite)
     store = CatalogueStore.open(path)
     blocks = _export_blocks(store, path, complete_only)
-    n_out = int(sum(b - a for a, b in blocks))
-    meta = provenance(store)
-    meta.update(rows_exported=n_out, rows_total=store.n_rows)
+    with written_atomically(out) as tmp:
+        if out.name.lower().endswith(".gz"):
+            _write_gzipped_fits(store, blocks, out, tmp)
+        else:
+            _write_fits(store, blocks, tmp)
+    return out
+
+
+def _write_gzipped_fits(store: CatalogueStore, blocks: list[tuple[int, int]], out: Path, target: Path) -> None:
+    """The FITS file gzip-compressed into ``target``: written plain to a scratch file of ours first (the FITS writer
+    appends HDUs to a plain file), then streamed through gzip (memory stays one buffer) and removed."""
+    import gzip
+    import shutil
+
+    plain = scratch_name(out, "fits")
+    try:
+        _write_fits(store, blocks, plain)
+        with open(plain, "rb") as src, gzip.open(target, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+def _text_widths(store: CatalogueStore, blocks: list[tuple[int, int]]) -> dict[str, int]:
+    """Width of each text column's FITS field: its longest ASCII-escaped value (at least 1)."""
     widths = {}
     for name in store.columns:
         if store.column_info(name)["dtype"] == "str":
             longest = max((max((len(_fits_text(v)) for v in store.read_rows(a, b, [name])[name]), default=0)
                            for a, b in blocks), default=0)
             widths[name] = max(1, longest)
-    # header: astropy writes a one-row model table (units, descriptions, its serialized column metadata)
+    return widths
+
+
+def _write_fits(store: CatalogueStore, blocks: list[tuple[int, int]], target: Path) -> None:
+    """The three-table FITS file of :func:`export_fits` at ``target`` (uncompressed): the CATALOGUE header is
+    astropy's (from a one-row model table), its rows are streamed a shard at a time, then the two small tables."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    n_out = int(sum(b - a for a, b in blocks))
+    meta = provenance(store)
+    meta.update(rows_exported=n_out, rows_total=store.n_rows)
+    model, row_dtype = _fits_model(store, _text_widths(store, blocks), meta, n_out)
+    model.write(str(target), format="fits", overwrite=True)
+    header = fits.getheader(target, 1)
+    header["NAXIS2"] = n_out
+    for i, name in enumerate(store.columns, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
+        header[f"TCOMM{i}"] = model[name].description or ""
+    with open(target, "wb") as fh:
+        fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        fh.write(header.tostring().encode("ascii"))
+        written = 0
+        for a, b in blocks:
+            rows = _fits_rows(store, store.read_rows(a, b), row_dtype)
+            fh.write(rows.tobytes())
+            written += rows.nbytes
+        fh.write(b"\0" * (-written % 2880))
+    keys = sorted(meta)
+    values = [_fits_text(meta[k]).decode() for k in keys]
+    fits.append(str(target), Table({"key": keys, "value": values}).as_array(),
+                fits.Header([("EXTNAME", "PROVENANCE")]))
+    flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
+                   "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
+                   "description": [f.description for f in FLAGS]})
+    fits.append(str(target), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
+
+
+def _fits_model(store: CatalogueStore, widths: dict[str, int], meta: dict, n_out: int):
+    """(one-row astropy Table whose FITS header is the CATALOGUE header, numpy dtype of one FITS row)."""
+    from astropy.table import Table
+
     model = Table()
     dex = []
     dtypes = []
@@ -399,40 +479,22 @@ def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, comp
         "bundle_sha256", ""), "NROWS": n_out, "COMMENT": [
         "Columns in dex (no FITS unit): " + ", ".join(dex),
         "Text columns are ASCII: other characters as Python escapes (\\xe9, \\u2609); Parquet keeps UTF-8",
-        "Run provenance: PROVENANCE extension; flag bits: FLAGS extension"]})
+        "Run provenance: PROVENANCE extension; flag bits: FLAGS extension",
+        "Several tables: read this one with astropy's Table.read(path, hdu='CATALOGUE')"]})
     for f in FLAGS:
         model.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name
-    with written_atomically(out) as tmp:
-        model.write(str(tmp), format="fits", overwrite=True)
-        header = fits.getheader(tmp, 1)
-        header["NAXIS2"] = n_out
-        for i, name in enumerate(store.columns, start=1):  # FITS-native readers (TOPCAT, fitsio) read TCOMMn
-            header[f"TCOMM{i}"] = model[name].description or ""
-        row_dtype = np.dtype(dtypes)
-        with open(tmp, "wb") as fh:
-            fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
-            fh.write(header.tostring().encode("ascii"))
-            written = 0
-            for a, b in blocks:
-                values = store.read_rows(a, b)
-                rows = np.zeros(b - a, dtype=row_dtype)
-                for name in store.columns:
-                    kind = store.column_info(name)["dtype"]
-                    if kind == "bool":
-                        rows[name] = np.where(values[name], b"T", b"F")
-                    elif kind == "str":
-                        rows[name] = [_fits_text(v) for v in values[name]]
-                    else:
-                        rows[name] = values[name]
-                fh.write(rows.tobytes())
-                written += rows.nbytes
-            fh.write(b"\0" * (-written % 2880))
-        keys = sorted(meta)
-        values = [_fits_text(meta[k]).decode() for k in keys]
-        fits.append(str(tmp), Table({"key": keys, "value": values}).as_array(),
-                    fits.Header([("EXTNAME", "PROVENANCE")]))
-        flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
-                       "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
-                       "description": [f.description for f in FLAGS]})
-        fits.append(str(tmp), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
-    return out
+    return model, np.dtype(dtypes)
+
+
+def _fits_rows(store: CatalogueStore, values: dict[str, np.ndarray], row_dtype: np.dtype) -> np.ndarray:
+    """One block of catalogue rows as big-endian FITS binary-table records."""
+    rows = np.zeros(len(values[store.columns[0]]), dtype=row_dtype)
+    for name in store.columns:
+        kind = store.column_info(name)["dtype"]
+        if kind == "bool":
+            rows[name] = np.where(values[name], b"T", b"F")
+        elif kind == "str":
+            rows[name] = [_fits_text(v) for v in values[name]]
+        else:
+            rows[name] = values[name]
+    return rows

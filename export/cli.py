@@ -20,7 +20,7 @@ __all__ = ["main"]
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from .onnx import export_bundle
 
-    correction = None if args.bias_correction == "none" else args.bias_correction
+    correction = None if args.bias_correction in (None, "none") else args.bias_correction
     precisions = list(args.precision or []) + (["fp16"] if args.fp16 and "fp16" not in (args.precision or []) else [])
     out = export_bundle(args.run, args.out, opset=args.opset, precisions=tuple(precisions),
                         bias_correction=correction, overwrite=args.overwrite, grid=args.grid)
@@ -106,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write these verified reduced-precision variants of the flow (see `export quantize`)")
     p.add_argument("--grid", help="grid of real spectra to verify the variants on (default: the run's grid)")
     p.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)  # old spelling of --precision fp16
-    p.add_argument("--bias-correction", default="paper",
-                   help="'paper' (Table B.3, stored not applied), a coefficients JSON, or 'none'")
+    p.add_argument("--bias-correction", metavar="paper|FILE",
+                   help="store Eq. B.1 coefficients in the bundle (applied only with `runtime process "
+                   "--bias-correction`): a coefficients JSON from `catalog calibrate` for this model, or 'paper' "
+                   "(Table B.3, fitted to the paper's NLTE network, not to this model); default: none")
     p.set_defaults(func=_cmd_onnx)
     p = sub.add_parser("verify", help="compare a bundle with its PyTorch run (fails loudly)")
     p.add_argument("--bundle", required=True)

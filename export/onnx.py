@@ -114,12 +114,14 @@ def export_hoisted(model: CINN, out: Path, opset: int) -> dict:
 
 
 def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, precisions: tuple[str, ...] = (),
-                  bias_correction: str | None = "paper", overwrite: bool = False, grid: str | Path | None = None,
+                  bias_correction: str | None = None, overwrite: bool = False, grid: str | Path | None = None,
                   log=print) -> Path:
     """Write the bundle for ``run`` into ``out``; returns ``out``.
 
-    ``bias_correction``: ``"paper"`` stores Table B.3 of the paper (applied only on request at runtime),
-    a path stores coefficients fitted with ``catalog calibrate``, None stores none. Parameters, bounds,
+    ``bias_correction``: None (the default) stores none; a path stores coefficients fitted with ``catalog
+    calibrate``; ``"paper"`` stores Table B.3 of the paper. Not stored unless asked: Table B.3 was fitted to the
+    paper's NLTE network, and stored by default it made ``runtime process --bias-correction`` apply another
+    network's correction to this one. Stored coefficients are applied only on request at runtime. Parameters, bounds,
     transforms, S/N range and continuum convention are copied from the run's recorded schema, never from the
     live ``spectra.schema``. An existing bundle at ``out`` is replaced only with ``overwrite``.
     ``precisions``: reduced-precision variants to add and verify (``export.variants``) on ``grid`` (default: the

@@ -19,7 +19,7 @@ step "kept PySME spectra: training (unrotated) and the fixed held-out test set"
 
 step "emulator: labels -> unrotated spectrum, errors on the held-out set"
 [ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" --out "$work/emu" --steps 4000 --quiet
-training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$work/emulator_errors"
+training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$work/emulator_errors" --overwrite
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$work/emulator_errors/emulator_errors.json"
 
@@ -48,11 +48,11 @@ python benchmarks/information_limit.py --emulator "$work/emu" --grid "$work/test
 
 step "accuracy on the held-out set: PySME spectra, and the emulator's own (no emulator mismatch)"
 training evaluate --run "$work/run" --grid "$work/test_rot.h5" --split all --snr 20,50,250 --normalise-after-noise \
-  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model --quiet
+  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model --quiet --overwrite
 [ -f "$work/test_emu.h5" ] || training emulate-grid --run "$work/emu" --labels-from "$work/test.h5" \
   --out "$work/test_emu.h5" --quiet
 training evaluate --run "$work/run" --grid "$work/test_emu.h5" --split all --snr 20,50,250 --normalise-after-noise \
-  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model_emulated --quiet
+  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model_emulated --quiet --overwrite
 [ -d "$work/emu_survey.zarr" ] || spectra survey --grid "$work/test_emu.h5" --snr 20,50,250 --continuum pseudo \
   --out "$work/emu_survey.zarr" --seed 9 --quiet
 for world in emu test; do  # the same through runtime process (ONNX, the shipped precision), for the study table

@@ -255,6 +255,47 @@ def _cmd_linelist_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_linelist_survey(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+    from catalog.scratch import written_atomically
+
+    from .linelist_survey import build_survey_linelist
+
+    claim_output(args.out, "line list", overwrite=args.overwrite)  # refused before minutes of PySME
+    made = build_survey_linelist(args.shared, threshold=args.threshold, log=lambda m: print(m, flush=True))
+    with written_atomically(args.out) as tmp, gzip.open(tmp, "wt") as fh:
+        fh.write(made.lines.to_csv_text())
+    record = Path(str(args.out).removesuffix(".csv.gz") + ".json")
+    record.write_text(json.dumps({**made.record, "sha256": made.lines.sha256()}, indent=1))
+    print(f"{args.out}: {len(made.lines)} lines, sha256 {made.lines.sha256()[:16]}...; record {record}")
+    return 0
+
+
+def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
+    from catalog.outputs import claim_output
+    from catalog.scratch import written_atomically
+
+    from .linecal import calibrate_linelist
+    from .linelists import LineListData, read_linelist
+
+    claim_output(args.out, "line list", overwrite=args.overwrite)
+    source = read_linelist(args.linelist)
+    result = calibrate_linelist(source.lines, args.solar, iterations=args.iterations, workers=args.workers,
+                                log=lambda m: print(m, flush=True))
+    calibrated = LineListData(result.lines, source=f"{args.linelist} calibrated on {Path(args.solar).name}")
+    with written_atomically(args.out) as tmp, gzip.open(tmp, "wt") as fh:
+        fh.write(calibrated.to_csv_text())
+    stem = str(args.out).removesuffix(".csv.gz")
+    result.changes.to_csv(stem + ".changes.csv", index=False, float_format="%.6g")
+    Path(stem + ".json").write_text(json.dumps({
+        "input": str(args.linelist), "input_sha256": source.sha256(), "solar_spectrum": str(args.solar),
+        "sha256": calibrated.sha256(), "rms_before": result.rms_before, "rms_after": result.rms_after,
+        "history": result.history, "changed_parameters": len(result.changes)}, indent=1))
+    print(f"{args.out}: rms {result.rms_before} -> {result.rms_after}; {len(result.changes)} changes in "
+          f"{stem}.changes.csv")
+    return 0
+
+
 def _cmd_templates_build(args: argparse.Namespace) -> int:
     from catalog.outputs import claim_output
 
@@ -427,6 +468,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .csv.gz (default: the packaged list; never replaced unless --overwrite)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     q.set_defaults(func=_cmd_linelist_build)
+
+    q = lsub.add_parser("survey", help="every line of the shared lists at least --threshold deep (PySME central "
+                        "depth) somewhere in the training prior (issue 20; ~6 min)")
+    q.add_argument("--shared", required=True, help="the shared data folder (holds linelists/)")
+    q.add_argument("--threshold", type=float, default=0.005, help="central depth a line must reach in a corner")
+    q.add_argument("--out", required=True, help="output .csv.gz (a .json record is written beside it)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    q.set_defaults(func=_cmd_linelist_survey)
+    q = lsub.add_parser("calibrate", help="astrophysical log gf and vdW damping from a solar spectrum (bounded, "
+                        "regularised; ~30 min on 2 cores)")
+    q.add_argument("--linelist", required=True, help="line list .csv.gz to calibrate (vacuum)")
+    q.add_argument("--solar", required=True, help="normalised solar spectrum, two columns: air wavelength [A], flux")
+    q.add_argument("--iterations", type=int, default=3)
+    q.add_argument("--workers", type=int, default=2, help="PySME syntheses in parallel")
+    q.add_argument("--out", required=True, help="output .csv.gz (with .changes.csv and .json beside it)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    q.set_defaults(func=_cmd_linelist_calibrate)
 
     p = sub.add_parser("templates", help="maintenance: synthesise the RV cross-correlation templates")
     tsub = p.add_subparsers(dest="action", required=True)

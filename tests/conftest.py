@@ -86,4 +86,4 @@ def tiny_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     grid = labelled_grid.__wrapped__(tmp)
     fit(grid, replace(CONFIGS["tiny"], epochs=2), tmp / "run", device="cpu", progress=False)
-    return tmp, grid, tmp / "run", export_bundle(tmp / "run", tmp / "bundle")
+    return tmp, grid, tmp / "run", export_bundle(tmp / "run", tmp / "bundle", bias_correction="paper")

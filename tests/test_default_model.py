@@ -20,19 +20,68 @@ from spectra.gridstore import GridReader
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_default_bundle_is_complete_and_verified():
+def _example_posteriors(bundle, tmp_path: Path, n_samples: int, **options):
+    """Posteriors of every 6th spectrum of the packaged synthetic example (held-out PySME stars at S/N 20, 50, 250),
+    with the survey's flux, S/N and true labels in the bundle's parameter order."""
+    import zarr
+
+    from runtime.sampler import OnnxPosterior
+
+    survey = next(p for p in unpack_examples(tmp_path) if p.name == "synthetic.zarr")
+    root = zarr.open_group(str(survey), mode="r")
+    rows = np.arange(0, root["flux"].shape[0], 6)
+    flux, snr = root["flux"][rows].astype(np.float32), root["snr"][rows].astype(float)
+    names = list(root["truth"].attrs["names"])
+    truth = root["truth"][rows][:, [names.index(n) for n in bundle.manifest.names]]
+    result = OnnxPosterior(bundle, **options).posterior(flux, snr, root["source_id"][rows], 1, n_samples)
+    return result, flux, snr, truth
+
+
+def test_default_bundle_is_complete_and_verified(tmp_path):
+    """Re-measured here, not read back from the manifest: the files and their hashes, the accelerated graphs against
+    the plain flow they replace, the emulator's noise model against held-out spectra, and any precision variant
+    against fp32 (the session-5 model ships none: its sharp high-S/N posteriors move by up to 1.5 half-widths under
+    dynamic int8, so the runtime runs it in fp32)."""
+    import hashlib
+
+    from runtime.bundle import VARIANT_TOLERANCE
+    from runtime.resim import Resimulator
+    from spectra.wavegrid import hr_grid
+
     bundle = load_bundle(default_bundle())
     m = bundle.manifest
     assert m.continuum == "pseudo"  # observed spectra arrive pseudo-continuum normalised
-    # every variant it carries is verified within tolerance (the session-5 model carries none: its sharp high-S/N
-    # posteriors move by up to 1.5 half-widths under dynamic int8, so the runtime runs it in fp32)
-    from runtime.precision import within_tolerance
-
-    assert all(within_tolerance(v["verification"]) for v in m.precisions.values())
-    assert bundle.emulator and bundle.emulator["poor_fit_chi2"] > 0  # re-simulation check, calibrated
+    listed = m.raw["files"]
+    assert sorted(p.name for p in DEFAULT_BUNDLE.iterdir()) == sorted([*listed, "manifest.json"])
+    for name, digest in listed.items():
+        assert hashlib.sha256((DEFAULT_BUNDLE / name).read_bytes()).hexdigest() == digest, name
+    np.testing.assert_allclose(np.load(DEFAULT_BUNDLE / "wavelength.npy"), hr_grid().wave, rtol=0, atol=1e-9)
     assert bundle.has_summary_graph and bundle.has_hoisted
-    total = sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir())
-    assert total < 80e6  # the shipped model stays well inside the repository's data budget
+    assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) < 80e6  # inside the repository's data budget
+
+    # the hoisted flow and the on-device summary give the plain inverse flow's posterior (same latent draws)
+    plain, flux, snr, truth = _example_posteriors(bundle, tmp_path, 512, use_hoisted=False, summary="host")
+    half = 0.5 * (plain.quantiles[:, 3] - plain.quantiles[:, 1])
+    assert np.all(half > 0)
+    for summary in ("host", "device"):
+        fast, *_ = _example_posteriors(bundle, tmp_path / summary, 512, summary=summary)
+        np.testing.assert_array_equal(fast.n_valid, plain.n_valid)
+        assert np.max(np.abs(fast.quantiles - plain.quantiles) / half[:, None, :]) < 1e-3, summary
+        assert np.max(np.abs(fast.map - plain.map) / half) < 1e-3, summary
+
+    # re-simulated at the true labels, the emulator (with its recorded model error) fits held-out spectra to chi2 ~ 1
+    assert bundle.emulator and bundle.emulator["poor_fit_chi2"] > 0
+    chi2, _ = Resimulator(bundle).check(flux, snr, truth)
+    assert 0.8 < np.median(chi2) < 1.3, chi2
+    assert np.mean(chi2 > bundle.emulator["poor_fit_chi2"]) <= 0.2, chi2  # POOR_FIT is rare on good fits
+
+    for name in m.precisions:  # a variant shipped later is measured against fp32 as `export quantize` did
+        reference, *_ = _example_posteriors(bundle, tmp_path / "fp32", 4096, summary="host")
+        variant, *_ = _example_posteriors(bundle, tmp_path / name, 4096, summary="host", precision=name,
+                                          force_precision=True)
+        width = 0.5 * (reference.quantiles[:, 3] - reference.quantiles[:, 1])
+        error = np.nanmax(np.abs(variant.quantiles - reference.quantiles) / width[:, None, :])
+        assert error <= VARIANT_TOLERANCE, f"{name}: quantiles move by {error:.3f} half-widths"
 
 
 def test_runtime_process_without_bundle_works_from_a_fresh_install(tmp_path):

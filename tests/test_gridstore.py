@@ -1,3 +1,9 @@
+import errno
+import os
+import re
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 
@@ -27,23 +33,61 @@ def test_reopening_resumes_and_refuses_other_settings(fake_grid):
         GridWriter(fake_grid, 7, hr_grid(), ATTRS)
 
 
-def test_unwritable_output_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"folder .*missing does not exist"):
-        GridWriter(tmp_path / "missing" / "grid.h5", 2, hr_grid(), ATTRS)
+def _refuses_writes(folder: Path) -> bool:
+    """True if creating a file in ``folder`` fails with EACCES for this process (tried, not inferred from modes)."""
+    probe = folder / "cinn4most-probe.h5"
+    try:
+        probe.open("w").close()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    probe.unlink()
+    return False
+
+
+def _unwritable_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create files in: a chmod 500 folder for a normal user; for root, which ignores
+    modes (as in CI), sysfs, which refuses every new file with EACCES. None where neither refuses."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    if _refuses_writes(locked):
+        return locked
+    locked.chmod(0o700)
+    sysfs = Path("/sys/kernel")
+    return sysfs if sysfs.is_dir() and _refuses_writes(sysfs) else None
+
+
+def _refusal(target: Path) -> str:
+    """The message expected for a grid file that cannot be created: the file, then the system's words."""
+    return rf"cannot create grid file {re.escape(str(target))}: .*Permission denied"
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, monkeypatch):
+    """A missing folder and a folder that refuses writes are one-line errors naming the file and the cause. The
+    permission case runs for root too (it used to skip there, i.e. always in CI): sysfs refuses root, and a refusal
+    injected at the file creation checks the message wherever no folder refuses."""
+    with pytest.raises(FileNotFoundError, match=r"folder .*missing does not exist"):
+        GridWriter(tmp_path / "missing" / "grid.h5", 2, hr_grid(), ATTRS)
+    folder = _unwritable_folder(tmp_path)
     try:
-        if (locked / "probe").parent.stat().st_mode & 0o200 == 0:
-            try:
-                (locked / "probe").write_text("x")
-                pytest.skip("running as a user that ignores permissions")
-            except PermissionError:
-                pass
-        with pytest.raises(PermissionError, match=r"cannot create grid file"):
-            GridWriter(locked / "grid.h5", 2, hr_grid(), ATTRS)
+        if folder is not None:
+            target = folder / "grid.h5"
+            with pytest.raises(PermissionError, match=_refusal(target)):
+                GridWriter(target, 2, hr_grid(), ATTRS)
+            assert not target.exists()
     finally:
-        locked.chmod(0o700)
+        (tmp_path / "locked").chmod(0o700)
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(h5py, "File", refused)
+    target = tmp_path / "grid.h5"
+    with pytest.raises(PermissionError, match=_refusal(target)):
+        GridWriter(target, 2, hr_grid(), ATTRS)
+    assert not target.exists()
 
 
 def test_not_a_grid(tmp_path):

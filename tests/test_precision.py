@@ -188,12 +188,33 @@ def test_changed_variant_file_is_refused(variants, tmp_path):
         load_bundle(copy)
 
 
-def test_gpu_providers_are_never_silently_replaced():
-    """Asking for CUDA or TensorRT where ONNX Runtime lacks them is an error naming what is available."""
+def test_gpu_providers_are_never_silently_replaced(tiny_bundle, monkeypatch):
+    """Asking for CUDA or TensorRT where ONNX Runtime lacks them is an error naming what is available, and a session
+    that silently fell back to the CPU is refused. Both cases are simulated, so the test asserts the same on a machine
+    with a GPU (where the old version of this test skipped everything) as without one."""
     from runtime.sessions import resolve_providers
 
+    cpu_only = ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: cpu_only)
     for device in ("cuda", "tensorrt"):
-        if f"{'CUDA' if device == 'cuda' else 'Tensorrt'}ExecutionProvider" in ort.get_available_providers():
-            continue
-        with pytest.raises(ValueError, match=f"--device {device}: ONNX Runtime here offers"):
+        with pytest.raises(ValueError, match=rf"--device {device}: ONNX Runtime here offers \['CPUExecution"):
             resolve_providers(device)
+    assert resolve_providers("auto") == ("cpu", cpu_only)  # auto may choose the CPU: it was not asked for a GPU
+
+    # a GPU provider that is listed but does not load: ONNX Runtime then gives a CPU session without an error
+    _, _, _, bundle_path = tiny_bundle
+    bundle = load_bundle(bundle_path)  # (loading checks the graphs in CPU sessions of its own)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *cpu_only])
+    real_session = ort.InferenceSession
+    asked = []
+
+    def falls_back(path, options=None, providers=None, **kw):
+        asked.append(providers[0][0] if isinstance(providers[0], tuple) else providers[0])
+        return real_session(path, providers=cpu_only)
+
+    monkeypatch.setattr(ort, "InferenceSession", falls_back)
+    with pytest.raises(RuntimeError, match=r"ONNX Runtime gave \['CPUExecutionProvider'\] instead of "
+                                           r"CUDAExecutionProvider"):
+        OnnxPosterior(bundle, device="cuda", summary="host")
+    assert asked and set(asked) == {"CUDAExecutionProvider"}  # CUDA was asked for, the CPU was what came back
+    assert OnnxPosterior(bundle, device="cpu").providers == cpu_only  # the check passes a session that got its wish

@@ -162,16 +162,42 @@ def test_exports_keep_units_and_rows(setup, tmp_path):
 
 
 def test_report_with_truth(setup, tmp_path):
+    """The report's numbers are the catalogue's and the truth's, recomputed here from the stores (rows, usable rows,
+    flag counts, median MAP and 68 % width, MAP - truth bias, scatter and count per parameter), summary.json is what
+    make_report returned, and report.md shows them."""
+    import json
+
     from catalog.report import make_report
 
     _, bundle, survey = setup
     out = tmp_path / "r.zarr"
     process_survey(survey, bundle, out, OPTIONS, progress=False)
     summary = make_report(out, tmp_path / "report", truth=survey)
-    assert summary["rows"] == 120 and "teff" in summary["residuals"]
+    c = _columns(out)
+    root = zarr.open_group(str(survey), mode="r")
+    names = list(root["truth"].attrs["names"])
+    truth = root["truth"][:]
+    good = ~c["flag_bad"]
+    assert summary["rows"] == 120 and summary["usable"] == int(good.sum())
+    assert summary["flag_warn"] == int(np.count_nonzero(c["flags"]))
+    assert summary["flag_counts"] == {f.name: int(np.count_nonzero(c["flags"] & int(f))) for f in Flag}
+    assert set(summary["residuals"]) == {p for p in summary["params"] if p in names} and "teff" in summary["residuals"]
+    text = (tmp_path / "report" / "report.md").read_text()
+    for p, res in summary["residuals"].items():
+        r = c[p] - truth[:, names.index(p)]
+        ok = good & np.isfinite(r)
+        assert res["n"] == int(ok.sum()) > 0
+        np.testing.assert_allclose([res["bias"], res["sigma"]], [np.mean(r[ok]), np.std(r[ok])], rtol=1e-6, err_msg=p)
+        assert f"| {p} |" in text and f"{res['bias']:+.3g} | {res['sigma']:.3g} |" in text
+    for p, stats in summary["params"].items():
+        width = (c[f"{p}_p84"] - c[f"{p}_p16"])[good]
+        np.testing.assert_allclose([stats["median_map"], stats["median_width68"]],
+                                   [np.median(c[p][good]), np.median(width)], rtol=1e-6, err_msg=p)
+    assert json.loads((tmp_path / "report" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert f"{summary['rows']} rows, {summary['usable']} with a usable estimate" in text
     for name in ("report.md", "summary.json", "kiel.png", "mg_fe_vs_fe_h.png", "widths_and_rejection.png",
                  "residuals.png"):
-        assert (tmp_path / "report" / name).exists()
+        assert (tmp_path / "report" / name).stat().st_size > 0
 
 
 def test_wrong_pixel_grid_is_a_clear_error(setup, tmp_path):

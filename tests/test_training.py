@@ -142,18 +142,86 @@ def test_config_file_and_errors(tmp_path):
         load_config("huge")
 
 
+def _recomputed(saved, k: int, j: int) -> dict:
+    """The report's statistics of S/N slice ``k`` and parameter ``j``, recomputed from ``evaluation.npz``."""
+    truth, maps, q = saved["truth"][k][:, j], saved["map"][k][:, j], saved["quantiles"][k][:, :, j]
+    ok = np.isfinite(saved["map"][k]).all(axis=1) & np.isfinite(saved["truth"][k]).all(axis=1)
+    r = (maps - truth)[ok]
+    return {"bias": r.mean(), "sigma": r.std(), "rmse": np.sqrt(np.mean(r**2)),
+            "coverage68": np.mean((q[ok, 1] <= truth[ok]) & (truth[ok] <= q[ok, 3])),
+            "coverage95": np.mean((q[ok, 0] <= truth[ok]) & (truth[ok] <= q[ok, 4])),
+            "median_width68": np.median(q[ok, 3] - q[ok, 1]),
+            "sbc_hist": np.histogram(saved["ranks"][k][ok, j], bins=10, range=(0, 1))[0].tolist()}
+
+
 def test_evaluation_report(labelled_grid, tmp_path):
+    """Every number of the report is the one its per-spectrum arrays give, recomputed here; those arrays hold the
+    grid's own labels of the run's test rows at the requested S/N; the quantiles are ordered and agree with the SBC
+    ranks; report.md shows metrics.json. A second evaluation into the folder needs ``overwrite``."""
+    from catalog.outputs import OutputExistsError
+    from spectra import schema
+    from spectra.gridstore import GridReader
     from spectra.survey import parse_snr
 
-    fit(labelled_grid, replace(CONFIGS["tiny"], epochs=2), tmp_path / "run", device="cpu", progress=False)
+    config = replace(CONFIGS["tiny"], epochs=2)
+    fit(labelled_grid, config, tmp_path / "run", device="cpu", progress=False)
     metrics = evaluate(tmp_path / "run", labelled_grid, tmp_path / "report", snr=parse_snr("50,250"),
                        n_samples=256, progress=False)
-    assert set(metrics["per_snr"]) == {"50", "250"}
-    p = metrics["per_snr"]["250"]["params"]["teff"]
-    assert 0 <= p["coverage68"] <= 1 and sum(p["sbc_hist"]) == metrics["n_spectra"]
+    saved = np.load(tmp_path / "report" / "evaluation.npz")
+    keys, names = list(saved["snr_keys"]), list(saved["parameters"])
+    assert keys == ["50", "250"] and set(metrics["per_snr"]) == set(keys) and names == schema.target_names()
+    rows = split_rows(np.arange(60), config.split, config.split_seed).test
+    np.testing.assert_array_equal(saved["rows"], rows)
+    with GridReader(labelled_grid) as grid:
+        columns = [schema.label_names().index(n) for n in names]
+        labels = grid.labels[:, columns][rows]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Table A.1" in text
+    for k, key in enumerate(keys):
+        np.testing.assert_allclose(saved["truth"][k], labels, rtol=1e-6)
+        np.testing.assert_array_equal(saved["snr"][k], float(key))
+        q = saved["quantiles"][k]
+        assert np.all(np.diff(q[np.isfinite(q).all(axis=(1, 2))], axis=1) >= 0)  # p2.5 <= p16 <= ... <= p97.5
+        ranks, truth = saved["ranks"][k], saved["truth"][k]
+        step = 1.0 / np.maximum(saved["n_valid"][k], 1)[:, None] * np.ones_like(ranks)  # one sample's share
+        below, above = truth < q[:, 0], truth > q[:, 4]  # outside the 95 % interval: the rank says so too
+        assert below.any() or above.any()
+        assert np.all(ranks[below] < 0.025 + step[below]) and np.all(ranks[above] > 0.975 - step[above])
+        for j, name in enumerate(names):
+            reported = metrics["per_snr"][key]["params"][name]
+            for stat, value in _recomputed(saved, k, j).items():
+                assert np.allclose(reported[stat], value, rtol=1e-6, atol=1e-12), (key, name, stat)
+        assert metrics["per_snr"][key]["n"] == metrics["n_spectra"] == len(rows)
+    assert f"{metrics['per_snr']['250']['params']['teff']['bias']:+.3g}" in text
     for name in ("report.md", "metrics.json", "predicted_vs_true.png", "sbc.png", "residuals_vs_snr.png"):
         assert (tmp_path / "report" / name).exists()
-    assert "Table A.1" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(OutputExistsError, match="add --overwrite"):
+        evaluate(tmp_path / "run", labelled_grid, tmp_path / "report", snr=parse_snr("250"), n_samples=16,
+                 max_spectra=2, progress=False)
+
+
+def test_evaluation_coverage_detects_miscalibration():
+    """The report's coverage and SBC statistics on toy posteriors whose calibration is known: N(mu, 1) posteriors of
+    truths drawn from N(mu, 1) cover 68 % / 95 % and give flat SBC ranks; posteriors half as wide cover far less."""
+    from training.evaluate import _metrics
+
+    rng = np.random.default_rng(3)
+    n, s = 4000, 400
+    mu = rng.uniform(-1, 1, (n, 1))
+    truth = mu + rng.standard_normal((n, 1))
+    levels = [0.025, 0.16, 0.5, 0.84, 0.975]
+    for width, calibrated in ((1.0, True), (0.5, False)):
+        samples = mu[:, None, :] + width * rng.standard_normal((n, s, 1))
+        quantiles = np.moveaxis(np.quantile(samples, levels, axis=1), 0, 1)  # (n, 5, 1)
+        ranks = (samples < truth[:, None, :]).mean(axis=1)
+        out = _metrics(truth, mu, quantiles, np.full(n, s), ranks, s, np.ones(1), ["x"])["params"]["x"]
+        hist = np.asarray(out["sbc_hist"]) / n
+        if calibrated:
+            assert abs(out["coverage68"] - 0.68) < 0.025 and abs(out["coverage95"] - 0.95) < 0.012
+            assert np.all(np.abs(hist - 0.1) < 0.02)
+            assert abs(out["sigma"] - 1.0) < 0.05 and abs(out["bias"]) < 0.05
+        else:
+            assert out["coverage68"] < 0.45 and out["coverage95"] < 0.75 and hist[0] > 0.2 and hist[-1] > 0.2
 
 
 def test_saliency_maps_and_line_enrichment(tmp_path, labelled_grid):

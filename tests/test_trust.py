@@ -341,9 +341,29 @@ def test_fits_export_reads_cleanly_with_full_provenance_and_every_flag(setup, tm
     assert [f["name"] for f in json.loads(meta[b"flag_table"])] == [f.name for f in FLAGS]
 
 
+def _readme_flag_rows() -> list[tuple[int, str, float | None, str]]:
+    """The README's flag table, parsed from its text (between the ``<!-- flags`` markers), not from the schema."""
+    text = README.read_text()
+    start = text.index("<!-- flags")
+    block = text[text.index("\n", start):text.index("<!-- /flags -->")]
+    rows = []
+    for line in block.strip().splitlines()[2:]:  # after the header and the |---| line
+        bit, name, threshold, meaning = (cell.strip() for cell in line.strip().strip("|").split("|", 3))
+        rows.append((int(bit), name, float(threshold) if threshold else None, meaning))
+    return rows
+
+
 def test_readme_flag_table_is_the_one_definition():
-    assert flags_markdown() in README.read_text()
-    assert [f.name for f in Flag] == [f.name for f in FLAGS]
+    """The README's table, read cell by cell, is the schema's (bits, names, thresholds, meanings, in order); the
+    bits are distinct single bits; the FITS cards the README names (FLAG0…FLAGn) are the ones the export writes."""
+    rows = _readme_flag_rows()
+    assert rows == [(f.bit, f.name, f.threshold, f.description) for f in FLAGS]
+    bits = [bit for bit, *_ in rows]
+    assert all(bit > 0 and bit & (bit - 1) == 0 for bit in bits) and len(set(bits)) == len(bits)
+    assert {f.name: int(f) for f in Flag} == {name: bit for bit, name, *_ in rows}
+    cards = [f"FLAG{bit.bit_length() - 1}" for bit in bits]
+    assert f"{cards[0]}…{cards[-1]}" in README.read_text(), "the README names other FITS flag cards"
+    assert flags_markdown() in README.read_text()  # `catalog flags` prints the README's text
 
 
 # ------------------------------------------------------------------------------------ observed spectra

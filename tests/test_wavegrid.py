@@ -1,16 +1,31 @@
+import hashlib
+
 import numpy as np
 
 from spectra.wavegrid import air_to_vacuum, hr_grid, vacuum_to_air, working_grid
 
+#: the 4MOST HR pixel grid, stated here independently of spectra.wavegrid: (window, first pixel centre, pixels);
+#: 0.05 Å pixels centred at start + (i + 1/2) * 0.05. Grid files and every model bundle record its hash (below).
+HR_DEFINITION = (("green", 5160.025, 11_400), ("red", 6100.025, 13_800))
+HR_STEP = 0.05
+HR_SHA256 = "399946c04f43509e93373720f52fd7d4672f19344abd129cec03f264a0f6a2b4"  # the default bundle's pixel_grid
+
 
 def test_hr_grid_definition():
+    """hr_grid() equals the grid written out here as literals, pixel for pixel, and hashes to the recorded value:
+    any change of window, step, centring or count (which would orphan every grid and bundle) fails."""
     grid = hr_grid()
     assert grid.size == 11_400 + 13_800  # document: paper quotes 25 197 from the 4FS ETC
-    green, red = grid.wave[grid.window("green")], grid.wave[grid.window("red")]
-    assert np.isclose(green[0], 5160.025) and np.isclose(green[-1], 5729.975)
-    assert np.isclose(red[0], 6100.025) and np.isclose(red[-1], 6789.975)
-    assert np.allclose(np.diff(green), 0.05) and np.allclose(np.diff(red), 0.05)
-    assert grid.sha256() == hr_grid().sha256()
+    expected = np.concatenate([first + HR_STEP * np.arange(n) for _, first, n in HR_DEFINITION])
+    np.testing.assert_allclose(grid.wave, expected, rtol=0, atol=1e-9)
+    for name, first, n in HR_DEFINITION:
+        window = grid.wave[grid.window(name)]
+        assert window.size == n and np.isclose(window[0], first), name
+        assert np.isclose(window[-1], first + (n - 1) * HR_STEP) and np.allclose(np.diff(window), HR_STEP), name
+    assert [s.stop - s.start for s in grid.segments] == [n for *_, n in HR_DEFINITION]
+    assert grid.sha256() == HR_SHA256
+    digest = hashlib.sha256(np.round(expected, 6).astype("<f8").tobytes()).hexdigest()
+    assert digest == HR_SHA256  # the literal grid hashes to the recorded value too: the hash rule did not move
 
 
 def test_working_grid_covers_the_hr_windows_with_padding():

@@ -39,7 +39,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.run, args.grid, args.out, split=args.split, snr=parse_snr(args.snr),
                        n_samples=args.samples, seed=args.seed, max_spectra=args.max_spectra, progress=not args.quiet,
-                       bound=args.bound, normalise_after_noise=args.normalise_after_noise)
+                       bound=args.bound, normalise_after_noise=args.normalise_after_noise, overwrite=args.overwrite)
     print(f"{args.out}/report.md: {metrics['n_spectra']} spectra x {len(metrics['per_snr'])} S/N, "
           f"{metrics['spectra_per_second']:.2f} spectra/s")
     for key in ("250", "50"):
@@ -72,7 +72,7 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
     from .saliency import saliency
 
     result = saliency(args.run, args.grid, args.out, snr=args.snr, n_spectra=args.n_spectra, samples=args.samples,
-                      seed=args.seed, progress=not args.quiet)
+                      seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
     for name, e in result["enrichment"].items():
         print(f"{name}: {100 * e['peak_fraction']:.0f} % of the top peaks on {e['element']} lines "
               f"(chance {100 * e['chance_fraction']:.0f} %, enrichment {e['enrichment']:.1f})")
@@ -94,7 +94,7 @@ def _cmd_emulator_fit(args: argparse.Namespace) -> int:
 def _cmd_emulator_evaluate(args: argparse.Namespace) -> int:
     from .emulator import evaluate_emulator
 
-    table = evaluate_emulator(args.run, args.grid, args.out)
+    table = evaluate_emulator(args.run, args.grid, args.out, overwrite=args.overwrite)
     print(f"{args.out}/emulator_errors.md: {table['n_spectra']} held-out spectra, per-pixel median "
           f"{100 * table['pixel_abs_median']:.3f} %, per-spectrum rms median {100 * table['rms_median']:.3f} %")
     return 0
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--max-spectra", type=int, help="evaluate only the first N spectra of the split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", required=True, help="report folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation report in --out")
     p.add_argument("--normalise-after-noise", action="store_true",
                    help="--grid has the true continuum: normalise each noisy copy (like observed spectra)")
     p.add_argument("--bound", help="bound.json of benchmarks/information_limit.py: adds σ / bound per S/N")
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("saliency", help="median normalised gradients dX/dflux per parameter (paper Figs. A.4-A.5)")
     p.add_argument("--run", required=True)
     p.add_argument("--grid", required=True)
-    p.add_argument("--out", required=True, help="output folder (maps, PNGs, saliency.md)")
+    p.add_argument("--out", required=True, help="output folder, new or empty (maps, PNGs, saliency.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier saliency report in --out")
     p.add_argument("--snr", type=float, default=250.0, help="S/N per A of the noisy test spectra")
     p.add_argument("--n-spectra", type=int, default=64, help="test spectra to average over")
     p.add_argument("--samples", type=int, default=64, help="latent draws per spectrum for the posterior mean")
@@ -174,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulator-evaluate", help="emulator errors on held-out PySME spectra (never trained on)")
     p.add_argument("--run", required=True, help="emulator folder")
     p.add_argument("--grid", required=True, nargs="+", help="held-out unrotated grid file(s)")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", required=True, help="report folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier error report in --out")
     p.set_defaults(func=_cmd_emulator_evaluate)
 
     p = sub.add_parser("emulate-grid", help="a training grid of emulated spectra (prior labels, rotated)")

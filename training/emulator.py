@@ -30,6 +30,8 @@ from torch import nn
 from spectra import schema
 from spectra.gridstore import GridReader
 
+from .evaluate import claim_report_folder
+
 __all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "error_table",
            "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "validation_residuals"]
 
@@ -194,17 +196,17 @@ def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray) -> dict:
             "bins": bins, "rms": rms.tolist()}
 
 
-def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | Path) -> dict:
+def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | Path, overwrite: bool = False) -> dict:
     """The error table of an emulator on held-out PySME grids, as ``emulator_errors.json`` and ``.md`` in ``out``
-    (a folder; existing reports are replaced, nothing else is touched)."""
+    (a new or empty folder, or with ``overwrite`` an earlier error report: ``evaluate.claim_report_folder``;
+    nothing else is touched)."""
+    out = claim_report_folder(out, "emulator error report", "emulator_errors.json", overwrite)
     model, record, wave = load_emulator(run)
     labels, flux, test_wave, provenance = load_unrotated(test_grids)
     if not np.array_equal(wave, test_wave):
         raise ValueError("the test grid's pixels differ from the emulator's")
     table = error_table(model, labels, flux)
     table.update(emulator=str(Path(run).resolve()), test_grids=provenance, n_train=record["n_train"])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "emulator_errors.json").write_text(json.dumps(table, indent=1))
     lines = [f"# Emulator errors on {table['n_spectra']} held-out PySME spectra", "",
              f"Emulator `{table['emulator']}` trained on {record['n_train']} spectra "

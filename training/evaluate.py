@@ -16,7 +16,9 @@ parameter:
   (1 = as good as any unbiased estimator; 'n/a' for S/N values the bound file does not have).
 
 Writes ``report.md``, ``metrics.json``, ``predicted_vs_true.png`` (Fig. 5 style), ``residuals_vs_snr.png``
-(Fig. 4 style) and ``sbc.png``.
+(Fig. 4 style), ``sbc.png`` and ``evaluation.npz``: the per-spectrum numbers every metric is computed from (truth,
+MAP, quantiles, valid samples, SBC ranks, S/N; one slice per S/N), so that a number of the report can be checked,
+or another statistic computed, without re-running the evaluation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from catalog.outputs import OutputExistsError, claim_output
 from runtime.posterior import summarize
 from spectra import schema
 from spectra.survey import SnrSpec
@@ -39,7 +42,33 @@ from .data import GridData
 from .fit import load_run
 from .model import CINN
 
-__all__ = ["efficiency", "evaluate", "load_bound", "sample_posterior"]
+__all__ = ["claim_report_folder", "efficiency", "evaluate", "load_bound", "sample_posterior"]
+
+
+def claim_report_folder(out: str | Path, what: str, marker: str, overwrite: bool = False) -> Path:
+    """Create the report folder ``out``, or accept an existing one that may be written: an empty folder, or, with
+    ``overwrite``, an earlier report of the same command (it holds ``marker``, the file the command always writes).
+
+    Why: these commands used to write into any existing folder, silently replacing files of the same names
+    (a ``report.md`` of someone else's). Like every other command they now go through
+    ``catalog.outputs.claim_output``: an existing output needs ``--overwrite``, and even then a folder this
+    command did not make is refused. With ``overwrite`` the command's files are replaced, nothing is deleted.
+    """
+    out = Path(out)
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return out
+        if overwrite and (out / marker).is_file():
+            return out
+        if overwrite:
+            raise OutputExistsError(f"{out} exists and holds no {marker}: it is not a {what} this command wrote; "
+                                    "refusing to write into it even with --overwrite (choose another --out)")
+    elif overwrite and (out.exists() or out.is_symlink()):
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as before: a report may go into a new folder tree
+    claim_output(out, what)  # an existing output without --overwrite: "exists: add --overwrite ..."
+    out.mkdir()
+    return out
 
 
 def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
@@ -115,8 +144,10 @@ def efficiency(per_snr: dict, bound: dict) -> dict[str, dict[str, float | None]]
 def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "test",
              snr: SnrSpec | None = None, n_samples: int = 4096, seed: int = 0, max_spectra: int | None = None,
              spectra_per_call: int = 8, progress: bool = True, bound: str | Path | None = None,
-             normalise_after_noise: bool = False) -> dict:
+             normalise_after_noise: bool = False, overwrite: bool = False) -> dict:
     """Run the evaluation and write the report files; returns the metrics dictionary.
+
+    ``out``: a new or empty folder, or with ``overwrite`` an earlier evaluation report (:func:`claim_report_folder`).
 
     ``bound``: a ``bound.json`` of ``benchmarks/information_limit.py``; adds σ / bound (``sigma_over_bound``) per
     S/N and parameter. Read before sampling, so that a wrong path fails in a second, not after the run.
@@ -125,8 +156,7 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     --continuum pseudo`` are, instead of adding noise to spectra normalised before.
     """
     bound_table = load_bound(bound) if bound is not None else None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_report_folder(out, "evaluation report", "metrics.json", overwrite)
     model, config, meta, data = open_run_with_grid(run, grid)
     normaliser = None
     if normalise_after_noise:
@@ -180,7 +210,9 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
         key = "continuous" if snr_value is None else f"{snr_value:g}"
         results[key] = _metrics(np.concatenate(truth_all), np.concatenate(maps), np.concatenate(q_all),
                                 np.concatenate(n_valid), np.concatenate(ranks), n_samples, label_range, names)
-        results[key]["_arrays"] = {"truth": np.concatenate(truth_all), "map": np.concatenate(maps)}
+        results[key]["_arrays"] = {"truth": np.concatenate(truth_all), "map": np.concatenate(maps),
+                                   "quantiles": np.concatenate(q_all), "n_valid": np.concatenate(n_valid),
+                                   "ranks": np.concatenate(ranks), "snr": np.concatenate(snrs)}
     bar.close()
     seconds = time.perf_counter() - start
     metrics = {
@@ -199,10 +231,20 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
                             "emulator": bound_table.get("meta", {}).get("emulator"),
                             "n_stars": bound_table.get("meta", {}).get("n_stars")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    _save_arrays(out / "evaluation.npz", results, rows, names)
     _plots(results, names, out)
     (out / "report.md").write_text(_render(metrics))
     data.close()
     return metrics
+
+
+def _save_arrays(path: Path, results: dict, rows: np.ndarray, names: list[str]) -> None:
+    """``evaluation.npz``: each per-spectrum array stacked over the S/N values (axis 0, in the order of ``snr_keys``),
+    with the grid ``rows`` and ``parameters`` that index them."""
+    keys = list(results)
+    stacked = {name: np.stack([results[k]["_arrays"][name] for k in keys])
+               for name in ("truth", "map", "quantiles", "n_valid", "ranks", "snr")}
+    np.savez_compressed(path, snr_keys=np.array(keys), rows=np.asarray(rows), parameters=np.array(names), **stacked)
 
 
 def _metrics(truth, maps, quantiles, n_valid, ranks, n_samples, label_range, names) -> dict:

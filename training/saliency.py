@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from spectra.linelists import default_linelist
 from spectra.wavegrid import vacuum_to_air
 
-from .evaluate import open_run_with_grid
+from .evaluate import claim_report_folder, open_run_with_grid
 
 __all__ = ["element_lines", "line_enrichment", "saliency"]
 
@@ -69,10 +69,11 @@ def line_enrichment(wave: np.ndarray, saliency_map: np.ndarray, lines: np.ndarra
 
 
 def saliency(run: str | Path, grid: str | Path, out: str | Path, snr: float = 250.0, n_spectra: int = 64,
-             samples: int = 64, seed: int = 0, n_peaks: int = 50, progress: bool = True) -> dict:
-    """Compute the maps, write ``saliency.npz``, ``saliency.json``, ``saliency.md`` and PNGs into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+             samples: int = 64, seed: int = 0, n_peaks: int = 50, progress: bool = True,
+             overwrite: bool = False) -> dict:
+    """Compute the maps, write ``saliency.npz``, ``saliency.json``, ``saliency.md`` and PNGs into ``out`` (a new or
+    empty folder, or with ``overwrite`` an earlier saliency report: ``evaluate.claim_report_folder``)."""
+    out = claim_report_folder(out, "saliency report", "saliency.json", overwrite)
     model, config, _, data = open_run_with_grid(run, grid)
     rows = data.split.test[:n_spectra]
     names = data.target_names
