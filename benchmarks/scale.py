@@ -102,7 +102,7 @@ def main() -> int:
     parser.add_argument("--work", required=True, help="folder for the surveys and catalogues (needs ~2 GB)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="uninterrupted runs before the big one")
     parser.add_argument("--n", type=int, default=4_000_000, help="rows of the big run (killed once, resumed)")
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-at", type=float, default=0.3, help="fraction of shards done when SIGKILL is sent")
     parser.add_argument("--out", default="benchmarks/results/scale.md")

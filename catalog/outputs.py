@@ -58,7 +58,7 @@ def is_our_store(path: Path, formats: tuple[str, ...]) -> bool:
 
 
 def claim_output(path: str | Path, what: str, formats: tuple[str, ...] = (), overwrite: bool = False,
-                 resume: bool = False) -> Path:
+                 resume: bool = False, resumable: bool = True) -> Path:
     """Check that the command may write ``path``; with ``overwrite`` remove a previous output of ours.
 
     Arguments:
@@ -67,6 +67,8 @@ def claim_output(path: str | Path, what: str, formats: tuple[str, ...] = (), ove
         formats: the store ``format`` strings that mark a store as ours; empty for plain files.
         overwrite: replace an existing output of ours.
         resume: an existing output will be reopened by the caller (no check here beyond existence).
+        resumable: the command has ``--resume``; False keeps it out of the advice (``runtime example-survey``
+            was told to "add --resume", an option it does not have).
 
     Returns the path. Raises :class:`OutputExistsError` when the path exists and may not be replaced, and
     ``FileNotFoundError`` when its parent folder does not exist.
@@ -79,7 +81,7 @@ def claim_output(path: str | Path, what: str, formats: tuple[str, ...] = (), ove
     if resume:
         return path
     if not overwrite:
-        hint = "add --resume to complete it, --overwrite to replace it," if formats and is_our_store(
+        hint = "add --resume to complete it, --overwrite to replace it," if resumable and formats and is_our_store(
             path, formats) else "add --overwrite to replace it"
         raise OutputExistsError(f"{path} exists: {hint} or choose another output")
     if path.is_symlink():  # replacing it would delete the link's target or the link, neither ours to decide

@@ -31,8 +31,10 @@ def default_bundle() -> Path:
 
 
 def unpack_examples(out: str | Path, overwrite: bool = False) -> list[Path]:
-    """Unpack every packaged example survey into ``out`` (a folder); returns the survey paths."""
+    """Unpack every packaged example survey into ``out`` (a folder); returns the survey paths. Each is unpacked
+    under a scratch name and renamed into place, so an interrupted unpack leaves no half survey behind."""
     from catalog.outputs import claim_output
+    from catalog.scratch import written_atomically
     from spectra.survey import SURVEY_FORMAT
 
     archives = sorted(EXAMPLES.glob("*.zarr.zip"))
@@ -43,8 +45,9 @@ def unpack_examples(out: str | Path, overwrite: bool = False) -> list[Path]:
     surveys = []
     for archive in archives:
         target = out / archive.name.removesuffix(".zip")
-        claim_output(target, "survey", (SURVEY_FORMAT,), overwrite=overwrite)  # replaces only a survey of ours
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(target)
+        # replaces only a survey of ours; the command has no --resume, so the advice does not offer it
+        claim_output(target, "survey", (SURVEY_FORMAT,), overwrite=overwrite, resumable=False)
+        with zipfile.ZipFile(archive) as z, written_atomically(target, folder=True) as building:
+            z.extractall(building)
         surveys.append(target)
     return surveys

@@ -34,10 +34,13 @@ stream scheme and survey *content* (its fingerprint, not its path), and runs onl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,7 +66,7 @@ from .posterior import QUANTILES, summarize
 from .precision import choose_precision, variant_file
 from .resim import Resimulator
 from .sampler import OnnxPosterior
-from .sessions import resolve_providers
+from .sessions import ProviderError, resolve_providers
 from .streams import LEGACY_SCHEME, check_seed
 from .streams import scheme as random_stream_scheme
 from .survey import SurveyReader, open_survey
@@ -76,6 +79,12 @@ STAGES = ("read", "network", "summary", "resim", "other", "write")
 #: resume-identity attributes that catalogues from before they existed lack, with the value they implied
 _IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
+#: fewest posterior samples per spectrum a run accepts. The catalogue's quantiles (2.5 to 97.5 %) are read off the
+#: samples: with 1 sample p16 = p84 = MAP, with 3 they are the neighbours of the median. At 32 each quantile has
+#: samples on both sides (the 2.5 % one lies between the two lowest) and the 16/84 % ones carry a sampling error of
+#: about 0.27 sigma (1.5 sigma / sqrt(n) for a Gaussian): coarse but meaningful, for quick checks; the default
+#: 4096 brings it to 0.02 sigma. (The tests' and benchmarks' quick runs use 32 to 256.)
+MIN_SAMPLES = 32
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 _LOG = logging.getLogger(__name__)
 
@@ -208,7 +217,7 @@ def build_sessions(bundle_path: str, options: ProcessOptions, sha256: str) -> On
     except Exception as exc:  # onnxruntime raises its own types (not ValueError); numpy a ValueError on bad shapes
         _SESSIONS.clear()
         _RESIMULATORS.clear()
-        if isinstance(exc, BundleError):
+        if isinstance(exc, BundleError | ProviderError):  # already one line naming the bundle or the device
             raise
         detail = " ".join(str(exc).split())[:400] or type(exc).__name__
         prefix = "" if detail.startswith(bundle_path) else f"{bundle_path}: the run's ONNX Runtime sessions fail: "
@@ -461,8 +470,10 @@ def default_task_rows(n: int, workers: int) -> int:
 def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
                     chunk: int | None = None, tls: TLSFiles | None = None, dashboard: bool = False) -> None:
     """Refuse impossible settings before anything is created (one clear error each)."""
-    if not isinstance(options.samples, int) or options.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {options.samples}")
+    if isinstance(options.samples, bool) or not isinstance(options.samples, int) or options.samples < MIN_SAMPLES:
+        raise ValueError(f"--samples must be >= {MIN_SAMPLES}, got {options.samples}: the catalogue's quantiles "
+                         f"(2.5 to 97.5 %) and 68 % intervals are estimated from the samples, and fewer leave the "
+                         "tails a sample or two (default 4096)")
     if options.batch < 0:
         raise ValueError(f"--batch must be >= 1 (or 0 for the device's default), got {options.batch}")
     if options.threads < 0:
@@ -509,7 +520,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                  else default_task_rows(n, 1 if scheduler is None else 8) if workers == 1
                  else default_task_rows(n, workers))
     chunk = shard_layout(chunk)[0]
-    device, _ = resolve_providers(options.device)
+    device, _ = resolve_providers(options.device, notify=_tell_warning)
     precision = choose_precision(bundle, options.precision, device, options.force_precision)
     options = replace(options, precision=precision, force_precision=options.force_precision and precision != "fp32",
                       batch=options.batch or (16 if device == "cpu" else 256))
@@ -600,7 +611,7 @@ def _run_shards(store: CatalogueStore, ctx: RunContext, runner: _DistributedRunn
     skipped = store.n_chunks - len(todo)
     start = time.perf_counter()
     bar = tqdm(total=store.n_rows, initial=store.n_rows - sum(_rows(store, k) for k in todo),
-               desc=f"process on {device}", unit="spec", unit_scale=True, smoothing=0.1, disable=not progress)
+               desc=f"process on {device}", unit="spec", smoothing=0.1, disable=not progress)
     results: list[ChunkResult] = []
     where = ""
 
@@ -706,7 +717,40 @@ class _QuietScheduler(_NoHTTP, Scheduler):
 
 
 class _QuietWorker(_NoHTTP, Worker):
-    """The private cluster's workers (started by their nannies in their own processes): no HTTP server."""
+    """The private cluster's workers (started by their nannies in their own processes): no HTTP server, deaf to
+    Ctrl-C, and silent while they close.
+
+    A Ctrl-C in a terminal reaches every process of the foreground group, the workers too: each one used to die with
+    a KeyboardInterrupt and log its tracebacks, about seventy lines before the driver's one useful line. The driver
+    alone handles the interruption (it stops the cluster and says how to resume), so the workers ignore SIGINT, and
+    what they log while being stopped (cancelled tasks, a scheduler already gone) is not shown.
+    """
+
+    def __init__(self, *args, **kwargs):
+        _ignore_interrupts()
+        super().__init__(*args, **kwargs)
+
+    async def close(self, *args, **kwargs):
+        logging.disable(logging.CRITICAL)  # this process is ending: its shutdown chatter is no news to the user
+        return await super().close(*args, **kwargs)
+
+
+def _ignore_interrupts() -> None:
+    """SIGINT ignored in this process, where that is allowed (the main thread of a worker process)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """No log records from this process while the run's cluster is stopped (the scheduler and nannies live here):
+    on an interruption they are warnings about the workers being stopped, which the user just asked for."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _run_security():
@@ -792,9 +836,11 @@ class _DistributedRunner:
         return self.where
 
     def close(self) -> None:
-        """Disconnect and stop the run's own cluster (idempotent: the driver calls it on every way out)."""
+        """Disconnect and stop the run's own cluster (idempotent: the driver calls it on every way out), without
+        the log records distributed writes while a cluster with running tasks is stopped (an interrupted run)."""
         client, cluster, self.client, self.cluster = getattr(self, "client", None), self.cluster, None, None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        with _quiet_logging():
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()

@@ -31,7 +31,7 @@ from .binding import BoundFlow
 from .bundle import HOISTED, SUMMARY, Bundle, BundleError
 from .posterior import QUANTILES, PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
-from .sessions import engine_cache_dir, resolve_providers, session_options
+from .sessions import check_provider, engine_cache_dir, resolve_providers, session_options
 from .streams import LATENT, stream_rng
 
 __all__ = ["SUMMARY_MODES", "OnnxPosterior", "latent_draws"]
@@ -124,8 +124,7 @@ class OnnxPosterior:
                                      fixed_batch=b if use_graph else 0)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         for sess in sessions:
-            if sess.get_providers()[0] != wanted:
-                raise RuntimeError(f"ONNX Runtime gave {sess.get_providers()} instead of {wanted}")
+            check_provider(sess, wanted, device)
 
     def _proj_width(self) -> int:
         probe = self.projection_session.run(None, {"features": np.zeros((1, self.manifest.n_features), np.float32)})

@@ -108,22 +108,44 @@ def _cmd_rotate_grid(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .continuum import ContinuumOptions
-    from .ingest import IngestOptions, ingest, read_options_table
+    from .ingest import IngestOptions, expand_inputs, ingest, read_options_table
 
     options = IngestOptions(fmt=args.fmt, wave_unit=args.wave_unit, medium=args.medium, rv=args.rv,
                             resolution=args.resolution, snr=args.snr,
                             continuum=ContinuumOptions(knot_spacing=args.knot_spacing))
     per_file = read_options_table(args.table, options) if args.table else None
-    report = ingest(args.files, args.out, options, chunk=args.chunk, first_id=args.first_id,
-                    progress=not args.quiet, resume=args.resume, per_file=per_file, overwrite=args.overwrite)
+    n_files = len(args.files)
+    if all(Path(f).exists() for f in args.files):  # else ingest names the missing ones
+        files, folders = expand_inputs(args.files)
+        n_files = len(files)
+        for folder, count in folders.items():
+            print(f"spectra ingest: {folder}: {count} spectrum file(s) inside it, in name order", file=sys.stderr)
+    try:
+        report = ingest(args.files, args.out, options, chunk=args.chunk, first_id=args.first_id,
+                        progress=not args.quiet, resume=args.resume, per_file=per_file, overwrite=args.overwrite)
+    except Exception as exc:
+        for note in getattr(exc, "__notes__", []):  # e.g. how to continue after a failure that kept rows
+            print(f"spectra ingest: {note}", file=sys.stderr)
+        raise
     flagged = ", ".join(f"{k} {v}" for k, v in report.flag_counts.items() if v) or "none"
-    print(f"{report.output}: {report.n_spectra} spectra from {len(args.files)} file(s), {report.n_failed} failed; "
+    print(f"{report.output}: {report.n_spectra} spectra from {n_files} file(s), {report.n_failed} failed; "
           f"flags: {flagged}")
+    _tell_failures(report)
     if report.n_spectra and report.n_failed == report.n_spectra:
         print(f"spectra ingest: error: every spectrum failed (see the `message` array of {report.output})",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _tell_failures(report) -> None:
+    """Each failed spectrum with its reason (the first few; the survey's ``message`` array has them all): a count
+    alone sent every user to read the survey with Python to learn that, say, their ASCII files need --resolution."""
+    for source, reason in report.failures:
+        print(f"  failed: {source}: {reason}", file=sys.stderr)
+    more = report.n_failed - len(report.failures)
+    if more > 0:
+        print(f"  ... and {more} more; see the survey's `message` array ({report.output}/message)", file=sys.stderr)
 
 
 def _cmd_pack_grid(args: argparse.Namespace) -> int:
@@ -188,13 +210,51 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    print(json.dumps(_describe(Path(args.path)), indent=2, default=str))
+    return 0
+
+
+#: what ``spectra info`` reads, for its error message
+_INFO_EXPECTS = ("expected a grid file (.h5, `spectra grid`), a survey (.zarr folder from `spectra survey`, `ingest` "
+                 "or `merge`) or a simulated survey (.json from `spectra simulate`)")
+
+
+def _describe(path: Path) -> dict:
+    """What ``spectra info`` prints for ``path``: a grid, a Zarr survey or a simulated survey, told apart by content
+    (a survey folder used to be opened as a grid file and reported "grid file not found")."""
+    from catalog.outputs import is_our_store
+
+    from .survey import SURVEY_FORMAT
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; {_INFO_EXPECTS}")
+    if path.is_dir():
+        if is_our_store(path, (SURVEY_FORMAT,)):
+            return _describe_survey(path)
+        raise ValueError(f"{path} is a folder but not a survey{_store_kind(path)}; {_INFO_EXPECTS}")
+    if path.suffix.lower() == ".json":
+        return _describe_simulated(path)
+    return _describe_grid(path)
+
+
+def _store_kind(path: Path) -> str:
+    """", a <format> store" for a Zarr store of another kind (a catalogue, say), else ""."""
+    try:
+        found = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("format")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" (a {found} store)" if found else ""
+
+
+def _describe_grid(path: Path) -> dict:
     from collections import Counter
 
     from .gridstore import GridReader
 
-    with GridReader(args.grid) as grid:
-        info = {
+    with GridReader(path) as grid:
+        return {
             "path": str(grid.path),
+            "kind": "grid",
             "rows": grid.n,
             "done": int(grid.done.sum()),
             "pixels": int(grid.wavelength.size),
@@ -202,8 +262,52 @@ def _cmd_info(args: argparse.Namespace) -> int:
             "atmosphere_methods": dict(Counter(grid.atmosphere_method[grid.done])),
             "attrs": grid.attrs,
         }
-    print(json.dumps(info, indent=2, default=str))
-    return 0
+
+
+def _describe_survey(path: Path) -> dict:
+    """Rows, S/N range, continuum, arrays (and for ingested surveys how far the ingest got and its flag counts)."""
+    import zarr
+
+    from runtime.bundle import continuum_kind
+
+    root = zarr.open_group(str(path), mode="r")
+    attrs = dict(root.attrs)
+    snr = np.asarray(root["snr"][:], dtype=float) if "snr" in root else np.array([])
+    finite = snr[np.isfinite(snr)]
+    info = {
+        "path": str(path),
+        "kind": "survey",
+        "survey_kind": attrs.get("kind", "synthetic"),
+        "rows": int(root["flux"].shape[0]) if "flux" in root else 0,
+        "pixels": int(root["wavelength"].shape[0]) if "wavelength" in root else 0,
+        "snr": ({"min": float(finite.min()), "median": float(np.median(finite)), "max": float(finite.max()),
+                 "not_finite": int(snr.size - finite.size)} if finite.size else {"not_finite": int(snr.size)}),
+        "continuum_kind": continuum_kind(attrs),
+        "continuum": attrs.get("continuum", ""),
+        "arrays": {name: f"{tuple(array.shape)} {_dtype_name(array.dtype)}" for name, array in sorted(root.arrays())},
+    }
+    if "committed" in attrs:  # an ingested survey: finished, or to be completed with --resume
+        info["committed"] = int(attrs["committed"])
+        info["finished"] = "n_spectra" in attrs
+    if "ingest_flags" in root:
+        flags = np.asarray(root["ingest_flags"][:])
+        bits = dict(root["ingest_flags"].attrs.get("bits", {}))
+        info["ingest_flags"] = {name: int(np.count_nonzero(flags & int(bit))) for name, bit in bits.items()}
+    info["attrs"] = attrs
+    return info
+
+
+def _dtype_name(dtype) -> str:
+    return "string" if "String" in str(dtype) or str(dtype).startswith("<U") else str(dtype)
+
+
+def _describe_simulated(path: Path) -> dict:
+    from runtime.survey import open_survey
+
+    survey = open_survey(path)  # checks the format: a one-line error for other JSON
+    return {"path": str(path), "kind": "simulated survey", "rows": int(survey.n),
+            "pixels": int(np.asarray(survey.wavelength).size), "continuum_kind": "true",
+            "attrs": dict(survey.attrs)}
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -415,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-id", type=int, default=0, help="source_id of the first spectrum")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_ingest)
+    p.set_defaults(func=_cmd_ingest, interrupted="re-run the same command with --resume to continue")
 
     p = sub.add_parser("example-l1", help="write a 4MOST L1-style FITS file from grid rows (noisy)")
     p.add_argument("--grid", required=True, help="grid HDF5 file")
@@ -437,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("info", help="summarise a grid file")
-    p.add_argument("grid")
+    p = sub.add_parser("info", help="summarise a grid file (.h5) or a survey (.zarr folder, or simulated .json)")
+    p.add_argument("path", metavar="PATH", help="grid file, survey folder, or simulated-survey .json")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("plot", help="plot spectra of a grid or survey to PNG")
@@ -500,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command("spectra", args)
+    return run_command("spectra", args, getattr(args, "interrupted", "re-run the same command to resume"))
 
 
 if __name__ == "__main__":

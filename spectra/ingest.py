@@ -18,11 +18,17 @@ provenance array per item: ``file``, ``object``, ``instrument``, ``rv``, ``rv_er
 ``rv_template``, ``input_resolution``, ``snr_source``, ``coverage``, ``ingest_flags`` and ``message``, and
 ``input_index`` (the row's file in the command's list). Rows are committed whole files at a time; an
 interrupted run continues with ``--resume``.
+
+A folder among the inputs stands for the spectrum files directly inside it (:func:`expand_inputs`: by suffix, in
+name order). A run that stops before it has committed a row (an error, Ctrl-C) removes the survey it created: an
+empty survey holds nothing to resume and would only make the retry refuse its output as existing. A run that stops
+later keeps its committed rows for ``--resume``, and its error carries a note saying so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from dataclasses import asdict, dataclass, field
 from enum import IntFlag
 from pathlib import Path
@@ -41,9 +47,13 @@ from .rv import RVTemplates, default_templates, doppler_to_rest, measure_rv
 from .survey import SURVEY_FORMAT
 from .wavegrid import HR_WINDOWS, WavelengthGrid, hr_grid, vacuum_to_air
 
-__all__ = ["IngestFlag", "IngestOptions", "PreparedSpectrum", "ingest", "prepare", "read_options_table"]
+__all__ = ["SPECTRUM_SUFFIXES", "IngestFlag", "IngestOptions", "PreparedSpectrum", "expand_inputs", "ingest",
+           "prepare", "read_options_table"]
 
 MARGIN = 15.0  # Å kept beyond the HR windows: RV shifts up to ~400 km/s and convolution wings
+#: the files a folder argument stands for: what ``spectra.readers`` reads (FITS by content; ASCII, also gzipped).
+#: Not .csv: the ``--table`` of per-file settings often sits in the same folder.
+SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".txt", ".dat", ".asc", ".txt.gz", ".dat.gz", ".asc.gz")
 
 
 class IngestFlag(IntFlag):
@@ -261,6 +271,41 @@ class IngestReport:
     n_spectra: int
     n_failed: int
     flag_counts: dict[str, int]
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of the first failed rows
+
+
+#: failed rows whose file and reason the report carries (the survey's ``message`` array has them all)
+REPORTED_FAILURES = 20
+
+
+def is_spectrum_file(path: Path) -> bool:
+    """A file a folder argument stands for: a visible regular file with one of :data:`SPECTRUM_SUFFIXES`."""
+    name = path.name.lower()
+    return path.is_file() and not name.startswith(".") and name.endswith(SPECTRUM_SUFFIXES)
+
+
+def expand_inputs(paths: list[str | Path]) -> tuple[list[str | Path], dict[str, int]]:
+    """The input list with each folder replaced by the spectrum files directly inside it, in name order (not
+    recursive: a folder of products often holds sub-folders of other things); (files, {folder: count}).
+
+    A folder used to reach the readers as a file and stop the run with "Is a directory"; a folder without spectrum
+    files is a one-line error that names the suffixes looked for. Files are kept as given (their names are part
+    of the survey's identity for ``--resume``), whatever their suffix (the readers decide by content).
+    """
+    files: list[str | Path] = []
+    folders: dict[str, int] = {}
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            files.append(given)
+            continue
+        inside = sorted(p for p in path.iterdir() if is_spectrum_file(p))
+        if not inside:
+            raise ValueError(f"{path} is a folder without spectrum files ({', '.join(SPECTRUM_SUFFIXES)}) directly "
+                             "inside it; give the files, e.g. DIR/*.fits")
+        files.extend(inside)
+        folders[str(path)] = len(inside)
+    return files, folders
 
 
 class _SurveyWriter:
@@ -278,8 +323,9 @@ class _SurveyWriter:
         if resume and out.exists():
             self.root = zarr.open_group(str(out), mode="r+")
             if self.root.attrs.get("inputs_sha256") != attrs["inputs_sha256"]:
-                raise ValueError(f"{out}: --resume with another list of input files or other options; "
-                                 "give the same command, or drop --resume to start again")
+                raise ValueError(f"{out} was started with another list of input files or other options: give "
+                                 "that command again with --resume to complete it, replace it with --overwrite "
+                                 "(instead of --resume), or choose another --out")
             committed = int(self.root.attrs.get("committed", 0))
             for name in self.ROW_ARRAYS:
                 shape = self.root[name].shape
@@ -377,18 +423,18 @@ def _options_for(path, per_file: dict[str, IngestOptions], default: IngestOption
 def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | None = None, chunk: int = 256,
            first_id: int = 0, progress: bool = True, per_file: dict[str, IngestOptions] | None = None,
            resume: bool = False, overwrite: bool = False) -> IngestReport:
-    """Ingest ``files`` (each may hold several spectra) into a survey at ``out``.
+    """Ingest ``files`` (each may hold several spectra; a folder stands for the spectrum files inside it,
+    :func:`expand_inputs`) into a survey at ``out``.
 
     ``per_file`` maps a file (as given) to the options for that file (e.g. the resolving power of an
     ASCII spectrum whose header cannot say it); the others use ``options``. ``resume`` continues an
     interrupted run of the same command after its last fully written file. An existing ``out`` is refused
     unless ``resume`` or ``overwrite`` (and only a survey is ever replaced: ``catalog.outputs``); input paths
-    that do not exist are refused before anything is written.
+    that do not exist are refused before anything is written. A run that fails before committing a row removes
+    the survey it created (nothing to resume, and it would block the retry); a later failure keeps the committed
+    rows and adds a note to the exception saying that ``--resume`` continues.
     """
-    import hashlib
-    import json
-
-    from catalog.outputs import claim_output
+    from catalog.outputs import claim_output, is_our_store
 
     if chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {chunk}")
@@ -400,19 +446,40 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
     if missing:
         raise FileNotFoundError(f"input file(s) not found: {', '.join(missing[:10])}"
                                 + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    files = expand_inputs(files)[0]
     out = Path(out)
     if out.resolve() in {Path(f).resolve() for f in files} or any(
             out.resolve() in Path(f).resolve().parents for f in files):
         raise ValueError(f"--out {out} is (or holds) one of the input files; choose a new output path")
     claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite, resume=resume)
+    if resume and out.exists() and not is_our_store(out, (SURVEY_FORMAT,)):
+        raise ValueError(f"{out} is not a survey; --resume continues an unfinished `spectra ingest` survey")
     options = options or IngestOptions()
     per_file = {str(k): v for k, v in (per_file or {}).items()}
-    out, grid = Path(out), hr_grid()
-    templates = default_templates()
+    attrs = _survey_attrs(files, options, per_file, first_id)
+    created_here = not out.exists()
+    writer = None
+    try:
+        writer = _SurveyWriter(out, hr_grid(), chunk, attrs, first_id, resume)
+        _ingest_files(writer, files, options, per_file, progress)
+        writer.flush()
+    except BaseException as exc:
+        _after_failure(exc, out, writer, created_here)
+        raise
+    return _report(writer, out)
+
+
+def _survey_attrs(files: list[str | Path], options: IngestOptions, per_file: dict[str, IngestOptions],
+                  first_id: int) -> dict:
+    """The new survey's attributes; ``inputs_sha256`` is what ``--resume`` compares (the same files, in the same
+    order, with the same options)."""
+    import hashlib
+    import json
+
     settings = {"ingest_options": asdict(options), "per_file_options": {k: asdict(v) for k, v in per_file.items()},
                 "first_id": first_id}
     inputs = json.dumps({"files": [str(f) for f in files], **settings}, sort_keys=True, default=str)
-    attrs = {
+    return {
         "format": SURVEY_FORMAT,
         "kind": "observed",
         **settings,
@@ -424,16 +491,23 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
         "missing_pixels": "set to 1 (continuum); rows flagged PARTIAL_COVERAGE",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    writer = _SurveyWriter(out, grid, chunk, attrs, first_id, resume)
-    counts = {f.name: 0 for f in IngestFlag}
-    todo = range(writer.next_file, len(files))
-    for k in tqdm(todo, desc="ingest", unit="file", disable=not progress):
+
+
+def _ingest_files(writer: _SurveyWriter, files: list[str | Path], options: IngestOptions,
+                  per_file: dict[str, IngestOptions], progress: bool) -> None:
+    """Read and prepare the files not yet in the survey, one whole file at a time; a file or spectrum that fails
+    (unreadable too: a permission, a broken link) becomes a READ_FAILED row with its reason (a batch never stops for
+    one bad file; only errors writing the survey stop it)."""
+    grid, templates = hr_grid(), default_templates()
+    for k in tqdm(range(writer.next_file, len(files)), desc="ingest", unit="file", disable=not progress):
         path = files[k]
         file_options = _options_for(path, per_file, options)
         try:
             spectra = read_spectra(path, file_options.fmt, file_options.wave_unit)
         except SpectrumReadError as exc:
             prepared = [failed(str(path), exc.problem, grid.size)]
+        except OSError as exc:  # unreadable input (permissions, a broken link, a failing disk): this file only
+            prepared = [failed(str(path), f"cannot read the file: {exc.strerror or exc}", grid.size)]
         else:
             prepared = []
             for obs in spectra:
@@ -442,9 +516,36 @@ def ingest(files: list[str | Path], out: str | Path, options: IngestOptions | No
                 except (ValueError, FloatingPointError) as exc:  # one odd spectrum never stops a batch
                     prepared.append(failed(obs.source, f"preparation failed: {exc}", grid.size))
         writer.add_file(k, prepared)
-    writer.flush()
+
+
+def _after_failure(exc: BaseException, out: Path, writer: _SurveyWriter | None, created_here: bool) -> None:
+    """A stopped run: remove the survey it created if no row was committed (it holds nothing to resume, and its
+    name would make the retry refuse the output as existing); otherwise say how to continue."""
+    committed = writer.n_rows if writer is not None and _readable(writer) else 0
+    if created_here and committed == 0:
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out, ignore_errors=True)
+        return
+    if committed and not isinstance(exc, KeyboardInterrupt):
+        exc.add_note(f"{out} keeps the {committed} spectra committed before the error; once it is fixed, re-run "
+                     "the same command with --resume to continue")
+
+
+def _readable(writer: _SurveyWriter) -> bool:
+    """Whether the survey's ``committed`` attribute can still be read (a failing disk may refuse even that)."""
+    try:
+        writer.n_rows  # noqa: B018
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def _report(writer: _SurveyWriter, out: Path) -> IngestReport:
+    """Flag counts over the whole survey (a resumed run's earlier rows included), and the file and reason of the
+    first :data:`REPORTED_FAILURES` failed rows."""
     flags = writer.root["ingest_flags"][:]
-    for f in IngestFlag:
-        counts[f.name] = int(np.count_nonzero(flags & f))
+    counts = {f.name: int(np.count_nonzero(flags & f)) for f in IngestFlag}
     writer.root.attrs["n_spectra"] = writer.n_rows
-    return IngestReport(out, writer.n_rows, counts[IngestFlag.READ_FAILED.name], counts)
+    rows = np.flatnonzero(flags & IngestFlag.READ_FAILED)[:REPORTED_FAILURES]
+    failures = [(str(writer.root["file"][int(i)]), str(writer.root["message"][int(i)])) for i in rows]
+    return IngestReport(out, writer.n_rows, counts[IngestFlag.READ_FAILED.name], counts, failures)

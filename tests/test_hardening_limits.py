@@ -129,7 +129,7 @@ def test_a_survey_chunk_above_the_limit_is_refused_in_one_line_with_bounded_memo
     assert sum(p.stat().st_size for p in survey.rglob("*") if p.is_file()) < 200_000
     out = tmp_path / "cat.zarr"
     status, errors, peak = run_measured("runtime.cli", ["process", "--survey", str(survey), "--out", str(out),
-                                                        "--samples", "16", "--chunk", "32", "--quiet"])
+                                                        "--samples", "32", "--chunk", "32", "--quiet"])
     assert status == 2, errors
     assert len(errors.splitlines()) == 1 and "Traceback" not in errors
     assert f"{survey}/flux" in errors and "(20000, 25200)" in errors and "256 MiB" in errors
@@ -146,7 +146,7 @@ def test_a_chunk_whose_stream_claims_more_than_its_shape_is_a_failed_chunk_not_a
     (survey / "flux" / "c" / "0" / "0").write_bytes(zstd_rle_frame(20_000 * PIXELS * 4))
     out = tmp_path / "cat.zarr"
     status, errors, peak = run_measured("runtime.cli", ["process", "--survey", str(survey), "--out", str(out),
-                                                        "--samples", "16", "--quiet"])
+                                                        "--samples", "32", "--quiet"])
     assert status == 0, errors
     assert peak < RUN_RSS_MB, f"peak RSS {peak:.0f} MB"
     failures = CatalogueStore.open(out).attrs["read_failures"]
@@ -361,7 +361,7 @@ def test_runtime_process_refuses_negative_source_ids_before_the_catalogue(fake_g
     survey = make_survey(fake_grid, parse_snr("250"), tmp_path / "s.zarr", chunk=2, progress=False)
     zarr.open_group(str(survey), mode="r+")["source_id"][3] = bad
     out = tmp_path / "cat.zarr"
-    assert runtime_cli.main(["process", "--survey", str(survey), "--out", str(out), "--samples", "16",
+    assert runtime_cli.main(["process", "--survey", str(survey), "--out", str(out), "--samples", "32",
                              "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{survey}/source_id: row 3 holds {bad}, expected an integer in [0, 2**63)" in err

@@ -209,7 +209,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(setup, tmp_path):
 
 # ------------------------------------------------------------------------------ argument errors, outputs
 @pytest.mark.parametrize(("args", "message"), [
-    (["--samples", "0"], "--samples must be >= 1"),
+    (["--samples", "0"], "--samples must be >= 32"),
     (["--batch", "-1"], "--batch must be >= 1"),
     (["--workers", "0"], "--workers must be >= 1"),
     (["--chunk", "0"], "--chunk must be >= 1"),
@@ -229,7 +229,7 @@ def test_old_option_names_still_work_and_help_shows_defaults(setup, tmp_path, ca
     _, _, bundle, survey = setup
     out = tmp_path / "c.zarr"
     assert runtime_cli.main(["process", "--input", str(survey), "--model", str(bundle), "--output", str(out),
-                             "--quiet", "--samples", "16"]) == 0
+                             "--quiet", "--samples", "32"]) == 0
     assert catalog_cli.main(["check", "--input", str(out)]) == 0
     with pytest.raises(SystemExit):
         runtime_cli.main(["process", "--help"])
