@@ -34,8 +34,9 @@ from .degrade import gaussian_broaden, rebin
 from .linelists import LineListData
 from .wavegrid import HR_RESOLUTION, WavelengthGrid, hr_grid
 
-__all__ = ["GF_BOUND", "RIDGE", "STRONG_DEPTH", "SUN", "TELLURIC_BANDS_AIR", "VDW_BOUND", "VISIBLE_DEPTH",
-           "Calibration", "calibrate_linelist", "calibrate_to_sun", "observed_on_hr", "parameter_groups"]
+__all__ = ["GF_BOUND", "MIN_JACOBIAN", "RIDGE", "STRONG_DEPTH", "SUN", "TELLURIC_BANDS_AIR", "VDW_BOUND",
+           "VISIBLE_DEPTH", "Calibration", "calibrate_linelist", "calibrate_to_sun", "observed_on_hr",
+           "parameter_groups"]
 
 #: lines at least this deep (PySME central depth in the Sun) get a log gf parameter
 VISIBLE_DEPTH = 0.03
@@ -43,6 +44,9 @@ VISIBLE_DEPTH = 0.03
 STRONG_DEPTH = 0.6
 GF_BOUND, VDW_BOUND = 0.5, 0.5  # dex
 RIDGE = 0.3  # Tikhonov weight, in units of the residual rms per dex of change (see calibrate_to_sun)
+#: a parameter is fitted only if a change of 1 dex moves the usable pixels by at least this (Jacobian column norm):
+#: lines outside the observed pixels, or buried in a blend, stay as they are instead of drifting to a bound
+MIN_JACOBIAN = 0.02
 STEP = 0.1  # dex of the finite-difference perturbation
 #: air wavelength bands dominated by telluric absorption in ground-based spectra (O2 gamma band)
 TELLURIC_BANDS_AIR = ((6276.0, 6320.0),)
@@ -196,6 +200,11 @@ def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for it in range(iterations):
             base, jac = _jacobian(lines, gf, vdw, params, groups, radius, wave_air, hr, pool, log)
+            if it == 0:  # parameters the observed pixels cannot measure are held fixed
+                norms = np.sqrt(np.asarray(jac[usable].power(2).sum(axis=0))).ravel()
+                measured = norms >= MIN_JACOBIAN
+                bound = np.where(measured, bound, 1e-9)
+                log(f"{int(measured.sum())} of {len(params)} parameters measurable (Jacobian norm >= {MIN_JACOBIAN})")
             resid = observed - base
             rms = _rms(-resid, usable, hr)
             rms_before = rms_before or rms
@@ -212,7 +221,8 @@ def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.
             for p, (line, kind) in enumerate(params):
                 (gf if kind == "gf" else vdw)[line] = current[p]
             history.append({"iteration": it, "rms": rms, "max_step": float(np.abs(step).max()),
-                            "at_bound": int((np.abs(current) >= bound - 1e-6).sum())})
+                            "fitted": int(measured.sum()),
+                            "at_bound": int((measured & (np.abs(current) >= bound - 1e-6)).sum())})
             log(f"iteration {it}: rms {rms} -> step max {np.abs(step).max():.3f} dex")
         final = _synthesise(_apply(lines, gf, vdw))
     rms_after = _rms(final - observed, usable, hr)

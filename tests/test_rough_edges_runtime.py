@@ -280,8 +280,11 @@ def test_ctrl_c_on_a_distributed_run_prints_one_line(packaged, tmp_path):
     args = ["process", "--survey", str(synthetic), "--bundle", str(bundle), "--out", str(out), "--samples", "32",
             "--device", "cpu", "--chunk", "4", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # SIG_DFL in the child: a disposition of SIGINT ignored in the test process (left by any library it ran) would be
+    # inherited, and Python keeps an inherited "ignore" instead of installing its KeyboardInterrupt handler
     run = subprocess.Popen([sys.executable, str(script), "2.0", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while not out.exists() and run.poll() is None and time.monotonic() < deadline:
