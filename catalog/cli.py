@@ -26,7 +26,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = export_parquet(args.catalog, args.out, overwrite=args.overwrite, complete_only=args.complete_only,
                              dataset=fmt == "parquet-dataset")
     note = " (finished rows only: --complete-only)" if args.complete_only else ""
-    print(f"{out}: {fmt}{note}")
+    files = [out] if out.is_file() else [f for f in out.rglob("*") if f.is_file()]
+    print(f"{out}: {fmt} export written, {sum(f.stat().st_size for f in files) / 1e6:.2f} MB{note}")
     return 0
 
 
