@@ -22,11 +22,12 @@ from runtime.bundle import (  # noqa: E402
     BundleError,
     Manifest,
     _validate,
-    hash_files,
     load_bundle,
 )
 from runtime.sessions import engine_cache_dir  # noqa: E402
 from spectra.survey import make_survey, parse_snr  # noqa: E402
+
+from conftest import rehash_bundle  # noqa: E402
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "runtime" / "default_bundle" / "manifest.json"
 
@@ -44,12 +45,6 @@ def _copy(bundle: Path, dest: Path) -> Path:
     return dest
 
 
-def _rehash(bundle: Path) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"] = hash_files(bundle, manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _externalise(bundle: Path, graph: str, location: str) -> Path:
     """Move a graph's weights into an external-data file ``location`` (the attack of issue 21 defect 1) and
     record the graph's new hash, as a crafted bundle would: only the .onnx file is listed."""
@@ -59,7 +54,7 @@ def _externalise(bundle: Path, graph: str, location: str) -> Path:
         (bundle / location).parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(bundle / graph), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=0)
-    _rehash(bundle)
+    rehash_bundle(bundle)
     return bundle
 
 

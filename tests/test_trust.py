@@ -24,7 +24,7 @@ from catalog.schema import FLAGS, Flag, flags_markdown  # noqa: E402
 from catalog.writers import CatalogueStore, export_fits, export_parquet  # noqa: E402
 from export.onnx import export_bundle  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
-from runtime.bundle import BundleError, hash_files, load_bundle  # noqa: E402
+from runtime.bundle import BundleError, load_bundle  # noqa: E402
 from runtime.pipeline import ProcessOptions, process_survey  # noqa: E402
 from spectra import cli as spectra_cli  # noqa: E402
 from spectra.degrade import gaussian_broaden, rebin  # noqa: E402
@@ -35,7 +35,7 @@ from spectra.readers import read_spectra  # noqa: E402
 from spectra.survey import make_survey, parse_snr  # noqa: E402
 from spectra.wavegrid import hr_grid  # noqa: E402
 
-from conftest import line_spectrum, shared_file  # noqa: E402
+from conftest import line_spectrum, rehash_bundle, shared_file  # noqa: E402
 
 OPTIONS = ProcessOptions(samples=128, seed=3, device="cpu")
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -63,12 +63,6 @@ def _tamper_bias(path: Path, delta: float = 3.0) -> None:
             init.CopyFrom(onnx.numpy_helper.from_array(values + np.float32(delta), init.name))
             break
     onnx.save(model, str(path))
-
-
-def _rehash(bundle: Path) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"] = hash_files(bundle, manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 # ------------------------------------------------------------------------------------- bundle integrity
@@ -109,7 +103,7 @@ def test_identity_covers_every_graph_and_resume_refuses_another_model(setup, tmp
     original = load_bundle(bundle).sha256
     other = _copy(bundle, tmp_path / "other")
     _tamper_bias(other / "hoisted_flow.onnx")
-    _rehash(other)  # a consistent bundle of another model
+    rehash_bundle(other)  # a consistent bundle of another model
     assert load_bundle(other).sha256 != original
     out = tmp_path / "cat.zarr"
     process_survey(survey, bundle, out, OPTIONS, progress=False)
