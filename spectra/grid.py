@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from . import __version__, schema
 from .gridstore import GridWriter
+from .linelists import linelist_from_option
 from .prior import PRIOR_VERSION, draw_labels
-from .synthesis import SOLAR_MIXTURE, SpectrumMaker
-from .wavegrid import HR_RESOLUTION, WORKING_PIXEL, WORKING_RESOLUTION
+from .synthesis import SOLAR_MIXTURE, PySMEEngine, SpectrumMaker
+from .wavegrid import HR_RESOLUTION, WORKING_PIXEL, WORKING_RESOLUTION, hr_grid
 
-__all__ = ["GridReport", "build_grid", "grid_attrs", "synthesize_row"]
+__all__ = ["GridReport", "MakerSettings", "build_grid", "grid_attrs", "synthesize_row"]
 
 
 @dataclass
@@ -62,19 +63,35 @@ def grid_attrs(maker: SpectrumMaker, seed: int | None, prior: str, rotated: bool
         "hr_resolution": HR_RESOLUTION,
         "rotation_kernel": "Gray (2005) limb-darkened, epsilon = 0.6",
         "rotation": "applied" if rotated else "none",
+        "hr_grid": maker.hr.name,
         "software": f"cinn4most {__version__}",
     }
 
 
-_WORKER_MAKER: dict[str, SpectrumMaker] = {}
+@dataclass(frozen=True)
+class MakerSettings:
+    """What a worker needs to build the same :class:`SpectrumMaker` as the driver (picklable, hashable).
+
+    ``linelist``: a packaged list's name or a CSV path (None: the default list); ``margin``: Å of spectrum kept
+    beyond each HR window edge (``spectra.wavegrid.hr_grid``).
+    """
+
+    linelist: str | None = None
+    margin: float = 0.0
+
+    def maker(self) -> SpectrumMaker:
+        return SpectrumMaker(PySMEEngine(linelist=linelist_from_option(self.linelist)), hr=hr_grid(self.margin))
 
 
-def synthesize_row(index: int, labels: np.ndarray, rotated: bool = True
+_WORKER_MAKER: dict[MakerSettings, SpectrumMaker] = {}
+
+
+def synthesize_row(index: int, labels: np.ndarray, rotated: bool = True, settings: MakerSettings = MakerSettings()
                    ) -> tuple[int, np.ndarray | None, str, float, str]:
     """One grid row (runs in a worker): (index, HR flux or None, atmosphere method, seconds, error)."""
-    if "maker" not in _WORKER_MAKER:  # one engine per worker process, created once
-        _WORKER_MAKER["maker"] = SpectrumMaker()
-    maker = _WORKER_MAKER["maker"]
+    if settings not in _WORKER_MAKER:  # one engine per worker process and setting, created once
+        _WORKER_MAKER[settings] = settings.maker()
+    maker = _WORKER_MAKER[settings]
     named = dict(zip(schema.label_names(), map(float, labels), strict=True))
     if not rotated:
         named["vbroad"] = 0.0
@@ -86,17 +103,17 @@ def synthesize_row(index: int, labels: np.ndarray, rotated: bool = True
     return index, flux, synthesis.atmosphere_method, synthesis.seconds, ""
 
 
-def _run_serial(tasks: Iterable[tuple[int, np.ndarray]], rotated: bool):
+def _run_serial(tasks: Iterable[tuple[int, np.ndarray]], rotated: bool, settings: MakerSettings):
     for index, labels in tasks:
-        yield synthesize_row(index, labels, rotated)
+        yield synthesize_row(index, labels, rotated, settings)
 
 
-def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool):
+def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool, settings: MakerSettings):
     from dask.distributed import Client, LocalCluster, as_completed
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        futures = [client.submit(synthesize_row, i, lab, rotated, pure=False) for i, lab in tasks]
+        futures = [client.submit(synthesize_row, i, lab, rotated, settings, pure=False) for i, lab in tasks]
         for future in as_completed(futures):
             yield future.result()
             future.release()
@@ -104,18 +121,19 @@ def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool):
 
 def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: bool = True,
                on_row: Callable[[int], None] | None = None, extend: str | Path | None = None,
-               rotated: bool = True) -> GridReport:
+               rotated: bool = True, settings: MakerSettings = MakerSettings()) -> GridReport:
     """Make (or resume) an ``n``-row grid at ``out``; see the module docstring.
 
     ``workers`` > 1 uses a Dask ``LocalCluster``; 1 runs in this process (no cluster start-up).
     ``extend``: a smaller grid made with the same seed; its finished rows are copied, not recomputed
     (the Sobol prior is prefix-stable, so row i has the same labels in both).
     ``rotated=False`` stores spectra without rotational broadening (see :func:`grid_attrs`).
+    ``settings``: the line list and the margin beyond each window (:class:`MakerSettings`).
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     labels = draw_labels(n, seed)
-    maker = SpectrumMaker()
+    maker = settings.maker()
     attrs = grid_attrs(maker, seed, PRIOR_VERSION, rotated)
     start = time.perf_counter()
     failed: dict[int, str] = {}
@@ -124,7 +142,8 @@ def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: b
             _copy_rows(Path(extend), writer, labels, attrs)
         todo = [(i, labels[i]) for i in np.flatnonzero(~writer.done)]
         skipped = n - len(todo)
-        rows = _run_dask(todo, workers, rotated) if workers > 1 and len(todo) > 1 else _run_serial(todo, rotated)
+        rows = (_run_dask(todo, workers, rotated, settings) if workers > 1 and len(todo) > 1
+                else _run_serial(todo, rotated, settings))
         bar = tqdm(total=n, initial=skipped, desc=f"grid {Path(out).name}", unit="spec", disable=not progress)
         written = 0
         for index, flux, method, seconds, error in rows:
@@ -144,7 +163,7 @@ def _copy_rows(source: Path, writer: GridWriter, labels: np.ndarray, attrs: dict
     from .gridstore import GridReader
 
     with GridReader(source) as old:
-        for key in ("seed", "prior", "engine", "linelist_sha256", "rotation"):
+        for key in ("seed", "prior", "engine", "linelist_sha256", "rotation", "hr_grid"):
             if old.attrs.get(key) != attrs[key]:
                 raise ValueError(f"--extend {source}: made with {key} = {old.attrs.get(key)!r}, this grid has "
                                  f"{attrs[key]!r}; only a grid of the same seed and setup can be extended")

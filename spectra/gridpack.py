@@ -25,7 +25,7 @@ from catalog.scratch import written_atomically
 
 from . import schema
 from .gridstore import GridReader, GridWriter
-from .wavegrid import hr_grid
+from .wavegrid import hr_grid_of
 
 __all__ = ["FLUX_PRECISION", "pack_grid", "packed_shards", "unpack_grid"]
 
@@ -94,7 +94,9 @@ def unpack_grid(shards: list[str | Path], out: str | Path) -> Path:
             if f.attrs.get("format") != _FORMAT:
                 raise ValueError(f"{path}: not a packed grid shard (format {f.attrs.get('format')!r})")
             parts.append((path, dict(f.attrs), f["row"][:]))
-    keys = ("seed", "engine", "linelist_sha256", "prior", "rotation")
+            if path == files[0]:
+                grid = hr_grid_of(f["wavelength"][:])
+    keys = ("seed", "engine", "linelist_sha256", "prior", "rotation", "hr_grid")
     first = parts[0][1]
     for path, attrs, _ in parts[1:]:
         for key in keys:
@@ -102,7 +104,6 @@ def unpack_grid(shards: list[str | Path], out: str | Path) -> Path:
                 raise ValueError(f"{path}: {key} = {attrs.get(key)!r}, {files[0]} has {first.get(key)!r}; "
                                  "unpack shards of one grid at a time")
     n = int(max(rows.max() for _, _, rows in parts)) + 1
-    grid = hr_grid()
     attrs = {k: v for k, v in first.items() if k not in ("format", "n", "wavelength_sha256", "created", "shard",
                                                           "packed_from", "n_source_rows", "flux_precision")}
     attrs["unpacked_from"] = ", ".join(sorted({str(a.get("packed_from")) for _, a, _ in parts}))

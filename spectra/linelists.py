@@ -27,7 +27,8 @@ import pandas as pd
 
 from .wavegrid import HR_WINDOWS, WORKING_PAD, air_to_vacuum
 
-__all__ = ["COLUMNS", "LineListData", "build_merged_linelist", "default_linelist", "read_linelist"]
+__all__ = ["COLUMNS", "PACKAGED_LINELISTS", "LineListData", "build_merged_linelist", "default_linelist",
+           "linelist_from_option", "packaged_linelist", "read_linelist"]
 
 COLUMNS = ["species", "wlcent", "excit", "gflog", "gamrad", "gamqst", "gamvw", "lande", "depth", "reference"]
 DEFAULT_LINELIST_FILE = "linelist_4most_hr_vac.csv.gz"
@@ -166,16 +167,40 @@ def read_linelist(path: str | Path) -> LineListData:
     return LineListData(df, source=str(path))
 
 
-_DEFAULT: dict[str, LineListData] = {}
+#: line lists shipped in the package: name -> (file, what it is)
+PACKAGED_LINELISTS = {
+    "merged": (DEFAULT_LINELIST_FILE, "VALD solar extract + FASMA Li/C2/CN/MgH + linemake Eu II (the grids of "
+                                      "sessions 1-6)"),
+    "survey-sun": ("linelist_survey_sun_vac.csv.gz", "every line deeper than 0.5 % somewhere in the prior "
+                                                     "(`spectra linelist survey`), log gf and vdW calibrated on the "
+                                                     "UVES Sun (`spectra linelist calibrate`; issue 20)"),
+}
+_PACKAGED: dict[str, LineListData] = {}
 
 
-def default_linelist() -> LineListData:
-    """The merged list shipped in the package."""
-    if "list" not in _DEFAULT:
-        ref = resources.files("spectra") / "data" / DEFAULT_LINELIST_FILE
+def packaged_linelist(name: str = "merged") -> LineListData:
+    """A line list shipped in the package (:data:`PACKAGED_LINELISTS`), read once per process."""
+    if name not in PACKAGED_LINELISTS:
+        raise ValueError(f"no packaged line list {name!r}; choose from {', '.join(PACKAGED_LINELISTS)}")
+    if name not in _PACKAGED:
+        ref = resources.files("spectra") / "data" / PACKAGED_LINELISTS[name][0]
         with resources.as_file(ref) as p:
             if not Path(p).exists():
                 raise FileNotFoundError(f"packaged line list {p} is missing; rebuild with `spectra linelist build`")
             data = LineListData(pd.read_csv(io.BytesIO(Path(p).read_bytes()), compression="gzip"), source=str(p))
-        _DEFAULT["list"] = data
-    return _DEFAULT["list"]
+        _PACKAGED[name] = data
+    return _PACKAGED[name]
+
+
+def default_linelist() -> LineListData:
+    """The merged list shipped in the package (what the kept grids and the shipped model were made with)."""
+    return packaged_linelist("merged")
+
+
+def linelist_from_option(value: str | None) -> LineListData:
+    """``--linelist``: the name of a packaged list, a CSV file, or None for the default."""
+    if value is None:
+        return default_linelist()
+    if value in PACKAGED_LINELISTS:
+        return packaged_linelist(value)
+    return read_linelist(value)

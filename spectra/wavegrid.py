@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "GRID_MARGIN",
     "HR_PIXEL",
     "HR_WINDOWS",
     "WORKING_PAD",
@@ -36,6 +37,8 @@ __all__ = [
     "WavelengthGrid",
     "air_to_vacuum",
     "hr_grid",
+    "hr_grid_of",
+    "hr_pixels",
     "vacuum_to_air",
     "wavelength_sha256",
     "working_grid",
@@ -46,6 +49,8 @@ HR_WINDOWS: tuple[tuple[str, float, float], ...] = (("green", 5160.0, 5730.0), (
 HR_PIXEL = 0.05  # Å
 WORKING_PIXEL = 0.025  # Å
 WORKING_PAD = 5.0  # Å on each side of each window
+#: Å of spectrum stored beyond each HR window edge in synthesised grids (rotation at 100 km/s reaches 2.2 Å)
+GRID_MARGIN = 2.0
 WORKING_RESOLUTION = 80_000
 HR_RESOLUTION = 20_000
 
@@ -120,15 +125,49 @@ def _build(name: str, step: float, pad: float, centred: bool, definition: str) -
     )
 
 
-def hr_grid() -> WavelengthGrid:
-    """The 4MOST HR pixel grid the network works on (25 200 pixels, air)."""
-    return _build(
-        "4MOST-HR-green+red",
-        HR_PIXEL,
-        0.0,
-        True,
-        "air wavelengths; windows [5160,5730) and [6100,6790) A; 0.05 A pixels, centres at start+(i+0.5)*0.05",
-    )
+def hr_grid(margin: float = 0.0) -> WavelengthGrid:
+    """The 4MOST HR pixel grid the network works on (25 200 pixels, air).
+
+    ``margin`` [Å, a multiple of the 0.05 Å pixel] extends each window on both sides with more pixels of the same
+    spacing (the HR pixels are an exact subset, :func:`hr_pixels`): synthesised grids are stored with
+    :data:`GRID_MARGIN` so that rotation applied later on the fly sees real spectrum beyond each window edge.
+    """
+    steps = margin / HR_PIXEL
+    if margin < 0 or abs(steps - round(steps)) > 1e-9:
+        raise ValueError(f"HR grid margin must be a non-negative multiple of {HR_PIXEL} A, got {margin}")
+    if margin == 0:
+        return _build("4MOST-HR-green+red", HR_PIXEL, 0.0, True,
+                      "air wavelengths; windows [5160,5730) and [6100,6790) A; 0.05 A pixels, centres at "
+                      "start+(i+0.5)*0.05")
+    return _build(f"4MOST-HR-green+red+margin{margin:g}A", HR_PIXEL, margin, True,
+                  f"air wavelengths; windows [5160,5730) and [6100,6790) A each extended by {margin:g} A on both "
+                  "sides; 0.05 A pixels, centres at start+(i+0.5)*0.05")
+
+
+def hr_grid_of(wave: np.ndarray) -> WavelengthGrid:
+    """The HR grid (with whatever margin) whose pixels are ``wave``; ValueError if it is not one."""
+    wave = np.asarray(wave, dtype=float)
+    margin = round(float(HR_WINDOWS[0][1] + HR_PIXEL / 2 - wave[0]) / HR_PIXEL) * HR_PIXEL if wave.size else -1.0
+    try:
+        grid = hr_grid(round(margin, 6))
+    except ValueError:
+        grid = None
+    if grid is None or grid.sha256() != wavelength_sha256(wave):
+        raise ValueError(f"a wavelength array of {wave.size} pixels from {wave[:1]} A is not the 4MOST HR grid "
+                         "(with or without a margin)")
+    return grid
+
+
+def hr_pixels(grid: WavelengthGrid) -> np.ndarray:
+    """Indices of the 4MOST HR pixels (``hr_grid()``) within ``grid`` (an HR grid with a margin)."""
+    hr = hr_grid()
+    index = np.rint((hr.wave[:, None] - grid.wave[None, [s.start for s in grid.segments]]) / HR_PIXEL)
+    out = np.empty(hr.size, dtype=np.int64)
+    for k, (s_hr, s_grid) in enumerate(zip(hr.segments, grid.segments, strict=True)):
+        out[s_hr] = s_grid.start + index[s_hr, k].astype(np.int64)
+    if not np.allclose(grid.wave[out], hr.wave, atol=1e-6):
+        raise ValueError(f"{grid.name} does not contain the 4MOST HR pixels")
+    return out
 
 
 def working_grid() -> WavelengthGrid:

@@ -134,3 +134,32 @@ def test_pack_and_unpack_keep_rows_labels_and_flux_to_float16(fake_grid, tmp_pat
     (tmp_path / "packed" / "other-0000.h5").write_bytes(b"not ours")
     with pytest.raises(OSError):
         pack_grid(fake_grid, tmp_path / "packed", "other")
+
+
+def test_margin_grid_packs_and_unpacks_on_its_own_pixels(tmp_path):
+    """A grid stored with a margin beyond the windows round-trips through pack/unpack with its wavelength grid, and
+    shards of grids on different pixel grids are not mixed."""
+    from spectra.gridpack import pack_grid, unpack_grid
+    from spectra.gridstore import GridReader, GridWriter
+    from spectra.prior import draw_labels
+    from spectra.wavegrid import GRID_MARGIN, hr_grid
+
+    from conftest import line_spectrum
+
+    def make(path, grid):
+        attrs = {"seed": 1, "prior": "test", "engine": "fake", "engine_version": "0", "linelist_sha256": "none",
+                 "hr_grid": grid.name}
+        with GridWriter(path, 3, grid, attrs) as writer:
+            for i, row in enumerate(draw_labels(3, seed=1)):
+                writer.write_row(i, line_spectrum(grid.wave, seed=i), row, "interpolated", 0.0)
+        return path
+
+    wide = hr_grid(GRID_MARGIN)
+    source = make(tmp_path / "wide.h5", wide)
+    back = unpack_grid(pack_grid(source, tmp_path / "packed", "wide"), tmp_path / "back.h5")
+    with GridReader(source) as a, GridReader(back) as b:
+        assert b.wavelength.size == wide.size and np.array_equal(a.wavelength, b.wavelength)
+        assert np.abs(a.flux[:] - b.flux[:]).max() <= 2.5e-4
+    narrow = pack_grid(make(tmp_path / "narrow.h5", hr_grid()), tmp_path / "packed2", "narrow")
+    with pytest.raises(ValueError, match="hr_grid"):
+        unpack_grid([tmp_path / "packed" / "wide-0000.h5", *narrow], tmp_path / "mixed.h5")

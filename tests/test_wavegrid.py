@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+import pytest
 
 from spectra.wavegrid import air_to_vacuum, hr_grid, vacuum_to_air, working_grid
 
@@ -43,3 +44,25 @@ def test_air_vacuum_standard_values_and_round_trip():
     assert abs(air_to_vacuum(5889.95) - 5891.58) < 0.01
     wave = np.linspace(3000, 10000, 1000)
     assert np.max(np.abs(air_to_vacuum(vacuum_to_air(wave)) - wave)) < 1e-5
+
+
+def test_margin_grid_extends_each_window_and_contains_the_hr_pixels():
+    """Grids synthesised with a margin hold the HR pixels exactly (rotation later needs spectrum beyond the edges)."""
+    from spectra.wavegrid import GRID_MARGIN, hr_grid_of, hr_pixels
+
+    hr, wide = hr_grid(), hr_grid(GRID_MARGIN)
+    pad = round(GRID_MARGIN / HR_STEP)
+    assert wide.size == hr.size + 2 * pad * len(HR_DEFINITION)
+    for (name, first, n), s in zip(HR_DEFINITION, wide.segments, strict=True):
+        window = wide.wave[s]
+        assert window.size == n + 2 * pad and np.isclose(window[0], first - GRID_MARGIN), name
+        assert np.allclose(np.diff(window), HR_STEP), name
+    index = hr_pixels(wide)
+    np.testing.assert_allclose(wide.wave[index], hr.wave, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(hr_pixels(hr), np.arange(hr.size))
+    assert hr_grid_of(wide.wave).name == wide.name and hr_grid_of(hr.wave).sha256() == HR_SHA256
+    for bad in (hr.wave[1:], wide.wave + 0.01, working_grid().wave):
+        with pytest.raises(ValueError, match="not the 4MOST HR grid"):
+            hr_grid_of(bad)
+    with pytest.raises(ValueError, match="multiple of"):
+        hr_grid(0.03)
