@@ -29,6 +29,7 @@ from _common import machine, robust_sigma
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
+from spectra.contracts import quantiles as quantile_levels
 
 RESULTS = Path(__file__).parent / "results"
 COMPARED = ("teff", "logg", "fe_h", "vmic", "vbroad")
@@ -89,7 +90,8 @@ def main() -> None:
         for p in (*COMPARED, *ALSO_LEARNED):
             j = order.index(p)
             q = npe["quantiles"][:, :, j]
-            methods["NPE (sbi/zuko)"][p] = (npe["map"][:, j], q[:, 1], q[:, 3], q[:, 0], q[:, 4])
+            methods["NPE (sbi/zuko)"][p] = (npe["map"][:, j], *(q[:, quantile_levels.index(k)]
+                                                                 for k in ("p16", "p84", "p2_5", "p97_5")))
     chi2_rows = np.array([], dtype=int)
     if args.chi2:
         fits = json.loads(Path(args.chi2).read_text())

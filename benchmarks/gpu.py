@@ -121,8 +121,10 @@ def onnx_rates(bundle_path: Path, flux: np.ndarray, snr: np.ndarray, reference, 
 
 def agreement(summary, reference) -> dict:
     """|quantile and MAP differences| / fp32 68 % half-width: max and median."""
+    from spectra.contracts import quantiles as quantile_levels
+
     q = reference.quantiles
-    half = 0.5 * (q[:, 3] - q[:, 1])
+    half = 0.5 * (q[:, quantile_levels.index("p84")] - q[:, quantile_levels.index("p16")])
     ok = np.isfinite(half) & (half > 0)
     dq = (np.abs(summary.quantiles - q) / np.where(ok, half, np.nan)[:, None, :])
     dm = np.abs(summary.map - reference.map) / np.where(ok, half, np.nan)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import BAD, Flag
+from spectra.contracts.flags import BAD, Flag
+
 from .writers import CatalogueStore
 
 __all__ = ["CheckResult", "check_catalogue"]

@@ -32,9 +32,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_flags(args: argparse.Namespace) -> int:
-    from .schema import flags_markdown
+    from spectra.contracts.flags import flags_markdown
 
-    print(flags_markdown())
+    print("flags (set by `runtime process`):\n")
+    print(flags_markdown("flags"))
+    print("\ningest_flags (set by `spectra ingest`, copied into the catalogue; INGEST_FLAGGED says one is set):\n")
+    print(flags_markdown("ingest_flags"))
     return 0
 
 
@@ -129,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="teff,logg,fe_h,vbroad,mg_fe", help="parameters to show, comma-separated")
     p.add_argument("--rows", type=int, default=20, help="first N rows")
     p.set_defaults(func=_cmd_show)
-    p = command("flags", "print the flag bits of the `flags` column (bit, name, threshold, meaning)")
+    p = command("flags", "print the flag bits of the `flags` and `ingest_flags` columns (bit, name, threshold, "
+                        "meaning)")
     p.set_defaults(func=_cmd_flags)
     use_help_formatter(parser)
     return parser

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from catalog.scratch import SCRATCH_SUFFIX, scratch_name
 
-__all__ = ["OutputExistsError", "OutputLock", "OutputLockedError", "claim_output", "creation_path", "is_our_store",
-           "lock_output", "lock_path", "publish", "remove_leftover_creations"]
+__all__ = ["OutputExistsError", "OutputLock", "OutputLockedError", "claim_output", "claim_report_folder",
+           "creation_path", "is_our_store", "lock_output", "lock_path", "publish", "remove_leftover_creations"]
 
 
 class OutputExistsError(FileExistsError):
@@ -97,6 +97,32 @@ def claim_output(path: str | Path, what: str, formats: tuple[str, ...] = (), ove
             raise OutputExistsError(f"{path} is a folder; --overwrite replaces files only (choose another output)")
         path.unlink()
     return path
+
+
+def claim_report_folder(out: str | Path, what: str, marker: str, overwrite: bool = False) -> Path:
+    """Create the report folder ``out``, or accept an existing one that may be written: an empty folder, or, with
+    ``overwrite``, an earlier report of the same command (it holds ``marker``, the file the command always writes).
+
+    Why: these commands used to write into any existing folder, silently replacing files of the same names
+    (a ``report.md`` of someone else's). Like every other command they now go through
+    :func:`claim_output`: an existing output needs ``--overwrite``, and even then a folder this
+    command did not make is refused. With ``overwrite`` the command's files are replaced, nothing is deleted.
+    """
+    out = Path(out)
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return out
+        if overwrite and (out / marker).is_file():
+            return out
+        if overwrite:
+            raise OutputExistsError(f"{out} exists and holds no {marker}: it is not a {what} this command wrote; "
+                                    "refusing to write into it even with --overwrite (choose another --out)")
+    elif overwrite and (out.exists() or out.is_symlink()):
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as before: a report may go into a new folder tree
+    claim_output(out, what)  # an existing output without --overwrite: "exists: add --overwrite ..."
+    out.mkdir()
+    return out
 
 
 # ------------------------------------------------------------------------------------------- one writer

@@ -3,7 +3,8 @@
 Writes ``report.md``, ``summary.json`` and PNGs: the Kiel diagram (T_eff vs log g coloured by
 [Fe/H]), [Mg/Fe] vs [Fe/H], histograms of the 68 % posterior widths and of f_reject, and, when the
 truth is known (a synthetic survey's ``truth`` array), MAP - truth residuals against the truth with
-their bias and scatter per parameter.
+their bias and scatter per parameter and per S/N (a colour per S/N, 16-84 % error bars, flagged rows ringed,
+residual axes in the parameter's unit; ``catalog.plots``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def axis_label(store: CatalogueStore, column: str, prefix: str = "") -> str:
     return f"{prefix}{label}" + (f" [{unit}]" if unit else "")
 
 
+def _short(store: CatalogueStore, column: str) -> str:
+    """"T_eff", "[Fe/H]": the parameter's label from its column description (the unit goes on the axis apart)."""
+    description = str(store.column_info(column).get("description", column))
+    return description.split(":")[0] if ":" in description else column
+
+
 #: the files ``make_report`` writes into its folder (an existing report.md needs ``overwrite``)
 REPORT_FILES = ("report.md", "summary.json", "kiel.png", "mg_fe_vs_fe_h.png", "widths_and_rejection.png",
                 "residuals.png")
@@ -59,6 +66,7 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
                      "flag_counts": {n: int(np.count_nonzero(flags & b)) for n, b in store.attrs["flag_bits"].items()},
                      "median_f_reject": float(np.nanmedian(f_reject)) if np.isfinite(f_reject).any() else None,
                      "plotted_rows": int(sub.size), "params": {}}
+    flagged = flags != 0
     del flags
     widths = {}
     for p in params:
@@ -109,7 +117,8 @@ def make_report(catalogue: str | Path, out: str | Path, truth: str | Path | None
     plt.close(fig)
 
     if truth is not None:
-        summary["residuals"] = _residuals(store, maps, params, good, sub, truth, out, label)
+        summary["residuals"] = _residuals(store, maps, params, good, sub, truth, out, {p: _short(store, p)
+                                                                                      for p in params}, flagged)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_render(summary, params))
     return summary
@@ -154,9 +163,13 @@ def _median(values: np.ndarray) -> float | None:
 
 
 def _residuals(store: CatalogueStore, maps: dict[str, np.ndarray], params, good, sub, truth_path, out: Path,
-               label: dict[str, str]) -> dict:
-    """MAP - truth per parameter, against a synthetic survey's ``truth`` (read a column at a time)."""
+               label: dict[str, str], flagged: np.ndarray) -> dict:
+    """MAP - truth per parameter against a synthetic survey's ``truth`` (read a column at a time): bias and scatter
+    overall and per S/N group, and ``residuals.png`` (:func:`catalog.plots.residuals_figure`: a colour per S/N,
+    16-84 % error bars, flagged rows ringed, residual axes in the parameter's unit)."""
     import zarr
+
+    from .plots import residuals_figure, snr_groups
 
     survey = zarr.open_group(str(truth_path), mode="r")
     if "truth" not in survey:
@@ -165,23 +178,31 @@ def _residuals(store: CatalogueStore, maps: dict[str, np.ndarray], params, good,
     ids = store.column("source_id")
     if survey["truth"].shape[0] != ids.size or not np.array_equal(survey["source_id"][:], ids):
         raise ValueError(f"{truth_path}: rows or source ids do not match the catalogue")
-    result = {}
-    fig, axes = plt.subplots(3, 5, figsize=(17, 9))
-    for ax, p in zip(axes.flat, [p for p in params if p in names], strict=False):
+    snr = store.column("snr")
+    group, group_names = snr_groups(snr)
+    shown = [p for p in params if p in names]
+    result: dict = {}
+    plotted: dict[str, dict[str, np.ndarray]] = {"truth": {}, "map": {}, "p16": {}, "p84": {}}
+    for p in shown:
         t = survey["truth"][:, names.index(p)]
         r = maps[p] - t
         ok = good & np.isfinite(r)
-        result[p] = {"bias": float(np.mean(r[ok])), "sigma": float(np.std(r[ok])), "n": int(ok.sum())}
-        shown = ok[sub]
-        ax.scatter(t[sub][shown], r[sub][shown], s=3, c="k", alpha=0.4)
-        ax.axhline(0, color="r", lw=1)
-        ax.set_title(f"{p}: {result[p]['bias']:+.3g} ± {result[p]['sigma']:.3g}", fontsize=9)
-        ax.set_xlabel(f"true {label[p]}", fontsize=8)
-        ax.set_ylabel("MAP − truth", fontsize=8)
-    for extra in list(axes.flat)[len(result):]:
-        extra.axis("off")
-    fig.suptitle("MAP − truth" + _subsample_note(int(np.size(sub)), ids.size))
-    fig.tight_layout()
+        result[p] = {"bias": float(np.mean(r[ok])), "sigma": float(np.std(r[ok])), "n": int(ok.sum()),
+                     "unit": str(store.column_info(p).get("unit", "") or ""), "by_snr": {}}
+        for g, name in enumerate(group_names):
+            in_group = ok & (group == g)
+            if in_group.any():
+                result[p]["by_snr"][name] = {"bias": float(np.mean(r[in_group])),
+                                             "sigma": float(np.std(r[in_group])), "n": int(in_group.sum())}
+        bounds = store.read_columns([p + "_p16", p + "_p84"])
+        estimate = np.where(good, maps[p], np.nan)
+        for key, values in (("truth", t), ("map", estimate), ("p16", bounds[p + "_p16"]),
+                            ("p84", bounds[p + "_p84"])):
+            plotted[key][p] = values[sub]
+    fig = residuals_figure(shown, plotted["truth"], plotted["map"], plotted["p16"], plotted["p84"], label,
+                           {p: result[p]["unit"] for p in shown}, snr[sub], flagged[sub],
+                           "MAP − truth per S/N (error bars: 16–84 %; red rings: flagged rows)"
+                           + _subsample_note(int(np.size(sub)), ids.size))
     fig.savefig(out / "residuals.png", dpi=100)
     plt.close(fig)
     return result
@@ -204,5 +225,20 @@ def _render(s: dict, params: list[str]) -> str:
         lines.append(row)
     lines += ["", "![Kiel](kiel.png) ![Mg](mg_fe_vs_fe_h.png)", "", "![widths](widths_and_rejection.png)", ""]
     if "residuals" in s:
+        lines += _render_by_snr(s["residuals"])
         lines += ["![residuals](residuals.png)", ""]
     return "\n".join(lines)
+
+
+def _render_by_snr(residuals: dict) -> list[str]:
+    """MAP - truth bias and scatter per S/N group, in each parameter's unit."""
+    groups = list(dict.fromkeys(g for r in residuals.values() for g in r.get("by_snr", {})))
+    if not groups:
+        return []
+    lines = ["MAP − truth per S/N (bias ± σ):", "", "| parameter | unit | " + " | ".join(groups) + " |",
+             "|---|---|" + "---|" * len(groups)]
+    for p, r in residuals.items():
+        cells = [f"{r['by_snr'][g]['bias']:+.3g} ± {r['by_snr'][g]['sigma']:.3g}" if g in r["by_snr"] else ""
+                 for g in groups]
+        lines.append(f"| {p} | {r.get('unit', '')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]

@@ -6,9 +6,10 @@ density valid posterior sample); ``<p>_p2_5``, ``<p>_p16``, ``<p>_p50``, ``<p>_p
 quantiles of the valid samples; ``<p>_corr`` is the MAP after the T_eff-linear bias correction of the
 paper's Eq. B.1, present only when a run applied one (the ``bias_correction`` attribute says which).
 
-Flags (``flags`` bitmask, set by ``runtime process``) are defined once, in :data:`FLAGS` (bit, name,
-threshold, description); the runtime, the catalogue attributes, the Parquet and FITS exports, ``catalog
-check``, ``catalog flags`` and the README table are all made from it.
+Flags (``flags`` bitmask, set by ``runtime process``; ``ingest_flags``, set by ``spectra ingest``) are defined
+once, in ``spectra.contracts.flags`` (bit, name, threshold, description); the runtime, the catalogue attributes,
+the Parquet and FITS exports, ``catalog check``, ``catalog flags`` and the README tables are all made from it.
+The quantile columns' suffixes come from ``spectra.contracts.quantiles``.
 
 ``flag_bad`` = INVALID_FLUX | INVALID_SNR | ALL_REJECTED | READ_FAILED (no usable estimate);
 ``flag_warn`` = any flag set.
@@ -17,84 +18,17 @@ check``, ``catalog flags`` and the README table are all made from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntFlag
 
 import numpy as np
 
+from spectra.contracts.quantiles import QUANTILE_LEVELS
+
 __all__ = [
-    "BAD",
-    "FLAGS",
     "PROVENANCE_COLUMNS",
-    "QUANTILE_SUFFIXES",
     "RESIM_COLUMNS",
     "Column",
-    "Flag",
-    "FlagInfo",
     "catalogue_columns",
-    "flags_markdown",
-    "flags_table",
 ]
-
-
-@dataclass(frozen=True)
-class FlagInfo:
-    """One bit of the ``flags`` column: the single definition everything else reads."""
-
-    bit: int
-    name: str
-    threshold: float | None
-    description: str
-
-
-#: thresholds the runtime applies (also part of :data:`FLAGS`)
-HIGH_REJECTION_FRACTION = 0.5
-METAL_POOR_FEH = -2.5
-
-FLAGS: tuple[FlagInfo, ...] = (
-    FlagInfo(1, "HIGH_REJECTION", HIGH_REJECTION_FRACTION,
-             "f_reject > 0.5: more than half of the posterior samples fell outside the training bounds"),
-    FlagInfo(2, "ALL_REJECTED", None, "no posterior sample inside the training bounds: estimates are NaN"),
-    FlagInfo(4, "INVALID_FLUX", None,
-             "flux has NaN/inf, negative or zero median, is constant, or has missing pixels: not processed"),
-    FlagInfo(8, "INVALID_SNR", None, "S/N missing, non-finite or <= 0: not processed"),
-    FlagInfo(16, "SNR_OUT_OF_RANGE", None, "S/N per Angstrom outside the range the model was trained on"),
-    FlagInfo(32, "METAL_POOR", METAL_POOR_FEH, "MAP [Fe/H] <= -2.5: abundances are poorly constrained"),
-    FlagInfo(64, "INGEST_FLAGGED", None,
-             "`spectra ingest` flagged the observed spectrum; the ingest_flags column holds its bits"),
-    FlagInfo(128, "CONTINUUM_MISMATCH", None,
-             "the survey is normalised differently (true vs pseudo-continuum) from the model's training spectra"),
-    FlagInfo(256, "SNR_CAPPED", None,
-             "S/N above the trained range was capped at its maximum for inference (--snr-cap)"),
-    FlagInfo(512, "READ_FAILED", None,
-             "the survey rows could not be read or decoded (damaged chunk): not processed; the catalogue's "
-             "read_failures attribute names the chunk"),
-    FlagInfo(1024, "POOR_FIT", None,
-             "chi2_resim above the bundle's calibrated threshold (its manifest, emulator.poor_fit_chi2; the "
-             "catalogue's poor_fit_chi2 attribute): the spectrum re-simulated at the MAP does not match the input"),
-)
-
-Flag = IntFlag("Flag", {f.name: f.bit for f in FLAGS})
-Flag.__doc__ = "Bits of the ``flags`` column (from :data:`FLAGS`)."
-BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED | Flag.READ_FAILED
-FLAG_DESCRIPTIONS = {Flag[f.name]: f.description for f in FLAGS}
-
-
-def flags_markdown() -> str:
-    """The flag table in Markdown (``catalog flags``; the README's table is this text)."""
-    rows = ["| bit | name | threshold | meaning |", "|---|---|---|---|"]
-    for f in FLAGS:
-        threshold = "" if f.threshold is None else f"{f.threshold:g}"
-        rows.append(f"| {f.bit} | {f.name} | {threshold} | {f.description} |")
-    return "\n".join(rows)
-
-
-def flags_table() -> list[dict]:
-    """The flag table as plain records (catalogue attributes, Parquet metadata, the FITS FLAGS HDU)."""
-    return [{"bit": f.bit, "name": f.name, "threshold": f.threshold, "description": f.description} for f in FLAGS]
-
-
-#: (column suffix, quantile)
-QUANTILE_SUFFIXES = (("_p2_5", 0.025), ("_p16", 0.16), ("_p50", 0.5), ("_p84", 0.84), ("_p97_5", 0.975))
 
 
 @dataclass(frozen=True)
@@ -116,6 +50,12 @@ PROVENANCE_COLUMNS: tuple[Column, ...] = (
     Column("input_resolution", "float32", "", "resolving power of the input spectrum (see its source in the survey)",
            np.nan),
     Column("coverage", "float32", "", "fraction of the model's pixels with data in the input spectrum", np.nan),
+    Column("ra", "float64", "deg", "right ascension from the file's header (RA; NaN when it states none)", np.nan),
+    Column("dec", "float64", "deg", "declination from the file's header (DEC; NaN when it states none)", np.nan),
+    Column("mjd", "float64", "d", "modified Julian date of the observation (MJD-OBS or DATE-OBS; NaN when absent)",
+           np.nan),
+    Column("message", "str", "", "what `spectra ingest` noted about the spectrum (one note per ingest flag, or why "
+           "it could not be read)", ""),
 )
 
 
@@ -139,8 +79,11 @@ def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provena
     for p in parameters:
         unit = p["unit"]
         cols.append(Column(p["name"], "float32", unit, f"{p['label']}: MAP (highest-density valid sample)", np.nan))
-        for suffix, q in QUANTILE_SUFFIXES:
-            cols.append(Column(p["name"] + suffix, "float32", unit, f"{p['label']}: {100 * q:g} % quantile", np.nan))
+        for q in QUANTILE_LEVELS:
+            cols.append(Column(p["name"] + q.suffix, "float32", unit, f"{p['label']}: {100 * q.level:g} % quantile",
+                               np.nan))
+        cols.append(Column("e_" + p["name"], "float32", unit, f"{p['label']}: symmetric error, half the 16-84 % "
+                           "width ((p84 - p16) / 2; the interval itself need not be symmetric about the MAP)", np.nan))
         if p["name"] in corrected:
             cols.append(Column(p["name"] + "_corr", "float32", unit,
                                f"{p['label']}: MAP after the T_eff-linear bias correction (Eq. B.1)", np.nan))

@@ -1,4 +1,5 @@
-"""``catalog show``: the first rows of a catalogue as a readable table (MAP and 68 % interval per parameter)."""
+"""``catalog show``: the first rows of a catalogue as a readable table (MAP, 68 % interval and its half-width
+per parameter)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import FLAGS
+from spectra.contracts.flags import decode
+
 from .writers import CatalogueStore
 
 __all__ = ["flag_names", "show_rows"]
@@ -14,8 +16,7 @@ __all__ = ["flag_names", "show_rows"]
 
 def flag_names(value: int) -> str:
     """'HIGH_REJECTION|POOR_FIT' for a ``flags`` value, '-' for none."""
-    names = [f.name for f in FLAGS if int(value) & f.bit]
-    return "|".join(names) or "-"
+    return "|".join(decode(value, "flags")) or "-"
 
 
 def _number(value: float, scale: float) -> str:
@@ -26,7 +27,8 @@ def _number(value: float, scale: float) -> str:
 
 
 def show_rows(catalog: str | Path, params: list[str], rows: int = 20) -> str:
-    """Markdown table of the first ``rows`` rows: identifiers, S/N, ``param`` MAP [p16, p84], chi2_resim, flags."""
+    """Markdown table of the first ``rows`` rows: identifiers, S/N, ``param`` MAP [p16, p84] ±e (e: half the
+    16-84 % width, the catalogue's ``e_<param>``), chi2_resim, flags."""
     store = CatalogueStore.open(catalog)
     unknown = [p for p in params if p not in store.columns]
     if unknown:
@@ -39,14 +41,15 @@ def show_rows(catalog: str | Path, params: list[str], rows: int = 20) -> str:
     for p in params:
         for suffix in ("", "_p16", "_p84"):
             data[p + suffix] = store.column(p + suffix)[:n]
-    header = ["source_id", *ident, "S/N", *(f"{p} [p16, p84]" for p in params), *extra, "flags"]
+    header = ["source_id", *ident, "S/N", *(f"{p} [p16, p84] ±e" for p in params), *extra, "flags"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i in range(n):
         cells = [str(data["source_id"][i]), *(str(data[c][i]) for c in ident), f"{data['snr'][i]:.0f}"]
         for p in params:
             lo, hi, best = data[p + "_p16"][i], data[p + "_p84"][i], data[p][i]
             width = hi - lo if np.isfinite(hi - lo) else 1.0
-            cells.append(f"{_number(best, width)} [{_number(lo, width)}, {_number(hi, width)}]")
+            cells.append(f"{_number(best, width)} [{_number(lo, width)}, {_number(hi, width)}] "
+                         f"±{_number(0.5 * (hi - lo), width)}")
         cells += [f"{data[c][i]:.2f}" for c in extra]
         cells.append(flag_names(data["flags"][i]))
         lines.append("| " + " | ".join(cells) + " |")

@@ -1,8 +1,8 @@
 """Catalogue storage: a sharded Zarr v3 store written a shard per task, and exports to Parquet and FITS.
 
 Built for survey scale (4 million rows): the number of files grows with the number of *shards*, not with
-rows x columns. Columns of one type share a 2-D array (``values_f4`` (N, n_float) float32, ``values_i4``,
-``values_i8``, ``values_b1``; text columns one 1-D array each, ``text_<name>``), each stored with Zarr's
+rows x columns. Columns of one type share a 2-D array (``values_f4`` (N, n_float) float32, ``values_f8``,
+``values_i4``, ``values_i8``, ``values_b1``; text columns one 1-D array each, ``text_<name>``), each stored with Zarr's
 sharding codec: one shard file per ``shard_rows`` rows (inner chunks of 1024 rows for reading). A task of
 ``runtime process`` computes exactly one shard's rows and writes each array's shard once, whole, so two tasks
 never touch the same file (a partial shard write would rewrite the shard). ``_done`` (n_shards,) has one
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .schema import FLAGS, Column, flags_table
+from spectra.contracts.flags import FLAGS, INGEST_FLAGS, flag_records
+
+from .schema import Column
 from .scratch import scratch_name, written_atomically
 
 __all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_format", "export_parquet",
@@ -28,7 +30,9 @@ __all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fi
 
 CATALOG_FORMAT = "cinn4most-catalogue/2"
 INNER_ROWS = 1024  # rows per inner chunk of a shard (the unit of reading)
-_BLOCKS = {"float32": "values_f4", "int32": "values_i4", "int64": "values_i8", "bool": "values_b1"}
+#: stored block per column type (float64 only for what float32 cannot hold: RA/Dec to 0.05", MJD to the second)
+_BLOCKS = {"float32": "values_f4", "float64": "values_f8", "int32": "values_i4", "int64": "values_i8",
+           "bool": "values_b1"}
 
 
 def shard_layout(rows: int) -> tuple[int, int]:
@@ -90,7 +94,7 @@ class CatalogueStore:
                            "inner_chunk": inner, "column_meta": meta, "n_rows": n_rows,
                            "flag_bits": {f.name: f.bit for f in FLAGS},
                            "flag_descriptions": {f.name: f.description for f in FLAGS},
-                           "flag_table": flags_table()})
+                           "flag_table": flag_records("flags"), "ingest_flag_table": flag_records("ingest_flags")})
         return cls(root, path)
 
     @classmethod
@@ -241,7 +245,7 @@ def provenance(store: CatalogueStore) -> dict[str, str | int | float | bool]:
 
     out = {}
     for key, value in store.attrs.items():
-        if key in ("columns", "column_meta", "flag_bits", "flag_descriptions", "flag_table"):
+        if key in ("columns", "column_meta", "flag_bits", "flag_descriptions", "flag_table", "ingest_flag_table"):
             continue
         out[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
     return out
@@ -302,15 +306,16 @@ def _arrow_schema(store: CatalogueStore, rows: int):
 
     import pyarrow as pa
 
-    types = {"float32": pa.float32(), "int32": pa.int32(), "int64": pa.int64(), "bool": pa.bool_(),
-             "str": pa.string()}
+    types = {"float32": pa.float32(), "float64": pa.float64(), "int32": pa.int32(), "int64": pa.int64(),
+             "bool": pa.bool_(), "str": pa.string()}
     fields = []
     for name in store.columns:
         info = store.column_info(name)
         fields.append(pa.field(name, types[info["dtype"]], metadata={
             b"unit": str(info["unit"] or "").encode(), b"description": str(info["description"]).encode()}))
     metadata = {k.encode(): str(v).encode() for k, v in provenance(store).items()}
-    metadata[b"flag_table"] = json.dumps(flags_table()).encode()
+    metadata[b"flag_table"] = json.dumps(flag_records("flags")).encode()
+    metadata[b"ingest_flag_table"] = json.dumps(flag_records("ingest_flags")).encode()
     metadata[b"rows_exported"] = str(rows).encode()
     metadata[b"rows_total"] = str(store.n_rows).encode()
     return pa.schema(fields, metadata=metadata)
@@ -367,18 +372,19 @@ def _fits_text(value) -> bytes:
     return str(value).encode("ascii", "backslashreplace")
 
 
-_FITS_FORMATS = {"float32": (">f4", "E"), "int32": (">i4", "J"), "int64": (">i8", "K"), "bool": ("S1", "L")}
+_FITS_FORMATS = {"float32": (">f4", "E"), "float64": (">f8", "D"), "int32": (">i4", "J"), "int64": (">i8", "K"),
+                 "bool": ("S1", "L")}
 
 
 def export_fits(path: str | Path, out: str | Path, overwrite: bool = False, complete_only: bool = False) -> Path:
     """FITS, streamed a shard at a time: the catalogue table (TUNITn where FITS defines the unit, TCOMMn
-    descriptions), a PROVENANCE table (every run attribute, full length) and a FLAGS table (bit, name,
-    threshold, description). Memory does not grow with the catalogue. An ``out`` ending in ``.gz`` is the same
-    file gzip-compressed (astropy, TOPCAT and fitsio read it as it is).
+    descriptions), a PROVENANCE table (every run attribute, full length), and FLAGS and INGEST_FLAGS tables (bit,
+    name, threshold, description of ``flags`` and ``ingest_flags``). Memory does not grow with the catalogue. An
+    ``out`` ending in ``.gz`` is the same file gzip-compressed (astropy, TOPCAT and fitsio read it as it is).
 
     ``dex`` is not a FITS unit (astropy would warn on every read), so dex columns carry no TUNIT and say
     "[dex]" in their description; a COMMENT card lists them. The catalogue is the first table (HDU 1), but a
-    file of three tables makes ``astropy.table.Table.read`` warn unless told which one: read it with
+    file of four tables makes ``astropy.table.Table.read`` warn unless told which one: read it with
     ``Table.read(out, hdu="CATALOGUE")`` (units and descriptions kept: the header carries astropy's serialized
     column metadata).
     """
@@ -420,8 +426,8 @@ def _text_widths(store: CatalogueStore, blocks: list[tuple[int, int]]) -> dict[s
 
 
 def _write_fits(store: CatalogueStore, blocks: list[tuple[int, int]], target: Path) -> None:
-    """The three-table FITS file of :func:`export_fits` at ``target`` (uncompressed): the CATALOGUE header is
-    astropy's (from a one-row model table), its rows are streamed a shard at a time, then the two small tables."""
+    """The four-table FITS file of :func:`export_fits` at ``target`` (uncompressed): the CATALOGUE header is
+    astropy's (from a one-row model table), its rows are streamed a shard at a time, then the three small tables."""
     from astropy.io import fits
     from astropy.table import Table
 
@@ -447,10 +453,11 @@ def _write_fits(store: CatalogueStore, blocks: list[tuple[int, int]], target: Pa
     values = [_fits_text(meta[k]).decode() for k in keys]
     fits.append(str(target), Table({"key": keys, "value": values}).as_array(),
                 fits.Header([("EXTNAME", "PROVENANCE")]))
-    flags = Table({"bit": [f.bit for f in FLAGS], "name": [f.name for f in FLAGS],
-                   "threshold": [np.nan if f.threshold is None else f.threshold for f in FLAGS],
-                   "description": [f.description for f in FLAGS]})
-    fits.append(str(target), flags.as_array(), fits.Header([("EXTNAME", "FLAGS")]))
+    for extname, table in (("FLAGS", FLAGS), ("INGEST_FLAGS", INGEST_FLAGS)):
+        flags = Table({"bit": [f.bit for f in table], "name": [f.name for f in table],
+                       "threshold": [np.nan if f.threshold is None else f.threshold for f in table],
+                       "description": [f.description for f in table]})
+        fits.append(str(target), flags.as_array(), fits.Header([("EXTNAME", extname)]))
 
 
 def _fits_model(store: CatalogueStore, widths: dict[str, int], meta: dict, n_out: int):
@@ -479,7 +486,7 @@ def _fits_model(store: CatalogueStore, widths: dict[str, int], meta: dict, n_out
         "bundle_sha256", ""), "NROWS": n_out, "COMMENT": [
         "Columns in dex (no FITS unit): " + ", ".join(dex),
         "Text columns are ASCII: other characters as Python escapes (\\xe9, \\u2609); Parquet keeps UTF-8",
-        "Run provenance: PROVENANCE extension; flag bits: FLAGS extension",
+        "Run provenance: PROVENANCE extension; flag bits: FLAGS (flags), INGEST_FLAGS (ingest_flags)",
         "Several tables: read this one with astropy's Table.read(path, hdu='CATALOGUE')"]})
     for f in FLAGS:
         model.meta[f"FLAG{f.bit.bit_length() - 1}"] = f.name

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from catalog.cliargs import run_command, use_help_formatter
-from runtime.bundle import VARIANTS
+from spectra.contracts.manifest import VARIANTS
 
 __all__ = ["main"]
 

@@ -16,6 +16,7 @@ import torch
 
 from runtime.bundle import sha256_file
 from spectra import schema
+from spectra.contracts.manifest import EMULATOR
 from spectra.wavegrid import wavelength_sha256
 from training.emulator import EMULATOR_INPUTS, load_emulator
 
@@ -58,10 +59,10 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
         raise FileExistsError(f"{out} holds an exported emulator; add --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, len(EMULATOR_INPUTS))
-    torch.onnx.export(model, (example,), str(out / "emulator.onnx"), input_names=["labels"], output_names=["flux"],
+    torch.onnx.export(model, (example,), str(out / EMULATOR), input_names=["labels"], output_names=["flux"],
                       dynamic_axes={"labels": {0: "batch"}, "flux": {0: "batch"}}, opset_version=opset, dynamo=False)
     if weights == "fp16":
-        half_weights(out / "emulator.onnx")
+        half_weights(out / EMULATOR)
     elif weights != "fp32":
         raise ValueError(f"weights must be fp32 or fp16, got {weights!r}")
     np.save(out / "wavelength.npy", wave)
@@ -81,7 +82,7 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
     if errors:
         table = json.loads(Path(errors).read_text())
         manifest["errors"] = {k: v for k, v in table.items() if k != "rms"}
-    manifest["files"] = {name: sha256_file(out / name) for name in ("emulator.onnx", "wavelength.npy")}
+    manifest["files"] = {name: sha256_file(out / name) for name in (EMULATOR, "wavelength.npy")}
     (out / "emulator.json").write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -93,6 +94,6 @@ def onnx_parity(run: str | Path, exported: str | Path, labels: np.ndarray) -> fl
     model, _, _ = load_emulator(run)
     with torch.no_grad():
         expected = model(torch.from_numpy(labels.astype(np.float32))).numpy()
-    session = ort.InferenceSession(str(Path(exported) / "emulator.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(Path(exported) / EMULATOR), providers=["CPUExecutionProvider"])
     got = session.run(None, {"labels": labels.astype(np.float32)})[0]
     return float(np.max(np.abs(got - expected)))

@@ -19,17 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import (
-    FORMAT_VERSION,
-    GRAPHS,
-    HOISTED,
-    SUMMARY,
-    bias_correction_from,
-    hash_files,
-    sha256_file,
-    write_manifest,
-)
+from runtime.bundle import bias_correction_from, hash_files, sha256_file, write_manifest
 from runtime.streams import scheme as random_stream_scheme
+from spectra.contracts.density import LOG_DENSITY
+from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, SNR_UNIT, SUMMARY
 from spectra.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
@@ -174,7 +167,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         },
         "flux_convention": "continuum-normalised, radial-velocity corrected (rest frame), on the pixel grid above",
         "snr_convention": {
-            "unit": "per Angstrom",
+            "unit": SNR_UNIT,
             "definition": "mean S/N per Angstrom; on pixels of width w A the per-pixel S/N is S/N * sqrt(w)",
             "per_pixel_factor": float(snr_per_pixel(1.0, pixel)),
             "trained_range": list(trained_for["snr_range"]),
@@ -184,7 +177,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         "n_params": int(model.n_params),
         "graphs": {key: {"file": f, "inputs": list(i), "outputs": list(o), "batch_axis": 0}
                    for key, (f, i, o) in GRAPHS.items()},
-        "log_density": "log p(x | spectrum) = log N(z; 0, I) - log_jac_det, in the standardised x space",
+        "log_density": LOG_DENSITY,
         "random_streams": random_stream_scheme(),
         "opset": opset,
         "bias_correction": correction,

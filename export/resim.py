@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import hash_files, load_bundle, sha256_file, write_manifest
+from spectra.contracts.manifest import EMULATOR
 from spectra.prior import label_trends
 from spectra.wavegrid import wavelength_sha256
 
 __all__ = ["attach_emulator", "calibrate_poor_fit"]
 
-EMULATOR_FILE = "emulator.onnx"
 
 
 def attach_emulator(bundle_path: str | Path, emulator_dir: str | Path, overwrite: bool = False) -> dict:
@@ -51,13 +51,13 @@ def attach_emulator(bundle_path: str | Path, emulator_dir: str | Path, overwrite
         raise ValueError(f"{emulator_dir}: inputs {unknown} are neither inferred by the bundle nor have a prior trend")
     errors = record.get("errors") or {}
     model_error = errors.get("rms_median", record["training"].get("val_rms_median"))
-    entry = {"file": EMULATOR_FILE, "inputs": inputs, "fill": fill, "model_error": float(model_error),
+    entry = {"file": EMULATOR, "inputs": inputs, "fill": fill, "model_error": float(model_error),
              "model_error_source": "per-spectrum rms median on held-out PySME spectra" if "rms_median" in errors
              else "validation rms median during training (no held-out evaluation recorded)",
              "continuum": record["output"]["continuum"], "rotation": record["output"]["rotation"],
              "training": record["training"], "errors": errors or None, "poor_fit_chi2": None,
              "poor_fit_calibration": None}
-    shutil.copyfile(emulator_dir / "emulator.onnx", bundle_path / EMULATOR_FILE)
+    shutil.copyfile(emulator_dir / EMULATOR, bundle_path / EMULATOR)
     raw = dict(bundle.manifest.raw)
     raw["emulator"] = entry
     raw["files"] = hash_files(bundle_path, raw)

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.posterior import QUANTILES
+from spectra.contracts.manifest import SUMMARY
+from spectra.contracts.parameters import log10_mask
+from spectra.contracts.quantiles import QUANTILES
+from training.model import torch_log_density
 
-__all__ = ["SUMMARY_FILE", "PosteriorSummaryGraph", "export_summary"]
-
-SUMMARY_FILE = "posterior_summary.onnx"
+__all__ = ["PosteriorSummaryGraph", "export_summary"]
 
 
 class PosteriorSummaryGraph(nn.Module):
@@ -49,7 +50,6 @@ class PosteriorSummaryGraph(nn.Module):
         self.register_buffer("lower", as64(lower))
         self.register_buffer("upper", as64(upper))
         self.register_buffer("q", as64(quantiles)[None, :])
-        self.log_norm = 0.5 * len(x_mean) * math.log(2 * math.pi)
 
     def forward(self, x: torch.Tensor, log_jac_det: torch.Tensor, z: torch.Tensor):
         d = x.shape[2]
@@ -62,7 +62,7 @@ class PosteriorSummaryGraph(nn.Module):
         any_valid = n_valid > 0
         nan = torch.full_like(phys[:, 0, :], float("nan"))
 
-        log_p = -0.5 * (z.double() * z.double()).sum(dim=2) - self.log_norm - log_det
+        log_p = torch_log_density(z.double(), log_det)  # spectra.contracts.density, in float64
         masked = torch.where(valid, log_p, torch.full_like(log_p, float("-inf")))
         best = torch.argmax(masked, dim=1, keepdim=True)  # (B, 1), first maximum like numpy
         map_estimate = torch.gather(phys, 1, best.unsqueeze(2).expand(-1, -1, d)).squeeze(1)
@@ -92,7 +92,7 @@ def export_summary(manifest: dict, out_file, opset: int) -> dict:
     params = manifest["parameters"]
     module = PosteriorSummaryGraph(
         np.asarray(manifest["x_mean"]), np.asarray(manifest["x_std"]),
-        np.array([p["transform"] == "log10" for p in params]),
+        log10_mask([p["transform"] for p in params]),
         np.array([p["lower"] for p in params], dtype=float), np.array([p["upper"] for p in params], dtype=float))
     d = len(params)
     x, z = torch.zeros(2, 5, d), torch.zeros(2, 5, d)
@@ -103,7 +103,7 @@ def export_summary(manifest: dict, out_file, opset: int) -> dict:
     torch.onnx.export(module, (x, log_det, z), str(out_file), input_names=["x", "log_jac_det", "z"],
                       output_names=["map", "quantiles", "n_valid"], dynamic_axes=dynamic, opset_version=opset,
                       dynamo=False)
-    return {"file": SUMMARY_FILE, "inputs": ["x", "log_jac_det", "z"], "outputs": ["map", "quantiles", "n_valid"],
+    return {"file": SUMMARY, "inputs": ["x", "log_jac_det", "z"], "outputs": ["map", "quantiles", "n_valid"],
             "quantiles": list(QUANTILES),
             "description": "rejection (training bounds), MAP (highest-density valid sample) and quantiles "
                            "(numpy 'linear' rule) over the valid samples, on the execution device"}

@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bundle import HOISTED, VARIANT_TOLERANCE, VARIANTS, hash_files, load_bundle, write_manifest
+from runtime.bundle import VARIANT_TOLERANCE, hash_files, load_bundle, write_manifest
 from runtime.precision import within_tolerance
+from spectra.contracts import quantiles as quantile_levels
+from spectra.contracts.manifest import HOISTED, VARIANTS
 
 __all__ = ["MAP_PERCENTILE", "make_variant", "quantize_bundle", "variant_errors", "verify_variant"]
 
@@ -135,7 +137,7 @@ def make_variant(precision: str, src: Path, dst: Path, emulate: bool = False) ->
 
 def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], seed: int):
     """Noisy real grid spectra at each S/N (first ``n_spectra`` finished rows), in the bundle's convention."""
-    from runtime.bundle import continuum_kind
+    from spectra.contracts.conventions import continuum_kind
     from spectra.degrade import add_noise
     from spectra.gridstore import GridReader
 
@@ -168,7 +170,7 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path, grid: Path, n
     candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph)
     other = candidate.posterior(flux, snr, ids, seed, n_samples)
     q = reference.quantiles
-    half = 0.5 * (q[:, 3] - q[:, 1])  # (p84 - p16) / 2, shape (N, D)
+    half = 0.5 * (q[:, quantile_levels.index("p84")] - q[:, quantile_levels.index("p16")])  # shape (N, D)
     ok = np.isfinite(half) & (half > 0) & np.isfinite(other.quantiles).all(axis=1)
     dq = np.abs(other.quantiles - q) / np.where(ok, half, np.nan)[:, None, :]
     dmap = np.abs(other.map - reference.map) / np.where(ok, half, np.nan)

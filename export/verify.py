@@ -26,6 +26,7 @@ import torch
 from runtime.bundle import load_bundle
 from runtime.posterior import summarize
 from runtime.sampler import OnnxPosterior, latent_draws
+from spectra.contracts.density import log_density
 from training.fit import load_run
 
 __all__ = ["FP32_TOLERANCE", "VerifyReport", "verify_bundle"]
@@ -88,8 +89,7 @@ def torch_posterior(model, manifest, flux: np.ndarray, snr: np.ndarray, source_i
     with torch.no_grad():
         c = model.features(torch.from_numpy(flux), torch.from_numpy(snr))
         x, log_det = model.reverse(torch.from_numpy(zs.reshape(-1, d)), c.repeat_interleave(n_samples, dim=0))
-    logp = -0.5 * np.sum(zs.reshape(-1, d).astype(np.float64) ** 2, axis=1) - 0.5 * d * np.log(2 * np.pi)
-    logp -= log_det.numpy().reshape(-1)
+    logp = log_density(zs.reshape(-1, d), log_det.numpy().reshape(-1))
     return summarize(manifest.to_physical(x.numpy().reshape(n, n_samples, d)), logp.reshape(n, n_samples),
                      manifest.lower, manifest.upper)
 

@@ -35,33 +35,26 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
+from spectra.contracts.conventions import CONTINUUM_KINDS
+from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED, SNR_UNIT, SUMMARY, VARIANTS
+from spectra.contracts.parameters import TRANSFORMS, to_physical
+from spectra.contracts.quantiles import check_levels
+
 __all__ = [
-    "CONTINUUM_KINDS",
-    "FORMAT_VERSION",
-    "GRAPHS",
-    "HOISTED",
-    "SUMMARY",
-    "VARIANTS",
     "VARIANT_TOLERANCE",
     "Bundle",
     "BundleError",
     "Manifest",
-    "continuum_kind",
     "hash_files",
     "load_bundle",
     "sha256_file",
     "write_manifest",
 ]
 
-FORMAT_VERSION = "cinn4most-bundle/2"
-#: graph file -> (input names, output names)
-GRAPHS = {
-    "feature_extractor": ("feature_extractor.onnx", ("flux", "snr"), ("features",)),
-    "inverse_flow": ("inverse_flow.onnx", ("z", "features"), ("x", "log_jac_det")),
-}
 #: Ksoll et al. (2026) Table B.3: X_corrected = X - (a * T_eff + b), fitted on 72 benchmark spectra
 #: ([Fe/H] >= -2.5) for their NLTE Turbospectrum-trained network. Data, applied only when asked for.
 PAPER_BIAS_CORRECTION = {
@@ -76,37 +69,12 @@ PAPER_BIAS_CORRECTION = {
         "li_fe": {"a": -5.254e-4, "b": 2.779},
     },
 }
-#: optional faster graphs (``export.hoisted``): file names
-HOISTED = {"projection": "condition_projection.onnx", "flow": "hoisted_flow.onnx"}
-#: the posterior summary as a graph (``export.summary``), run on GPU providers
-SUMMARY = "posterior_summary.onnx"
-#: reduced-precision variants of the hoisted flow a bundle may carry (``export quantize``); fp32 is the reference
-VARIANTS = ("int8", "fp16", "bf16")
 #: largest accepted difference from fp32 of a variant's posterior quantiles, in units of the 68 % half-width
 VARIANT_TOLERANCE = 0.05
-_REQUIRED = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention", "n_features",
-             "n_params", "graphs", "opset", "provenance", "files")
 #: largest manifest accepted (the shipped one is 13 kB): a manifest is parsed whole, so its size bounds memory
 MAX_MANIFEST_BYTES = 1 << 20
 #: deepest nesting of objects/lists accepted in a manifest (the format uses 4)
 MAX_MANIFEST_DEPTH = 16
-#: continuum conventions a model can be trained on (:func:`continuum_kind`)
-CONTINUUM_KINDS = ("true", "pseudo")
-
-
-def continuum_kind(attrs: dict) -> str:
-    """``pseudo`` or ``true``: how the spectra of a grid or survey with these attributes are normalised.
-
-    Surveys record ``continuum_kind``; grids from ``normalise-grid``, surveys made with ``--continuum pseudo``
-    and ingested spectra record a ``continuum`` description starting with "pseudo-continuum"; synthetic
-    spectra without one are divided by the true (synthesised) continuum.
-    """
-    if attrs.get("continuum_kind") in CONTINUUM_KINDS:
-        return str(attrs["continuum_kind"])
-    text = str(attrs.get("continuum", "") or "")
-    return "pseudo" if text.startswith("pseudo") else "true"
-
-
 class BundleError(ValueError):
     """A model bundle is missing, malformed, or does not fit the data it is asked to process."""
 
@@ -180,12 +148,8 @@ class Manifest:
         return dict(self.raw.get("precisions") or {})
 
     def to_physical(self, x: np.ndarray) -> np.ndarray:
-        """Standardised network outputs (..., D) -> physical units."""
-        net = np.asarray(x, dtype=float) * self.x_std + self.x_mean
-        out = np.empty_like(net)
-        for j, transform in enumerate(self.transforms):
-            out[..., j] = 10.0 ** net[..., j] if transform == "log10" else net[..., j]
-        return out
+        """Standardised network outputs (..., D) -> physical units (``spectra.contracts.parameters``)."""
+        return to_physical(x, self.x_mean, self.x_std, self.transforms)
 
 
 @dataclass
@@ -288,7 +252,8 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
     return out
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A finite int or float, not a bool (JSON true would pass ``isinstance(value, int)``)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -320,7 +285,7 @@ def _validate(raw: dict, where: Path) -> None:
     """Every manifest field the runtime relies on, one clear error each."""
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: expected a JSON object")
-    missing = [k for k in _REQUIRED if k not in raw]
+    missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise BundleError(f"{where}: missing field(s) {', '.join(missing)}")
     if raw["format_version"] != FORMAT_VERSION:
@@ -347,9 +312,9 @@ def _validate(raw: dict, where: Path) -> None:
         seen.add(name)
         if not isinstance(p["unit"], str):
             raise BundleError(f"{where}: parameter {name}: unit must be text, got {p['unit']!r}")
-        if p["transform"] not in ("identity", "log10"):
+        if p["transform"] not in TRANSFORMS:
             raise BundleError(f"{where}: parameter {name} has unknown transform {p['transform']!r} "
-                              "(known: identity, log10)")
+                              f"(known: {', '.join(TRANSFORMS)})")
         for key in ("lower", "upper"):
             if not _is_number(p[key]):
                 raise BundleError(f"{where}: parameter {name}: {key} = {p[key]!r} is not a finite number")
@@ -370,8 +335,8 @@ def _validate(raw: dict, where: Path) -> None:
     if not _is_number(width) or width <= 0:
         raise BundleError(f"{where}: pixel_grid.pixel_width must be a positive number (A), got {width!r}")
     snr = raw["snr_convention"]
-    if not isinstance(snr, dict) or snr.get("unit") != "per Angstrom":
-        raise BundleError(f"{where}: snr_convention.unit must be 'per Angstrom', got {snr!r:.80}")
+    if not isinstance(snr, dict) or snr.get("unit") != SNR_UNIT:
+        raise BundleError(f"{where}: snr_convention.unit must be {SNR_UNIT!r}, got {snr!r:.80}")
     factor = snr.get("per_pixel_factor")
     if not _is_number(factor) or factor <= 0:
         raise BundleError(f"{where}: snr_convention.per_pixel_factor must be a positive number, got {factor!r}")
@@ -399,6 +364,15 @@ def _validate(raw: dict, where: Path) -> None:
         if not isinstance(graph, dict):
             raise BundleError(f"{where}: extra_graphs.{key} must be an object")
         _plain_filename(graph.get("file"), where, f"extra_graphs.{key}.file")
+    files = raw.get("files")
+    if "posterior_summary" in extra or (isinstance(files, dict) and SUMMARY in files):
+        # the summary graph bakes its quantile levels in; its output fills the catalogue's columns by position
+        try:
+            summary = extra.get("posterior_summary")
+            check_levels(summary.get("quantiles") if isinstance(summary, dict) else None,
+                         f"{where}: extra_graphs.posterior_summary")
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
     _validate_precisions(raw.get("precisions"), where)
     _validate_emulator(raw.get("emulator"), where)
     _validate_random_streams(raw.get("random_streams"), where)

@@ -1,13 +1,16 @@
 """``runtime``: process a Zarr survey with a model bundle into a catalogue (numpy + onnxruntime + dask only).
 
-Subcommands: ``process``, ``example-survey``. Errors become one line on stderr and exit status 2; re-running with
-``--resume`` after an interruption completes only the missing chunks.
+Subcommands: ``process``, ``example-survey``, ``corner`` (one spectrum's posterior as a corner plot). Errors become
+one line on stderr and exit status 2; re-running with ``--resume`` after an interruption completes only the missing
+chunks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+import numpy as np
 
 from catalog.cliargs import HelpFormatter, add_option, check_required, run_command, use_help_formatter
 
@@ -48,6 +51,42 @@ def _cmd_example_survey(args: argparse.Namespace) -> int:
 
     for survey in unpack_examples(args.out, overwrite=args.overwrite):
         print(survey)
+    return 0
+
+
+def _cmd_corner(args: argparse.Namespace) -> int:
+    """One survey row's posterior as a corner plot, through the Python API (the draws ``runtime process`` summarises
+    for the same --seed and --samples: the plot shows what the catalogue row was made from)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catalog.outputs import claim_output
+    from catalog.scratch import written_atomically
+
+    from .api import load_model
+    from .survey import open_survey
+
+    out = claim_output(args.out, "corner plot", overwrite=args.overwrite)
+    survey = open_survey(args.survey)
+    ids, _ = survey.source_ids()
+    rows = np.flatnonzero(ids == args.source_id)
+    if rows.size == 0:
+        raise ValueError(f"--source-id {args.source_id}: not in {args.survey} (its ids run from {ids.min()} to "
+                         f"{ids.max()}, {ids.size} rows)")
+    block = survey.read_rows(int(rows[0]), int(rows[0]) + 1)
+    model = load_model(args.bundle, precision=args.precision, device=args.device)
+    params = args.params.split(",") if args.params else None
+    posterior = model.posterior(block.flux[0], block.snr[0], args.source_id, seed=args.seed, samples=args.samples,
+                                snr_cap=args.snr_cap)
+    figure = posterior.corner(params)
+    with written_atomically(out) as building:
+        figure.savefig(building, format=out.suffix.lstrip(".").lower() or "png", dpi=100)
+    plt.close(figure)
+    name = str(block.extra["object"][0]) if "object" in block.extra else ""
+    print(f"{out}: source_id {args.source_id}{f' ({name})' if name else ''}, {int(posterior.valid.sum())} of "
+          f"{args.samples} samples inside the training bounds")
     return 0
 
 
@@ -112,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to unpack synthetic.zarr and observed.zarr into")
     p.add_argument("--overwrite", action="store_true", help="replace example surveys unpacked there before")
     p.set_defaults(func=_cmd_example_survey)
+    p = sub.add_parser("corner", help="corner plot of one survey spectrum's posterior (the draws runtime process "
+                       "summarises for the same --seed and --samples)", formatter_class=HelpFormatter)
+    add_option(p, "--survey", required=True, help="survey Zarr (or simulated-survey JSON) holding the spectrum")
+    p.add_argument("--source-id", type=int, required=True, help="source_id of the spectrum")
+    add_option(p, "--bundle", help="model bundle folder; default: the packaged default model")
+    add_option(p, "--out", required=True, help="image to write (.png, .pdf, .svg)")
+    p.add_argument("--params", default="teff,logg,fe_h,vbroad,mg_fe", help="parameters to plot, comma-separated "
+                   "(empty: all)")
+    p.add_argument("--samples", type=int, default=4096, help="posterior samples")
+    p.add_argument("--seed", type=int, default=0, help="the run's --seed (draws depend on (seed, source_id))")
+    p.add_argument("--snr-cap", action="store_true", help="as runtime process --snr-cap")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="execution provider")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="flow precision (as runtime process)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing image")
+    p.set_defaults(func=_cmd_corner)
     use_help_formatter(parser)
     return parser
 

@@ -50,19 +50,12 @@ from distributed import Scheduler, Worker, WorkerPlugin
 from tqdm.auto import tqdm
 
 from catalog.outputs import claim_output, creation_path, lock_output, publish, remove_leftover_creations
-from catalog.schema import (
-    BAD,
-    HIGH_REJECTION_FRACTION,
-    METAL_POOR_FEH,
-    PROVENANCE_COLUMNS,
-    QUANTILE_SUFFIXES,
-    Flag,
-    catalogue_columns,
-)
+from catalog.schema import PROVENANCE_COLUMNS, catalogue_columns
 from catalog.writers import CATALOG_FORMAT, CatalogueStore, shard_layout
+from spectra.contracts.conventions import continuum_kind, software_version
 
-from .bundle import Bundle, BundleError, continuum_kind, load_bundle
-from .posterior import QUANTILES, summarize
+from .bundle import Bundle, BundleError, load_bundle
+from .inference import MIN_SAMPLES, InferenceSettings, catalogue_rows, check_samples, validate_flux
 from .precision import choose_precision, variant_file
 from .resim import Resimulator
 from .sampler import OnnxPosterior
@@ -71,20 +64,14 @@ from .streams import LEGACY_SCHEME, check_seed
 from .streams import scheme as random_stream_scheme
 from .survey import SurveyReader, open_survey
 
-__all__ = ["ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk", "process_survey",
-           "validate_flux"]
+__all__ = ["MIN_SAMPLES", "ProcessOptions", "ProcessReport", "TLSFiles", "check_arguments", "process_chunk",
+           "process_survey", "validate_flux"]
 
 #: the stages a task's seconds are counted in (ChunkResult.timings, the catalogue's runs attribute)
 STAGES = ("read", "network", "summary", "resim", "other", "write")
 #: resume-identity attributes that catalogues from before they existed lack, with the value they implied
 _IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME}
 READ_ROWS = 256  # survey rows read at a time inside a task (memory ~ READ_ROWS x pixels x 4 bytes)
-#: fewest posterior samples per spectrum a run accepts. The catalogue's quantiles (2.5 to 97.5 %) are read off the
-#: samples: with 1 sample p16 = p84 = MAP, with 3 they are the neighbours of the median. At 32 each quantile has
-#: samples on both sides (the 2.5 % one lies between the two lowest) and the 16/84 % ones carry a sampling error of
-#: about 0.27 sigma (1.5 sigma / sqrt(n) for a Gaussian): coarse but meaningful, for quick checks; the default
-#: 4096 brings it to 0.02 sigma. (The tests' and benchmarks' quick runs use 32 to 256.)
-MIN_SAMPLES = 32
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 _LOG = logging.getLogger(__name__)
 
@@ -155,26 +142,6 @@ class ProcessReport:
         return rows / self.seconds if self.seconds > 0 else float("nan")
 
 
-def validate_flux(flux: np.ndarray) -> np.ndarray:
-    """True for rows usable as input. Individual negative pixels are legitimate noise at low S/N;
-    a row is invalid if any pixel is NaN/inf (also: a short row padded with NaN), its median is <= 0
-    (negative or zero spectra), or it is constant.
-
-    "median > 0" is decided by counting positive pixels (more than half positive, or exactly half for an even
-    count and then the mean of the two middle values), the same answer as ``np.median`` at a tenth of its cost.
-    """
-    finite = np.isfinite(flux).all(axis=1)
-    safe = np.where(np.isfinite(flux), flux, 0.0)
-    p = safe.shape[1]
-    positive = np.count_nonzero(safe > 0, axis=1)
-    median_positive = positive > p // 2
-    if p % 2 == 0:
-        tie = np.flatnonzero(positive == p // 2)  # middle pair straddles 0: decide with the real median
-        if tie.size:
-            median_positive[tie] = np.median(safe[tie], axis=1) > 0
-    return finite & median_positive & (np.ptp(safe, axis=1) > 0)
-
-
 _SESSIONS: dict[tuple, OnnxPosterior] = {}
 
 
@@ -242,7 +209,8 @@ def _try_emulator(resim: Resimulator, posterior: OnnxPosterior) -> None:
     middle = ((np.asarray(manifest.lower, float) + np.asarray(manifest.upper, float)) / 2).reshape(1, -1)
     model = resim.session.run(None, {"labels": resim.labels(middle)})[0]
     if np.shape(model) != (1, manifest.n_pixels):
-        raise BundleError(f"{posterior.bundle.path}: the emulator ({posterior.bundle.emulator['file']}) gives "
+        emulator = (posterior.bundle.emulator or {}).get("file")
+        raise BundleError(f"{posterior.bundle.path}: the emulator ({emulator}) gives "
                           f"spectra of shape {np.shape(model)}, expected (1, {manifest.n_pixels})")
     resim.check(np.ones((1, manifest.n_pixels)), np.ones(1), middle)
 
@@ -282,113 +250,35 @@ def _reader(path: str) -> SurveyReader:
 
 
 def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], ChunkResult]:
-    """Catalogue shard k's column values (on a worker), reading the survey ``READ_ROWS`` rows at a time, the next
-    block read ahead while this one is on the device."""
+    """Catalogue shard k's column values (on a worker): the survey read ``READ_ROWS`` rows at a time (the next
+    block read ahead while this one is on the device), each block through ``runtime.inference.catalogue_rows``,
+    the one computation the Python API runs too; this function only reads, times and joins the blocks."""
     clock = time.perf_counter
     start_time = clock()
     timings = dict.fromkeys(STAGES, 0.0)
     options = ctx.options
     posterior = _posterior(ctx.bundle_path, options, ctx.bundle_sha256)
-    manifest = posterior.manifest
     store = CatalogueStore.open(ctx.output_path, mode="r")
     survey = _reader(ctx.input_path)
     start, stop = store.chunk_bounds(k)
-    n, d = stop - start, manifest.n_params
-    maps = np.full((n, d), np.nan)
-    quants = np.full((n, len(QUANTILES), d), np.nan)
-    n_valid = np.zeros(n, dtype=np.int32)
-    f_reject = np.full(n, np.nan)
     resim = _resimulator(posterior.bundle, options.threads) if posterior.bundle.emulator else None
-    chi2, resim_rms = np.full(n, np.nan), np.full(n, np.nan)
-    flags = np.zeros(n, dtype=np.int32)
-    snr_all = np.full(n, np.nan)
-    ids_all = np.full(n, -1, dtype=np.int64)
-    ingest_flags = np.zeros(n, dtype=np.int32)
-    extra: dict[str, list[np.ndarray]] = {name: [] for name in ctx.provenance}
+    settings = InferenceSettings(seed=options.seed, samples=options.samples, batch=options.batch,
+                                 snr_cap=options.snr_cap, bias_correction=options.bias_correction,
+                                 continuum_mismatch=ctx.continuum_mismatch)
+    parts: list[dict[str, np.ndarray]] = []
     failures: list[str] = []
-    lo_snr, hi_snr = manifest.snr_range
     timings["other"] += clock() - start_time  # sessions, stores, reader
-    for a, block, waited in _read_ahead(survey, start, stop):
+    for _, block, waited in _read_ahead(survey, start, stop):
         timings["read"] += waited
-        t = clock()
-        rows_here = slice(a - start, block.stop - start)
-        flux, snr, ids = block.flux, block.snr, block.source_id
-        failed = block.failed
         failures += [message for _, _, message in block.failures]
-        f = np.zeros(flux.shape[0], dtype=np.int32)
-        ok_flux, ok_snr = validate_flux(flux), np.isfinite(snr) & (snr > 0)
-        f[~ok_flux & ~failed] |= Flag.INVALID_FLUX
-        f[~ok_snr & ~failed] |= Flag.INVALID_SNR
-        f[failed] |= Flag.READ_FAILED
-        snr_used = snr.copy()
-        if options.snr_cap:
-            capped = ok_snr & (snr > hi_snr)
-            snr_used[capped] = hi_snr
-            f[capped] |= Flag.SNR_CAPPED
-        f[ok_snr & ((snr_used < lo_snr) | (snr_used > hi_snr))] |= Flag.SNR_OUT_OF_RANGE
-        if ctx.continuum_mismatch:
-            f |= Flag.CONTINUUM_MISMATCH
-        if "ingest_flags" in block.extra:
-            ingest = block.extra["ingest_flags"].astype(np.int32)
-            ingest_flags[rows_here] = ingest
-            f[ingest != 0] |= Flag.INGEST_FLAGGED
-        for name in ctx.provenance:
-            extra[name].append(block.extra[name])
-        flags[rows_here], snr_all[rows_here], ids_all[rows_here] = f, snr, ids
-        usable = np.flatnonzero(ok_flux & ok_snr & ~failed)
-        timings["other"] += clock() - t
-        for b in range(0, usable.size, options.batch):
-            rows = usable[b:b + options.batch]
-            t = clock()
-            if posterior.summary_on_device:  # flow and summary on the device: only summaries come back
-                summary = posterior.posterior(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows], options.seed,
-                                              options.samples)
-                timings["network"] += clock() - t
-                t = clock()
-            else:
-                samples, log_density = posterior.sample(flux[rows], snr_used[rows].reshape(-1, 1), ids[rows],
-                                                        options.seed, options.samples)
-                timings["network"] += clock() - t
-                t = clock()
-                summary = summarize(samples, log_density, manifest.lower, manifest.upper)
-            out = rows + (a - start)
-            maps[out], quants[out] = summary.map, summary.quantiles
-            n_valid[out], f_reject[out] = summary.n_valid, summary.f_reject
-            timings["summary"] += clock() - t
-            if resim is not None:
-                t = clock()
-                fitted = np.isfinite(summary.map).all(axis=1)
-                if fitted.any():
-                    c, r = resim.check(flux[rows[fitted]], snr_used[rows[fitted]], summary.map[fitted])
-                    chi2[out[fitted]], resim_rms[out[fitted]] = c, r
-                timings["resim"] += clock() - t
-
+        parts.append(catalogue_rows(posterior, block.flux, block.snr, block.source_id, settings, resim=resim,
+                                    failed=block.failed, ingest_flags=block.extra.get("ingest_flags"),
+                                    provenance={name: block.extra[name] for name in ctx.provenance},
+                                    timings=timings))
     t = clock()
-    processed = np.isfinite(f_reject)
-    flags[processed & (f_reject > HIGH_REJECTION_FRACTION)] |= Flag.HIGH_REJECTION
-    flags[processed & (n_valid == 0)] |= Flag.ALL_REJECTED
-    if "fe_h" in manifest.names:
-        feh = maps[:, manifest.names.index("fe_h")]
-        flags[np.isfinite(feh) & (feh <= METAL_POOR_FEH)] |= Flag.METAL_POOR
-    if resim is not None and resim.threshold is not None:
-        flags[np.isfinite(chi2) & (chi2 > resim.threshold)] |= Flag.POOR_FIT
-
-    values: dict[str, np.ndarray] = {"source_id": ids_all, "snr": snr_all.astype(np.float32)}
-    for name in ctx.provenance:
-        column = np.concatenate(extra[name])
-        values[name] = column if column.dtype.kind in "OTU" else column.astype(np.float32)
-    for j, name in enumerate(manifest.names):
-        values[name] = maps[:, j].astype(np.float32)
-        for (suffix, _), qi in zip(QUANTILE_SUFFIXES, range(len(QUANTILES)), strict=True):
-            values[name + suffix] = quants[:, qi, j].astype(np.float32)
-    for name, corrected in _bias_corrected(maps, manifest, options).items():
-        values[name + "_corr"] = corrected.astype(np.float32)
-    if resim is not None:
-        values.update(chi2_resim=chi2.astype(np.float32), resim_rms=resim_rms.astype(np.float32))
-    values.update(f_reject=f_reject.astype(np.float32), n_valid=n_valid, ingest_flags=ingest_flags, flags=flags,
-                  flag_warn=flags != 0, flag_bad=(flags & int(BAD)) != 0)
+    values = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
     timings["other"] += clock() - t
-    return values, ChunkResult(k, n, clock() - start_time, posterior.device, timings, failures)
+    return values, ChunkResult(k, stop - start, clock() - start_time, posterior.device, timings, failures)
 
 
 def write_chunk(k: int, ctx: RunContext, values: dict[str, np.ndarray], result: ChunkResult) -> ChunkResult:
@@ -420,24 +310,12 @@ def _read_ahead(survey: SurveyReader, start: int, stop: int):
         pending = pool.submit(read, starts[0]) if starts else None
         for i, a in enumerate(starts):
             t = time.perf_counter()
+            assert pending is not None  # submitted before the loop, and again for every next block
             block = pending.result()
             waited = time.perf_counter() - t
             if i + 1 < len(starts):
                 pending = pool.submit(read, starts[i + 1])
             yield a, block, waited
-
-
-def _bias_corrected(maps: np.ndarray, manifest, options: ProcessOptions) -> dict[str, np.ndarray]:
-    """Paper Eq. B.1, X - (a * T_eff + b) with the MAP T_eff, for the parameters the manifest has coefficients for."""
-    correction = manifest.bias_correction
-    if not options.bias_correction:
-        return {}
-    if not correction:
-        raise BundleError(f"{manifest.raw.get('provenance', {}).get('training_run', 'bundle')}: --bias-correction "
-                          "requested but the manifest holds no coefficients")
-    teff = maps[:, manifest.names.index(correction.get("teff_parameter", "teff"))]
-    return {name: maps[:, manifest.names.index(name)] - (c["a"] * teff + c["b"])
-            for name, c in correction["coefficients"].items() if name in manifest.names}
 
 
 def _resim_description(bundle: Bundle) -> str:
@@ -470,10 +348,7 @@ def default_task_rows(n: int, workers: int) -> int:
 def check_arguments(options: ProcessOptions, workers: int = 1, scheduler: str | None = None,
                     chunk: int | None = None, tls: TLSFiles | None = None, dashboard: bool = False) -> None:
     """Refuse impossible settings before anything is created (one clear error each)."""
-    if isinstance(options.samples, bool) or not isinstance(options.samples, int) or options.samples < MIN_SAMPLES:
-        raise ValueError(f"--samples must be >= {MIN_SAMPLES}, got {options.samples}: the catalogue's quantiles "
-                         f"(2.5 to 97.5 %) and 68 % intervals are estimated from the samples, and fewer leave the "
-                         "tails a sample or two (default 4096)")
+    check_samples(options.samples)
     if options.batch < 0:
         raise ValueError(f"--batch must be >= 1 (or 0 for the device's default), got {options.batch}")
     if options.threads < 0:
@@ -562,9 +437,9 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                                         resim=bool(bundle.emulator))
             store = _create_catalogue(output_path, n, chunk, columns, {
                 **identity, "input": str(input_path), "bundle": str(Path(bundle_path).resolve()),
-                "software": f"cinn4most {_software_version()}", "device": device,
+                "software": f"cinn4most {software_version()}", "device": device,
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "bias_correction_source": bundle.manifest.bias_correction.get("source") if corrected else "",
+                "bias_correction_source": (bundle.manifest.bias_correction or {}).get("source") if corrected else "",
                 "map_definition": "highest-density posterior sample inside the training bounds",
                 "model_continuum": bundle.manifest.continuum, "survey_continuum": kind,
                 "warnings": warnings, "precision_forced": options.force_precision,
@@ -685,15 +560,6 @@ def _record_run(store: CatalogueStore, results: list[ChunkResult], problems: lis
         store.root.attrs.update(updates)
 
 
-def _software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cinn4most")
-    except PackageNotFoundError:
-        return "0.0.0+src"
-
-
 def _rows(store: CatalogueStore, k: int) -> int:
     a, b = store.chunk_bounds(int(k))
     return b - a
@@ -798,6 +664,7 @@ class _DistributedRunner:
         from dask.distributed import Client
 
         self.cluster = None
+        self.client: Client | None = None  # connected below; None again once closed
         self.ctx = ctx
         self.dashboard = ""
         if scheduler:
@@ -824,11 +691,13 @@ class _DistributedRunner:
         """Build and try the run's sessions on every worker now (:class:`BundleSessions`): a bundle that fails
         there fails before the catalogue exists, with the workers' one-line error."""
         options = self.ctx.options
+        assert self.client is not None, "the runner is closed"
         self.client.register_plugin(BundleSessions(self.ctx.bundle_path, options, self.ctx.bundle_sha256))
 
     def run(self, todo: list[int], finished) -> str:
         from dask.distributed import as_completed
 
+        assert self.client is not None, "the runner is closed"
         futures = [self.client.submit(process_chunk, k, self.ctx, pure=False) for k in todo]
         for future in as_completed(futures):
             finished(future.result())

@@ -7,7 +7,7 @@ Given S samples per spectrum in physical units with their log densities:
 * a sample is **valid** when every parameter is inside the training bounds (inclusive);
 * ``f_reject`` = rejected / S;
 * **MAP** = the valid sample of highest density (in the network's 13-D space);
-* quantiles (2.5, 16, 50, 84, 97.5 %) per parameter over the valid samples.
+* quantiles (``spectra.contracts.quantiles``: 2.5, 16, 50, 84, 97.5 %) per parameter over the valid samples.
 Rows with no valid sample get NaN estimates and ``n_valid = 0``.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QUANTILES", "PosteriorSummary", "summarize", "valid_quantiles"]
+from spectra.contracts.quantiles import QUANTILES, index
 
-QUANTILES = (0.025, 0.16, 0.5, 0.84, 0.975)
+__all__ = ["PosteriorSummary", "summarize", "valid_quantiles"]
 
 
 @dataclass
@@ -31,7 +31,7 @@ class PosteriorSummary:
 
     @property
     def median(self) -> np.ndarray:
-        return self.quantiles[:, QUANTILES.index(0.5)]
+        return self.quantiles[:, index("p50")]
 
 
 def summarize(samples: np.ndarray, log_density: np.ndarray, lower: np.ndarray, upper: np.ndarray,

@@ -12,7 +12,9 @@ fp32 otherwise.
 
 from __future__ import annotations
 
-from .bundle import VARIANTS, Bundle, BundleError
+from spectra.contracts.manifest import VARIANTS
+
+from .bundle import Bundle, BundleError
 
 __all__ = ["PRECISIONS", "choose_precision", "variant_file", "within_tolerance"]
 

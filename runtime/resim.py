@@ -10,7 +10,7 @@ star:
    pseudo-continuum bundle the model is brought to the input's continuum level by a smooth factor, the ratio
    input / model averaged over ``CONTINUUM_WINDOW`` Å with two 3-sigma clipping passes (:func:`match_continuum`):
    the input's pseudo-continuum differs from the model's true continuum only on the scale of the spline knots
-   (40 Å), and this costs 1 ms where refitting the model's pseudo-continuum costs 100 ms;
+   (``KNOT_SPACING``, 40 Å), and this costs 1 ms where refitting the model's pseudo-continuum costs 100 ms;
 3. ``chi2_resim`` = mean over pixels of (input - model)^2 / sigma^2 with sigma^2 = (model / S/N_pix)^2 (the
    noise model of the training spectra, paper Eq. 1) + (model_error x model)^2 (the emulator's own error on
    held-out PySME spectra, recorded in the bundle), so that a good fit gives about 1 at any S/N;
@@ -26,11 +26,13 @@ import itertools
 
 import numpy as np
 
+from spectra.contracts.conventions import KNOT_SPACING
+
 from .bundle import Bundle
 
 __all__ = ["CONTINUUM_WINDOW", "Resimulator", "match_continuum", "reduced_chi2"]
 
-CONTINUUM_WINDOW = 40.0  # Å, the pseudo-continuum's knot spacing (spectra.continuum)
+CONTINUUM_WINDOW = KNOT_SPACING  # Å: the input's pseudo-continuum follows the model's on this scale
 
 
 def _grid_of(wavelength: np.ndarray):

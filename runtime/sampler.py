@@ -22,14 +22,17 @@ at a time: a spectrum's result must not depend on which other spectra share its 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
+from spectra.contracts.density import log_density as latent_log_density
+from spectra.contracts.manifest import HOISTED, SUMMARY
+from spectra.contracts.quantiles import QUANTILES
+
 from .binding import BoundFlow
-from .bundle import HOISTED, SUMMARY, Bundle, BundleError
-from .posterior import QUANTILES, PosteriorSummary, summarize
+from .bundle import Bundle, BundleError
+from .posterior import PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
 from .sessions import check_provider, engine_cache_dir, resolve_providers, session_options
 from .streams import LATENT, stream_rng
@@ -170,6 +173,7 @@ class OnnxPosterior:
         per_call = self._per_call(z.shape[1])
         for start in range(0, z.shape[0], per_call):
             stop = start + per_call
+            assert self.binding is not None  # bound in __init__ whenever the hoisted flow runs on a device
             x, log_det = self.binding.flow(z[start:stop], proj[start:stop])
             xs.append(x)
             logs.append(log_det)
@@ -196,8 +200,7 @@ class OnnxPosterior:
             log_det = log_det.reshape(-1)
         else:
             x, log_det = self.flow(z.reshape(n * n_samples, d), np.repeat(feats, n_samples, axis=0))
-        log_density = -0.5 * np.sum(z.reshape(n * n_samples, d).astype(np.float64) ** 2, axis=1)
-        log_density -= 0.5 * d * math.log(2 * math.pi) + log_det
+        log_density = latent_log_density(z.reshape(n * n_samples, d), log_det.reshape(-1))
         return self.manifest.to_physical(x.reshape(n, n_samples, d)), log_density.reshape(n, n_samples)
 
     def posterior(self, flux: np.ndarray, snr: np.ndarray, source_ids: np.ndarray, seed: int,
@@ -207,6 +210,7 @@ class OnnxPosterior:
             samples, log_density = self.sample(flux, snr, source_ids, seed, n_samples)
             return summarize(samples, log_density, self.manifest.lower, self.manifest.upper)
         proj = self.projection(self.features(flux, snr))
+        assert self.binding is not None  # summary_on_device implies a bound flow (__init__)
         parts = []
         per_call = self._per_call(n_samples)
         for start in range(0, flux.shape[0], per_call):

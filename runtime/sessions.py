@@ -74,18 +74,19 @@ def resolve_providers(device: str, cache_dir: str | None = None, cuda_graph: boo
     if device == "auto":
         device = "cuda" if _PROVIDER["cuda"] in available else "cpu"
         evidence = gpu_evidence() if device == "cpu" and notify is not None else ""
-        if evidence:
+        if evidence and notify is not None:
             notify(_auto_note(available, evidence))
     provider = _PROVIDER[device]
     if provider not in available:
         raise ValueError(f"--device {device}: ONNX Runtime here offers {available}; install the 'gpu' extra "
                          "(onnxruntime-gpu, and TensorRT 10 for tensorrt) in an environment without onnxruntime")
-    cuda_options = {"device_id": 0}
+    cuda_options: dict[str, int | str] = {"device_id": 0}
     if cuda_graph:
         cuda_options["enable_cuda_graph"] = "1"
     if device == "tensorrt":
-        options = {"device_id": 0, "trt_fp16_enable": False, "trt_engine_cache_enable": bool(cache_dir),
-                   "trt_timing_cache_enable": bool(cache_dir)}
+        options: dict[str, int | str | bool] = {
+            "device_id": 0, "trt_fp16_enable": False, "trt_engine_cache_enable": bool(cache_dir),
+            "trt_timing_cache_enable": bool(cache_dir)}
         if cache_dir:
             Path(cache_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             options["trt_engine_cache_path"] = cache_dir

@@ -36,76 +36,29 @@ import json
 import math
 import os
 import zlib
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHUNK_BYTES", "MAX_ROWS", "PROVENANCE_ARRAYS", "RowBlock", "SurveyReader", "ZarrSurvey",
-           "check_flux_chunk", "open_survey"]
+from spectra.contracts.survey import (
+    MAX_CHUNK_BYTES,
+    MAX_ROWS,
+    MAX_SOURCE_ID,
+    PROVENANCE_ARRAYS,
+    SIMULATED_FORMAT,
+    RowBlock,
+    SurveyReader,
+)
 
-#: per-row arrays an ingested survey may have that the catalogue carries (``catalog.schema.PROVENANCE_COLUMNS``)
-PROVENANCE_ARRAYS = ("file", "object", "instrument", "rv", "rv_error", "input_resolution", "coverage")
-SIMULATED_FORMAT = "cinn4most-simulated-survey/1"
-#: the most bytes one stored chunk of a survey array (a shard's inner chunk) may decode to, and the most a shard's
-#: index may take: reading any row decodes its whole chunk, so this bounds the memory of one read (256 rows of
-#: 25 200 float32 pixels are 26 MB; 256 MiB allows up to 2 663 such rows per chunk)
-MAX_CHUNK_BYTES = 256 * 2**20
-#: the most rows a survey may declare: ``source_ids()`` holds 8 bytes per row (8 GiB here)
-MAX_ROWS = 2**30
-#: source ids are non-negative int64 values
-MAX_SOURCE_ID = 2**63 - 1
+__all__ = ["ZarrSurvey", "open_survey"]
+
 _SHARD_INDEX_BYTES = 16  # per inner chunk: offset and length, uint64 each
 #: codecs whose decoded size is bounded (the compressors by :func:`_bounded_codecs`); others are refused
 _KNOWN_CODECS = frozenset({"bytes", "zstd", "gzip", "blosc", "crc32c", "sharding_indexed", "transpose", "vlen-utf8",
                            "vlen-bytes"})
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-@dataclass
-class RowBlock:
-    """Rows [start, stop) of a survey: flux (n, P) float32, snr (n,), source_id (n,), the ingestion arrays the
-    survey has, and the chunks that could not be read ((first row, last row + 1, message))."""
-
-    start: int
-    stop: int
-    flux: np.ndarray
-    snr: np.ndarray
-    source_id: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-    failures: list[tuple[int, int, str]] = field(default_factory=list)
-
-    @property
-    def failed(self) -> np.ndarray:
-        """True for rows whose data could not be read."""
-        mask = np.zeros(self.stop - self.start, dtype=bool)
-        for a, b, _ in self.failures:
-            mask[a - self.start:b - self.start] = True
-        return mask
-
-
-class SurveyReader:
-    """Interface: ``path``, ``n``, ``chunk`` (rows per storage chunk), ``wavelength``, ``attrs``, ``has(name)``,
-    ``read_rows(start, stop)``, ``source_ids()``, ``fingerprint()``."""
-
-    path: Path
-    n: int
-    chunk: int
-    wavelength: np.ndarray
-    attrs: dict
-
-    def has(self, name: str) -> bool:
-        raise NotImplementedError
-
-    def read_rows(self, start: int, stop: int) -> RowBlock:
-        raise NotImplementedError
-
-    def source_ids(self) -> tuple[np.ndarray, list[str]]:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        raise NotImplementedError
 
 
 class ZarrSurvey(SurveyReader):
@@ -132,7 +85,7 @@ class ZarrSurvey(SurveyReader):
         self.extra = [name for name in ("ingest_flags", *PROVENANCE_ARRAYS) if name in self.arrays]
         self.check_limits()
         self.chunk = int(self.arrays["flux"].chunks[0])
-        self.wavelength = self.arrays["wavelength"][:]
+        self.wavelength = np.asarray(self.arrays["wavelength"][:])
         self.attrs = dict(self.root.attrs)
 
     def check_limits(self) -> None:
@@ -144,7 +97,7 @@ class ZarrSurvey(SurveyReader):
         self.n = int(flux.shape[0])
         if self.n > MAX_ROWS:
             raise ValueError(f"{self.path}/flux: declares {self.n} rows, more than the {MAX_ROWS} a survey may hold "
-                             "(runtime.survey.MAX_ROWS); split it into several surveys")
+                             "(spectra.contracts.survey.MAX_ROWS); split it into several surveys")
         for key in ("snr", "source_id", *self.extra):
             if self.arrays[key].shape != (self.n,):
                 raise ValueError(f"{self.path}/{key}: shape {self.arrays[key].shape}, expected ({self.n},) to match "
@@ -186,7 +139,8 @@ class ZarrSurvey(SurveyReader):
         base = _local_folder(flux)
         if base is None:
             return []
-        encode = flux.metadata.chunk_key_encoding.encode_chunk_key
+        metadata: Any = flux.metadata  # Zarr v3 (v2 arrays are refused on opening: _check_codecs)
+        encode = metadata.chunk_key_encoding.encode_chunk_key
         step = int((flux.shards or flux.chunks)[0])  # one file per shard, or per chunk without sharding
         missing = []
         for i in range(start // step, (stop - 1) // step + 1):
@@ -198,10 +152,10 @@ class ZarrSurvey(SurveyReader):
         missing = self._missing_chunks(start, stop)
         if missing:
             raise FileNotFoundError(f"flux chunk file(s) {missing} missing")
-        extra = {name: self.arrays[name][start:stop] for name in self.extra}
-        return RowBlock(start, stop, self.arrays["flux"][start:stop].astype(np.float32),
-                        self.arrays["snr"][start:stop].astype(np.float64),
-                        self.arrays["source_id"][start:stop].astype(np.int64), extra)
+        extra = {name: np.asarray(self.arrays[name][start:stop]) for name in self.extra}
+        return RowBlock(start, stop, np.asarray(self.arrays["flux"][start:stop], dtype=np.float32),
+                        np.asarray(self.arrays["snr"][start:stop], dtype=np.float64),
+                        np.asarray(self.arrays["source_id"][start:stop], dtype=np.int64), extra)
 
     def read_rows(self, start: int, stop: int) -> RowBlock:
         try:
@@ -219,7 +173,7 @@ class ZarrSurvey(SurveyReader):
 
     def _failed(self, a: int, b: int, exc: Exception) -> RowBlock:
         try:
-            ids = self.arrays["source_id"][a:b].astype(np.int64)
+            ids = np.asarray(self.arrays["source_id"][a:b], dtype=np.int64)
         except Exception:
             ids = np.full(b - a, -1, dtype=np.int64)
         message = (f"survey chunk {a // self.chunk} (rows {a}-{b - 1}) of {self.path} could not be read: "
@@ -290,7 +244,7 @@ def _local_folder(array) -> Path | None:
 def _count_files(folder: Path, enough: int) -> int:
     """Chunk files under ``folder`` (not its metadata), counting no further than ``enough``: the cost is bounded by
     what the store holds and by what its metadata claims, whichever is smaller."""
-    count, todo = 0, [folder]
+    count, todo = 0, [str(folder)]
     while todo and count < enough:
         with os.scandir(todo.pop()) as entries:
             for entry in entries:
@@ -307,7 +261,7 @@ def _codec_names(codecs: list) -> list[str]:
     """Names of a v3 codec list, with those nested in sharding codecs."""
     names = []
     for codec in codecs:
-        names.append(codec.get("name") if isinstance(codec, dict) else str(codec))
+        names.append(str(codec.get("name")) if isinstance(codec, dict) else str(codec))
         config = (codec.get("configuration") or {}) if isinstance(codec, dict) else {}
         names += _codec_names(list(config.get("codecs", ())) + list(config.get("index_codecs", ())))
     return names
@@ -409,7 +363,7 @@ def _chunk_bytes(array) -> int:
 
 def _check_chunk_bytes(array, name: str) -> None:
     """Refuse chunks or shard indexes above :data:`MAX_CHUNK_BYTES` (the one-line error names the array)."""
-    limit = f"the {MAX_CHUNK_BYTES // 2**20} MiB limit (runtime.survey.MAX_CHUNK_BYTES)"
+    limit = f"the {MAX_CHUNK_BYTES // 2**20} MiB limit (spectra.contracts.survey.MAX_CHUNK_BYTES)"
     size = _chunk_bytes(array)
     if size > MAX_CHUNK_BYTES:
         raise ValueError(f"{name}: chunks of shape {tuple(array.chunks)} ({array.dtype}) decode to "
@@ -428,18 +382,7 @@ def _check_wavelength_bytes(array, name: str) -> None:
     size = math.prod(int(n) for n in array.shape) * max(int(array.dtype.itemsize), 1)
     if size > MAX_CHUNK_BYTES:
         raise ValueError(f"{name}: shape {array.shape} is {size / 2**20:.0f} MiB, above the "
-                         f"{MAX_CHUNK_BYTES // 2**20} MiB limit (runtime.survey.MAX_CHUNK_BYTES)")
-
-
-def check_flux_chunk(rows: int, pixels: int, option: str = "--chunk") -> None:
-    """Refuse, when a survey is written, a flux chunk of ``rows`` x ``pixels`` float32 that ``runtime process``
-    would refuse to read (:data:`MAX_CHUNK_BYTES`)."""
-    size = int(rows) * int(pixels) * 4
-    if size > MAX_CHUNK_BYTES:
-        most = MAX_CHUNK_BYTES // (4 * int(pixels))
-        raise ValueError(f"{option} {rows}: a flux chunk of {rows} x {pixels} float32 is {size / 2**20:.0f} MiB, "
-                         f"above the {MAX_CHUNK_BYTES // 2**20} MiB that runtime process reads "
-                         f"(runtime.survey.MAX_CHUNK_BYTES); use at most {most} rows per chunk")
+                         f"{MAX_CHUNK_BYTES // 2**20} MiB limit (spectra.contracts.survey.MAX_CHUNK_BYTES)")
 
 
 def _concatenate(pieces: list[RowBlock], start: int, stop: int) -> RowBlock:

@@ -18,14 +18,19 @@ import numpy as np
 
 from catalog.cliargs import run_command, use_help_formatter
 
+from .contracts.conventions import KNOT_SPACING
+from .linelists import PACKAGED_LINELISTS
+from .wavegrid import GRID_MARGIN
+
 __all__ = ["main"]
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
-    from .grid import build_grid
+    from .grid import MakerSettings, build_grid
 
+    settings = MakerSettings(linelist=args.linelist, margin=args.margin)
     report = build_grid(args.out, args.n, args.seed, workers=args.workers, progress=not args.quiet,
-                        extend=args.extend, rotated=not args.unrotated)
+                        extend=args.extend, rotated=not args.unrotated, settings=settings)
     per_core = report.spectra_per_second_per_core
     print(f"{report.path}: {report.n} rows, {report.written} written now, {report.skipped} already done, "
           f"{len(report.failed)} failed; {report.seconds:.1f} s with {report.workers} worker(s)"
@@ -58,12 +63,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from .atmospheres import AtmosphereGrid
     from .grid import grid_attrs
     from .gridstore import GridWriter
-    from .linelists import read_linelist
+    from .linelists import linelist_from_option
     from .synthesis import PySMEEngine, SpectrumMaker, labels_from_values
 
     labels = labels_from_values(args.teff, args.logg, args.feh, args.vmic, args.vbroad, _parse_xfe(args.xfe))
     atmospheres = AtmosphereGrid.from_path(args.atmospheres) if args.atmospheres else None
-    linelist = read_linelist(args.linelist) if args.linelist else None
+    linelist = linelist_from_option(args.linelist)
     maker = SpectrumMaker(PySMEEngine(atmospheres, linelist))
     out = claim_output(Path(args.out), "spectrum file", overwrite=args.overwrite)
     flux, synthesis = maker.hr_spectrum(labels)
@@ -268,7 +273,7 @@ def _describe_survey(path: Path) -> dict:
     """Rows, S/N range, continuum, arrays (and for ingested surveys how far the ingest got and its flag counts)."""
     import zarr
 
-    from runtime.bundle import continuum_kind
+    from .contracts.conventions import continuum_kind
 
     root = zarr.open_group(str(path), mode="r")
     attrs = dict(root.attrs)
@@ -375,6 +380,17 @@ def _cmd_linelist_survey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior_gf_change(lines, changes_csv: str) -> np.ndarray:
+    """Per line of ``lines``, the log gf change recorded in an earlier calibration's ``.changes.csv``."""
+    import pandas as pd
+
+    changes = pd.read_csv(changes_csv)
+    gf = changes[changes["parameter"] == "log_gf"]
+    key = dict(zip(zip(gf["species"], gf["wlcent"].round(4), strict=True), gf["change_dex"], strict=True))
+    return np.array([key.get((sp, round(w, 4)), 0.0) for sp, w in zip(lines["species"], lines["wlcent"],
+                                                                        strict=True)])
+
+
 def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
     from catalog.outputs import claim_output
     from catalog.scratch import written_atomically
@@ -382,10 +398,12 @@ def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
     from .linecal import calibrate_linelist
     from .linelists import LineListData, read_linelist
 
+    stages = tuple(s.strip() for s in args.stages.split(","))
     claim_output(args.out, "line list", overwrite=args.overwrite)
     source = read_linelist(args.linelist)
+    prior = _prior_gf_change(source.lines, args.prior_changes) if args.prior_changes else None
     result = calibrate_linelist(source.lines, args.solar, iterations=args.iterations, workers=args.workers,
-                                log=lambda m: print(m, flush=True))
+                                log=lambda m: print(m, flush=True), stages=stages, prior_change=prior)
     calibrated = LineListData(result.lines, source=f"{args.linelist} calibrated on {Path(args.solar).name}")
     with written_atomically(args.out) as tmp, gzip.open(tmp, "wt") as fh:
         fh.write(calibrated.to_csv_text())
@@ -393,7 +411,8 @@ def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
     result.changes.to_csv(stem + ".changes.csv", index=False, float_format="%.6g")
     Path(stem + ".json").write_text(json.dumps({
         "input": str(args.linelist), "input_sha256": source.sha256(), "solar_spectrum": str(args.solar),
-        "sha256": calibrated.sha256(), "rms_before": result.rms_before, "rms_after": result.rms_after,
+        "stages": list(stages), "prior_changes": args.prior_changes, "sha256": calibrated.sha256(),
+        "rms_before": result.rms_before, "rms_after": result.rms_after,
         "history": result.history, "changed_parameters": len(result.changes)}, indent=1))
     print(f"{args.out}: rms {result.rms_before} -> {result.rms_after}; {len(result.changes)} changes in "
           f"{stem}.changes.csv")
@@ -425,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend", help="a smaller grid of the same seed whose rows are copied, not recomputed")
     p.add_argument("--unrotated", action="store_true",
                    help="store spectra without rotational broadening (v_broad applied on the fly in training)")
+    p.add_argument("--linelist", help="a packaged line list (" + ", ".join(PACKAGED_LINELISTS)
+                   + ") or a line-list CSV (default: merged)")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help=f"Å of spectrum kept beyond each window edge (multiple of 0.05; {GRID_MARGIN:g} for new "
+                        "unrotated grids: rotation then sees real spectrum at the edges)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grid)
 
@@ -436,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vbroad", type=float, default=3.5, help="rotational broadening [km/s] (default 3.5)")
     p.add_argument("--xfe", nargs="*", default=[], metavar="X=VALUE", help="abundance ratios, e.g. Mg=0.2 Li=1.0")
     p.add_argument("--atmospheres", help="MARCS folder, .tar.gz or packed .npz (default: packaged grid)")
-    p.add_argument("--linelist", help="merged line list CSV (default: packaged list)")
+    p.add_argument("--linelist", help="a packaged line list (" + ", ".join(PACKAGED_LINELISTS)
+                   + ") or a line-list CSV (default: merged)")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     p.set_defaults(func=_cmd_synth)
@@ -451,14 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuum", choices=["true", "pseudo"], default="true",
                    help="keep the synthesis' true continuum, or divide each noisy spectrum by a fitted "
                         "pseudo-continuum as `spectra ingest` does for observed spectra")
-    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--knot-spacing", type=float, default=KNOT_SPACING, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_survey)
 
     p = sub.add_parser("normalise-grid", help="copy of a grid with each spectrum divided by its pseudo-continuum")
     p.add_argument("grid", help="grid HDF5 file")
     p.add_argument("--out", required=True, help="new grid HDF5 file")
-    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--knot-spacing", type=float, default=KNOT_SPACING, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--workers", type=int, default=1, help="processes fitting continua in parallel")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_normalise_grid)
@@ -514,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=float, help="input resolving power for every file (else from the header or "
                    "the instrument table, spectra.instruments)")
     p.add_argument("--snr", type=float, help="S/N per A to use instead of the error column / DER_SNR estimate")
-    p.add_argument("--knot-spacing", type=float, default=40.0, help="pseudo-continuum spline knot spacing [A]")
+    p.add_argument("--knot-spacing", type=float, default=KNOT_SPACING, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
     p.add_argument("--first-id", type=int, default=0, help="source_id of the first spectrum")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
@@ -585,6 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--linelist", required=True, help="line list .csv.gz to calibrate (vacuum)")
     q.add_argument("--solar", required=True, help="normalised solar spectrum, two columns: air wavelength [A], flux")
     q.add_argument("--iterations", type=int, default=3)
+    q.add_argument("--stages", default="lines,features",
+                   help="'lines' (every solar-visible line within 0.5 dex), then 'features' (what is left beyond "
+                        "3 %%: wider log gf changes, pseudo-lines for unidentified solar lines)")
+    q.add_argument("--prior-changes", help="the .changes.csv of an earlier 'lines' pass on --linelist (with "
+                   "--stages features: its changes count against the total bound)")
     q.add_argument("--workers", type=int, default=2, help="PySME syntheses in parallel")
     q.add_argument("--out", required=True, help="output .csv.gz (with .changes.csv and .json beside it)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")

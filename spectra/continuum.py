@@ -26,13 +26,15 @@ import numpy as np
 from scipy.interpolate import LSQUnivariateSpline
 from scipy.ndimage import uniform_filter1d
 
+from .contracts.conventions import KNOT_SPACING, PSEUDO_CONTINUUM
+
 __all__ = ["BATCH_TOLERANCE", "BatchNormaliser", "ContinuumOptions", "normalise", "normalise_grid",
            "pseudo_continuum"]
 
 
 @dataclass(frozen=True)
 class ContinuumOptions:
-    knot_spacing: float = 40.0  # Å between spline knots
+    knot_spacing: float = KNOT_SPACING  # Å between spline knots
     smooth: float = 1.0  # Å running mean before fitting
     low: float = 1.5  # sigma below the fit that counts as a line
     high: float = 3.0  # sigma above the fit that counts as an outlier (cosmic, emission)
@@ -40,7 +42,7 @@ class ContinuumOptions:
     max_gap: float = 2.0  # Å: wider gaps split the spectrum into separately fitted stretches
 
     def describe(self) -> str:
-        return "pseudo-continuum " + ", ".join(f"{k}={v}" for k, v in asdict(self).items())
+        return f"{PSEUDO_CONTINUUM} " + ", ".join(f"{k}={v}" for k, v in asdict(self).items())
 
 
 def _usable_knots(x: np.ndarray, knots: np.ndarray, min_points: int = 6) -> np.ndarray:

@@ -10,12 +10,14 @@ PySME grid are interchangeable downstream.
 Label mapping: ``feh`` -> ``fe_h``; ``X_Fe`` -> ``x_fe``; ``A_Li`` -> ``li_fe`` = A(Li) - 1.05 -
 [Fe/H]; elements not in the table are solar-scaled ([X/Fe] = 0, TSFitPy's convention);
 v_broad from a ``vbroad``/``rotation`` column, else the ``vbroad`` argument (a number, or
-``"prior"``: log-uniform draws as in ``prior``, seeded). Rows whose spectrum is missing, non-finite
+``"prior"``: seeded draws from the grid prior, ``spectra.contracts.conventions.vbroad_from_uniform``, with
+its cap for metal-poor rows). Rows whose spectrum is missing, non-finite
 or non-positive (TSFitPy notes NLTE convergence failures produce those) are skipped and reported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import __version__, schema
+from . import schema
+from .contracts.conventions import software_version, vbroad_from_uniform
 from .degrade import fourmostify, to_working_grid
 from .gridstore import GridWriter
 from .prior import A_LI_SUN
@@ -54,7 +57,8 @@ def read_text_spectrum(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return wave, flux
 
 
-def _labels_from_row(row: pd.Series, vbroad: float) -> np.ndarray:
+def _labels_from_row(row: pd.Series, vbroad: Callable[[float], float]) -> np.ndarray:
+    """All labels of one table row; ``vbroad([Fe/H])`` gives v_broad when the table has no column for it."""
     cols = {c.lower(): c for c in row.index}
     labels = {p.name: 0.0 for p in schema.ALL_LABELS}
     for key, name in (("teff", "teff"), ("logg", "logg"), ("feh", "fe_h"), ("fe_h", "fe_h"), ("vmic", "vmic")):
@@ -71,11 +75,9 @@ def _labels_from_row(row: pd.Series, vbroad: float) -> np.ndarray:
             labels[key] = float(row[cols[key]])
     if "a_li" in cols:
         labels["li_fe"] = float(row[cols["a_li"]]) - A_LI_SUN - labels["fe_h"]
-    for key in ("vbroad", "rotation", "vsini"):
-        if key in cols and float(row[cols[key]]) > 0:
-            vbroad = float(row[cols[key]])
-            break
-    labels["vbroad"] = vbroad
+    given = [float(row[cols[key]]) for key in ("vbroad", "rotation", "vsini") if key in cols]
+    given = [v for v in given if v > 0]
+    labels["vbroad"] = given[0] if given else vbroad(labels["fe_h"])
     return np.array([labels[n] for n in schema.label_names()])
 
 
@@ -95,10 +97,14 @@ def import_tsfitpy(folder: str | Path, out: str | Path, params_file: str = "spec
         raise ValueError(f"{table_path}: lacks the 'specname' column")
     n = len(table)
     rng = np.random.default_rng(seed)
-    if vbroad == "prior":
-        vb_draws = 10.0 ** (rng.uniform(0, 1, n) * np.log10(schema.parameter("vbroad").upper))
-    else:
-        vb_draws = np.full(n, float(vbroad))
+    # the grid prior draws one uniform deviate per row, in row order; its metal-poor cap needs the row's [Fe/H]
+    deviates = rng.uniform(0, 1, n) if vbroad == "prior" else None
+    fixed = None if deviates is not None else float(vbroad)
+
+    def vbroad_of_row(i: int) -> Callable[[float], float]:
+        if deviates is None:
+            return lambda feh: float(fixed)
+        return lambda feh: float(vbroad_from_uniform(deviates[i], feh))
     working, hr = working_grid(), hr_grid()
     # Input at finite resolution: broaden by the quadrature difference to reach R = 80 000.
     r_work = WORKING_RESOLUTION
@@ -115,7 +121,7 @@ def import_tsfitpy(folder: str | Path, out: str | Path, params_file: str = "spec
         "atmosphere_source": "unknown (imported grid)",
         "input_medium": medium,
         "working_resolution": WORKING_RESOLUTION,
-        "software": f"cinn4most {__version__}",
+        "software": f"cinn4most {software_version()}",
     }
     report = ImportReport(n=n, written=0)
     with GridWriter(out, n, hr, attrs) as writer:
@@ -125,7 +131,7 @@ def import_tsfitpy(folder: str | Path, out: str | Path, params_file: str = "spec
                 continue
             name = str(row["specname"]).strip()
             try:
-                labels = _labels_from_row(row, vb_draws[i])
+                labels = _labels_from_row(row, vbroad_of_row(i))
                 wave, flux = read_text_spectrum(folder / name)
                 if not np.all(np.isfinite(flux)) or np.any(flux <= 0):
                     raise ValueError("non-finite or non-positive flux (NLTE convergence failure?)")

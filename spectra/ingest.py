@@ -15,7 +15,8 @@ prepared, becomes a row of NaN flux flagged READ_FAILED with the reason: a batch
 
 Output layout: that of ``spectra.survey`` (``flux``, ``snr``, ``source_id``, ``wavelength``) plus one
 provenance array per item: ``file``, ``object``, ``instrument``, ``rv``, ``rv_error``, ``rv_source``,
-``rv_template``, ``input_resolution``, ``snr_source``, ``coverage``, ``ingest_flags`` and ``message``, and
+``rv_template``, ``input_resolution``, ``snr_source``, ``coverage``, ``ingest_flags``, ``message``, ``ra``,
+``dec`` and ``mjd`` (from the header; NaN when it states none), and
 ``input_index`` (the row's file in the command's list). Rows are committed whole files at a time; an
 interrupted run continues with ``--resume``.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from dataclasses import asdict, dataclass, field
-from enum import IntFlag
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,10 @@ import zarr
 from tqdm.auto import tqdm
 
 from runtime.streams import check_index
-from runtime.survey import check_flux_chunk
 
 from .continuum import ContinuumOptions, normalise, pseudo_continuum
+from .contracts.flags import CCF_PEAK_LIMIT, CONTINUUM_EXCESS_LIMIT, RV_ERROR_LIMIT, IngestFlag
+from .contracts.survey import check_flux_chunk
 from .prepare import MIN_RESOLUTION, TRAINING_RESOLUTION, match_resolution, resample_to_grid, snr_per_angstrom
 from .readers import ObservedSpectrum, SpectrumReadError, read_spectra
 from .rv import RVTemplates, default_templates, doppler_to_rest, measure_rv
@@ -54,18 +55,6 @@ MARGIN = 15.0  # Å kept beyond the HR windows: RV shifts up to ~400 km/s and co
 #: the files a folder argument stands for: what ``spectra.readers`` reads (FITS by content; ASCII, also gzipped).
 #: Not .csv: the ``--table`` of per-file settings often sits in the same folder.
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".txt", ".dat", ".asc", ".txt.gz", ".dat.gz", ".asc.gz")
-
-
-class IngestFlag(IntFlag):
-    READ_FAILED = 1  # file or spectrum unusable: flux is NaN, see ``message``
-    LOW_RESOLUTION = 2  # input R below MIN_RESOLUTION: cannot be matched to the training resolution
-    RESOLUTION_UNKNOWN = 4  # no R in the header and none given: not matched
-    PARTIAL_COVERAGE = 8  # some HR pixels had no data and were set to the continuum (see ``coverage``)
-    RV_UNCERTAIN = 16  # RV error > 1 km/s, weak CCF peak (< 0.15), or no RV could be measured
-    SNR_ESTIMATED = 32  # no error column: S/N from DER_SNR
-    UNIT_INFERRED = 64  # wavelength unit inferred from the range
-    MEDIUM_ASSUMED = 128  # air/vacuum not stated in the file: air assumed
-    CONTINUUM_POOR = 256  # after normalisation too many pixels lie above the continuum: the fit failed
 
 
 #: what each flag means, for the row's ``message`` (every set flag gets a note)
@@ -82,8 +71,6 @@ FLAG_NOTES = {
     IngestFlag.CONTINUUM_POOR: "pseudo-continuum fit poor: {continuum_excess:.1%} of the pixels lie above "
                                "1 + 3 sigma + 1 % after normalisation",
 }
-#: CONTINUUM_POOR above this fraction of pixels over 1 + 3 sigma + 1 % (noise alone puts 0.13 % there)
-CONTINUUM_EXCESS_LIMIT = 0.02
 
 
 @dataclass(frozen=True)
@@ -117,6 +104,9 @@ class PreparedSpectrum:
     continuum_excess: float = float("nan")
     flags: int = 0
     message: str = ""
+    ra: float = float("nan")  # deg, from the input's header (``spectra.readers.sky_and_time``)
+    dec: float = float("nan")  # deg
+    mjd: float = float("nan")  # observation date
 
 
 def _near_windows(wave: np.ndarray, margin: float = MARGIN) -> np.ndarray:
@@ -183,6 +173,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     options = options or IngestOptions()
     grid = grid or hr_grid()
     flags = IngestFlag(0)
+    sky = {"ra": obs.ra, "dec": obs.dec, "mjd": obs.mjd}  # carried on failed rows too: they name the observation
     if obs.unit_inferred and not options.wave_unit:
         flags |= IngestFlag.UNIT_INFERRED
     medium = options.medium or obs.medium
@@ -192,7 +183,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     keep = _near_windows(wave)
     if keep.sum() < 100:
         return failed(obs.source, f"the spectrum ({wave[0]:.0f}-{wave[-1]:.0f} A) does not reach the 4MOST HR "
-                                  f"windows", grid.size)
+                                  f"windows", grid.size, **sky)
     wave, flux = wave[keep], mask_no_data(obs.flux[keep].astype(float))
     error = obs.error[keep].astype(float) if obs.error is not None else None
 
@@ -203,7 +194,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
         try:
             result = measure_rv(wave, rough, templates, max_kms=options.max_rv)
             rv, rv_error, rv_source, rv_template = result.rv, result.error, "cross-correlation", result.template
-            if not (rv_error <= 1.0) or result.peak < 0.15:
+            if not (rv_error <= RV_ERROR_LIMIT) or result.peak < CCF_PEAK_LIMIT:
                 flags |= IngestFlag.RV_UNCERTAIN
         except ValueError as exc:
             rv, rv_error, rv_source, rv_template = 0.0, float("nan"), f"failed: {exc}", ""
@@ -215,7 +206,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     if resolution is None:
         note = describe_flags(IngestFlag.RESOLUTION_UNKNOWN, resolution_source=resolution_source)
         return failed(obs.source, note, grid.size, int(IngestFlag.RESOLUTION_UNKNOWN), object=obs.object,
-                      instrument=obs.instrument, resolution_source=resolution_source)
+                      instrument=obs.instrument, resolution_source=resolution_source, **sky)
     if resolution < MIN_RESOLUTION:
         flags |= IngestFlag.LOW_RESOLUTION
     matched = match_resolution(wave, flux, resolution, TRAINING_RESOLUTION)
@@ -232,7 +223,7 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     covered = np.isfinite(pixels)
     coverage = float(covered.mean())
     if coverage < 0.05:
-        return failed(obs.source, f"only {100 * coverage:.1f} % of the HR pixels have data", grid.size)
+        return failed(obs.source, f"only {100 * coverage:.1f} % of the HR pixels have data", grid.size, **sky)
     if already_normalised(pixels):
         normalised, method = np.where(covered, pixels, 1.0), "input already normalised: kept"
     else:
@@ -253,7 +244,8 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
         flux=normalised.astype(np.float32), snr=snr, source=obs.source, object=obs.object,
         instrument=obs.instrument, rv=rv, rv_error=rv_error, rv_source=rv_source, rv_template=rv_template,
         input_resolution=float(resolution), resolution_source=resolution_source, snr_source=snr_source,
-        coverage=coverage, continuum_method=method, continuum_excess=excess, flags=int(flags), message=message)
+        coverage=coverage, continuum_method=method, continuum_excess=excess, flags=int(flags), message=message,
+        **sky)
 
 
 _PROVENANCE = (("file", str, "source"), ("object", str, "object"), ("instrument", str, "instrument"),
@@ -262,7 +254,8 @@ _PROVENANCE = (("file", str, "source"), ("object", str, "object"), ("instrument"
                ("resolution_source", str, "resolution_source"), ("snr_source", str, "snr_source"),
                ("coverage", "f4", "coverage"), ("continuum_method", str, "continuum_method"),
                ("continuum_excess", "f4", "continuum_excess"),
-               ("ingest_flags", "i4", "flags"), ("message", str, "message"))
+               ("ingest_flags", "i4", "flags"), ("message", str, "message"), ("ra", "f8", "ra"), ("dec", "f8", "dec"),
+               ("mjd", "f8", "mjd"))
 
 
 @dataclass
@@ -327,6 +320,7 @@ class _SurveyWriter:
                                  "that command again with --resume to complete it, replace it with --overwrite "
                                  "(instead of --resume), or choose another --out")
             committed = int(self.root.attrs.get("committed", 0))
+            self._add_missing_arrays(committed)
             for name in self.ROW_ARRAYS:
                 shape = self.root[name].shape
                 self.root[name].resize((committed, *shape[1:]))
@@ -348,6 +342,18 @@ class _SurveyWriter:
         self.root["input_index"].attrs["description"] = "position of the row's file in the ingest command's list"
         self.root["ingest_flags"].attrs["bits"] = {f.name: int(f) for f in IngestFlag}
         self.root.attrs.update({**attrs, "committed": 0})
+
+    def _add_missing_arrays(self, committed: int) -> None:
+        """Provenance arrays a survey begun by an earlier version lacks (``ra``, ``dec``, ``mjd``), created for its
+        committed rows as 'unknown' (NaN, ""), so that ``--resume`` completes it with every array one row per
+        spectrum."""
+        for name, dtype, _ in _PROVENANCE:
+            if name in self.root:
+                continue
+            text = dtype is str
+            self.root.create_array(name, shape=(committed,), chunks=(self.chunk,),
+                                   dtype=np.dtypes.StringDType() if text else dtype,
+                                   fill_value="" if text else (0 if np.dtype(dtype).kind == "i" else np.nan))
 
     @property
     def n_rows(self) -> int:

@@ -50,6 +50,19 @@ MIN_JACOBIAN = 0.02
 STEP = 0.1  # dex of the finite-difference perturbation
 #: air wavelength bands dominated by telluric absorption in ground-based spectra (O2 gamma band)
 TELLURIC_BANDS_AIR = ((6276.0, 6320.0),)
+#: air wavelength bands a 1D LTE photosphere cannot make: the Hα core forms in the chromosphere (observed 20 % deeper
+#: than any LTE synthesis); left out of the calibration like the tellurics
+CHROMOSPHERIC_CORES_AIR = ((6561.8, 6563.8),)
+#: after the line-by-line pass, residual features deeper than this get a second pass (:func:`refine_features`)
+FEATURE_THRESHOLD = 0.03
+#: total change [dex] allowed in that pass to lines whose laboratory log gf is far off (beyond ``GF_BOUND``)
+WIDE_BOUND = 1.5
+#: a feature no line of the sources explains gets a pseudo-line (Fe I, 3.5 eV, Unsöld damping) whose log gf is
+#: fitted within these limits, the practice of APOGEE/GALAH for unidentified solar lines
+PSEUDO_LINE = {"species": "Fe 1", "excit": 3.5, "gflog": -2.0, "limits": (-6.0, 1.0),
+               "reference": "pseudo-line: unidentified solar feature, log gf fitted to the UVES Sun (issue 20)"}
+#: Å: a line within this of a feature's extremum is taken to make it
+FEATURE_MATCH = 0.1
 #: the Sun's labels for the synthesis: T_eff, log g, [Fe/H], v_mic, v_broad (rotation + macroturbulence)
 SUN = (5772.0, 4.44, 0.0, 1.0, 3.5)
 _RADIUS_WEAK, _RADIUS_STRONG = 0.8, 6.0  # Å of influence at R 20 000 (weak lines; strong lines' wings)
@@ -68,7 +81,7 @@ def observed_on_hr(wave_obs: np.ndarray, flux_obs: np.ndarray, hr: WavelengthGri
                    gaps: tuple[tuple[float, float], ...] = (), resolution: float = HR_RESOLUTION
                    ) -> tuple[np.ndarray, np.ndarray]:
     """An observed normalised spectrum (air Å) degraded to R ``resolution`` on the HR pixels, and the mask of pixels
-    it covers outside ``gaps`` and the telluric bands."""
+    it covers outside ``gaps``, the telluric bands and the chromospheric line cores."""
     hr = hr or hr_grid()
     flux = np.full(hr.wave.size, np.nan)
     covered = (hr.wave - hr.step > wave_obs[0] + 1.0) & (hr.wave + hr.step < wave_obs[-1] - 1.0)
@@ -81,7 +94,7 @@ def observed_on_hr(wave_obs: np.ndarray, flux_obs: np.ndarray, hr: WavelengthGri
         smooth = gaussian_broaden(wave_obs[k], flux_obs[k], resolution, wave_obs[k])
         flux[pixels] = rebin(wave_obs[k], smooth, wave, hr.step)
     usable = np.isfinite(flux) & covered
-    for lo, hi in (*gaps, *TELLURIC_BANDS_AIR):
+    for lo, hi in (*gaps, *TELLURIC_BANDS_AIR, *CHROMOSPHERIC_CORES_AIR):
         usable &= ~((hr.wave > lo - 1.0) & (hr.wave < hi + 1.0))
     return np.where(usable, flux, 1.0), usable
 
@@ -167,32 +180,34 @@ def _rms(resid: np.ndarray, usable: np.ndarray, hr: WavelengthGrid) -> dict[str,
             for name, s in zip(hr.window_names, hr.segments, strict=True)}
 
 
-def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.ndarray, usable: np.ndarray,
-                     iterations: int = 3, workers: int = 2, log: Callable[[str], None] = print) -> Calibration:
-    """Bounded, regularised Gauss-Newton of log gf and vdW damping against an observed solar spectrum.
+@dataclass
+class _Fit:
+    """Result of :func:`_gauss_newton`: the changes per line and the fit's bookkeeping."""
 
-    Arguments:
-        lines: the line list (vacuum, :data:`spectra.linelists.COLUMNS`).
-        solar_depth: PySME central depth of each line in the Sun (``linelist_survey.central_depths``).
-        observed, usable: the solar spectrum on the HR pixels and its usable pixels (:func:`observed_on_hr`).
-    """
+    gf: np.ndarray
+    vdw: np.ndarray
+    current: np.ndarray  # per parameter
+    measured: np.ndarray  # per parameter: the pixels can measure it
+    norms: np.ndarray  # per parameter: Jacobian column norm
+    history: list[dict]
+    rms_before: dict[str, float]
+    rms_after: dict[str, float]
+
+
+def _gauss_newton(lines: pd.DataFrame, params: list[tuple[int, str]], radius: np.ndarray, lower: np.ndarray,
+                  upper: np.ndarray, ridge: np.ndarray, observed: np.ndarray, usable: np.ndarray, iterations: int,
+                  workers: int, log: Callable[[str], None]) -> _Fit:
+    """Bounded (``lower`` <= change <= ``upper`` per parameter), ridge-regularised (``ridge``: per-parameter weight of
+    the pull towards no change) Gauss-Newton of ``params`` against ``observed`` on the ``usable`` pixels."""
     from scipy.optimize import lsq_linear
     from scipy.sparse import diags, vstack
 
     from .wavegrid import vacuum_to_air
 
     hr = hr_grid()
-    lines = lines.reset_index(drop=True)
     wave_air = vacuum_to_air(lines["wlcent"].to_numpy())
-    visible = np.flatnonzero(solar_depth >= VISIBLE_DEPTH)
-    strong = np.flatnonzero((solar_depth >= STRONG_DEPTH) & ((lines["gamvw"].to_numpy() < 0)
-                                                            | (lines["gamvw"].to_numpy() > 20)))
-    params = [(int(i), "gf") for i in visible] + [(int(i), "vdw") for i in strong]
-    radius = np.array([_radius(solar_depth[i : i + 1])[0] for i, _ in params])
-    wave_params = np.array([wave_air[i] for i, _ in params])
-    groups = parameter_groups(wave_params, radius)
-    log(f"{len(visible)} log gf and {len(strong)} damping parameters in {len(groups)} groups")
-    bound = np.array([GF_BOUND if k == "gf" else VDW_BOUND for _, k in params])
+    groups = parameter_groups(np.array([wave_air[i] for i, _ in params]), radius)
+    log(f"{len(params)} parameters in {len(groups)} groups")
     gf, vdw = np.zeros(len(lines)), np.zeros(len(lines))
     weights = usable.astype(float)
     history, rms_before = [], None
@@ -203,7 +218,7 @@ def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.
             if it == 0:  # parameters the observed pixels cannot measure are held fixed
                 norms = np.sqrt(np.asarray(jac[usable].power(2).sum(axis=0))).ravel()
                 measured = norms >= MIN_JACOBIAN
-                bound = np.where(measured, bound, 1e-9)
+                lower, upper = np.where(measured, lower, -1e-9), np.where(measured, upper, 1e-9)
                 log(f"{int(measured.sum())} of {len(params)} parameters measurable (Jacobian norm >= {MIN_JACOBIAN})")
             resid = observed - base
             rms = _rms(-resid, usable, hr)
@@ -213,31 +228,129 @@ def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.
                 cut = 3.0 * 1.4826 * np.median(np.abs(resid[usable]))
                 weights = usable * np.minimum(1.0, cut / np.maximum(np.abs(resid), 1e-12))
             w = diags(np.sqrt(weights))
-            ridge = diags(np.full(len(params), RIDGE * scale))
-            a = vstack([w @ jac, ridge]).tocsr()
-            b = np.concatenate([np.sqrt(weights) * resid, -RIDGE * scale * current])
-            step = lsq_linear(a, b, bounds=(-bound - current, bound - current), lsmr_tol="auto", max_iter=200).x
+            a = vstack([w @ jac, diags(ridge * scale)]).tocsr()
+            b = np.concatenate([np.sqrt(weights) * resid, -ridge * scale * current])
+            step = lsq_linear(a, b, bounds=(lower - current, upper - current), lsmr_tol="auto", max_iter=200).x
             current = current + step
             for p, (line, kind) in enumerate(params):
                 (gf if kind == "gf" else vdw)[line] = current[p]
+            at_bound = measured & ((current <= lower + 1e-6) | (current >= upper - 1e-6))
             history.append({"iteration": it, "rms": rms, "max_step": float(np.abs(step).max()),
-                            "fitted": int(measured.sum()),
-                            "at_bound": int((measured & (np.abs(current) >= bound - 1e-6)).sum())})
+                            "fitted": int(measured.sum()), "at_bound": int(at_bound.sum())})
             log(f"iteration {it}: rms {rms} -> step max {np.abs(step).max():.3f} dex")
         final = _synthesise(_apply(lines, gf, vdw))
     rms_after = _rms(final - observed, usable, hr)
     log(f"after: {rms_after}")
-    calibrated = _apply(lines, gf, vdw)
-    norms = np.sqrt(np.asarray(jac.power(2).sum(axis=0))).ravel()
-    changes = pd.DataFrame([{
-        "species": lines.at[i, "species"], "wlcent": lines.at[i, "wlcent"], "excit": lines.at[i, "excit"],
-        "parameter": "log_gf" if kind == "gf" else "vdw_dex",
-        "old": float(lines.at[i, "gflog"] if kind == "gf" else lines.at[i, "gamvw"]),
-        "new": float(calibrated.at[i, "gflog"] if kind == "gf" else calibrated.at[i, "gamvw"]),
-        "change_dex": float(current[p]), "jacobian_norm": float(norms[p]), "reference": lines.at[i, "reference"]}
-        for p, (i, kind) in enumerate(params) if abs(current[p]) > 1e-3])
-    return Calibration(calibrated, changes, rms_before, rms_after, history)
+    return _Fit(gf, vdw, current, measured, norms, history, rms_before, rms_after)
 
+
+def _change_rows(lines: pd.DataFrame, calibrated: pd.DataFrame, params: list[tuple[int, str]], fit: _Fit,
+                 stage: str) -> list[dict]:
+    """One record per changed parameter: line, old and new value, the Jacobian norm, the pass that changed it."""
+    return [{"species": lines.at[i, "species"], "wlcent": lines.at[i, "wlcent"], "excit": lines.at[i, "excit"],
+             "parameter": "log_gf" if kind == "gf" else "vdw_dex",
+             "old": float(lines.at[i, "gflog"] if kind == "gf" else lines.at[i, "gamvw"]),
+             "new": float(calibrated.at[i, "gflog"] if kind == "gf" else calibrated.at[i, "gamvw"]),
+             "change_dex": float(fit.current[p]), "jacobian_norm": float(fit.norms[p]),
+             "reference": lines.at[i, "reference"], "stage": stage}
+            for p, (i, kind) in enumerate(params) if abs(fit.current[p]) > 1e-3]
+
+
+def calibrate_to_sun(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.ndarray, usable: np.ndarray,
+                     iterations: int = 3, workers: int = 2, log: Callable[[str], None] = print) -> Calibration:
+    """Bounded, regularised Gauss-Newton of log gf and vdW damping against an observed solar spectrum.
+
+    Arguments:
+        lines: the line list (vacuum, :data:`spectra.linelists.COLUMNS`).
+        solar_depth: PySME central depth of each line in the Sun (``linelist_survey.central_depths``).
+        observed, usable: the solar spectrum on the HR pixels and its usable pixels (:func:`observed_on_hr`).
+    """
+    lines = lines.reset_index(drop=True)
+    visible = np.flatnonzero(solar_depth >= VISIBLE_DEPTH)
+    strong = np.flatnonzero((solar_depth >= STRONG_DEPTH) & ((lines["gamvw"].to_numpy() < 0)
+                                                            | (lines["gamvw"].to_numpy() > 20)))
+    params = [(int(i), "gf") for i in visible] + [(int(i), "vdw") for i in strong]
+    radius = np.array([_radius(solar_depth[i : i + 1])[0] for i, _ in params])
+    bound = np.array([GF_BOUND if k == "gf" else VDW_BOUND for _, k in params])
+    log(f"{len(visible)} log gf and {len(strong)} damping parameters")
+    fit = _gauss_newton(lines, params, radius, -bound, bound, np.full(len(params), RIDGE), observed, usable,
+                        iterations, workers, log)
+    calibrated = _apply(lines, fit.gf, fit.vdw)
+    changes = pd.DataFrame(_change_rows(lines, calibrated, params, fit, "lines"))
+    return Calibration(calibrated, changes, fit.rms_before, fit.rms_after, fit.history)
+
+
+def residual_features(resid: np.ndarray, usable: np.ndarray, wave: np.ndarray,
+                      threshold: float = FEATURE_THRESHOLD) -> list[tuple[float, float]]:
+    """(air λ of the extremum, residual there) of every run of usable pixels with |synthetic - observed| >
+    ``threshold`` and one sign (adjacent runs closer than 0.3 Å are one feature)."""
+    big = usable & (np.abs(resid) > threshold)
+    features: list[tuple[float, float]] = []
+    last_wave, last_sign = -np.inf, 0.0
+    for j in np.flatnonzero(big):
+        sign = np.sign(resid[j])
+        if wave[j] - last_wave < 0.3 and sign == last_sign:
+            if abs(resid[j]) > abs(features[-1][1]):
+                features[-1] = (float(wave[j]), float(resid[j]))
+        else:
+            features.append((float(wave[j]), float(resid[j])))
+        last_wave, last_sign = wave[j], sign
+    return features
+
+
+def refine_features(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.ndarray, usable: np.ndarray,
+                    prior_change: np.ndarray | None = None, iterations: int = 3, workers: int = 2,
+                    log: Callable[[str], None] = print) -> Calibration:
+    """Second pass on what the line-by-line pass leaves beyond :data:`FEATURE_THRESHOLD`.
+
+    A feature where the synthesis is too deep, or too shallow with a visible line of the list at it, is a line whose
+    laboratory log gf is off by more than :data:`GF_BOUND`: that line's log gf may move up to :data:`WIDE_BOUND` in
+    total. A too-shallow feature with no line of the list at it is a line the sources lack: a
+    :data:`PSEUDO_LINE` is added there and its log gf fitted. ``lines`` are the already calibrated list (vacuum),
+    ``solar_depth`` their central depths in the Sun, ``prior_change`` the log gf change each line already had
+    (counted against :data:`WIDE_BOUND`); the result's ``lines`` include the pseudo-lines.
+    """
+    from .wavegrid import air_to_vacuum, vacuum_to_air
+
+    lines = lines.reset_index(drop=True)
+    hr = hr_grid()
+    base = _synthesise(lines)
+    features = residual_features(base - observed, usable, hr.wave)
+    wave_air = vacuum_to_air(lines["wlcent"].to_numpy())
+    visible = solar_depth >= VISIBLE_DEPTH
+    prior_change = np.zeros(len(lines)) if prior_change is None else np.asarray(prior_change, dtype=float)
+    chosen: dict[int, tuple[float, float]] = {}  # line -> (lower, upper) of its change in this pass
+    pseudo = []
+    for wave0, resid0 in features:
+        near = np.flatnonzero(visible & (np.abs(wave_air - wave0) <= FEATURE_MATCH))
+        if near.size:
+            line = int(near[np.argmax(solar_depth[near])])
+            chosen[line] = (-WIDE_BOUND - prior_change[line], WIDE_BOUND - prior_change[line])
+        elif resid0 > 0:
+            pseudo.append(wave0)
+    log(f"{len(features)} features beyond {FEATURE_THRESHOLD:.0%}: {len(chosen)} lines of the list get up to "
+        f"{WIDE_BOUND} dex, {len(pseudo)} pseudo-lines added")
+    if pseudo:
+        extra = pd.DataFrame({"species": PSEUDO_LINE["species"], "wlcent": air_to_vacuum(np.array(pseudo)),
+                              "excit": PSEUDO_LINE["excit"], "gflog": PSEUDO_LINE["gflog"], "gamrad": 0.0,
+                              "gamqst": 0.0, "gamvw": 0.0, "lande": 0.0, "depth": 0.0,
+                              "reference": PSEUDO_LINE["reference"]})
+        lines = pd.concat([lines, extra], ignore_index=True)
+    first_pseudo = len(lines) - len(pseudo)
+    params = [(i, "gf") for i in chosen] + [(first_pseudo + k, "gf") for k in range(len(pseudo))]
+    low, high = PSEUDO_LINE["limits"]
+    lower = np.array([chosen[i][0] for i in chosen] + [low - PSEUDO_LINE["gflog"]] * len(pseudo))
+    upper = np.array([chosen[i][1] for i in chosen] + [high - PSEUDO_LINE["gflog"]] * len(pseudo))
+    ridge = np.array([RIDGE] * len(chosen) + [0.0] * len(pseudo))  # a pseudo-line's start value means nothing
+    radius = np.full(len(params), _RADIUS_WEAK)
+    fit = _gauss_newton(lines, params, radius, lower, upper, ridge, observed, usable, iterations, workers, log)
+    calibrated = _apply(lines, fit.gf, fit.vdw)
+    rows = _change_rows(lines, calibrated, params, fit, "features")
+    for row in rows:
+        if row["reference"] == PSEUDO_LINE["reference"]:
+            row.update(parameter="pseudo_line", old=float("nan"))
+    # before = the input list's (the fit's first iteration already holds the pseudo-lines at their start value)
+    return Calibration(calibrated, pd.DataFrame(rows), _rms(base - observed, usable, hr), fit.rms_after, fit.history)
 
 
 #: gaps of the UVES solar spectrum of the shared data (Å, air): no data there
@@ -247,21 +360,51 @@ _SOLAR_NEGLIGIBLE = 1e-3
 
 
 def calibrate_linelist(lines: pd.DataFrame, solar_spectrum: str | Path, iterations: int = 3, workers: int = 2,
-                       gaps: tuple[tuple[float, float], ...] = UVES_GAPS, log: Callable[[str], None] = print
-                       ) -> Calibration:
+                       gaps: tuple[tuple[float, float], ...] = UVES_GAPS, log: Callable[[str], None] = print,
+                       stages: tuple[str, ...] = ("lines", "features"), feature_passes: int = 2,
+                       prior_change: np.ndarray | None = None) -> Calibration:
     """The whole list with its solar-visible lines calibrated against ``solar_spectrum`` (two columns: air Å,
-    normalised flux); lines too weak in the Sun keep their values (``Calibration.lines`` is the whole list)."""
+    normalised flux); lines too weak in the Sun keep their values (``Calibration.lines`` is the whole list).
+
+    ``stages``: ``"lines"``, the line-by-line pass (:func:`calibrate_to_sun`), then ``"features"``,
+    ``feature_passes`` rounds of :func:`refine_features` on what it leaves. ``prior_change``: per line, the log gf
+    change an earlier ``"lines"`` pass made (when only ``"features"`` runs on its output).
+    """
     from .linelist_survey import central_depths
     from .validation import load_text_spectrum
 
+    unknown = set(stages) - {"lines", "features"}
+    if unknown:
+        raise ValueError(f"unknown calibration stage(s) {sorted(unknown)}; expected 'lines' and/or 'features'")
     lines = lines.reset_index(drop=True)
     depth = central_depths(lines, SUN[:4])
-    seen = depth >= _SOLAR_NEGLIGIBLE
-    log(f"{int(seen.sum())} of {len(lines)} lines matter in the Sun (central depth >= {_SOLAR_NEGLIGIBLE:g})")
+    seen = np.flatnonzero(depth >= _SOLAR_NEGLIGIBLE)
+    log(f"{seen.size} of {len(lines)} lines matter in the Sun (central depth >= {_SOLAR_NEGLIGIBLE:g})")
     wave, flux = load_text_spectrum(solar_spectrum)
     observed, usable = observed_on_hr(wave, flux, gaps=gaps)
-    result = calibrate_to_sun(lines[seen], depth[seen], observed, usable, iterations, workers, log)
+    sun_lines, sun_depth = lines.iloc[seen].reset_index(drop=True), depth[seen]
+    change = np.zeros(seen.size) if prior_change is None else np.asarray(prior_change, dtype=float)[seen]
+    parts, history, rms_before, rms_after = [], [], None, {}
+    if "lines" in stages:
+        result = calibrate_to_sun(sun_lines, sun_depth, observed, usable, iterations, workers, log)
+        change = change + result.lines["gflog"].to_numpy() - sun_lines["gflog"].to_numpy()
+        sun_lines, rms_before, rms_after = result.lines, result.rms_before, result.rms_after
+        parts.append(result.changes)
+        history += result.history
+    for k in range(feature_passes if "features" in stages else 0):
+        result = refine_features(sun_lines, sun_depth, observed, usable, change, iterations, workers, log)
+        added = len(result.lines) - len(sun_lines)
+        change = np.concatenate([change + result.lines["gflog"].to_numpy()[: len(change)]
+                                 - sun_lines["gflog"].to_numpy(), np.zeros(added)])
+        sun_depth = np.concatenate([sun_depth, central_depths(result.lines.iloc[len(sun_lines):], SUN[:4])
+                                    if added else np.zeros(0)])
+        sun_lines, rms_after = result.lines, result.rms_after
+        rms_before = rms_before or result.rms_before
+        parts.append(result.changes)
+        history += [{**h, "stage": f"features {k + 1}"} for h in result.history]
     whole = lines.copy()
-    whole.loc[np.flatnonzero(seen), ["gflog", "gamvw"]] = result.lines[["gflog", "gamvw"]].to_numpy()
-    result.lines = whole
-    return result
+    whole.loc[seen, ["gflog", "gamvw"]] = sun_lines.iloc[: seen.size][["gflog", "gamvw"]].to_numpy()
+    whole = pd.concat([whole, sun_lines.iloc[seen.size:]], ignore_index=True)
+    changes = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
+        else pd.DataFrame()
+    return Calibration(whole, changes, rms_before or {}, rms_after, history)

@@ -16,9 +16,10 @@ import numpy as np
 import zarr
 
 from catalog.outputs import claim_output
-from runtime.bundle import continuum_kind
-from runtime.survey import ZarrSurvey, check_flux_chunk
+from runtime.survey import ZarrSurvey
 
+from .contracts.conventions import continuum_kind
+from .contracts.survey import check_flux_chunk
 from .survey import SURVEY_FORMAT
 
 __all__ = ["merge_surveys"]

@@ -17,6 +17,7 @@ import itertools
 
 import numpy as np
 
+from .contracts.flags import MIN_RESOLUTION_FRACTION
 from .degrade import gaussian_broaden
 from .wavegrid import HR_RESOLUTION, WORKING_RESOLUTION, WavelengthGrid
 
@@ -32,7 +33,7 @@ __all__ = [
 
 TRAINING_RESOLUTION = float(1.0 / np.sqrt(1.0 / WORKING_RESOLUTION**2 + 1.0 / HR_RESOLUTION**2))
 #: below this an input spectrum is flagged LOW_RESOLUTION (3 % under the 4MOST HR R = 20 000)
-MIN_RESOLUTION = 0.97 * HR_RESOLUTION
+MIN_RESOLUTION = MIN_RESOLUTION_FRACTION * HR_RESOLUTION
 
 
 def contiguous(wave: np.ndarray, max_gap: float = 1.0) -> list[slice]:

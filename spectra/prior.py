@@ -30,6 +30,7 @@ import numpy as np
 from scipy.stats import norm, qmc
 
 from . import schema
+from .contracts.conventions import vbroad_from_uniform
 
 __all__ = ["PRIOR_VERSION", "draw_labels", "label_trends"]
 
@@ -94,8 +95,7 @@ def draw_labels(n: int, seed: int) -> np.ndarray:
     out[:, col["logg"]] = np.where(dwarf, logg_d, logg_g)
     out[:, col["fe_h"]] = feh
     out[:, col["vmic"]] = 0.5 + 1.5 * u[:, 4]
-    vmax = np.where(feh > -2.0, 100.0, 30.0)
-    out[:, col["vbroad"]] = 10.0 ** (np.log10(vmax) * u[:, 5])
+    out[:, col["vbroad"]] = vbroad_from_uniform(u[:, 5], feh)
     a_li = -0.5 + 3.8 * u[:, 6]
     out[:, col["li_fe"]] = a_li - A_LI_SUN - feh
 

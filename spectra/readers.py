@@ -27,6 +27,7 @@ __all__ = [
     "SpectrumReadError",
     "detect_format",
     "read_spectra",
+    "sky_and_time",
     "write_fourmost_l1",
 ]
 
@@ -61,6 +62,9 @@ class ObservedSpectrum:
     resolution_source: str = ""  # "header SPEC_RES", "instrument table: HARPS HAM", or why it is unknown
     header_rv: float | None = None  # km/s, when the file states the star's RV
     meta: dict = field(default_factory=dict)
+    ra: float = float("nan")  # deg, from the header or fibre table (NaN: not stated)
+    dec: float = float("nan")  # deg
+    mjd: float = float("nan")  # modified Julian date of the observation (MJD-OBS, else DATE-OBS)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -173,6 +177,48 @@ def _object_name(path: Path, header) -> str:
         name = _utf8_primary_value(path, _OBJECT_KEYS) or name
     return name
 _INSTRUMENT_KEYS = ("INSTRUME", "INSTRUMENT", "ESO INS ID")
+_RA_KEYS = ("RA", "RA_OBJ", "OBJRA", "RA_TARG")
+_DEC_KEYS = ("DEC", "DEC_OBJ", "OBJDEC", "DEC_TARG")
+
+
+def _angle(value, hours: bool) -> float:
+    """Degrees from a header value: a number of degrees, or sexagesimal text ('12:34:56.7', RA in hours); NaN
+    for anything else (a position is provenance: an odd keyword must not fail the spectrum)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    parts = str(value).replace(" ", ":").split(":")
+    try:
+        sign = -1.0 if parts[0].strip().startswith("-") else 1.0
+        number = sum(abs(float(part)) / 60.0**k for k, part in enumerate(parts))
+    except ValueError:
+        return float("nan")
+    return sign * number * (15.0 if hours else 1.0)
+
+
+def sky_and_time(header, fibre: dict | None = None) -> dict[str, float]:
+    """``ra``, ``dec`` (deg) and ``mjd`` of a spectrum: a fibre table's RA/DEC first (one per target in a 4MOST
+    file), else the header's RA/DEC keywords; MJD-OBS, else DATE-OBS converted. NaN for what is not stated, so
+    the survey and the catalogue say 'unknown' rather than 0."""
+    fibre = fibre or {}
+    ra = next((fibre[k] for k in _RA_KEYS if k in fibre), None)
+    dec = next((fibre[k] for k in _DEC_KEYS if k in fibre), None)
+    ra = ra if ra is not None else next((header.get(k) for k in _RA_KEYS if header.get(k) is not None), None)
+    dec = dec if dec is not None else next((header.get(k) for k in _DEC_KEYS if header.get(k) is not None), None)
+    mjd = _number(header, "MJD-OBS", "MJD_OBS", "MJD")
+    if mjd is None and header_text(header, "DATE-OBS"):
+        from astropy.time import Time
+
+        try:
+            mjd = float(Time(header_text(header, "DATE-OBS"), format="isot", scale="utc").mjd)
+        except ValueError:
+            mjd = None
+    ra_deg = float("nan") if ra is None else _angle(ra, hours=isinstance(ra, str) and ":" in ra)
+    dec_deg = float("nan") if dec is None else _angle(dec, hours=False)
+    return {"ra": ra_deg if 0.0 <= ra_deg < 360.0 else float("nan"),
+            "dec": dec_deg if -90.0 <= dec_deg <= 90.0 else float("nan"),
+            "mjd": float("nan") if mjd is None else float(mjd)}
 
 
 def _iraf_unit(header) -> str:
@@ -268,6 +314,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
             wave, flux, error = _check_arrays(path, wave * factor, row[cols["FLUX"]], error, what)
             name = _object_name(path, header)
             meta = {"format": fmt, "row": i}
+            fib = {}
             if fibres is not None and i < len(fibres):
                 fib = {k.upper(): fibres[k][i] for k in fibres.columns.names}
                 name = str(fib.get("OBJ_NAME", fib.get("OBJECT", name))).strip()
@@ -279,7 +326,7 @@ def _table_spectra(path: Path, fmt: str, wave_unit: str | None) -> list[Observed
                 wave=wave, flux=flux, error=error, source=f"{path}[{i}]" if len(data) > 1 else str(path),
                 medium=medium, medium_from_header=stated, unit_inferred=inferred, object=name,
                 instrument=instrument, resolution=resolution, resolution_source=resolution_source,
-                header_rv=_number(header, "RV", "VRAD", "ESO DRS CCF RVC"), meta=meta))
+                header_rv=_number(header, "RV", "VRAD", "ESO DRS CCF RVC"), meta=meta, **sky_and_time(header, fib)))
         return out
 
 
@@ -323,7 +370,7 @@ def _image_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]
             unit_inferred=inferred, object=_object_name(path, header), instrument=instrument,
             resolution=resolution, resolution_source=resolution_source, header_rv=None,
             meta={"format": "fits-1d", "wcs": sampling, "bunit": header_text(header, "BUNIT"),
-                  "berv": _number(header, "ESO DRS BERV")})]
+                  "berv": _number(header, "ESO DRS BERV")}, **sky_and_time(header))]
 
 
 def _ascii_spectrum(path: Path, wave_unit: str | None) -> list[ObservedSpectrum]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import fftconvolve
 
+from .contracts.conventions import vbroad_from_uniform
 from .degrade import C_KMS, LIMB_DARKENING, _rotation_kernel
 from .wavegrid import WavelengthGrid
 
@@ -94,9 +95,8 @@ class Rotator:
 
 
 def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Fresh v_broad [km/s] from the grid prior (``spectra.prior``): log-uniform 1-100 km/s, 1-30 below [Fe/H] -2."""
-    vmax = np.where(np.asarray(feh) > -2.0, 100.0, 30.0)
-    return 10.0 ** (np.log10(vmax) * rng.uniform(size=np.shape(feh)))
+    """Fresh v_broad [km/s] from the grid prior (``spectra.contracts.conventions.vbroad_from_uniform``)."""
+    return vbroad_from_uniform(rng.uniform(size=np.shape(feh)), feh)
 
 
 def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, progress: bool = True):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contracts.parameters import check_transform, from_network, to_network
+
 __all__ = [
     "ABUNDANCE_ELEMENTS",
     "ALL_LABELS",
@@ -48,7 +50,8 @@ class Parameter:
         name: machine name used in files and catalogues (``teff``, ``mg_fe``).
         label: human/LaTeX-free label (``T_eff``, ``[Mg/Fe]``).
         unit: physical unit as an astropy-parsable string ("" for dex ratios -> "dex").
-        transform: ``"log10"`` if the network works on log10 of the value, else ``"identity"``.
+        transform: ``"log10"`` if the network works on log10 of the value, else ``"identity"``
+            (``spectra.contracts.parameters``).
         lower, upper: training bounds in physical units (inclusive).
         element: chemical symbol for abundance labels ``[X/Fe]``, else ``None``.
     """
@@ -61,15 +64,16 @@ class Parameter:
     upper: float
     element: str | None = None
 
+    def __post_init__(self) -> None:
+        check_transform(self.transform)
+
     def to_network(self, value: np.ndarray | float) -> np.ndarray:
         """Physical value -> the value the network sees (before standardisation)."""
-        value = np.asarray(value, dtype=float)
-        return np.log10(value) if self.transform == "log10" else value
+        return to_network(value, self.transform)
 
     def from_network(self, value: np.ndarray | float) -> np.ndarray:
         """Inverse of :meth:`to_network`."""
-        value = np.asarray(value, dtype=float)
-        return 10.0**value if self.transform == "log10" else value
+        return from_network(value, self.transform)
 
     def as_dict(self) -> dict:
         return {

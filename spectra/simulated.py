@@ -30,8 +30,8 @@ import numpy as np
 
 from runtime.bundle import sha256_file
 from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
-from runtime.survey import MAX_ROWS, SIMULATED_FORMAT, RowBlock, SurveyReader
 
+from .contracts.survey import MAX_ROWS, SIMULATED_FORMAT, RowBlock, SurveyReader
 from .degrade import noise_sigma
 from .gridstore import GridReader
 from .survey import SnrSpec, parse_snr
@@ -50,7 +50,8 @@ def write_simulated_survey(grid: str | Path, n: int, snr: str, out: str | Path, 
     if n < 1 or chunk < 1:
         raise ValueError(f"--n and --chunk must be >= 1, got {n} and {chunk}")
     if n > MAX_ROWS:
-        raise ValueError(f"--n {n}: more than the {MAX_ROWS} rows a survey may hold (runtime.survey.MAX_ROWS)")
+        raise ValueError(f"--n {n}: more than the {MAX_ROWS} rows a survey may hold "
+                         "(spectra.contracts.survey.MAX_ROWS)")
     if out.suffix.lower() != ".json":
         raise ValueError(f"{out}: a simulated survey is a .json file")
     spec = parse_snr(snr)

@@ -28,9 +28,9 @@ import zarr
 from tqdm.auto import tqdm
 
 from runtime.streams import NOISE, ROW, check_seed, scheme, stream_rng
-from runtime.survey import check_flux_chunk
 
 from .continuum import ContinuumOptions, normalise
+from .contracts.survey import check_flux_chunk
 from .degrade import add_noise
 from .gridstore import GridReader
 

@@ -19,9 +19,10 @@ import pytest
 import zarr
 
 from runtime import cli as runtime_cli
-from runtime.survey import MAX_CHUNK_BYTES, MAX_ROWS, ZarrSurvey, open_survey
+from runtime.survey import ZarrSurvey, open_survey
 from spectra import cli as spectra_cli
 from spectra.atmospheres import MAX_MOD_BYTES, AtmosphereGrid, default_grid
+from spectra.contracts.survey import MAX_CHUNK_BYTES, MAX_ROWS
 from spectra.survey import SURVEY_FORMAT, make_survey, parse_snr
 from spectra.wavegrid import hr_grid
 

@@ -11,12 +11,12 @@ pytest.importorskip("onnxruntime")
 
 from test_emulator import _grid
 
-from catalog.schema import Flag
 from catalog.writers import CatalogueStore
 from runtime.bundle import BundleError, load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.resim import Resimulator, reduced_chi2
 from spectra import schema
+from spectra.contracts.flags import Flag
 from spectra.degrade import add_noise
 from spectra.prior import draw_labels
 from spectra.survey import make_survey, parse_snr

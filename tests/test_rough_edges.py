@@ -177,7 +177,7 @@ def test_training_reports_refuse_a_folder_they_did_not_make(tmp_path, capsys, co
 
 
 def test_claim_report_folder_rules(tmp_path):
-    from training.evaluate import claim_report_folder
+    from catalog.outputs import claim_report_folder
 
     new = claim_report_folder(tmp_path / "a" / "new", "report", "metrics.json")
     assert new.is_dir() and not any(new.iterdir())  # created, parents too

@@ -15,9 +15,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from catalog.check import check_catalogue
-from catalog.schema import Flag
 from catalog.writers import CatalogueStore, export_fits, export_parquet
 from runtime.pipeline import ProcessOptions, process_survey
+from spectra.contracts.flags import Flag
 from spectra.survey import make_survey, parse_snr
 
 OPTIONS = ProcessOptions(samples=256, seed=3, device="cpu")

@@ -14,13 +14,14 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from catalog.check import check_catalogue
-from catalog.schema import Flag, catalogue_columns
+from catalog.schema import catalogue_columns
 from catalog.writers import CatalogueStore, export_fits, export_parquet
 from runtime import cli as runtime_cli
 from runtime.bundle import load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.survey import open_survey
 from spectra import cli as spectra_cli
+from spectra.contracts.flags import Flag
 from spectra.survey import make_survey, parse_snr
 
 OPTIONS = ProcessOptions(samples=64, seed=5, device="cpu")
@@ -55,7 +56,7 @@ def test_a_four_million_row_catalogue_stays_under_ten_thousand_files(setup, tmp_
     store.write_chunk(0, values)
     store.write_chunk(1, values)
     per_shard = (_files(tmp_path / "big.zarr") - empty) / 2
-    assert len(columns) == 86 and per_shard == 5  # 4 value blocks + the done marker, whatever the column count
+    assert len(columns) == 99 and per_shard == 5  # 4 value blocks + the done marker, whatever the column count
     total = empty + per_shard * store.n_chunks
     assert store.n_chunks == 245 and total <= 10_000
     np.testing.assert_array_equal(store.read_rows(shard - 2, shard + 2, ["source_id"])["source_id"], 1)

@@ -20,13 +20,13 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from catalog import cli as catalog_cli  # noqa: E402
-from catalog.schema import FLAGS, Flag, flags_markdown  # noqa: E402
 from catalog.writers import CatalogueStore, export_fits, export_parquet  # noqa: E402
 from export.onnx import export_bundle  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.bundle import BundleError, load_bundle  # noqa: E402
 from runtime.pipeline import ProcessOptions, process_survey  # noqa: E402
 from spectra import cli as spectra_cli  # noqa: E402
+from spectra.contracts.flags import FLAGS, Flag, flags_markdown  # noqa: E402
 from spectra.degrade import gaussian_broaden, rebin  # noqa: E402
 from spectra.examples import fourmost_l1_from_grid  # noqa: E402
 from spectra.ingest import IngestFlag, IngestOptions, ingest  # noqa: E402

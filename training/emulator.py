@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from catalog.outputs import claim_report_folder
 from spectra import schema
+from spectra.contracts.parameters import log10_mask
 from spectra.gridstore import GridReader
-
-from .evaluate import claim_report_folder
 
 __all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "error_table",
            "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "validation_residuals"]
@@ -60,7 +60,7 @@ class Emulator(nn.Module):
         upper = np.array([float(p.to_network(p.upper)) for p in params])
         self.register_buffer("centre", torch.tensor((lower + upper) / 2, dtype=torch.float32))
         self.register_buffer("half_range", torch.tensor((upper - lower) / 2, dtype=torch.float32))
-        self.register_buffer("log10_mask", torch.tensor([p.transform == "log10" for p in params]))
+        self.register_buffer("log10_mask", torch.from_numpy(log10_mask([p.transform for p in params])))
         mean = np.ones(n_pixels) if mean_flux is None else np.asarray(mean_flux, dtype=float)
         self.register_buffer("mean_flux", torch.tensor(mean, dtype=torch.float32))
         sizes = [len(EMULATOR_INPUTS), *hidden]
@@ -198,7 +198,7 @@ def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray) -> dict:
 
 def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | Path, overwrite: bool = False) -> dict:
     """The error table of an emulator on held-out PySME grids, as ``emulator_errors.json`` and ``.md`` in ``out``
-    (a new or empty folder, or with ``overwrite`` an earlier error report: ``evaluate.claim_report_folder``;
+    (a new or empty folder, or with ``overwrite`` an earlier error report: ``catalog.outputs.claim_report_folder``;
     nothing else is touched)."""
     out = claim_report_folder(out, "emulator error report", "emulator_errors.json", overwrite)
     model, record, wave = load_emulator(run)

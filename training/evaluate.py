@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalog.outputs import OutputExistsError, claim_output
+from catalog.outputs import claim_report_folder
 from runtime.posterior import summarize
 from spectra import schema
+from spectra.contracts import quantiles as quantile_levels
+from spectra.contracts.density import log_density
+from spectra.contracts.parameters import to_physical as standardised_to_physical
 from spectra.survey import SnrSpec
 
 from .config import Config
@@ -42,33 +45,7 @@ from .data import GridData
 from .fit import load_run
 from .model import CINN
 
-__all__ = ["claim_report_folder", "efficiency", "evaluate", "load_bound", "sample_posterior"]
-
-
-def claim_report_folder(out: str | Path, what: str, marker: str, overwrite: bool = False) -> Path:
-    """Create the report folder ``out``, or accept an existing one that may be written: an empty folder, or, with
-    ``overwrite``, an earlier report of the same command (it holds ``marker``, the file the command always writes).
-
-    Why: these commands used to write into any existing folder, silently replacing files of the same names
-    (a ``report.md`` of someone else's). Like every other command they now go through
-    ``catalog.outputs.claim_output``: an existing output needs ``--overwrite``, and even then a folder this
-    command did not make is refused. With ``overwrite`` the command's files are replaced, nothing is deleted.
-    """
-    out = Path(out)
-    if out.is_dir() and not out.is_symlink():
-        if not any(out.iterdir()):
-            return out
-        if overwrite and (out / marker).is_file():
-            return out
-        if overwrite:
-            raise OutputExistsError(f"{out} exists and holds no {marker}: it is not a {what} this command wrote; "
-                                    "refusing to write into it even with --overwrite (choose another --out)")
-    elif overwrite and (out.exists() or out.is_symlink()):
-        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)  # as before: a report may go into a new folder tree
-    claim_output(out, what)  # an existing output without --overwrite: "exists: add --overwrite ..."
-    out.mkdir()
-    return out
+__all__ = ["efficiency", "evaluate", "load_bound", "sample_posterior"]
 
 
 def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
@@ -85,17 +62,13 @@ def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: 
         c_rep = c.repeat_interleave(n_samples, dim=0)
         zt = torch.from_numpy(z.reshape(n * n_samples, d)).to(device)
         x, log_det_xz = model.reverse(zt, c_rep)
-    log_density = -0.5 * (z.reshape(n * n_samples, d) ** 2).sum(axis=1) - 0.5 * d * math.log(2 * math.pi)
-    log_density = log_density - log_det_xz.cpu().numpy()
-    return x.cpu().numpy().reshape(n, n_samples, d), log_density.reshape(n, n_samples)
+    density = log_density(z.reshape(n * n_samples, d), log_det_xz.cpu().numpy())
+    return x.cpu().numpy().reshape(n, n_samples, d), density.reshape(n, n_samples)
 
 
 def to_physical(x_std: np.ndarray, x_mean: np.ndarray, x_std_dev: np.ndarray) -> np.ndarray:
-    net = x_std * x_std_dev + x_mean
-    out = np.empty_like(net)
-    for j, p in enumerate(schema.TARGETS):
-        out[..., j] = p.from_network(net[..., j])
-    return out
+    """Standardised network outputs -> physical units with the transforms of ``spectra.schema.TARGETS``."""
+    return standardised_to_physical(x_std, x_mean, x_std_dev, [p.transform for p in schema.TARGETS])
 
 
 def open_run_with_grid(run: str | Path, grid: str | Path) -> tuple[CINN, Config, dict, GridData]:
@@ -160,8 +133,8 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     model, config, meta, data = open_run_with_grid(run, grid)
     normaliser = None
     if normalise_after_noise:
-        from runtime.bundle import continuum_kind
         from spectra.continuum import BatchNormaliser
+        from spectra.contracts.conventions import continuum_kind
 
         if continuum_kind(data.grid_attrs) == "pseudo":
             data.close()
@@ -251,9 +224,10 @@ def _metrics(truth, maps, quantiles, n_valid, ranks, n_samples, label_range, nam
     resid = maps - truth
     ok = np.isfinite(resid).all(axis=1)
     r = resid[ok]
-    inside68 = (quantiles[:, 1] <= truth) & (truth <= quantiles[:, 3])
-    inside95 = (quantiles[:, 0] <= truth) & (truth <= quantiles[:, 4])
-    width68 = quantiles[:, 3] - quantiles[:, 1]
+    p2_5, p16, p84, p97_5 = (quantiles[:, quantile_levels.index(q)] for q in ("p2_5", "p16", "p84", "p97_5"))
+    inside68 = (p16 <= truth) & (truth <= p84)
+    inside95 = (p2_5 <= truth) & (truth <= p97_5)
+    width68 = p84 - p16
     out = {"n": len(truth), "n_with_valid_samples": int(ok.sum()),
            "mean_f_reject": float(np.mean(1 - n_valid / n_samples)), "params": {}}
     for j, name in enumerate(names):

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from catalog.scratch import written_atomically
-from spectra import __version__
+from spectra.contracts.conventions import software_version
 
 from .config import Config
 from .data import SNR_RANGE, GridData
@@ -216,7 +216,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         history, best_val, best_epoch = state["history"], state["best_val"], state["best_epoch"]
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
     (out / "config.json").write_text(config.to_json())
-    meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": __version__,
+    meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": software_version(),
             "schema": run_schema(config, data.grid_attrs),
             "torch": torch.__version__}
     if config.data == "stream":
@@ -288,7 +288,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
 def run_schema(config: Config, grid_attrs: dict) -> dict:
     """The schema this run is trained for (``spectra.schema.training_schema``): targets and bounds as they
     are now, the S/N range of ``config.snr_mode`` and the grid's continuum convention."""
-    from runtime.bundle import continuum_kind
+    from spectra.contracts.conventions import continuum_kind
     from spectra.schema import training_schema
 
     values = "log-uniform 10-1000" if config.snr_mode == "continuous" else "paper's 19 values"
