@@ -150,9 +150,11 @@ def graph_entry_string(work: Path) -> tuple[str, bool]:
 def cluster_intruder(work: Path) -> tuple[str, bool]:
     from test_hardening_runs import INTRUDER, _ports, _speaks_http
 
-    from runtime.pipeline import ProcessOptions, RunContext, _DistributedRunner
+    from runtime.cluster import DistributedRunner
+    from runtime.pipeline import ProcessOptions
+    from runtime.task import RunContext
 
-    runner = _DistributedRunner(2, None, RunContext("in", "out", "bundle", "sha", ProcessOptions()))
+    runner = DistributedRunner(2, None, RunContext("in", "out", "bundle", "sha", ProcessOptions()))
     try:
         address = runner.cluster.scheduler.address
         done = subprocess.run([sys.executable, "-c", INTRUDER, address], capture_output=True, text=True, timeout=120)
@@ -339,7 +341,7 @@ def non_ascii(work: Path) -> tuple[str, bool]:
 
     from catalog.schema import Column
     from catalog.writers import CatalogueStore, export_fits
-    from spectra.readers import read_spectra
+    from spectra.observed.readers import read_spectra
 
     name = "Gliese 1é ☉"
     with contextlib.redirect_stderr(io.StringIO()):

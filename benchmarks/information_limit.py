@@ -8,7 +8,7 @@ results/information_limit/report.md + bound.json (+ per_star.json).
 Why: an accuracy table alone cannot say whether a network is poor or the data are; the bound is the yardstick
 (``training evaluate --bound bound.json`` adds σ / bound to its report). Method (``training.information``):
 for each held-out star, the emulated spectrum at its 25 emulator labels, rotated by its v_broad with
-``spectra.rotation.Rotator``; J = ∂flux/∂label for all 26 labels by central differences (v_broad through the
+``spectra.forward.rotation.Rotator``; J = ∂flux/∂label for all 26 labels by central differences (v_broad through the
 Rotator); Eq. 1 noise σ_i = f_i / (S/N_Å √Δλ); bound = √diag(F⁻¹), F = Jᵀ diag(σ⁻²) J, every other label
 marginalised. F is computed once per star at S/N 1 (the bound scales as 1/(S/N)). Floor: the shift of a
 linearised likelihood fit δ = F⁻¹ Jᵀ diag(σ⁻²) (PySME − emulator), both rotated; independent of S/N.
@@ -33,9 +33,9 @@ from _common import machine
 from tqdm.auto import tqdm
 
 from spectra import schema
-from spectra.degrade import noise_sigma
-from spectra.gridstore import GridReader
-from spectra.rotation import Rotator
+from spectra.forward.degrade import noise_sigma
+from spectra.forward.rotation import Rotator
+from spectra.stores.gridstore import GridReader
 from spectra.wavegrid import WavelengthGrid, hr_grid
 from training.information import central_jacobian, cramer_rao_bound, fit_shift
 
@@ -110,7 +110,7 @@ def open_grid(paths: list[str], scratch: Path) -> Path:
         if len(files) > 1:
             raise SystemExit("--grid: give one grid file, or the packed shards of one grid")
         return files[0]
-    from spectra.gridpack import unpack_grid
+    from spectra.stores.gridpack import unpack_grid
 
     return unpack_grid(files, scratch / "grid.h5")
 

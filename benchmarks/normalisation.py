@@ -3,7 +3,7 @@
     python benchmarks/normalisation.py --bundle BUNDLE --grid HELD_OUT_GRID.h5 [--snr 20,50,250]
 
 The network was trained on spectra normalised by their true continuum (from the synthesis); observed
-spectra can only be normalised by a fitted pseudo-continuum (``spectra.continuum``). The same held-out
+spectra can only be normalised by a fitted pseudo-continuum (``spectra.forward.continuum``). The same held-out
 synthetic spectra, with the same noise, are processed twice: true continuum, and divided by the
 pseudo-continuum fitted to the noisy spectrum (``spectra survey --continuum pseudo``, what
 ``spectra ingest`` does to observed spectra). Reported per S/N and parameter: the median and robust
@@ -26,8 +26,8 @@ from _common import robust_sigma
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
-from spectra.continuum import ContinuumOptions
-from spectra.survey import make_survey, parse_snr
+from spectra.forward.continuum import ContinuumOptions
+from spectra.stores.survey import make_survey, parse_snr
 
 RESULTS = Path(__file__).parent / "results"
 SHOWN = ("teff", "logg", "fe_h", "vmic", "vbroad", "mg_fe", "ca_fe", "ti_fe")

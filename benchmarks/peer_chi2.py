@@ -3,7 +3,7 @@
 Per spectrum: a grid pre-search (the training grid's spectra as a library: the row of lowest χ² gives
 the start), then Levenberg-Marquardt-style trust-region least squares (``scipy.optimize.least_squares``)
 in T_eff, log g, [Fe/H], v_mic and v_broad, each model spectrum synthesised on the fly with PySME through
-the same 4MOST-ification as the grid (``spectra.synthesis.SpectrumMaker``). [X/Fe] are held at 0, as a
+the same 4MOST-ification as the grid (``spectra.synth.synthesis.SpectrumMaker``). [X/Fe] are held at 0, as a
 parameter-only synthesis fit does (TSFitPy fits abundances line by line afterwards).
 
 Cost control: the R 80 000 working-grid synthesis depends on (T_eff, log g, [Fe/H], v_mic) only and is
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from spectra.degrade import fourmostify
-from spectra.gridstore import GridReader
-from spectra.synthesis import SpectrumMaker, labels_from_values
+from spectra.forward.degrade import fourmostify
+from spectra.stores.gridstore import GridReader
+from spectra.synth.synthesis import SpectrumMaker, labels_from_values
 
 PARAMS = ("teff", "logg", "fe_h", "vmic", "vbroad")
 STEPS = np.array([25.0, 0.05, 0.03, 0.1, 0.02])  # forward-difference steps (v_broad in log10)

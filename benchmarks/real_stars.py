@@ -41,9 +41,9 @@ from _common import machine
 
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
-from spectra.continuum import ContinuumOptions, normalise
-from spectra.degrade import add_noise
-from spectra.ingest import IngestFlag, IngestOptions, ingest
+from spectra.forward.continuum import ContinuumOptions, normalise
+from spectra.forward.degrade import add_noise
+from spectra.observed.ingest import IngestFlag, IngestOptions, ingest
 
 RESULTS = Path(__file__).parent / "results"
 STARS = (
@@ -122,7 +122,7 @@ def main() -> None:
                                       "input_resolution", "snr_source", "object")}
 
     # ---- re-simulation and the synthetic Sun
-    from spectra.synthesis import SpectrumMaker, labels_from_values
+    from spectra.synth.synthesis import SpectrumMaker, labels_from_values
 
     maker = SpectrumMaker()
     wave = maker.hr.wave

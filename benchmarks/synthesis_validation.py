@@ -28,13 +28,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from spectra.atmospheres import default_grid
-from spectra.degrade import add_noise, gaussian_broaden, measure_snr_per_angstrom, rebin
-from spectra.gridstore import GridReader
+from spectra.forward.degrade import add_noise, gaussian_broaden, measure_snr_per_angstrom, rebin
 from spectra.prior import draw_labels
-from spectra.survey import PAPER_SNR
-from spectra.synthesis import SpectrumMaker, labels_from_values
-from spectra.validation import compare_with_observed, leave_one_out, load_text_spectrum, metallicity_scan
+from spectra.stores.gridstore import GridReader
+from spectra.stores.survey import PAPER_SNR
+from spectra.synth.atmospheres import default_grid
+from spectra.synth.synthesis import SpectrumMaker, labels_from_values
+from spectra.synth.validation import compare_with_observed, leave_one_out, load_text_spectrum, metallicity_scan
 from spectra.wavegrid import vacuum_to_air
 
 RESULTS = Path(__file__).parent / "results"

@@ -74,7 +74,7 @@ def check_catalogue(path: str | Path, survey: str | Path | None = None) -> Check
         problems_noted = f"; {len(notes)} unreadable survey chunk(s), e.g. {notes[0]}" if notes else ""
         result.notes.append(f"{int(read_failed.sum())} rows flagged READ_FAILED{problems_noted}")
     if survey is not None:
-        from runtime.survey import open_survey
+        from spectra.stores.survey_reader import open_survey
 
         survey_ids, _ = open_survey(survey).source_ids()
         if survey_ids.size == ids.size:  # ids the survey itself cannot give (damaged chunks) are not compared

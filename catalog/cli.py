@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from catalog.cliargs import HelpFormatter, add_option, check_required, run_command, use_help_formatter
+from spectra.common.cliargs import HelpFormatter, add_option, run_command, use_help_formatter
 
 __all__ = ["main"]
 
@@ -72,7 +72,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
+    from spectra.common.outputs import claim_output
 
     from .calibrate import calibrate
 
@@ -140,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_required(parser, args)
-    return run_command("catalog", args)
+    return run_command("catalog", build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from spectra.common.scratch import scratch_name, written_atomically
 from spectra.contracts.flags import FLAGS, INGEST_FLAGS, flag_records
 
 from .schema import Column
-from .scratch import scratch_name, written_atomically
 
 __all__ = ["CATALOG_FORMAT", "CatalogueStore", "check_export_target", "export_fits", "export_format", "export_parquet",
            "provenance", "read_table", "shard_layout"]
@@ -274,7 +274,7 @@ def export_format(out: str | Path, fmt: str | None = None) -> str:
 
 def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> Path:
     """The output's suffix must match ``fmt``; an existing output is replaced only with ``overwrite``."""
-    from catalog.outputs import claim_output
+    from spectra.common.outputs import claim_output
 
     out = Path(out)
     if fmt not in EXPORT_SUFFIXES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import run_command, use_help_formatter
+from spectra.common.cliargs import run_command, use_help_formatter
 from spectra.contracts.manifest import VARIANTS
 
 __all__ = ["main"]
@@ -151,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("export", args)
+    return run_command("export", build_parser(), argv)
 
 
 if __name__ == "__main__":

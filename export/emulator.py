@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.bundle import sha256_file
 from spectra import schema
+from spectra.common.hashing import sha256_file
 from spectra.contracts.manifest import EMULATOR
 from spectra.wavegrid import wavelength_sha256
 from training.emulator import EMULATOR_INPUTS, load_emulator
@@ -70,7 +70,7 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
         "format": EMULATOR_FORMAT,
         "inputs": [{k: schema.parameter(n).as_dict()[k] for k in ("name", "unit", "transform", "lower", "upper")}
                    for n in EMULATOR_INPUTS],
-        "output": {"name": "flux", "rotation": "none: apply v_broad with spectra.rotation.Rotator",
+        "output": {"name": "flux", "rotation": "none: apply v_broad with spectra.forward.rotation.Rotator",
                    "continuum": "true continuum (synthesis)", "n_pixels": int(wave.size),
                    "pixel_grid_sha256": wavelength_sha256(wave)},
         "training": {k: record[k] for k in ("grids", "n_train", "n_val", "val_rms_median", "config", "parameters",

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from runtime.bundle import bias_correction_from, hash_files, sha256_file, write_manifest
-from runtime.streams import scheme as random_stream_scheme
+from runtime.bundle import bias_correction_from, hash_files, write_manifest
+from spectra.common.hashing import sha256_file
 from spectra.contracts.density import LOG_DENSITY
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, SNR_UNIT, SUMMARY
-from spectra.degrade import snr_per_pixel
+from spectra.contracts.streams import scheme as random_stream_scheme
+from spectra.forward.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
 from training.fit import load_run
 from training.model import CINN

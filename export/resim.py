@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bundle import hash_files, load_bundle, sha256_file, write_manifest
+from runtime.bundle import hash_files, load_bundle, write_manifest
+from spectra.common.hashing import sha256_file
 from spectra.contracts.manifest import EMULATOR
 from spectra.prior import label_trends
 from spectra.wavegrid import wavelength_sha256

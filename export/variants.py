@@ -138,8 +138,8 @@ def make_variant(precision: str, src: Path, dst: Path, emulate: bool = False) ->
 def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], seed: int):
     """Noisy real grid spectra at each S/N (first ``n_spectra`` finished rows), in the bundle's convention."""
     from spectra.contracts.conventions import continuum_kind
-    from spectra.degrade import add_noise
-    from spectra.gridstore import GridReader
+    from spectra.forward.degrade import add_noise
+    from spectra.stores.gridstore import GridReader
 
     with GridReader(grid) as reader:
         rows = np.flatnonzero(reader.done)[:n_spectra]
@@ -151,7 +151,7 @@ def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], s
     width = bundle.manifest.raw["pixel_grid"]["pixel_width"]
     flux = np.concatenate([add_noise(clean, np.full(len(rows), s), width, rng) for s in snrs])
     if bundle.manifest.continuum == "pseudo" and continuum_kind(attrs) != "pseudo":
-        from spectra.continuum import normalise
+        from spectra.forward.continuum import normalise
 
         flux = np.stack([normalise(bundle.wavelength, row) for row in flux])
     snr = np.repeat(np.asarray(snrs, dtype=float), len(rows))

@@ -69,8 +69,8 @@ def _inputs(model, bundle, rng, n_random: int = 16) -> dict[str, tuple[np.ndarra
                        np.exp(rng.uniform(np.log(10), np.log(1000), (n_random, 1))).astype(np.float32))}
     grid = Path(bundle.manifest.raw["provenance"].get("grid", ""))
     if grid.is_file():
-        from spectra.degrade import add_noise
-        from spectra.gridstore import GridReader
+        from spectra.forward.degrade import add_noise
+        from spectra.stores.gridstore import GridReader
 
         with GridReader(grid) as reader:
             rows = np.flatnonzero(reader.done)[:8]

@@ -14,7 +14,7 @@
 survey row (flux and S/N checks, the trained S/N range and ``snr_cap``, the re-simulation check, the bias
 correction, the flags), so a notebook and a survey run give the same row for the same spectrum, seed and source id:
 a spectrum's posterior depends on (seed, source_id) only. ``read_spectrum`` and ``prepare`` are ``spectra
-ingest``'s reader and preparation (``spectra.readers``, ``spectra.ingest``), one spectrum at a time.
+ingest``'s reader and preparation (``spectra.observed.readers``, ``spectra.observed.ingest``), one spectrum at a time.
 
 Bad input is a one-line ``ValueError`` naming the argument and what was expected.
 """
@@ -30,18 +30,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from catalog.schema import PROVENANCE_COLUMNS, Column, catalogue_columns
+from spectra.contracts.streams import check_index, check_seed
+from spectra.contracts.streams import scheme as random_stream_scheme
 
 from .bundle import Bundle, load_bundle
 from .inference import InferenceSettings, catalogue_rows, check_samples, validate_flux
-from .streams import check_index, check_seed
-from .streams import scheme as random_stream_scheme
 
 if TYPE_CHECKING:
     from astropy.table import Table
     from matplotlib.figure import Figure
 
-    from spectra.ingest import PreparedSpectrum
-    from spectra.readers import ObservedSpectrum
+    from spectra.observed.ingest import PreparedSpectrum
+    from spectra.observed.readers import ObservedSpectrum
 
     from .resim import Resimulator
     from .sampler import OnnxPosterior
@@ -56,10 +56,10 @@ _PREPARED_ATTRIBUTES = {"file": "source", "object": "object", "instrument": "ins
 
 def read_spectrum(path: str | Path, row: int | None = None, fmt: str | None = None,
                   wave_unit: str | None = None) -> ObservedSpectrum:
-    """One spectrum from a FITS or ASCII file, as ``spectra ingest`` reads it (``spectra.readers``: format by content,
-    units, air/vacuum, object, instrument, resolving power, RA/Dec/MJD from the header). A file holding several
+    """One spectrum from a FITS or ASCII file, as ``spectra ingest`` reads it (``spectra.observed.readers``: format by
+    content, units, air/vacuum, object, instrument, resolving power, RA/Dec/MJD from the header). A file holding several
     spectra (a 4MOST L1 table) needs ``row``. Nothing is resampled or normalised yet: that is :func:`prepare`."""
-    from spectra.readers import read_spectra
+    from spectra.observed.readers import read_spectra
 
     spectra = read_spectra(path, fmt, wave_unit)
     if row is None:
@@ -77,14 +77,14 @@ def prepare(spectrum: ObservedSpectrum | tuple, *, rv: float | None = None, reso
     """A spectrum on the model's pixels, as ``spectra ingest`` prepares it: air wavelengths, radial velocity (by
     cross-correlation unless ``rv`` km/s is given) and shift to rest, resolution matched to the training spectra,
     flux-conserving rebinning onto the HR pixels, pseudo-continuum normalisation, S/N per Å (error column, else
-    DER_SNR, or ``snr``). Returns ``spectra.ingest.PreparedSpectrum``: ``flux``, ``snr``, ``flags`` (ingest bits),
-    ``message`` (a note per flag), RV, coverage, RA/Dec/MJD.
+    DER_SNR, or ``snr``). Returns ``spectra.observed.ingest.PreparedSpectrum``: ``flux``, ``snr``, ``flags`` (ingest
+    bits), ``message`` (a note per flag), RV, coverage, RA/Dec/MJD.
 
     ``spectrum``: what :func:`read_spectrum` returns, or arrays ``(wave, flux)`` / ``(wave, flux, ivar)`` with the
     wavelength in Å (``medium`` air unless told; arrays carry no resolving power, so give ``resolution``). A
     spectrum that cannot be prepared raises ValueError with the reason ``spectra ingest`` would record."""
-    from spectra.ingest import IngestFlag, IngestOptions
-    from spectra.ingest import prepare as ingest_prepare
+    from spectra.observed.ingest import IngestFlag, IngestOptions
+    from spectra.observed.ingest import prepare as ingest_prepare
 
     if medium not in (None, "air", "vacuum"):
         raise ValueError(f"medium: {medium!r}, expected 'air' or 'vacuum'")
@@ -97,7 +97,7 @@ def prepare(spectrum: ObservedSpectrum | tuple, *, rv: float | None = None, reso
 
 def _from_arrays(arrays: tuple | list, medium: str | None) -> ObservedSpectrum:
     """An ``ObservedSpectrum`` from (wave, flux[, ivar]), checked as the readers check a file's arrays."""
-    from spectra.readers import ObservedSpectrum, _check_arrays
+    from spectra.observed.readers import ObservedSpectrum, _check_arrays
 
     if len(arrays) not in (2, 3):
         raise ValueError(f"spectrum: a tuple of {len(arrays)} arrays, expected (wave, flux) or (wave, flux, ivar)")
@@ -363,7 +363,7 @@ def _unpack_prepared(flux: Any, snr: Any, ingest_flags: Any, provenance: dict[st
                      continuum: str | None) -> tuple[Any, Any, Any, dict[str, Any] | None, str | None]:
     """Prepared spectra (one or a list) -> flux, S/N, ingest flags, ingestion columns and 'pseudo' continuum; other
     input passes through unchanged."""
-    from spectra.ingest import PreparedSpectrum
+    from spectra.observed.ingest import PreparedSpectrum
 
     items = [flux] if isinstance(flux, PreparedSpectrum) else flux
     if not (isinstance(items, list | tuple) and items and all(isinstance(s, PreparedSpectrum) for s in items)):

@@ -12,7 +12,7 @@ A bundle is a folder::
 with the per-parameter transform (identity or log10). ``log_jac_det`` = log|det dx/dz|, so
 log p(x | spectrum) = log N(z; 0, I) - log_jac_det.
 
-``random_streams`` (optional; ``{"version": 2, "scheme": "..."}`` from ``runtime.streams.scheme``) records how
+``random_streams`` (optional; ``{"version": 2, "scheme": "..."}`` from ``spectra.contracts.streams.scheme``) records how
 the exporting software seeds per-spectrum draws (survey noise and latent z, each its own tagged stream):
 provenance, since which draws a catalogue used is decided by the runtime that makes it, and recorded there too.
 Bundles exported before the field existed (the shipped ``runtime/default_bundle`` among them) lack it and stay
@@ -39,6 +39,7 @@ from typing import TypeGuard
 
 import numpy as np
 
+from spectra.common.hashing import sha256_file
 from spectra.contracts.conventions import CONTINUUM_KINDS
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED, SNR_UNIT, SUMMARY, VARIANTS
 from spectra.contracts.parameters import TRANSFORMS, to_physical
@@ -51,7 +52,6 @@ __all__ = [
     "Manifest",
     "hash_files",
     "load_bundle",
-    "sha256_file",
     "write_manifest",
 ]
 
@@ -77,14 +77,6 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_MANIFEST_DEPTH = 16
 class BundleError(ValueError):
     """A model bundle is missing, malformed, or does not fit the data it is asked to process."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -124,7 +116,7 @@ class Manifest:
 
     @property
     def continuum(self) -> str:
-        """``true`` or ``pseudo``: how the training spectra were normalised (``spectra.continuum``)."""
+        """``true`` or ``pseudo``: how the training spectra were normalised (``spectra.forward.continuum``)."""
         return str(self.raw.get("continuum", "true"))
 
     @property
@@ -138,8 +130,8 @@ class Manifest:
 
     @property
     def random_streams(self) -> dict | None:
-        """The exporting software's random-stream scheme (``runtime.streams.scheme``), None for bundles exported
-        before it was recorded (they used scheme version 1: one untagged stream per spectrum)."""
+        """The exporting software's random-stream scheme (``spectra.contracts.streams.scheme``), None for bundles
+        exported before it was recorded (they used scheme version 1: one untagged stream per spectrum)."""
         return self.raw.get("random_streams")
 
     @property

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from catalog.cliargs import HelpFormatter, add_option, check_required, run_command, use_help_formatter
+from spectra.common.cliargs import HelpFormatter, add_option, run_command, use_help_formatter
 
 from .precision import PRECISIONS
 from .sampler import SUMMARY_MODES
@@ -62,11 +62,11 @@ def _cmd_corner(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from catalog.outputs import claim_output
-    from catalog.scratch import written_atomically
+    from spectra.common.outputs import claim_output
+    from spectra.common.scratch import written_atomically
+    from spectra.stores.survey_reader import open_survey
 
     from .api import load_model
-    from .survey import open_survey
 
     out = claim_output(args.out, "corner plot", overwrite=args.overwrite)
     survey = open_survey(args.survey)
@@ -91,7 +91,7 @@ def _cmd_corner(args: argparse.Namespace) -> int:
 
 
 def _tls(args: argparse.Namespace):
-    from .pipeline import TLSFiles
+    from .cluster import TLSFiles
 
     given = [args.tls_ca_file, args.tls_cert, args.tls_key]
     if not any(given):
@@ -171,10 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_required(parser, args)
-    return run_command("runtime", args, interrupted="re-run with --resume to complete")
+    return run_command("runtime", build_parser(), argv, interrupted="re-run with --resume to complete")
 
 
 if __name__ == "__main__":

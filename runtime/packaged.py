@@ -33,9 +33,9 @@ def default_bundle() -> Path:
 def unpack_examples(out: str | Path, overwrite: bool = False) -> list[Path]:
     """Unpack every packaged example survey into ``out`` (a folder); returns the survey paths. Each is unpacked
     under a scratch name and renamed into place, so an interrupted unpack leaves no half survey behind."""
-    from catalog.outputs import claim_output
-    from catalog.scratch import written_atomically
-    from spectra.survey import SURVEY_FORMAT
+    from spectra.common.outputs import claim_output
+    from spectra.common.scratch import written_atomically
+    from spectra.stores.survey import SURVEY_FORMAT
 
     archives = sorted(EXAMPLES.glob("*.zarr.zip"))
     if not archives:

@@ -6,7 +6,7 @@ star:
 
 1. labels: the MAP of the cINN's parameters; the emulator's other inputs (abundances the cINN does not infer)
    from the prior's [Fe/H] trend recorded in the bundle (``emulator.fill``);
-2. the emulator's unrotated spectrum, rotated by the MAP v_broad (``spectra.rotation.Rotator``); for a
+2. the emulator's unrotated spectrum, rotated by the MAP v_broad (``spectra.forward.rotation.Rotator``); for a
    pseudo-continuum bundle the model is brought to the input's continuum level by a smooth factor, the ratio
    input / model averaged over ``CONTINUUM_WINDOW`` Å with two 3-sigma clipping passes (:func:`match_continuum`):
    the input's pseudo-continuum differs from the model's true continuum only on the scale of the spline knots
@@ -89,7 +89,7 @@ class Resimulator:
     def __init__(self, bundle: Bundle, threads: int = 0):
         import onnxruntime as ort
 
-        from spectra.rotation import Rotator
+        from spectra.forward.rotation import Rotator
 
         entry = bundle.emulator
         if not entry:

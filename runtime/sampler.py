@@ -2,7 +2,7 @@
 
 For each spectrum: features once (``feature_extractor.onnx``) and the subnets' condition term once
 (``condition_projection.onnx``), then ``n_samples`` latent draws z ~ N(0, I) from the spectrum's own latent
-stream ``SeedSequence([seed, source_id, LATENT])`` (``runtime.streams``; a simulated survey's noise has its
+stream ``SeedSequence([seed, source_id, LATENT])`` (``spectra.contracts.streams``; a simulated survey's noise has its
 own tag, so z is never the noise shifted) — so a spectrum's samples depend on (seed, source_id) only, never on
 batching, chunking, workers or device — pushed through the hoisted flow
 (``hoisted_flow.onnx`` or its int8/fp16/bf16 variant, ``runtime.precision``), many spectra x samples per call.
@@ -29,13 +29,13 @@ import numpy as np
 from spectra.contracts.density import log_density as latent_log_density
 from spectra.contracts.manifest import HOISTED, SUMMARY
 from spectra.contracts.quantiles import QUANTILES
+from spectra.contracts.streams import LATENT, stream_rng
 
 from .binding import BoundFlow
 from .bundle import Bundle, BundleError
 from .posterior import PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
 from .sessions import check_provider, engine_cache_dir, resolve_providers, session_options
-from .streams import LATENT, stream_rng
 
 __all__ = ["SUMMARY_MODES", "OnnxPosterior", "latent_draws"]
 
@@ -44,7 +44,7 @@ SUMMARY_MODES = ("auto", "device", "host")
 
 def latent_draws(seed: int, source_id: int, n_samples: int, n_params: int) -> np.ndarray:
     """z (n_samples, n_params) float32 for one spectrum, from (seed, source_id) only: its latent stream
-    (``runtime.streams.LATENT``), independent of the noise of a survey simulated with the same seed."""
+    (``spectra.contracts.streams.LATENT``), independent of the noise of a survey simulated with the same seed."""
     rng = stream_rng(seed, source_id, LATENT)
     return rng.standard_normal((n_samples, n_params), dtype=np.float32)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_stars import STARS  # noqa: E402
 
 from runtime.packaged import EXAMPLES  # noqa: E402
-from spectra.ingest import IngestOptions, ingest  # noqa: E402
+from spectra.observed.ingest import IngestOptions, ingest  # noqa: E402
 
 
 def first_rows(survey: Path, rows: int, out: Path) -> Path:

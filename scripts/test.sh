@@ -6,5 +6,5 @@ cd "$root"
 bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test"
 source .venv-test/bin/activate
 ruff check .
-mypy  # spectra/contracts and runtime/ ([tool.mypy] in pyproject.toml)
+mypy  # spectra/contracts, spectra/common, the survey reader and runtime/ ([tool.mypy] in pyproject.toml)
 python -m pytest -q "$@"

@@ -1,4 +1,10 @@
-"""spectra: parameter schema, wavelength grids, atmospheres, synthesis, 4MOST-ification and grid I/O.
+"""spectra: everything about spectra, from a parameter vector to a survey store.
+
+At the top, what every stage agrees on: ``schema`` (parameters), ``wavegrid`` (wavelength grids) and ``prior``; the
+command line (``cli``) and quick-look ``plots``. Sub-packages by job: ``contracts`` (the contracts every package
+shares), ``common`` (generic helpers of every command), ``synth`` (synthesis of training grids), ``forward`` (the
+forward model, 4MOST-ification), ``stores`` (grid and survey stores, the survey reader) and ``observed`` (observed
+spectra -> the training's form).
 
 Importing the package runs nothing: ``spectra.contracts`` (the bottom layer every package imports) lives inside
 it, so this file stays empty of work. ``spectra.__version__`` is the one version

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.cliargs import run_command, use_help_formatter
-
+from .common.cliargs import run_command, use_help_formatter
 from .contracts.conventions import KNOT_SPACING
-from .linelists import PACKAGED_LINELISTS
+from .synth.linelists import PACKAGED_LINELISTS
 from .wavegrid import GRID_MARGIN
 
 __all__ = ["main"]
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
-    from .grid import MakerSettings, build_grid
+    from .synth.grid import MakerSettings, build_grid
 
     settings = MakerSettings(linelist=args.linelist, margin=args.margin)
     report = build_grid(args.out, args.n, args.seed, workers=args.workers, progress=not args.quiet,
@@ -57,14 +56,13 @@ def _parse_xfe(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-
     from . import schema
-    from .atmospheres import AtmosphereGrid
-    from .grid import grid_attrs
-    from .gridstore import GridWriter
-    from .linelists import linelist_from_option
-    from .synthesis import PySMEEngine, SpectrumMaker, labels_from_values
+    from .common.outputs import claim_output
+    from .stores.gridstore import GridWriter
+    from .synth.atmospheres import AtmosphereGrid
+    from .synth.grid import grid_attrs
+    from .synth.linelists import linelist_from_option
+    from .synth.synthesis import PySMEEngine, SpectrumMaker, labels_from_values
 
     labels = labels_from_values(args.teff, args.logg, args.feh, args.vmic, args.vbroad, _parse_xfe(args.xfe))
     atmospheres = AtmosphereGrid.from_path(args.atmospheres) if args.atmospheres else None
@@ -81,8 +79,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_survey(args: argparse.Namespace) -> int:
-    from .continuum import ContinuumOptions
-    from .survey import make_survey, parse_snr
+    from .forward.continuum import ContinuumOptions
+    from .stores.survey import make_survey, parse_snr
 
     continuum = ContinuumOptions(knot_spacing=args.knot_spacing) if args.continuum == "pseudo" else None
     out = make_survey(args.grid, parse_snr(args.snr), args.out, seed=args.seed, chunk=args.chunk,
@@ -95,7 +93,7 @@ def _cmd_survey(args: argparse.Namespace) -> int:
 
 
 def _cmd_normalise_grid(args: argparse.Namespace) -> int:
-    from .continuum import ContinuumOptions, normalise_grid
+    from .forward.continuum import ContinuumOptions, normalise_grid
 
     out = normalise_grid(args.grid, args.out, ContinuumOptions(knot_spacing=args.knot_spacing),
                          progress=not args.quiet, workers=args.workers)
@@ -104,7 +102,7 @@ def _cmd_normalise_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate_grid(args: argparse.Namespace) -> int:
-    from .rotation import rotate_grid
+    from .forward.rotation import rotate_grid
 
     out = rotate_grid(args.grid, args.out, copies=args.copies, seed=args.seed, progress=not args.quiet)
     print(f"{out}: {args.copies} rotated cop{'y' if args.copies == 1 else 'ies'} of each spectrum of {args.grid}")
@@ -112,8 +110,8 @@ def _cmd_rotate_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from .continuum import ContinuumOptions
-    from .ingest import IngestOptions, expand_inputs, ingest, read_options_table
+    from .forward.continuum import ContinuumOptions
+    from .observed.ingest import IngestOptions, expand_inputs, ingest, read_options_table
 
     options = IngestOptions(fmt=args.fmt, wave_unit=args.wave_unit, medium=args.medium, rv=args.rv,
                             resolution=args.resolution, snr=args.snr,
@@ -154,7 +152,7 @@ def _tell_failures(report) -> None:
 
 
 def _cmd_pack_grid(args: argparse.Namespace) -> int:
-    from .gridpack import pack_grid
+    from .stores.gridpack import pack_grid
 
     paths = pack_grid(args.grid, args.out, args.name, rows_per_shard=args.rows_per_shard)
     size = sum(p.stat().st_size for p in paths) / 1e6
@@ -163,7 +161,7 @@ def _cmd_pack_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_unpack_grid(args: argparse.Namespace) -> int:
-    from .gridpack import unpack_grid
+    from .stores.gridpack import unpack_grid
 
     out = unpack_grid(args.shards, args.out)
     print(f"{out}: grid rebuilt from {len(args.shards)} path(s)")
@@ -171,7 +169,7 @@ def _cmd_unpack_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulated import write_simulated_survey
+    from .stores.simulated import write_simulated_survey
 
     out = write_simulated_survey(args.grid, args.n, args.snr, args.out, seed=args.seed, chunk=args.chunk,
                                  overwrite=args.overwrite)
@@ -180,7 +178,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_surveys
+    from .stores.merge import merge_surveys
 
     out = merge_surveys(args.surveys, args.out, chunk=args.chunk, overwrite=args.overwrite)
     import zarr
@@ -190,9 +188,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_example_l1(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-
-    from .examples import fourmost_l1_from_grid
+    from .common.outputs import claim_output
+    from .observed.examples import fourmost_l1_from_grid
 
     claim_output(args.out, "example file", overwrite=args.overwrite)
     out = fourmost_l1_from_grid(args.grid, args.rows, args.out, snr=args.snr, seed=args.seed)
@@ -201,7 +198,7 @@ def _cmd_example_l1(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .importers import import_tsfitpy
+    from .synth.importers import import_tsfitpy
 
     vbroad = args.vbroad if args.vbroad == "prior" else float(args.vbroad)
     report = import_tsfitpy(args.folder, args.out, params_file=args.params, medium=args.medium,
@@ -227,9 +224,8 @@ _INFO_EXPECTS = ("expected a grid file (.h5, `spectra grid`), a survey (.zarr fo
 def _describe(path: Path) -> dict:
     """What ``spectra info`` prints for ``path``: a grid, a Zarr survey or a simulated survey, told apart by content
     (a survey folder used to be opened as a grid file and reported "grid file not found")."""
-    from catalog.outputs import is_our_store
-
-    from .survey import SURVEY_FORMAT
+    from .common.outputs import is_our_store
+    from .stores.survey import SURVEY_FORMAT
 
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; {_INFO_EXPECTS}")
@@ -254,7 +250,7 @@ def _store_kind(path: Path) -> str:
 def _describe_grid(path: Path) -> dict:
     from collections import Counter
 
-    from .gridstore import GridReader
+    from .stores.gridstore import GridReader
 
     with GridReader(path) as grid:
         return {
@@ -307,7 +303,7 @@ def _dtype_name(dtype) -> str:
 
 
 def _describe_simulated(path: Path) -> dict:
-    from runtime.survey import open_survey
+    from .stores.survey_reader import open_survey
 
     survey = open_survey(path)  # checks the format: a one-line error for other JSON
     return {"path": str(path), "kind": "simulated survey", "rows": int(survey.n),
@@ -334,9 +330,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_atmospheres_pack(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-
-    from .atmospheres import AtmosphereGrid
+    from .common.outputs import claim_output
+    from .synth.atmospheres import AtmosphereGrid
 
     out = Path(args.out)
     if out.suffix != ".npz":  # numpy would add the suffix and write a file nobody claimed
@@ -351,10 +346,9 @@ def _cmd_atmospheres_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_linelist_build(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-    from catalog.scratch import written_atomically
-
-    from .linelists import build_merged_linelist
+    from .common.outputs import claim_output
+    from .common.scratch import written_atomically
+    from .synth.linelists import build_merged_linelist
 
     merged = build_merged_linelist(Path(args.vald), Path(args.fasma), [Path(p) for p in args.linemake])
     claim_output(args.out, "line list", overwrite=args.overwrite)
@@ -365,10 +359,9 @@ def _cmd_linelist_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_linelist_survey(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-    from catalog.scratch import written_atomically
-
-    from .linelist_survey import build_survey_linelist
+    from .common.outputs import claim_output
+    from .common.scratch import written_atomically
+    from .synth.linelist_survey import build_survey_linelist
 
     claim_output(args.out, "line list", overwrite=args.overwrite)  # refused before minutes of PySME
     made = build_survey_linelist(args.shared, threshold=args.threshold, log=lambda m: print(m, flush=True))
@@ -392,11 +385,10 @@ def _prior_gf_change(lines, changes_csv: str) -> np.ndarray:
 
 
 def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-    from catalog.scratch import written_atomically
-
-    from .linecal import calibrate_linelist
-    from .linelists import LineListData, read_linelist
+    from .common.outputs import claim_output
+    from .common.scratch import written_atomically
+    from .synth.linecal import calibrate_linelist
+    from .synth.linelists import LineListData, read_linelist
 
     stages = tuple(s.strip() for s in args.stages.split(","))
     claim_output(args.out, "line list", overwrite=args.overwrite)
@@ -420,9 +412,8 @@ def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_templates_build(args: argparse.Namespace) -> int:
-    from catalog.outputs import claim_output
-
-    from .rv import build_templates
+    from .common.outputs import claim_output
+    from .observed.rv import build_templates
 
     claim_output(args.out, "template file")  # refused before minutes of synthesis
     templates = build_templates(progress=not args.quiet)
@@ -537,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--medium", choices=["air", "vacuum"], help="wavelength medium (default: header, else air)")
     p.add_argument("--rv", type=float, help="radial velocity [km/s] to remove instead of cross-correlating")
     p.add_argument("--resolution", type=float, help="input resolving power for every file (else from the header or "
-                   "the instrument table, spectra.instruments)")
+                   "the instrument table, spectra.observed.instruments)")
     p.add_argument("--snr", type=float, help="S/N per A to use instead of the error column / DER_SNR estimate")
     p.add_argument("--knot-spacing", type=float, default=KNOT_SPACING, help="pseudo-continuum spline knot spacing [A]")
     p.add_argument("--chunk", type=int, default=256, help="spectra per Zarr chunk")
@@ -633,8 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("spectra", args, getattr(args, "interrupted", "re-run the same command to resume"))
+    return run_command("spectra", build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def plot_spectra(wave: np.ndarray, fluxes: np.ndarray, captions: list[str], out:
 
 
 def plot_grid_rows(grid_path: str | Path, rows: list[int], out: str | Path, zoom=None) -> Path:
-    from .gridstore import GridReader
+    from .stores.gridstore import GridReader
 
     with GridReader(grid_path) as grid:
         bad = [r for r in rows if not 0 <= r < grid.n]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from spectra import schema
-from spectra.gridstore import GridWriter
 from spectra.prior import draw_labels
+from spectra.stores.gridstore import GridWriter
 from spectra.wavegrid import hr_grid
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from spectra.atmospheres import AtmosphereCoverageError, AtmosphereGrid, default_grid, read_marcs
+from spectra.synth.atmospheres import AtmosphereCoverageError, AtmosphereGrid, default_grid, read_marcs
 
 from conftest import shared_file
 

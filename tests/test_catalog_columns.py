@@ -61,8 +61,8 @@ def test_ra_dec_mjd_travel_from_the_header_to_the_catalogue(tmp_path):
     import zarr
 
     from runtime import read_spectrum
-    from spectra.ingest import IngestOptions, ingest
-    from spectra.readers import sky_and_time
+    from spectra.observed.ingest import IngestOptions, ingest
+    from spectra.observed.readers import sky_and_time
 
     with_sky = _fits_spectrum(tmp_path / "a.fits", {"RA": "12:30:00.0", "DEC": "-05:30:00", "DATE-OBS":
                                                     "2020-01-01T12:00:00"})

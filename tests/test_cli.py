@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spectra.cli import main
-from spectra.gridstore import GridReader
+from spectra.stores.gridstore import GridReader
 
 
 def run_cli(*args, cwd=None):

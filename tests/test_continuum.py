@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spectra.continuum import BATCH_TOLERANCE, BatchNormaliser, pseudo_continuum
-from spectra.degrade import add_noise
-from spectra.rotation import Rotator
+from spectra.forward.continuum import BATCH_TOLERANCE, BatchNormaliser, pseudo_continuum
+from spectra.forward.degrade import add_noise
+from spectra.forward.rotation import Rotator
 from spectra.wavegrid import HR_PIXEL, hr_grid
 
 

@@ -158,8 +158,8 @@ def test_thresholds_are_formatted_into_the_descriptions():
         if f.threshold is not None:
             shown = f"{f.threshold:g}" if abs(f.threshold) >= 0.1 else f"{100 * f.threshold:g} %"
             assert shown in f.description, (f.name, f.description)
-    from spectra.ingest import FLAG_NOTES
-    from spectra.prepare import MIN_RESOLUTION
+    from spectra.observed.ingest import FLAG_NOTES
+    from spectra.observed.prepare import MIN_RESOLUTION
 
     assert pytest.approx(flags.MIN_RESOLUTION_FRACTION * 20_000) == MIN_RESOLUTION
     assert set(FLAG_NOTES) <= set(flags.IngestFlag)
@@ -202,7 +202,7 @@ def test_exports_carry_both_flag_tables(tmp_path):
 # ------------------------------------------------------------------------------------------------ conventions
 def test_continuum_and_vbroad_conventions_are_used():
     from runtime.resim import CONTINUUM_WINDOW
-    from spectra.continuum import ContinuumOptions
+    from spectra.forward.continuum import ContinuumOptions
 
     assert ContinuumOptions().knot_spacing == conventions.KNOT_SPACING == CONTINUUM_WINDOW
     assert ContinuumOptions().describe().startswith(conventions.PSEUDO_CONTINUUM)
@@ -239,8 +239,8 @@ def _tsfitpy_folder(folder: Path, feh: list[float]) -> None:
 
 
 def test_tsfitpy_importer_draws_vbroad_from_the_prior_with_its_metal_poor_cap(tmp_path):
-    from spectra.gridstore import GridReader
-    from spectra.importers import import_tsfitpy
+    from spectra.stores.gridstore import GridReader
+    from spectra.synth.importers import import_tsfitpy
 
     feh, seed = [-3.0, -0.5], 4
     _tsfitpy_folder(tmp_path / "ts", feh)

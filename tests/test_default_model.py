@@ -15,7 +15,7 @@ from catalog.show import flag_names, show_rows
 from runtime.bundle import load_bundle
 from runtime.packaged import DEFAULT_BUNDLE, default_bundle, unpack_examples
 from spectra import schema
-from spectra.gridstore import GridReader
+from spectra.stores.gridstore import GridReader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_example_surveys_unpack_and_are_never_clobbered(tmp_path):
 def test_rotate_grid_keeps_stars_together_and_records_vbroad(tmp_path):
     from test_emulator import _grid
 
-    from spectra.rotation import rotate_grid
+    from spectra.forward.rotation import rotate_grid
     from training.data import GridData
 
     source = _grid(tmp_path / "flat.h5", 20, seed=1)

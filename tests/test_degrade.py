@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from spectra.degrade import (
+from spectra.forward.degrade import (
     C_KMS,
     add_noise,
     der_snr,
@@ -12,7 +12,7 @@ from spectra.degrade import (
     rotational_broaden,
     snr_per_pixel,
 )
-from spectra.survey import PAPER_SNR
+from spectra.stores.survey import PAPER_SNR
 from spectra.wavegrid import hr_grid, working_grid
 
 from conftest import line_spectrum

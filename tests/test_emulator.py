@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from spectra import schema  # noqa: E402
-from spectra.gridstore import GridWriter  # noqa: E402
 from spectra.prior import draw_labels  # noqa: E402
+from spectra.stores.gridstore import GridWriter  # noqa: E402
 from spectra.wavegrid import hr_grid  # noqa: E402
 from training.emulator import EMULATOR_INPUTS, EmulatorConfig, evaluate_emulator, fit_emulator  # noqa: E402
 

@@ -56,7 +56,7 @@ def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
     """A program that cannot import torch or FrEIA samples the bundle; its MAPs equal PyTorch's."""
     grid, run, bundle = trained
     from export.verify import torch_posterior
-    from spectra.gridstore import GridReader
+    from spectra.stores.gridstore import GridReader
     from training.fit import load_run
 
     with GridReader(grid) as reader:
@@ -69,9 +69,11 @@ def test_torch_free_consumer_reproduces_pytorch_maps(trained, tmp_path):
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                # the deployment side may import the contracts at the bottom of spectra/, nothing else of it
+                # the deployment side may import the contracts and the common helpers at the bottom of spectra/
+                # and the survey reader (numpy + zarr), nothing else of it
                 if name.split(".")[0] in ("torch", "FrEIA", "training", "export") or (
-                        name.startswith("spectra.") and not name.startswith("spectra.contracts")):
+                        name.startswith("spectra.") and name != "spectra.stores" and not name.startswith(
+                            ("spectra.contracts", "spectra.common", "spectra.stores.survey_reader"))):
                     raise ImportError(f"{{name}} is not allowed on a deployment machine")
         sys.meta_path.insert(0, Block())
         import numpy as np

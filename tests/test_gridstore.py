@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from spectra.gridstore import GridReader, GridWriter, ProvenanceMismatchError
+from spectra.stores.gridstore import GridReader, GridWriter, ProvenanceMismatchError
 from spectra.wavegrid import hr_grid
 
 ATTRS = {"seed": 1, "prior": "test", "engine": "fake", "engine_version": "0", "linelist_sha256": "none"}
@@ -118,8 +118,8 @@ def test_damaged_file_is_rebuilt_from_the_journal(tmp_path):
 
 
 def test_pack_and_unpack_keep_rows_labels_and_flux_to_float16(fake_grid, tmp_path):
-    from spectra.gridpack import pack_grid, unpack_grid
-    from spectra.gridstore import GridReader
+    from spectra.stores.gridpack import pack_grid, unpack_grid
+    from spectra.stores.gridstore import GridReader
 
     shards = pack_grid(fake_grid, tmp_path / "packed", "fake", rows_per_shard=2)
     assert [p.name for p in shards] == ["fake-0000.h5", "fake-0001.h5", "fake-0002.h5"]  # 5 finished rows
@@ -139,9 +139,9 @@ def test_pack_and_unpack_keep_rows_labels_and_flux_to_float16(fake_grid, tmp_pat
 def test_margin_grid_packs_and_unpacks_on_its_own_pixels(tmp_path):
     """A grid stored with a margin beyond the windows round-trips through pack/unpack with its wavelength grid, and
     shards of grids on different pixel grids are not mixed."""
-    from spectra.gridpack import pack_grid, unpack_grid
-    from spectra.gridstore import GridReader, GridWriter
     from spectra.prior import draw_labels
+    from spectra.stores.gridpack import pack_grid, unpack_grid
+    from spectra.stores.gridstore import GridReader, GridWriter
     from spectra.wavegrid import GRID_MARGIN, hr_grid
 
     from conftest import line_spectrum

@@ -25,7 +25,7 @@ from runtime.bundle import (  # noqa: E402
     load_bundle,
 )
 from runtime.sessions import engine_cache_dir  # noqa: E402
-from spectra.survey import make_survey, parse_snr  # noqa: E402
+from spectra.stores.survey import make_survey, parse_snr  # noqa: E402
 
 from conftest import rehash_bundle  # noqa: E402
 

@@ -19,11 +19,11 @@ import pytest
 import zarr
 
 from runtime import cli as runtime_cli
-from runtime.survey import ZarrSurvey, open_survey
 from spectra import cli as spectra_cli
-from spectra.atmospheres import MAX_MOD_BYTES, AtmosphereGrid, default_grid
 from spectra.contracts.survey import MAX_CHUNK_BYTES, MAX_ROWS
-from spectra.survey import SURVEY_FORMAT, make_survey, parse_snr
+from spectra.stores.survey import SURVEY_FORMAT, make_survey, parse_snr
+from spectra.stores.survey_reader import ZarrSurvey, open_survey
+from spectra.synth.atmospheres import MAX_MOD_BYTES, AtmosphereGrid, default_grid
 from spectra.wavegrid import hr_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,7 +309,7 @@ def test_model_files_and_members_are_counted_and_sized(tmp_path, monkeypatch):
         fh.truncate(2 * MAX_MOD_BYTES)
     with pytest.raises(ValueError, match=rf"huge.mod: {2 * MAX_MOD_BYTES} bytes, more than the {MAX_MOD_BYTES}"):
         AtmosphereGrid.from_path(folder)
-    import spectra.atmospheres as atmospheres
+    import spectra.synth.atmospheres as atmospheres
 
     monkeypatch.setattr(atmospheres, "MAX_TAR_MEMBERS", 5)
     many = tar_with_member(tmp_path / "many.tar.gz", "a.mod", 10, extra=10)

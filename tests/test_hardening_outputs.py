@@ -15,12 +15,12 @@ import zarr
 pytest.importorskip("onnxruntime")
 
 from catalog import cli as catalog_cli
-from catalog.cliargs import describe_error
-from catalog.scratch import SCRATCH_SUFFIX, written_atomically
 from catalog.writers import CatalogueStore, export_fits
 from runtime import cli as runtime_cli
 from spectra import cli as spectra_cli
-from spectra.survey import make_survey, parse_snr
+from spectra.common.cliargs import describe_error
+from spectra.common.scratch import SCRATCH_SUFFIX, written_atomically
+from spectra.stores.survey import make_survey, parse_snr
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_unwritable_output_folders_give_one_line(made, tmp_path, capsys):
 
 
 def test_read_only_file_system_during_ingest_is_one_line(made, tmp_path, monkeypatch, capsys):
-    from spectra.examples import fourmost_l1_from_grid
+    from spectra.observed.examples import fourmost_l1_from_grid
 
     _, survey, _ = made
     grid = Path(zarr.open_group(str(survey), mode="r").attrs.get("grid", ""))
@@ -196,7 +196,7 @@ def _fits_with_utf8_object(path: Path, name: str) -> Path:
 def test_non_ascii_object_names_survive_reading_and_export_safely(tmp_path):
     from astropy.io import fits
 
-    from spectra.readers import read_spectra
+    from spectra.observed.readers import read_spectra
 
     name = "Gliese 1é ☉"
     with pytest.warns(Warning):  # astropy says it replaced non-ASCII bytes; the reader restores them

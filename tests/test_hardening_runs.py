@@ -23,12 +23,14 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from catalog.check import check_catalogue  # noqa: E402
-from catalog.outputs import OutputLockedError, lock_output, lock_path  # noqa: E402
 from catalog.writers import CatalogueStore  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from runtime.bundle import BundleError, hash_files, load_bundle  # noqa: E402
-from runtime.pipeline import ProcessOptions, RunContext, _DistributedRunner, check_arguments, process_survey  # noqa: E402
-from spectra.survey import make_survey, parse_snr  # noqa: E402
+from runtime.cluster import DistributedRunner  # noqa: E402
+from runtime.pipeline import ProcessOptions, check_arguments, process_survey  # noqa: E402
+from runtime.task import RunContext  # noqa: E402
+from spectra.common.outputs import OutputLockedError, lock_output, lock_path  # noqa: E402
+from spectra.stores.survey import make_survey, parse_snr  # noqa: E402
 
 OPTIONS = ProcessOptions(samples=256, seed=3, device="cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +136,7 @@ for name, target, security in (("none", address, None), ("own", address, Securit
 
 def test_the_runs_cluster_refuses_other_clients_and_serves_no_http(tmp_path):
     ctx = RunContext("in", "out", "bundle", "sha", OPTIONS)
-    runner = _DistributedRunner(2, None, ctx)
+    runner = DistributedRunner(2, None, ctx)
     try:
         address = runner.cluster.scheduler.address
         assert runner.client.submit(sum, [40, 2]).result() == 42  # the run itself works
@@ -164,7 +166,7 @@ def test_the_dashboard_only_when_asked_and_only_on_localhost(setup, tmp_path):
     with pytest.raises(ValueError, match=r"--dashboard goes with --workers N"):
         check_arguments(OPTIONS, workers=2, scheduler="tcp://somewhere:8786", dashboard=True)
     assert runtime_cli.build_parser().parse_args(_args(survey, bundle, tmp_path / "c.zarr", "--dashboard")).dashboard
-    runner = _DistributedRunner(2, None, RunContext("in", "out", "bundle", "sha", OPTIONS), dashboard=True)
+    runner = DistributedRunner(2, None, RunContext("in", "out", "bundle", "sha", OPTIONS), dashboard=True)
     try:
         server = runner.cluster.scheduler.http_server
         bound = {sock.getsockname()[0] for sock in server._sockets.values()}

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from spectra import schema
-from spectra.gridstore import GridReader
-from spectra.importers import import_tsfitpy
+from spectra.stores.gridstore import GridReader
+from spectra.synth.importers import import_tsfitpy
 
 from conftest import line_spectrum
 

@@ -10,14 +10,14 @@ import pytest
 import zarr
 from astropy.io import fits
 
-from spectra.continuum import pseudo_continuum
-from spectra.degrade import C_KMS, gaussian_broaden
-from spectra.examples import fourmost_l1_from_grid, smooth_continuum
-from spectra.gridstore import GridReader
-from spectra.ingest import IngestFlag, IngestOptions, ingest, prepare
-from spectra.prepare import TRAINING_RESOLUTION, match_resolution, rebin_pixels
-from spectra.readers import SpectrumReadError, detect_format, read_spectra
-from spectra.rv import doppler_to_rest, measure_rv
+from spectra.forward.continuum import pseudo_continuum
+from spectra.forward.degrade import C_KMS, gaussian_broaden
+from spectra.observed.examples import fourmost_l1_from_grid, smooth_continuum
+from spectra.observed.ingest import IngestFlag, IngestOptions, ingest, prepare
+from spectra.observed.prepare import TRAINING_RESOLUTION, match_resolution, rebin_pixels
+from spectra.observed.readers import SpectrumReadError, detect_format, read_spectra
+from spectra.observed.rv import doppler_to_rest, measure_rv
+from spectra.stores.gridstore import GridReader
 from spectra.wavegrid import HR_RESOLUTION, WORKING_RESOLUTION, air_to_vacuum, hr_grid, vacuum_to_air
 
 from conftest import shared_file
@@ -237,7 +237,7 @@ def test_pseudo_continuum_follows_a_smooth_continuum():
 def test_ingest_example_l1_recovers_rv_snr_and_flux(fake_grid, tmp_path):
     rv = [25.0, -40.0]
     path = fourmost_l1_from_grid(fake_grid, [0, 2], tmp_path / "l1.fits", snr=150, seed=1, rv_kms=rv)
-    from spectra.rv import RVTemplates
+    from spectra.observed.rv import RVTemplates
 
     # fake grid spectra are random lines: use the noiseless spectra themselves as templates
     with GridReader(fake_grid) as g:
@@ -257,7 +257,7 @@ def test_ingest_example_l1_recovers_rv_snr_and_flux(fake_grid, tmp_path):
 def test_zero_filled_detector_gap_is_missing_data_not_flux(tmp_path):
     """A merged echelle spectrum with its CCD gap filled with zeros (as HARPS 1D products are): the gap
     becomes missing pixels (set to the continuum, flagged), not absorption."""
-    from spectra.ingest import mask_no_data
+    from spectra.observed.ingest import mask_no_data
 
     wave, flux = _window_sample(*reference_spectrum())
     flux = gaussian_broaden(wave, flux, 30_000, wave)
@@ -295,7 +295,7 @@ def test_real_spectra_ingest_at_rest_with_their_gaps(tmp_path):
 def test_interrupted_ingest_resumes_to_the_same_survey(fake_grid, tmp_path, monkeypatch):
     """An ingest stopped after some files (and with a half-written flush on disk) resumes with --resume to
     exactly the survey of an uninterrupted run; another file list is refused."""
-    import spectra.ingest as ingest_module
+    import spectra.observed.ingest as ingest_module
 
     files = [fourmost_l1_from_grid(fake_grid, [i], tmp_path / f"f{i}.fits", snr=100, seed=i) for i in (0, 1, 2, 3, 5)]
     options = IngestOptions(rv=0.0)

@@ -3,12 +3,13 @@
 Every ``import`` and ``from ... import`` of every module is read with ``ast`` (also those inside functions: a
 lazy import is still a dependency, it only moves the failure to run time). Layers, lowest first:
 
-    spectra.contracts < spectra < catalog < runtime < training < export < benchmarks, tests
+    spectra.contracts < spectra.common < spectra < catalog < runtime < training < export < benchmarks, tests
 
 A module may import its own layer and the layers below it; ``spectra.contracts`` imports only the standard library
-and numpy; ``runtime`` and ``catalog`` never import torch or FrEIA. Today's exceptions are listed in
-:data:`KNOWN_VIOLATIONS`, each with its reason; the list may only shrink: an entry that is no longer needed fails
-the test too, so that it is removed with the fix.
+and numpy, ``spectra.common`` (generic helpers) only the standard library and the contracts; ``runtime`` and
+``catalog`` never import torch or FrEIA. Exceptions would be listed in :data:`KNOWN_VIOLATIONS`, each with its
+reason (none is left); the list may only shrink: an entry that is no longer needed fails the test too, so that it
+is removed with the fix.
 """
 
 from __future__ import annotations
@@ -21,39 +22,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("spectra", "catalog", "runtime", "training", "export", "benchmarks", "tests")
-#: layer of each package (spectra.contracts is the layer below spectra), lowest first
-LAYERS = {"spectra.contracts": 0, "spectra": 1, "catalog": 2, "runtime": 3, "training": 4, "export": 5,
-          "benchmarks": 6, "tests": 6}
+#: layer of each package (spectra.contracts and spectra.common are the two layers below spectra), lowest first
+LAYERS = {"spectra.contracts": 0, "spectra.common": 1, "spectra": 2, "catalog": 3, "runtime": 4, "training": 5,
+          "export": 6, "benchmarks": 7, "tests": 7}
 #: third-party packages a layer must never import
 FORBIDDEN_THIRD_PARTY = {"runtime": {"torch", "FrEIA", "onnx"}, "catalog": {"torch", "FrEIA", "onnx"}}
 #: the only non-standard-library package ``spectra.contracts`` may import
 CONTRACTS_THIRD_PARTY = {"numpy"}
 
 #: (importer, imported module) -> why it is still there. Shrink only: fix the import, then delete its line.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    # generic helpers that live in catalog/ but are used by every command (a later step moves these modules
-    # below spectra): output claims, scratch files and the shared CLI wrapper
-    ("spectra.cli", "catalog.cliargs"): "generic CLI helpers live in catalog/ (module move pending)",
-    ("spectra.cli", "catalog.outputs"): "generic output-claim helpers live in catalog/ (module move pending)",
-    ("spectra.cli", "catalog.scratch"): "generic scratch-file helpers live in catalog/ (module move pending)",
-    ("spectra.gridpack", "catalog.scratch"): "generic scratch-file helpers live in catalog/ (module move pending)",
-    ("spectra.ingest", "catalog.outputs"): "generic output-claim helpers live in catalog/ (module move pending)",
-    ("spectra.merge", "catalog.outputs"): "generic output-claim helpers live in catalog/ (module move pending)",
-    ("spectra.simulated", "catalog.outputs"): "generic output-claim helpers live in catalog/ (module move pending)",
-    ("spectra.survey", "catalog.outputs"): "generic output-claim helpers live in catalog/ (module move pending)",
-    # survey stores are read by runtime.survey; the writers in spectra/ reuse its reader and random streams
-    ("catalog.check", "runtime.survey"): "`catalog check --survey` opens the survey with the runtime's reader "
-                                         "(module move pending)",
-    ("spectra.cli", "runtime.survey"): "`spectra info` opens a survey with the runtime's reader (module move pending)",
-    ("spectra.merge", "runtime.survey"): "merging reads the input surveys with the runtime's reader (module move "
-                                         "pending)",
-    ("spectra.examples", "runtime.streams"): "per-spectrum random streams live in runtime/ (module move pending)",
-    ("spectra.ingest", "runtime.streams"): "per-spectrum random streams live in runtime/ (module move pending)",
-    ("spectra.simulated", "runtime.streams"): "per-spectrum random streams live in runtime/ (module move pending)",
-    ("spectra.survey", "runtime.streams"): "per-spectrum random streams live in runtime/ (module move pending)",
-    ("spectra.simulated", "runtime.bundle"): "sha256_file, a generic file hash, lives in runtime.bundle (module move "
-                                             "pending)",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:
@@ -101,7 +79,8 @@ def imports_of(module: str) -> list[tuple[str, int]]:
 
 
 def _layer(module: str) -> tuple[str, int]:
-    name = "spectra.contracts" if module.startswith("spectra.contracts") else module.split(".")[0]
+    name = next((sub for sub in ("spectra.contracts", "spectra.common")
+                 if module == sub or module.startswith(sub + ".")), module.split(".")[0])
     return name, LAYERS[name]
 
 
@@ -199,6 +178,19 @@ def test_contracts_import_only_the_standard_library_and_numpy():
                 f"{module} (line {line}) imports {name}: contracts use only the standard library and numpy")
 
 
+def test_common_helpers_import_only_the_standard_library_and_the_contracts():
+    for module in (m for m in MODULES if _layer(m)[0] == "spectra.common"):
+        for name, line in imports_of(module):
+            target = _target(name)
+            if target is not None:
+                assert _layer(target)[0] in ("spectra.contracts", "spectra.common"), (
+                    f"{module} (line {line}) imports {name}: the common helpers import only the contracts")
+                continue
+            root = name.split(".")[0]
+            assert root in sys.stdlib_module_names or root == "__future__", (
+                f"{module} (line {line}) imports {name}: the common helpers use only the standard library")
+
+
 def test_runtime_and_catalog_never_import_torch():
     for module in MODULES:
         forbidden = FORBIDDEN_THIRD_PARTY.get(module.split(".")[0], set())
@@ -210,10 +202,11 @@ def test_the_checks_can_fail():
     """The cycle finder and the layer rule on a made-up graph: a cycle is found, an upward import is one."""
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
-    assert _layer("spectra.contracts.flags")[1] < _layer("spectra.schema")[1] < _layer("catalog.writers")[1] \
+    assert _layer("spectra.contracts.flags")[1] < _layer("spectra.common.outputs")[1] < _layer("spectra.schema")[1] \
+        < _layer("catalog.writers")[1] \
         < _layer("runtime.bundle")[1] < _layer("training.fit")[1] < _layer("export.onnx")[1] < _layer("tests.x")[1]
-    # an import inside a function counts: runtime.survey opens simulated surveys lazily
-    assert "spectra.simulated" in dependency_graph()["runtime.survey"]
+    # an import inside a function counts: spectra.stores.survey_reader opens simulated surveys lazily
+    assert "spectra.stores.simulated" in dependency_graph()["spectra.stores.survey_reader"]
 
 
 def test_spectra_package_import_is_light():

@@ -12,15 +12,15 @@ from conftest import shared_file
 pytest.importorskip("pysme")
 pytestmark = pytest.mark.slow
 
-from spectra.linecal import _synthesise, calibrate_to_sun, parameter_groups  # noqa: E402
-from spectra.linelist_survey import (  # noqa: E402
+from spectra.synth.linecal import _synthesise, calibrate_to_sun, parameter_groups  # noqa: E402
+from spectra.synth.linelist_survey import (  # noqa: E402
     PRIOR_CORNERS,
     _is_molecule,
     build_survey_linelist,
     central_depths,
     union_of_sources,
 )
-from spectra.linelists import default_linelist  # noqa: E402
+from spectra.synth.linelists import default_linelist  # noqa: E402
 from spectra.wavegrid import hr_grid, vacuum_to_air  # noqa: E402
 
 #: 3 Å around Li I 6708 (vacuum): Li, CaH, CN, TiO and Fe lines, hyperfine components
@@ -81,3 +81,56 @@ def test_calibration_recovers_known_log_gf_errors():
     np.testing.assert_allclose(result.lines["gflog"].to_numpy()[off], truth["gflog"].to_numpy()[off], atol=0.05)
     assert after < before / 5, (before, after)
     assert isinstance(result.changes, pd.DataFrame) and set(result.changes["parameter"]) <= {"log_gf", "vdw_dex"}
+
+
+def test_feature_pass_fixes_far_off_lines_and_adds_missing_ones():
+    """After the line-by-line pass: a line 1.2 dex too strong (beyond its 0.5 dex bound) is brought back through
+    the wider bound, and a line the list lacks gets a pseudo-line at its place; both features disappear."""
+    from spectra.synth.linecal import FEATURE_THRESHOLD, PSEUDO_LINE, refine_features, residual_features
+
+    lines = default_linelist().lines
+    region = lines[lines["wlcent"].between(6150.0, 6156.0)].reset_index(drop=True)
+    depth = central_depths(region, (5772.0, 4.44, 0.0, 1.0))
+    truth = region[depth >= 0.03].reset_index(drop=True)
+    depth = depth[depth >= 0.03]
+    order = np.argsort(-depth)
+    strong, missing = int(order[0]), int(order[1])
+    wrong = truth.copy()
+    wrong.loc[strong, "gflog"] += 1.2
+    wrong = wrong.drop(index=missing).reset_index(drop=True)
+    wrong_depth = np.delete(depth, missing)
+    strong -= int(missing < strong)
+    hr = hr_grid()
+    observed = _synthesise(truth)
+    lo, hi = vacuum_to_air(np.array([6150.0, 6156.0]))
+    usable = (hr.wave > lo) & (hr.wave < hi)
+    before = _synthesise(wrong) - observed
+    assert len(residual_features(before, usable, hr.wave)) >= 2
+    prior = np.zeros(len(wrong))
+    prior[strong] = 0.5  # as if the lines pass had already moved it to its bound
+    result = refine_features(wrong, wrong_depth, observed, usable, prior, iterations=3, workers=1, log=lambda m: None)
+    fitted = result.lines
+    assert len(fitted) == len(wrong) + 1 and fitted["reference"].iloc[-1] == PSEUDO_LINE["reference"]
+    missing_air = vacuum_to_air(truth["wlcent"].to_numpy()[missing])
+    assert abs(vacuum_to_air(fitted["wlcent"].iloc[-1]) - missing_air) < 0.1
+    assert abs(fitted["gflog"].iloc[strong] - truth["gflog"].iloc[order[0]]) < 0.15
+    after = _synthesise(fitted) - observed
+    assert not residual_features(after, usable, hr.wave, FEATURE_THRESHOLD)
+    assert np.sqrt(np.mean(after[usable] ** 2)) < np.sqrt(np.mean(before[usable] ** 2)) / 4
+    assert set(result.changes["parameter"]) == {"log_gf", "pseudo_line"}
+    assert (result.changes["stage"] == "features").all()
+
+
+def test_residual_features_are_runs_of_one_sign():
+    wave = 6000.0 + 0.05 * np.arange(200)
+    resid = np.zeros(200)
+    resid[20:26] = [0.04, 0.06, 0.09, 0.07, 0.05, 0.035]  # one feature, extremum at pixel 22
+    resid[26:30] = -0.05  # adjacent, other sign: a second feature
+    resid[100] = 0.2  # outside the usable pixels
+    usable = np.ones(200, dtype=bool)
+    usable[100] = False
+    from spectra.synth.linecal import residual_features
+
+    features = residual_features(resid, usable, wave, 0.03)
+    assert [round(w, 2) for w, _ in features] == [round(wave[22], 2), round(wave[26], 2)]
+    assert features[0][1] == pytest.approx(0.09) and features[1][1] == pytest.approx(-0.05)

@@ -19,7 +19,7 @@ from runtime.pipeline import ProcessOptions, process_survey
 from runtime.posterior import summarize
 from runtime.precision import choose_precision
 from runtime.sampler import OnnxPosterior, latent_draws
-from spectra.survey import make_survey, parse_snr
+from spectra.stores.survey import make_survey, parse_snr
 
 OPTIONS = ProcessOptions(samples=512, seed=7, device="cpu")
 
@@ -71,7 +71,7 @@ def test_device_summary_path_equals_host_path(tiny_bundle):
     """The IO-bound flow + summary graph chain gives the numpy pipeline's summaries for the same spectra."""
     _, grid, _, bundle_path = tiny_bundle
     bundle = load_bundle(bundle_path)
-    from spectra.gridstore import GridReader
+    from spectra.stores.gridstore import GridReader
 
     with GridReader(grid) as reader:
         flux = reader.flux[:5, :].astype(np.float32)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from spectra import schema
-from spectra.atmospheres import default_grid
 from spectra.prior import draw_labels
+from spectra.synth.atmospheres import default_grid
 
 
 def test_prior_is_deterministic_and_extends_by_prefix():

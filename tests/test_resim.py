@@ -17,9 +17,9 @@ from runtime.pipeline import ProcessOptions, process_survey
 from runtime.resim import Resimulator, reduced_chi2
 from spectra import schema
 from spectra.contracts.flags import Flag
-from spectra.degrade import add_noise
+from spectra.forward.degrade import add_noise
 from spectra.prior import draw_labels
-from spectra.survey import make_survey, parse_snr
+from spectra.stores.survey import make_survey, parse_snr
 from training.emulator import EMULATOR_INPUTS, EmulatorConfig, fit_emulator
 
 OPTIONS = ProcessOptions(samples=256, seed=5, device="cpu")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from spectra.degrade import fourmostify, gaussian_broaden
-from spectra.rotation import Rotator
+from spectra.forward.degrade import fourmostify, gaussian_broaden
+from spectra.forward.rotation import Rotator
 from spectra.wavegrid import hr_grid, working_grid
 
 from conftest import line_spectrum

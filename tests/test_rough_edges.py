@@ -24,9 +24,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from catalog import cli as catalog_cli
-from catalog.outputs import OutputExistsError
-from catalog.scratch import SCRATCH_SUFFIX
 from catalog.writers import CatalogueStore, export_format
+from spectra.common.outputs import OutputExistsError
+from spectra.common.scratch import SCRATCH_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -177,7 +177,7 @@ def test_training_reports_refuse_a_folder_they_did_not_make(tmp_path, capsys, co
 
 
 def test_claim_report_folder_rules(tmp_path):
-    from catalog.outputs import claim_report_folder
+    from spectra.common.outputs import claim_report_folder
 
     new = claim_report_folder(tmp_path / "a" / "new", "report", "metrics.json")
     assert new.is_dir() and not any(new.iterdir())  # created, parents too

@@ -27,10 +27,10 @@ import zarr
 
 ort = pytest.importorskip("onnxruntime")
 
-import spectra.ingest as ingest_module  # noqa: E402
+import spectra.observed.ingest as ingest_module  # noqa: E402
 from runtime import cli as runtime_cli  # noqa: E402
 from spectra import cli as spectra_cli  # noqa: E402
-from spectra.examples import fourmost_l1_from_grid  # noqa: E402
+from spectra.observed.examples import fourmost_l1_from_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,8 +254,8 @@ def test_example_survey_twice_does_not_offer_a_resume_it_lacks(tmp_path, capsys)
 #: function defined here, which the workers receive by value (cloudpickle pickles __main__'s functions whole)
 SLOW_TASKS = """
 import sys, time
-import runtime.pipeline as pipeline
-original = pipeline.process_chunk
+import runtime.cluster as cluster
+original = cluster.process_chunk
 DELAY = float(sys.argv[1])
 
 def slow(*args):
@@ -263,7 +263,7 @@ def slow(*args):
     return original(*args)
 
 if __name__ == "__main__":  # the workers' processes import this file again: only the driver runs the command
-    pipeline.process_chunk = slow
+    cluster.process_chunk = slow
     from runtime.cli import main
     sys.exit(main(sys.argv[2:]))
 """

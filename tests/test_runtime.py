@@ -18,7 +18,7 @@ from catalog.check import check_catalogue
 from catalog.writers import CatalogueStore, export_fits, export_parquet
 from runtime.pipeline import ProcessOptions, process_survey
 from spectra.contracts.flags import Flag
-from spectra.survey import make_survey, parse_snr
+from spectra.stores.survey import make_survey, parse_snr
 
 OPTIONS = ProcessOptions(samples=256, seed=3, device="cpu")
 
@@ -253,8 +253,8 @@ def test_calibrate_recovers_known_coefficients_and_closes_the_loop(setup, tmp_pa
 
 
 def test_ingested_survey_flags_reach_the_catalogue(setup, tmp_path):
-    from spectra.examples import fourmost_l1_from_grid
-    from spectra.ingest import IngestOptions, ingest
+    from spectra.observed.examples import fourmost_l1_from_grid
+    from spectra.observed.ingest import IngestOptions, ingest
 
     tmp, bundle, _ = setup
     grid = tmp / "labelled.h5"

@@ -19,10 +19,10 @@ from catalog.writers import CatalogueStore, export_fits, export_parquet
 from runtime import cli as runtime_cli
 from runtime.bundle import load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
-from runtime.survey import open_survey
 from spectra import cli as spectra_cli
 from spectra.contracts.flags import Flag
-from spectra.survey import make_survey, parse_snr
+from spectra.stores.survey import make_survey, parse_snr
+from spectra.stores.survey_reader import open_survey
 
 OPTIONS = ProcessOptions(samples=64, seed=5, device="cpu")
 

@@ -1,4 +1,4 @@
-"""Independent random streams (``runtime.streams``): survey noise and posterior latent draws of the same
+"""Independent random streams (``spectra.contracts.streams``): survey noise and posterior latent draws of the same
 (seed, source_id) must not be the same numbers shifted; the scheme is recorded in bundles and catalogues."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from runtime import sampler
 from runtime.sampler import latent_draws
-from runtime.streams import (
+from spectra.contracts.streams import (
     LATENT,
     LEGACY_SCHEME,
     NOISE,
@@ -23,9 +23,9 @@ from runtime.streams import (
     scheme,
     stream_rng,
 )
-from spectra import simulated
-from spectra.degrade import noise_sigma
-from spectra.simulated import write_simulated_survey
+from spectra.forward.degrade import noise_sigma
+from spectra.stores import simulated
+from spectra.stores.simulated import write_simulated_survey
 
 MAX_LAG = 64
 N_NORMALS = 4096
@@ -124,14 +124,14 @@ def test_spectra_survey_noise_is_the_noise_stream(fake_grid, tmp_path):
     """``spectra survey`` draws its noise from the noise stream (so never from the latent one) and records it."""
     import zarr
 
-    from spectra.survey import make_survey, parse_snr
+    from spectra.stores.survey import make_survey, parse_snr
 
     out = make_survey(fake_grid, parse_snr("100"), tmp_path / "s.zarr", seed=2, chunk=4, progress=False)
     root = zarr.open_group(str(out), mode="r")
     assert root.attrs["random_streams"] == scheme()
     wave = root["wavelength"][:]
     pixel = float(np.median(np.diff(wave)))
-    from spectra.gridstore import GridReader
+    from spectra.stores.gridstore import GridReader
 
     with GridReader(fake_grid) as grid:
         sid, base = int(root["source_id"][1]), int(root["base_index"][1])
@@ -145,7 +145,7 @@ def test_spectra_survey_noise_is_the_noise_stream(fake_grid, tmp_path):
 
 
 def test_simulated_description_records_the_scheme_and_old_ones_are_refused(fake_grid, tmp_path):
-    from runtime.survey import open_survey
+    from spectra.stores.survey_reader import open_survey
 
     path = write_simulated_survey(fake_grid, 8, "paper", tmp_path / "sim.json", seed=1)
     spec = json.loads(path.read_text())
@@ -176,7 +176,7 @@ def test_default_bundle_without_the_field_still_loads_and_a_bad_one_is_refused(t
 @pytest.fixture(scope="module")
 def catalogue(tiny_bundle, tmp_path_factory):
     from runtime.pipeline import ProcessOptions, process_survey
-    from spectra.survey import make_survey, parse_snr
+    from spectra.stores.survey import make_survey, parse_snr
 
     _, grid, _, bundle = tiny_bundle
     here = tmp_path_factory.mktemp("streams")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import zarr
 
-from spectra.degrade import measure_snr_per_angstrom
-from spectra.gridstore import GridReader
-from spectra.survey import PAPER_SNR, make_survey, parse_snr
+from spectra.forward.degrade import measure_snr_per_angstrom
+from spectra.stores.gridstore import GridReader
+from spectra.stores.survey import PAPER_SNR, make_survey, parse_snr
 
 
 def test_parse_snr():

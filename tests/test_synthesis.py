@@ -4,9 +4,9 @@ benchmarks/results/synthesis_validation.md, made by benchmarks/synthesis_validat
 import numpy as np
 import pytest
 
-from spectra.atmospheres import default_grid
-from spectra.synthesis import SpectrumMaker, labels_from_values
-from spectra.validation import compare_with_observed, leave_one_out, load_text_spectrum, metallicity_scan
+from spectra.synth.atmospheres import default_grid
+from spectra.synth.synthesis import SpectrumMaker, labels_from_values
+from spectra.synth.validation import compare_with_observed, leave_one_out, load_text_spectrum, metallicity_scan
 
 from conftest import shared_file
 

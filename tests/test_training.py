@@ -158,10 +158,10 @@ def test_evaluation_report(labelled_grid, tmp_path):
     """Every number of the report is the one its per-spectrum arrays give, recomputed here; those arrays hold the
     grid's own labels of the run's test rows at the requested S/N; the quantiles are ordered and agree with the SBC
     ranks; report.md shows metrics.json. A second evaluation into the folder needs ``overwrite``."""
-    from catalog.outputs import OutputExistsError
     from spectra import schema
-    from spectra.gridstore import GridReader
-    from spectra.survey import parse_snr
+    from spectra.common.outputs import OutputExistsError
+    from spectra.stores.gridstore import GridReader
+    from spectra.stores.survey import parse_snr
 
     config = replace(CONFIGS["tiny"], epochs=2)
     fit(labelled_grid, config, tmp_path / "run", device="cpu", progress=False)

@@ -27,12 +27,12 @@ from runtime.bundle import BundleError, load_bundle  # noqa: E402
 from runtime.pipeline import ProcessOptions, process_survey  # noqa: E402
 from spectra import cli as spectra_cli  # noqa: E402
 from spectra.contracts.flags import FLAGS, Flag, flags_markdown  # noqa: E402
-from spectra.degrade import gaussian_broaden, rebin  # noqa: E402
-from spectra.examples import fourmost_l1_from_grid  # noqa: E402
-from spectra.ingest import IngestFlag, IngestOptions, ingest  # noqa: E402
-from spectra.prepare import TRAINING_RESOLUTION, resample_to_grid  # noqa: E402
-from spectra.readers import read_spectra  # noqa: E402
-from spectra.survey import make_survey, parse_snr  # noqa: E402
+from spectra.forward.degrade import gaussian_broaden, rebin  # noqa: E402
+from spectra.observed.examples import fourmost_l1_from_grid  # noqa: E402
+from spectra.observed.ingest import IngestFlag, IngestOptions, ingest  # noqa: E402
+from spectra.observed.prepare import TRAINING_RESOLUTION, resample_to_grid  # noqa: E402
+from spectra.observed.readers import read_spectra  # noqa: E402
+from spectra.stores.survey import make_survey, parse_snr  # noqa: E402
 from spectra.wavegrid import hr_grid  # noqa: E402
 
 from conftest import line_spectrum, rehash_bundle, shared_file  # noqa: E402
@@ -464,7 +464,7 @@ def test_already_normalised_input_is_kept_and_a_bad_continuum_is_flagged(tmp_pat
 
 def test_shared_uves_sun_is_recognised_as_normalised():
     uves = shared_file("spectra", "UVES_Sun-1_cleaned_norm.txt")
-    from spectra.ingest import prepare
+    from spectra.observed.ingest import prepare
 
     obs = read_spectra(uves)[0]
     prepared = prepare(obs, IngestOptions(rv=0.0, resolution=47_000, medium="air"))

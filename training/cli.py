@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from catalog.cliargs import run_command, use_help_formatter
+from spectra.common.cliargs import run_command, use_help_formatter
 
 __all__ = ["main"]
 
@@ -33,7 +33,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spectra.survey import parse_snr
+    from spectra.stores.survey import parse_snr
 
     from .evaluate import evaluate
 
@@ -197,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("training", args)
+    return run_command("training", build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   fixed seed and cut 75 / 20 / 5 % into train / test / validation. Noisy copies are made on the fly
   from a base spectrum of one split only, so no star is on both sides; the rotated copies of one star made by
   ``spectra rotate-grid`` (rows ``c * base_rows + k``) are split together.
-* **Noise**: each time a spectrum is drawn it gets fresh noise (``spectra.degrade.add_noise``, paper
+* **Noise**: each time a spectrum is drawn it gets fresh noise (``spectra.forward.degrade.add_noise``, paper
   Eq. 1 with S/N per Å) at an S/N drawn from the paper's 19 values (``snr_mode="paper"``) or
   log-uniformly in 10-1000 (``"continuous"``, the paper's stated next step). The network is given
   the S/N used for the noise.
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from spectra import schema
-from spectra.degrade import add_noise
-from spectra.gridstore import GridReader
-from spectra.survey import PAPER_SNR
+from spectra.forward.degrade import add_noise
+from spectra.stores.gridstore import GridReader
+from spectra.stores.survey import PAPER_SNR
 
 __all__ = ["SNR_RANGE", "GridData", "Split", "draw_snr", "split_rows"]
 

@@ -9,7 +9,8 @@ GALAH DR4 interpolates SME spectra the same way).
   [-1, 1] by its training bounds inside the model.
 * Output: flux on the grid's pixels = the training set's mean spectrum + an MLP's correction.
 * v_broad is not the emulator's job: spectra are synthesised unrotated (``spectra grid --unrotated``) and
-  rotated afterwards by ``spectra.rotation.Rotator``, a convolution that commutes with the line-spread functions.
+  rotated afterwards by ``spectra.forward.rotation.Rotator``, a convolution that commutes with the line-spread
+  functions.
 
 Scaling and mean spectrum are buffers of the module, so the exported ONNX graph (``export emulator``) takes
 physical labels and needs nothing else.
@@ -27,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from catalog.outputs import claim_report_folder
 from spectra import schema
+from spectra.common.outputs import claim_report_folder
 from spectra.contracts.parameters import log10_mask
-from spectra.gridstore import GridReader
+from spectra.stores.gridstore import GridReader
 
 __all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "error_table",
            "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "validation_residuals"]
@@ -144,7 +145,7 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
     np.save(out / "wavelength.npy", wave)
     record = {"inputs": list(EMULATOR_INPUTS), "units": [schema.parameter(n).unit for n in EMULATOR_INPUTS],
               "bounds": [[schema.parameter(n).lower, schema.parameter(n).upper] for n in EMULATOR_INPUTS],
-              "rotation": "none (apply v_broad with spectra.rotation.Rotator)", "config": asdict(config),
+              "rotation": "none (apply v_broad with spectra.forward.rotation.Rotator)", "config": asdict(config),
               "grids": provenance, "n_train": int(train.size), "n_val": int(val.size),
               "val_rms_median": history[-1]["val_rms_median"], "cpu_seconds": round(time.perf_counter() - start, 1),
               "parameters": int(sum(p.numel() for p in model.parameters())), "history": history}
@@ -198,8 +199,8 @@ def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray) -> dict:
 
 def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | Path, overwrite: bool = False) -> dict:
     """The error table of an emulator on held-out PySME grids, as ``emulator_errors.json`` and ``.md`` in ``out``
-    (a new or empty folder, or with ``overwrite`` an earlier error report: ``catalog.outputs.claim_report_folder``;
-    nothing else is touched)."""
+    (a new or empty folder, or with ``overwrite`` an earlier error report:
+    ``spectra.common.outputs.claim_report_folder``; nothing else is touched)."""
     out = claim_report_folder(out, "emulator error report", "emulator_errors.json", overwrite)
     model, record, wave = load_emulator(run)
     labels, flux, test_wave, provenance = load_unrotated(test_grids)
@@ -229,16 +230,16 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
                  progress: bool = True, labels_from: str | Path | None = None) -> Path:
     """A grid of ``n`` emulated spectra: labels from the grid prior (``spectra.prior.draw_labels``, Sobol ``seed``;
     prefix-stable like ``spectra grid``), the emulator's unrotated spectrum, rotated by each row's v_broad
-    (``spectra.rotation.Rotator``). A training set as large as wanted for the cost of a forward pass, with the
+    (``spectra.forward.rotation.Rotator``). A training set as large as wanted for the cost of a forward pass, with the
     emulator's errors; its attributes say so (``engine`` = the emulator). Resumable like any grid.
 
     ``labels_from``: take the finished rows' labels of that grid instead (``n`` and ``seed`` are then ignored):
     the emulator's version of a PySME set, e.g. the held-out stars with no emulator mismatch at all."""
     from tqdm.auto import tqdm
 
-    from spectra.gridstore import GridWriter
+    from spectra.forward.rotation import Rotator
     from spectra.prior import PRIOR_VERSION, draw_labels
-    from spectra.rotation import Rotator
+    from spectra.stores.gridstore import GridWriter
     from spectra.wavegrid import hr_grid
 
     model, record, wave = load_emulator(run)
@@ -259,7 +260,8 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
     prior = PRIOR_VERSION if labels_from is None else f"labels of {labels_from}"
     attrs = {"seed": seed, "prior": prior, "engine": "emulator", "engine_version": str(Path(run).resolve()),
              "emulator_training": json.dumps({k: record[k] for k in ("grids", "n_train", "val_rms_median")}),
-             "linelist_sha256": "as the emulator's training grids", "rotation": "applied by spectra.rotation.Rotator",
+             "linelist_sha256": "as the emulator's training grids",
+             "rotation": "applied by spectra.forward.rotation.Rotator",
              "continuum": "true continuum (emulated synthesis)"}
     with GridWriter(out, n, grid, attrs) as writer:
         todo = np.flatnonzero(~writer.done)

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalog.outputs import claim_report_folder
 from runtime.posterior import summarize
 from spectra import schema
+from spectra.common.outputs import claim_report_folder
 from spectra.contracts import quantiles as quantile_levels
 from spectra.contracts.density import log_density
 from spectra.contracts.parameters import to_physical as standardised_to_physical
-from spectra.survey import SnrSpec
+from spectra.stores.survey import SnrSpec
 
 from .config import Config
 from .data import GridData
@@ -125,7 +125,7 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     ``bound``: a ``bound.json`` of ``benchmarks/information_limit.py``; adds σ / bound (``sigma_over_bound``) per
     S/N and parameter. Read before sampling, so that a wrong path fails in a second, not after the run.
     ``normalise_after_noise``: ``grid`` holds true-continuum spectra; each noisy copy is divided by its own
-    pseudo-continuum (``spectra.continuum.BatchNormaliser``), as observed spectra and ``spectra survey
+    pseudo-continuum (``spectra.forward.continuum.BatchNormaliser``), as observed spectra and ``spectra survey
     --continuum pseudo`` are, instead of adding noise to spectra normalised before.
     """
     bound_table = load_bound(bound) if bound is not None else None
@@ -133,8 +133,8 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
     model, config, meta, data = open_run_with_grid(run, grid)
     normaliser = None
     if normalise_after_noise:
-        from spectra.continuum import BatchNormaliser
         from spectra.contracts.conventions import continuum_kind
+        from spectra.forward.continuum import BatchNormaliser
 
         if continuum_kind(data.grid_attrs) == "pseudo":
             data.close()

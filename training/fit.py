@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalog.scratch import written_atomically
+from spectra.common.scratch import written_atomically
 from spectra.contracts.conventions import software_version
 
 from .config import Config
@@ -81,7 +81,7 @@ def _batch_loss(model: CINN, flux, snr, x, config: Config, generator: torch.Gene
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """Checkpoints are written whole under a scratch name of ours, then renamed (``catalog.scratch``)."""
+    """Checkpoints are written whole under a scratch name of ours, then renamed (``spectra.common.scratch``)."""
     with written_atomically(path) as tmp:
         torch.save(obj, tmp)
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from catalog.outputs import claim_report_folder
-from spectra.linelists import default_linelist
+from spectra.common.outputs import claim_report_folder
+from spectra.synth.linelists import default_linelist
 from spectra.wavegrid import vacuum_to_air
 
 from .evaluate import open_run_with_grid
@@ -73,7 +73,7 @@ def saliency(run: str | Path, grid: str | Path, out: str | Path, snr: float = 25
              samples: int = 64, seed: int = 0, n_peaks: int = 50, progress: bool = True,
              overwrite: bool = False) -> dict:
     """Compute the maps, write ``saliency.npz``, ``saliency.json``, ``saliency.md`` and PNGs into ``out`` (a new or
-    empty folder, or with ``overwrite`` an earlier saliency report: ``catalog.outputs.claim_report_folder``)."""
+    empty folder, or with ``overwrite`` an earlier saliency report: ``spectra.common.outputs.claim_report_folder``)."""
     out = claim_report_folder(out, "saliency report", "saliency.json", overwrite)
     model, config, _, data = open_run_with_grid(run, grid)
     rows = data.split.test[:n_spectra]

@@ -6,7 +6,7 @@ continuum fit per star. Each batch is ``stars`` new stars from the grid prior (`
 scramble seed of its own), each seen ``copies`` times at independent S/N and noise draws, so no (star, S/N, noise)
 example repeats and no star outlives its batch.
 
-Normalisation: every star gets one pseudo-continuum (``spectra.continuum.BatchNormaliser``, the ingestion fit
+Normalisation: every star gets one pseudo-continuum (``spectra.forward.continuum.BatchNormaliser``, the ingestion fit
 to 5e-5), fitted on its rotated spectrum with S/N 1000 noise; each copy's noise of paper Eq. 1 is added to the
 flux, which is then divided by that continuum. Observed spectra are normalised *after* their noise; the
 difference is the continuum fit's own response to noise (its clipping bias is ~0.13 sigma of the 1 Å-smoothed
@@ -63,8 +63,8 @@ class _Generator:
     def __init__(self, spec: StreamSpec, projection: tuple[np.ndarray, np.ndarray] | None):
         import torch
 
-        from spectra.continuum import BatchNormaliser
-        from spectra.rotation import Rotator
+        from spectra.forward.continuum import BatchNormaliser
+        from spectra.forward.rotation import Rotator
         from spectra.wavegrid import HR_PIXEL, hr_grid
 
         from .emulator import EMULATOR_INPUTS, load_emulator
@@ -90,7 +90,7 @@ class _Generator:
         """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
         import torch
 
-        from spectra.degrade import add_noise
+        from spectra.forward.degrade import add_noise
         from spectra.prior import draw_labels
 
         scramble = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
@@ -215,7 +215,7 @@ class EmulatedData:
     """
 
     def __init__(self, spec: StreamSpec, projection: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1):
-        from spectra.continuum import ContinuumOptions
+        from spectra.forward.continuum import ContinuumOptions
         from spectra.prior import PRIOR_VERSION
         from spectra.wavegrid import hr_grid
 

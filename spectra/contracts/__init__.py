@@ -11,6 +11,7 @@ pulling in another layer:
 * :mod:`.conventions`: the continuum conventions, the v_broad prior and the software version;
 * :mod:`.manifest`: the model bundle's file names and format version;
 * :mod:`.survey`: what a survey reader hands the runtime, and the size limits writers and readers share.
+* :mod:`.streams`: seed and source id -> independent per-spectrum random streams (noise, latent draws, rows).
 
 This ``__init__`` imports nothing (``import spectra.contracts`` costs nothing); import the module you need.
 """

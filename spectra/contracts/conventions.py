@@ -1,7 +1,7 @@
 """Conventions every package must agree on: continuum normalisation, the v_broad prior, the software version.
 
 *Continuum.* A grid, survey or model is normalised either by the true (synthesised) continuum or by a fitted
-pseudo-continuum (``spectra.continuum``: a clipped cubic spline with knots every :data:`KNOT_SPACING` Å). The
+pseudo-continuum (``spectra.forward.continuum``: a clipped cubic spline with knots every :data:`KNOT_SPACING` Å). The
 two must not be mixed between training and use; :func:`continuum_kind` reads which one a file's attributes record.
 The re-simulation check matches a model spectrum to the input's continuum on the same scale.
 

@@ -116,7 +116,7 @@ BAD = Flag.INVALID_FLUX | Flag.INVALID_SNR | Flag.ALL_REJECTED | Flag.READ_FAILE
 
 # ---- ``spectra ingest``'s ``ingest_flags`` ----
 
-#: LOW_RESOLUTION below this fraction of the training resolution (``spectra.prepare.MIN_RESOLUTION``)
+#: LOW_RESOLUTION below this fraction of the training resolution (``spectra.observed.prepare.MIN_RESOLUTION``)
 MIN_RESOLUTION_FRACTION = 0.97
 #: RV_UNCERTAIN above this RV error [km/s] ...
 RV_ERROR_LIMIT = 1.0

@@ -1,9 +1,9 @@
 """What a survey is to the runtime: the row blocks a reader returns, the reader interface, and the limits that
-writers (``spectra survey``/``ingest``/``merge``/``simulate``) and the reader (``runtime.survey``) share.
+writers (``spectra survey``/``ingest``/``merge``/``simulate``) and the reader (``spectra.stores.survey_reader``) share.
 
-Two kinds of survey stand behind :class:`SurveyReader`: Zarr stores (``runtime.survey.ZarrSurvey``) and simulated
-surveys generated on reading (``spectra.simulated``). Defining the interface here, below both, is what lets the
-runtime open a simulated survey without ``spectra`` importing the runtime back (an import cycle before).
+Two kinds of survey stand behind :class:`SurveyReader`: Zarr stores (``spectra.stores.survey_reader.ZarrSurvey``) and
+simulated surveys generated on reading (``spectra.stores.simulated``). Defining the interface here, below both, is what
+lets the runtime open a simulated survey without ``spectra`` importing the runtime back (an import cycle before).
 A writer checks its chunks against :data:`MAX_CHUNK_BYTES` with :func:`check_flux_chunk` so that nothing it
 writes is refused on reading.
 """

@@ -1,0 +1,146 @@
+"""v_broad as augmentation: rotational broadening of whole batches of spectra already on their pixel grid.
+
+Rotation is a convolution in velocity and commutes with the Gaussian line-spread functions, so grids can be
+stored *without* rotation (``spectra grid --unrotated``) and v_broad drawn from the prior and applied on the fly
+in training, like the noise: one synthesis serves every v_broad. :class:`Rotator` does it for a batch (B, P) at
+once: per window, linear interpolation onto a uniform ln λ grid of ``dv`` km/s, an FFT convolution of every row
+with its own Gray (2005) limb-darkened kernel (``spectra.forward.degrade``'s, averaged over each ``dv`` step so that
+sub-pixel v_broad stays normalised), and interpolation back onto the pixels.
+
+Accuracy against the full chain (R 80 000 → rotation → R 20 000 → rebin; ``tests/test_rotation.py``): rms
+below 0.05 % at 1, 5, 30 and 100 km/s away from the window edges. Within v_broad/c x λ (≤ 2 Å at 100 km/s) of
+a window's edge the full chain saw the 5 Å of spectrum beyond it, which an HR-grid spectrum no longer has: the
+edge value is repeated instead, and the whole-spectrum rms at 100 km/s is 0.2 %. Storing unrotated grids with a
+2 Å margin per window edge would remove that (not done: the grids kept so far are on the HR pixels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from ..contracts.conventions import vbroad_from_uniform
+from ..wavegrid import WavelengthGrid
+from .degrade import C_KMS, LIMB_DARKENING, _rotation_kernel
+
+__all__ = ["Rotator", "draw_vbroad", "rotate_grid"]
+
+
+class _Window:
+    """Interpolation between one window's pixels and its uniform ln λ grid (precomputed once)."""
+
+    def __init__(self, wave: np.ndarray, dv: float):
+        ln_pix = np.log(wave)
+        self.ln = np.arange(ln_pix[0], ln_pix[-1], dv / C_KMS)
+        j = np.clip(np.searchsorted(ln_pix, self.ln, side="right") - 1, 0, wave.size - 2)
+        self.fwd = (j, (self.ln - ln_pix[j]) / (ln_pix[j + 1] - ln_pix[j]))  # pixels -> ln grid
+        k = np.clip(np.searchsorted(self.ln, ln_pix, side="right") - 1, 0, self.ln.size - 2)
+        self.back = (k, np.clip((ln_pix - self.ln[k]) / (self.ln[k + 1] - self.ln[k]), 0.0, 1.0))  # ln -> pixels
+
+    def to_ln(self, flux: np.ndarray) -> np.ndarray:
+        j, w = self.fwd
+        return flux[:, j] * (1.0 - w) + flux[:, j + 1] * w
+
+    def to_pixels(self, fine: np.ndarray) -> np.ndarray:
+        k, u = self.back
+        return fine[:, k] * (1.0 - u) + fine[:, k + 1] * u
+
+
+class Rotator:
+    """Rotational broadening of batches of spectra on ``grid`` (see the module docstring).
+
+    Arguments:
+        grid: the pixel grid of the spectra (e.g. ``spectra.wavegrid.hr_grid()``).
+        dv: velocity step of the internal ln λ grid [km/s]; 0.5 keeps 1 km/s kernels accurate.
+        epsilon: linear limb-darkening coefficient of the kernel.
+    """
+
+    def __init__(self, grid: WavelengthGrid, dv: float = 0.5, epsilon: float = LIMB_DARKENING):
+        self.grid, self.dv, self.epsilon = grid, dv, epsilon
+        self.windows = [(s, _Window(grid.wave[s], dv)) for s in grid.segments]
+
+    def kernels(self, vbroad: np.ndarray) -> np.ndarray:
+        """(B, K) kernels, each normalised and centred, zero-padded to the widest of the batch."""
+        parts = [_rotation_kernel(float(v), self.epsilon, self.dv) for v in vbroad]
+        width = max(p.size for p in parts)
+        out = np.zeros((len(parts), width))
+        for i, p in enumerate(parts):
+            start = (width - p.size) // 2
+            out[i, start:start + p.size] = p / p.sum()
+        return out
+
+    def __call__(self, flux: np.ndarray, vbroad: np.ndarray | float) -> np.ndarray:
+        """Spectra (B, P) or (P,) broadened by ``vbroad`` km/s (one value, or one per spectrum)."""
+        flux = np.asarray(flux, dtype=np.float64)
+        single = flux.ndim == 1
+        batch = flux[None] if single else flux
+        if batch.shape[1] != self.grid.size:
+            raise ValueError(f"flux has {batch.shape[1]} pixels; the grid {self.grid.name} has {self.grid.size}")
+        v = np.broadcast_to(np.asarray(vbroad, dtype=np.float64), (batch.shape[0],))
+        if np.any(~np.isfinite(v)) or np.any(v < 0):
+            raise ValueError("v_broad must be finite and >= 0 km/s")
+        out = batch.copy()
+        moving = np.flatnonzero(v > 0)  # v_broad = 0 rows stay exactly as they are
+        if moving.size == 0:
+            return out[0] if single else out
+        kernels = self.kernels(v[moving])
+        half = kernels.shape[1] // 2
+        for segment, window in self.windows:
+            fine = window.to_ln(batch[moving, segment])
+            padded = np.concatenate([np.repeat(fine[:, :1], half, axis=1), fine,
+                                     np.repeat(fine[:, -1:], half, axis=1)], axis=1)  # continuum-like edges
+            conv = fftconvolve(padded, kernels, mode="valid", axes=1) if half else padded
+            out[moving, segment] = window.to_pixels(conv)
+        return out[0] if single else out
+
+
+def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fresh v_broad [km/s] from the grid prior (``spectra.contracts.conventions.vbroad_from_uniform``)."""
+    return vbroad_from_uniform(rng.uniform(size=np.shape(feh)), feh)
+
+
+def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, progress: bool = True):
+    """A rotated grid from an unrotated one (``spectra grid --unrotated``): ``copies`` rows per base spectrum, the
+    first rotated by the row's own ``vbroad`` label, the others by fresh draws from the prior (v_broad as
+    augmentation: one synthesis, many rotations). Labels carry the v_broad applied. Resumable like any grid."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from ..stores.gridstore import GridReader, GridWriter
+    from ..wavegrid import hr_grid
+
+    if copies < 1:
+        raise ValueError(f"--copies must be >= 1, got {copies}")
+    out, grid = Path(out), hr_grid()
+    rotator = Rotator(grid)
+    with GridReader(source) as reader:
+        if reader.attrs.get("rotation") != "none":
+            raise ValueError(f"{source}: rotation = {reader.attrs.get('rotation')!r}; rotate-grid needs an unrotated "
+                             "grid (spectra grid --unrotated)")
+        if reader.wavelength.size != grid.size:
+            raise ValueError(f"{source}: {reader.wavelength.size} pixels; rotate-grid works on the HR grid")
+        names = reader.label_names
+        iv, ifeh = names.index("vbroad"), names.index("fe_h")
+        base = np.flatnonzero(reader.done)
+        labels, methods, seconds = reader.labels, reader.atmosphere_method, reader.synthesis_seconds
+        attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
+        attrs.update(rotation=f"applied by spectra.forward.rotation.Rotator, {copies} v_broad per base spectrum "
+                              f"(seed {seed})", rotated_from=str(Path(source).resolve()), base_rows=int(base.size))
+        plan = []  # (out row, source row, v_broad)
+        for c in range(copies):
+            rng = np.random.default_rng([seed, c])
+            v = labels[base, iv] if c == 0 else draw_vbroad(labels[base, ifeh], rng)
+            plan += [(c * base.size + k, int(i), float(vk)) for k, (i, vk) in enumerate(zip(base, v, strict=True))]
+        with GridWriter(out, len(plan), grid, attrs) as writer:
+            todo = [p for p in plan if not writer.done[p[0]]]
+            for a in tqdm(range(0, len(todo), batch), desc=f"rotate {out.name}", disable=not progress):
+                part = todo[a:a + batch]
+                unique, inverse = np.unique([p[1] for p in part], return_inverse=True)  # h5py: increasing, unique
+                flux = reader.flux[unique, :][inverse].astype(float)
+                rotated = rotator(flux, np.array([p[2] for p in part]))
+                for (target, i, v), f in zip(part, rotated, strict=True):
+                    row = labels[i].copy()
+                    row[iv] = v
+                    writer.write_row(target, f, row, methods[i], float(seconds[i]))
+    return out
