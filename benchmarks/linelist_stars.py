@@ -23,9 +23,9 @@ import numpy as np
 from _common import machine
 
 from runtime import prepare, read_spectrum
+from spectra.contracts.masks import band_mask
 from spectra.forward.continuum import normalise
 from spectra.forward.rotation import Rotator
-from spectra.synth.linecal import CHROMOSPHERIC_CORES_AIR, TELLURIC_BANDS_AIR
 from spectra.synth.linelists import packaged_linelist
 from spectra.synth.synthesis import PySMEEngine, SpectrumMaker, labels_from_values
 from spectra.wavegrid import hr_grid
@@ -43,13 +43,6 @@ LISTS = ("merged", "survey-sun")
 VBROAD_SCAN = (2.0, 3.5, 5.0, 7.0, 9.0, 12.0, 15.0, 18.0, 22.0)
 
 
-def _masked(wave: np.ndarray) -> np.ndarray:
-    out = np.zeros(wave.size, dtype=bool)
-    for lo, hi in (*TELLURIC_BANDS_AIR, *CHROMOSPHERIC_CORES_AIR):
-        out |= (wave > lo - 1.0) & (wave < hi + 1.0)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", required=True)
@@ -62,7 +55,7 @@ def main() -> None:
         path = Path(args.shared) / "spectra" / filename
         prepared = prepare(read_spectrum(path), **options)
         cover = np.isfinite(prepared.flux)
-        usable = cover & ~_masked(hr.wave)
+        usable = cover & ~band_mask(hr.wave)
         entry = {"star": star, "file": filename, "labels": [teff, logg, feh, vmic], "reference": reference,
                  "rv": prepared.rv, "snr": prepared.snr, "continuum": prepared.continuum_method, "lists": {}}
         for name, maker in makers.items():

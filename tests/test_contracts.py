@@ -252,3 +252,21 @@ def test_tsfitpy_importer_draws_vbroad_from_the_prior_with_its_metal_poor_cap(tm
         vbroad = grid.labels[:, schema.label_names().index("vbroad")]
     assert np.allclose(vbroad, conventions.vbroad_from_uniform(deviates, np.array(feh)))
     assert vbroad[0] <= conventions.VBROAD_MAX_METAL_POOR
+
+
+def test_model_invalid_bands_are_masked_wherever_the_forward_model_is_compared():
+    """The O₂ γ band and the Hα core are one definition; the solar calibration leaves them out (padded by 1 Å)."""
+    from spectra.contracts.masks import CHROMOSPHERIC_CORES_AIR, MODEL_INVALID_BANDS_AIR, TELLURIC_BANDS_AIR, band_mask
+    from spectra.synth.linecal import observed_on_hr
+    from spectra.wavegrid import hr_grid
+
+    assert set(MODEL_INVALID_BANDS_AIR) == set(TELLURIC_BANDS_AIR) | set(CHROMOSPHERIC_CORES_AIR)
+    hr = hr_grid()
+    mask = band_mask(hr.wave)
+    assert mask[np.argmin(np.abs(hr.wave - 6300.0))] and mask[np.argmin(np.abs(hr.wave - 6562.8))]
+    assert not mask[np.argmin(np.abs(hr.wave - 6555.0))] and not mask[hr.segments[0]].any()
+    wave = np.linspace(5100.0, 6800.0, 200_000)
+    _, usable = observed_on_hr(wave, np.ones_like(wave), hr)
+    assert not (usable & mask).any() and usable[~mask].all()
+    _, with_core = observed_on_hr(wave, np.ones_like(wave), hr, chromospheric_cores=True)
+    assert with_core[np.argmin(np.abs(hr.wave - 6562.8))] and not with_core[np.argmin(np.abs(hr.wave - 6300.0))]

@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..contracts.masks import MODEL_INVALID_BANDS_AIR, TELLURIC_BANDS_AIR, band_mask
 from ..forward.degrade import gaussian_broaden, rebin
 from ..wavegrid import HR_RESOLUTION, WavelengthGrid, hr_grid
 from .linelists import LineListData
 
-__all__ = ["GF_BOUND", "MIN_JACOBIAN", "RIDGE", "STRONG_DEPTH", "SUN", "TELLURIC_BANDS_AIR", "VDW_BOUND",
+__all__ = ["GF_BOUND", "MIN_JACOBIAN", "RIDGE", "STRONG_DEPTH", "SUN", "VDW_BOUND",
            "VISIBLE_DEPTH", "Calibration", "calibrate_linelist", "calibrate_to_sun", "observed_on_hr",
-           "parameter_groups"]
+           "parameter_groups", "refine_features", "residual_features"]
 
 #: lines at least this deep (PySME central depth in the Sun) get a log gf parameter
 VISIBLE_DEPTH = 0.03
@@ -48,11 +49,6 @@ RIDGE = 0.3  # Tikhonov weight, in units of the residual rms per dex of change (
 #: lines outside the observed pixels, or buried in a blend, stay as they are instead of drifting to a bound
 MIN_JACOBIAN = 0.02
 STEP = 0.1  # dex of the finite-difference perturbation
-#: air wavelength bands dominated by telluric absorption in ground-based spectra (O2 gamma band)
-TELLURIC_BANDS_AIR = ((6276.0, 6320.0),)
-#: air wavelength bands a 1D LTE photosphere cannot make: the Hα core forms in the chromosphere (observed 20 % deeper
-#: than any LTE synthesis); left out of the calibration like the tellurics
-CHROMOSPHERIC_CORES_AIR = ((6561.8, 6563.8),)
 #: after the line-by-line pass, residual features deeper than this get a second pass (:func:`refine_features`)
 FEATURE_THRESHOLD = 0.03
 #: total change [dex] allowed in that pass to lines whose laboratory log gf is far off (beyond ``GF_BOUND``)
@@ -95,8 +91,8 @@ def observed_on_hr(wave_obs: np.ndarray, flux_obs: np.ndarray, hr: WavelengthGri
         smooth = gaussian_broaden(wave_obs[k], flux_obs[k], resolution, wave_obs[k])
         flux[pixels] = rebin(wave_obs[k], smooth, wave, hr.step)
     usable = np.isfinite(flux) & covered
-    for lo, hi in (*gaps, *TELLURIC_BANDS_AIR, *(() if chromospheric_cores else CHROMOSPHERIC_CORES_AIR)):
-        usable &= ~((hr.wave > lo - 1.0) & (hr.wave < hi + 1.0))
+    invalid = TELLURIC_BANDS_AIR if chromospheric_cores else MODEL_INVALID_BANDS_AIR
+    usable &= ~band_mask(hr.wave, tuple(gaps) + invalid)
     return np.where(usable, flux, 1.0), usable
 
 
