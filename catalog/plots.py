@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from spectra.contracts.quantiles import QUANTILES, index
+
 __all__ = ["axis_text", "corner_figure", "residuals_figure", "snr_groups"]
 
 #: at most this many S/N groups in residual plots; more distinct S/N values are binned logarithmically
@@ -46,7 +48,7 @@ def corner_figure(samples: np.ndarray, labels: Sequence[str], marks: dict[str, n
                 continue
             if i == j:
                 ax.hist(samples[:, j], bins=bins, range=ranges[j], color="0.4", histtype="step")
-                for q in np.quantile(samples[:, j], (0.16, 0.5, 0.84)):
+                for q in np.quantile(samples[:, j], [QUANTILES[index(name)] for name in ("p16", "p50", "p84")]):
                     ax.axvline(q, color="0.3", ls="--", lw=0.8)
                 ax.set_yticks([])
             else:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from catalog.schema import PROVENANCE_COLUMNS, Column, catalogue_columns
+from spectra.contracts.quantiles import QUANTILES
 from spectra.contracts.streams import check_index, check_seed
 from spectra.contracts.streams import scheme as random_stream_scheme
 
@@ -158,8 +159,9 @@ class Posterior:
             return np.full(len(self.names), np.nan)
         return self.samples[np.argmax(np.where(self.valid, self.log_density, -np.inf))]
 
-    def quantiles(self, levels: Sequence[float] = (0.16, 0.5, 0.84)) -> np.ndarray:
-        """(len(levels), D) quantiles over the valid samples (numpy's linear rule, as the catalogue)."""
+    def quantiles(self, levels: Sequence[float] = QUANTILES) -> np.ndarray:
+        """(len(levels), D) quantiles over the valid samples (numpy's linear rule, as the catalogue; by default the
+        catalogue's levels, ``spectra.contracts.quantiles.QUANTILES``)."""
         if not self.valid.any():
             return np.full((len(levels), len(self.names)), np.nan)
         return np.quantile(self.samples[self.valid], list(levels), axis=0)
