@@ -373,27 +373,16 @@ def _cmd_linelist_survey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prior_gf_change(lines, changes_csv: str) -> np.ndarray:
-    """Per line of ``lines``, the log gf change recorded in an earlier calibration's ``.changes.csv``."""
-    import pandas as pd
-
-    changes = pd.read_csv(changes_csv)
-    gf = changes[changes["parameter"] == "log_gf"]
-    key = dict(zip(zip(gf["species"], gf["wlcent"].round(4), strict=True), gf["change_dex"], strict=True))
-    return np.array([key.get((sp, round(w, 4)), 0.0) for sp, w in zip(lines["species"], lines["wlcent"],
-                                                                        strict=True)])
-
-
 def _cmd_linelist_calibrate(args: argparse.Namespace) -> int:
     from .common.outputs import claim_output
     from .common.scratch import written_atomically
-    from .synth.linecal import calibrate_linelist
+    from .synth.linecal import calibrate_linelist, recorded_gf_change
     from .synth.linelists import LineListData, read_linelist
 
     stages = tuple(s.strip() for s in args.stages.split(","))
     claim_output(args.out, "line list", overwrite=args.overwrite)
     source = read_linelist(args.linelist)
-    prior = _prior_gf_change(source.lines, args.prior_changes) if args.prior_changes else None
+    prior = recorded_gf_change(source.lines, args.prior_changes) if args.prior_changes else None
     result = calibrate_linelist(source.lines, args.solar, iterations=args.iterations, workers=args.workers,
                                 log=lambda m: print(m, flush=True), stages=stages, prior_change=prior)
     calibrated = LineListData(result.lines, source=f"{args.linelist} calibrated on {Path(args.solar).name}")

@@ -13,6 +13,8 @@ import errno
 import os
 import sys
 
+from ..contracts.streams import check_index
+
 __all__ = ["HelpFormatter", "add_option", "check_indices", "check_required", "describe_error", "run_command",
            "use_help_formatter"]
 
@@ -96,8 +98,10 @@ def check_indices(args: argparse.Namespace) -> None:
     fail in the middle of a run, naming no option and leaving an unfinished output."""
     for attr, option in INDEX_OPTIONS:
         value = getattr(args, attr, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63):
+        if value is not None and not isinstance(value, int):  # an option value, not a number that equals an int
             raise ValueError(f"{option} must be an integer in [0, 2**63), got {value!r}")
+        if value is not None:
+            check_index(value, option)
 
 
 def run_command(program: str, parser: argparse.ArgumentParser, argv: list[str] | None = None,

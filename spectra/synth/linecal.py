@@ -37,7 +37,7 @@ from .linelists import LineListData
 
 __all__ = ["GF_BOUND", "MIN_JACOBIAN", "RIDGE", "STRONG_DEPTH", "SUN", "VDW_BOUND",
            "VISIBLE_DEPTH", "Calibration", "calibrate_linelist", "calibrate_to_sun", "observed_on_hr",
-           "parameter_groups", "refine_features", "residual_features"]
+           "parameter_groups", "recorded_gf_change", "refine_features", "residual_features"]
 
 #: lines at least this deep (PySME central depth in the Sun) get a log gf parameter
 VISIBLE_DEPTH = 0.03
@@ -355,6 +355,16 @@ def refine_features(lines: pd.DataFrame, solar_depth: np.ndarray, observed: np.n
 UVES_GAPS = ((5759.0, 5828.0), (6066.0, 6074.0))
 #: lines shallower than this in the Sun cannot change its spectrum: left out of the solar syntheses
 _SOLAR_NEGLIGIBLE = 1e-3
+
+
+def recorded_gf_change(lines: pd.DataFrame, changes_csv: str | Path) -> np.ndarray:
+    """Per line of ``lines``, the log gf change recorded in an earlier calibration's ``.changes.csv`` (0 where none):
+    the ``prior_change`` of :func:`calibrate_linelist` when only its ``"features"`` stage runs on that output."""
+    changes = pd.read_csv(changes_csv)
+    gf = changes[changes["parameter"] == "log_gf"]
+    key = dict(zip(zip(gf["species"], gf["wlcent"].round(4), strict=True), gf["change_dex"], strict=True))
+    return np.array([key.get((sp, round(w, 4)), 0.0) for sp, w in zip(lines["species"], lines["wlcent"],
+                                                                        strict=True)])
 
 
 def calibrate_linelist(lines: pd.DataFrame, solar_spectrum: str | Path, iterations: int = 3, workers: int = 2,

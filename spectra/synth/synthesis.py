@@ -65,19 +65,12 @@ class PySMEEngine:
         windows_air: list of (start, end) air wavelengths to synthesise (default: working grid).
         accrt: PySME's radiative-transfer accuracy (None = PySME default). 1e-3 saves ~15 % for a
             0.14 % change after R 20 000 smoothing (shared data README).
-        line_selection: ``"all"`` passes every line to the radiative transfer; ``"dynamic"`` lets PySME drop, per
-            star, the lines too weak to matter at its parameters (PySME's ALMAX selection at ``accrt``). The survey
-            list holds ~120 000 TiO lines that only cool stars see: with "all" they cost every star.
-        balmer_nlte: apply PySME's 3D NLTE Balmer profile correction (Amarsi et al. 2018) to Hα.
     """
 
     name = "pysme"
 
     def __init__(self, atmospheres: AtmosphereGrid | None = None, linelist: LineListData | None = None,
-                 windows_air: list[tuple[float, float]] | None = None, accrt: float | None = None,
-                 line_selection: str = "all", balmer_nlte: bool = False):
-        if line_selection not in ("all", "dynamic"):
-            raise ValueError(f"line_selection must be 'all' or 'dynamic', not {line_selection!r}")
+                 windows_air: list[tuple[float, float]] | None = None, accrt: float | None = None):
         self.atmospheres = atmospheres or default_grid()
         self.linelist = linelist or default_linelist()
         if windows_air is None:
@@ -85,8 +78,6 @@ class PySMEEngine:
             windows_air = [(wg.wave[s][0], wg.wave[s][-1]) for s in wg.segments]
         self.windows_air = [(float(lo), float(hi)) for lo, hi in windows_air]
         self.accrt = accrt
-        self.line_selection = line_selection
-        self.balmer_nlte = balmer_nlte
         self._sme_linelist = None
 
     @property
@@ -119,9 +110,8 @@ class PySMEEngine:
         sme.vrad_flag, sme.cscale_flag = "none", "none"
         if self.accrt is not None:
             sme.accrt = self.accrt
-        sme.tdnlte_H = self.balmer_nlte
         start = time.perf_counter()
-        sme = synthesize_spectrum(sme, linelist_mode=self.line_selection)
+        sme = synthesize_spectrum(sme)
         seconds = time.perf_counter() - start
         segments = []
         for wave, flux in zip(sme.wave, sme.synth, strict=True):
