@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from spectra.common.cliargs import run_command, use_help_formatter
-from spectra.contracts.manifest import VARIANTS
+from spectra.contracts.manifest import ENGINES, VARIANTS
 
 __all__ = ["main"]
 
@@ -33,8 +33,14 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .variants import quantize_bundle
 
-    variants = quantize_bundle(args.bundle, args.precision, grid=args.grid, n_spectra=args.spectra,
-                               overwrite=args.overwrite)
+    if args.engine != "onnxruntime":
+        from .variants import quantize_engine
+
+        variants = quantize_engine(args.bundle, args.engine, args.precision, grid=args.grid, n_spectra=args.spectra,
+                                   overwrite=args.overwrite)
+    else:
+        variants = quantize_bundle(args.bundle, args.precision, grid=args.grid, n_spectra=args.spectra,
+                                   overwrite=args.overwrite)
     failed = [p for p in args.precision if not variants[p]["verification"]["passed"]]
     if failed:
         print(f"export quantize: {', '.join(failed)} above the tolerance: kept in the bundle with its measured "
@@ -123,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="grid of real spectra on the bundle's pixel grid (default: the training grid)")
     p.add_argument("--spectra", type=int, default=24, help="grid spectra per S/N (250, 50, 20) to verify on")
     p.add_argument("--overwrite", action="store_true", help="remake a variant the bundle already has")
+    p.add_argument("--engine", default="onnxruntime", choices=ENGINES,
+                   help="onnxruntime: write variant graphs; openvino: verify its bf16 precision hint on the fp32 "
+                   "graphs (no file added) and record it for `runtime process --engine openvino|auto`")
     p.set_defaults(func=_cmd_quantize)
     p = sub.add_parser("emulator", help="write a trained spectral emulator as ONNX + manifest")
     p.add_argument("--run", required=True, help="emulator folder (training emulator-fit --out)")

@@ -21,6 +21,11 @@ differences of the five quantiles and of the MAP are divided by the fp32 posteri
 percentile over spectra x parameters: the MAP is one sample out of 4096, and a variant's slightly different
 densities may pick a neighbouring sample of nearly equal density; the median quantile is the robust estimate).
 ``runtime process`` refuses a variant above ``runtime.bundle.VARIANT_TOLERANCE`` unless forced.
+
+``python -m export quantize --bundle B --engine openvino --precision bf16`` verifies, the same way, what another
+engine computes from the unchanged fp32 graphs under its precision hint (no file is added), and records it in the
+manifest's ``engine_precisions.openvino.bf16`` with the CPU it was measured on: on a CPU without bf16 units
+OpenVINO emulates bf16 in software (slowly, with the same roundings), so the check can be made anywhere.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from runtime.precision import within_tolerance
 from spectra.contracts import quantiles as quantile_levels
 from spectra.contracts.manifest import HOISTED, VARIANTS
 
-__all__ = ["MAP_PERCENTILE", "make_variant", "quantize_bundle", "variant_errors", "verify_variant"]
+__all__ = ["MAP_PERCENTILE", "make_variant", "quantize_bundle", "quantize_engine", "variant_errors", "verify_variant"]
 
 MAP_PERCENTILE = 95
 _FP16_KEEP = ["Exp", "Atan", "ReduceSum", "Sum", "Log", "Div", "Sub", "Mul", "Neg", "Concat", "Gather", "Split"]
@@ -158,16 +163,19 @@ def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], s
     return flux.astype(np.float32), snr, len(rows)
 
 
-def variant_errors(bundle_path: Path, precision: str, graph: Path, grid: Path, n_spectra: int = 24,
-                   snrs: tuple[float, ...] = (250.0, 50.0, 20.0), n_samples: int = 4096, seed: int = 0) -> dict:
-    """Posterior differences of ``graph`` (a variant of the bundle's hoisted flow) against fp32, in half-widths."""
+def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: Path, n_spectra: int = 24,
+                   snrs: tuple[float, ...] = (250.0, 50.0, 20.0), n_samples: int = 4096, seed: int = 0,
+                   engine: str = "onnxruntime") -> dict:
+    """Posterior differences against onnxruntime fp32, in half-widths, of ``graph`` (a variant of the bundle's
+    hoisted flow) or, with ``engine`` other than onnxruntime (``graph`` None), of that engine at ``precision``."""
     from runtime.sampler import OnnxPosterior
 
     bundle = load_bundle(bundle_path, check_graphs=False)
     flux, snr, n_rows = _test_spectra(bundle, grid, n_spectra, snrs, seed)
     ids = np.arange(flux.shape[0]) + 1
     reference = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, seed, n_samples)
-    candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph)
+    candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph,
+                              engine=engine)
     other = candidate.posterior(flux, snr, ids, seed, n_samples)
     q = reference.quantiles
     half = 0.5 * (q[:, quantile_levels.index("p84")] - q[:, quantile_levels.index("p16")])  # shape (N, D)
@@ -181,7 +189,7 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path, grid: Path, n
             "map_error": float(np.percentile(dmap, MAP_PERCENTILE)), "map_error_max": float(dmap.max()),
             "map_error_median": float(np.median(dmap)), "tolerance": VARIANT_TOLERANCE,
             "unit": "fraction of the fp32 posterior's 68 % half-width", "spectra": int(n_rows),
-            "snr": list(snrs), "samples": n_samples, "grid": str(grid), "provider": "CPUExecutionProvider",
+            "snr": list(snrs), "samples": n_samples, "grid": str(grid), "provider": candidate.providers[0],
             "map_statistic": f"{MAP_PERCENTILE}th percentile over spectra x parameters"}
 
 
@@ -209,11 +217,7 @@ def quantize_bundle(bundle_path: str | Path, precisions: list[str], grid: str | 
     raw = dict(bundle.manifest.raw)
     if not bundle.has_hoisted:
         raise ValueError(f"{bundle_path}: no hoisted flow graph to quantize; re-export the bundle")
-    grid = Path(grid) if grid else Path(raw["provenance"].get("grid", ""))
-    if not grid.is_file():
-        raise FileNotFoundError(f"real spectra are needed to verify the variants: the training grid "
-                                f"{str(grid)!r} is not here; give --grid GRID (a spectra grid on the bundle's "
-                                "pixel grid)")
+    grid = _verification_grid(raw, grid)
     variants = dict(raw.get("precisions") or {})
     source = bundle_path / HOISTED["flow"]
     for precision in precisions:
@@ -235,11 +239,62 @@ def quantize_bundle(bundle_path: str | Path, precisions: list[str], grid: str | 
         check = entry["verification"]
         passed = within_tolerance(check)
         check["passed"] = passed
-        log(f"{precision}: quantiles differ from fp32 by at most {check['quantile_error']:.4f} half-widths "
-            f"(median {check['quantile_error_median']:.4f}), MAP {check['map_error']:.4f} "
-            f"({check['map_statistic']}): {'within' if passed else 'ABOVE'} the tolerance {check['tolerance']}")
+        _log_check(log, precision, check)
         variants[precision] = entry
         raw["precisions"] = variants  # listed at once: the bundle is consistent after every variant
         raw["files"] = hash_files(bundle_path, raw)
         write_manifest(bundle_path, raw)
     return variants
+
+
+def quantize_engine(bundle_path: str | Path, engine: str, precisions: list[str], grid: str | Path | None = None,
+                    n_spectra: int = 24, overwrite: bool = False, log=print) -> dict:
+    """Verify ``engine`` at ``precisions`` (its precision hint on the fp32 graphs) against onnxruntime fp32 and
+    record each in the manifest's ``engine_precisions`` (see the module docstring); returns that engine's entry."""
+    from runtime.engines import bf16_hardware, cpu_features, cpu_model, engine_version, require_engine
+    from spectra.contracts.manifest import ENGINE_PRECISIONS
+
+    require_engine(engine)
+    bundle_path = Path(bundle_path)
+    raw = dict(load_bundle(bundle_path, check_graphs=False).manifest.raw)
+    known = ENGINE_PRECISIONS.get(engine, ())
+    unknown = [p for p in precisions if p not in known]
+    if unknown:
+        raise ValueError(f"--engine {engine} verifies {', '.join(known) or 'nothing'} (its fp32 is the fp32 graphs "
+                         f"unchanged), not {', '.join(unknown)}")
+    grid = _verification_grid(raw, grid)
+    entries = {k: dict(v) for k, v in (raw.get("engine_precisions") or {}).items()}
+    mine = entries.setdefault(engine, {})
+    for precision in precisions:
+        if precision in mine and not overwrite:
+            raise FileExistsError(f"{bundle_path}: already records {engine} {precision}; add --overwrite to remeasure")
+        log(f"{engine} {precision}: verifying against onnxruntime fp32 on {grid.name} ...")
+        check = variant_errors(bundle_path, precision, None, grid, n_spectra=n_spectra, engine=engine)
+        check["passed"] = within_tolerance(check)
+        hardware = precision != "bf16" or bf16_hardware()
+        mine[precision] = {
+            "verification": check, "hint": f"INFERENCE_PRECISION_HINT={precision} on the fp32 graphs",
+            "verified_on": {"cpu": cpu_model(), "cpu_features": list(cpu_features()),
+                            f"{engine}": engine_version(engine),
+                            "arithmetic": "hardware" if hardware else "emulated in software (no bf16 units)"}}
+        _log_check(log, f"{engine} {precision}", check)
+        raw["engine_precisions"] = entries
+        raw["files"] = hash_files(bundle_path, raw)
+        write_manifest(bundle_path, raw)
+    return mine
+
+
+def _verification_grid(raw: dict, grid: str | Path | None) -> Path:
+    """The grid of real spectra to verify on: ``grid``, else the bundle's training grid (FileNotFoundError)."""
+    path = Path(grid) if grid else Path(raw["provenance"].get("grid", ""))
+    if not path.is_file():
+        raise FileNotFoundError(f"real spectra are needed to verify the variants: the training grid "
+                                f"{str(path)!r} is not here; give --grid GRID (a spectra grid on the bundle's "
+                                "pixel grid)")
+    return path
+
+
+def _log_check(log, what: str, check: dict) -> None:
+    log(f"{what}: quantiles differ from fp32 by at most {check['quantile_error']:.4f} half-widths "
+        f"(median {check['quantile_error_median']:.4f}), MAP {check['map_error']:.4f} "
+        f"({check['map_statistic']}): {'within' if check['passed'] else 'ABOVE'} the tolerance {check['tolerance']}")

@@ -112,20 +112,20 @@ def _from_arrays(arrays: tuple | list, medium: str | None) -> ObservedSpectrum:
 
 
 def load_model(bundle: str | Path | None = None, *, precision: str = "auto", device: str = "auto",
-               threads: int = 0, force_precision: bool = False) -> Model:
+               engine: str = "auto", threads: int = 0, force_precision: bool = False) -> Model:
     """A model bundle ready to infer: ``bundle`` None is the packaged default model (``runtime.packaged``).
-    ``precision`` and ``device`` as ``runtime process --precision/--device`` (auto: the verified reduced-precision
-    variant where one fits the device, else fp32; CUDA if present, else the CPU, said on stderr when a GPU seems
-    present but unusable)."""
+    ``precision``, ``device`` and ``engine`` as ``runtime process --precision/--device/--engine`` (auto: the verified
+    reduced-precision variant where one fits the device, else fp32; CUDA if present, else the CPU, said on stderr
+    when a GPU seems present but unusable; OpenVINO bf16 on CPUs with bf16 units, see ``runtime.precision``)."""
     from .packaged import default_bundle
-    from .precision import choose_precision
+    from .precision import choose_engine
     from .sessions import resolve_providers
 
     path = Path(bundle) if bundle is not None else default_bundle()
     loaded = load_bundle(path)
     resolved, _ = resolve_providers(device, notify=lambda message: print(f"load_model: {message}", file=sys.stderr))
-    chosen = choose_precision(loaded, precision, resolved, force_precision)
-    return Model(loaded, resolved, chosen, threads, force_precision and chosen != "fp32")
+    engine, chosen = choose_engine(loaded, engine, precision, resolved, force_precision)
+    return Model(loaded, resolved, chosen, threads, force_precision and chosen != "fp32", engine)
 
 
 @dataclass
@@ -198,16 +198,17 @@ class Model:
     """A loaded bundle with its ONNX Runtime sessions (made on first use, one set per sample count: the count sizes
     the flow's calls, so a row's numbers match ``runtime process --samples`` exactly). Use :func:`load_model`."""
 
-    def __init__(self, bundle: Bundle, device: str, precision: str, threads: int = 0, force_precision: bool = False):
-        self.bundle, self.device, self.precision = bundle, device, precision
+    def __init__(self, bundle: Bundle, device: str, precision: str, threads: int = 0, force_precision: bool = False,
+                 engine: str = "onnxruntime"):
+        self.bundle, self.device, self.precision, self.engine = bundle, device, precision, engine
         self.threads, self.force_precision = threads, force_precision
         self.batch = 16 if device == "cpu" else 256  # runtime process's default --batch
         self._sessions: dict[int, OnnxPosterior] = {}
         self._resim: Resimulator | None = None
 
     def __repr__(self) -> str:
-        return (f"Model({str(self.bundle.path)!r}, {len(self.names)} parameters, device {self.device}, precision "
-                f"{self.precision}, sha256 {self.bundle.sha256[:12]})")
+        return (f"Model({str(self.bundle.path)!r}, {len(self.names)} parameters, device {self.device}, engine "
+                f"{self.engine}, precision {self.precision}, sha256 {self.bundle.sha256[:12]})")
 
     @property
     def names(self) -> list[str]:
@@ -237,14 +238,14 @@ class Model:
         if samples not in self._sessions:
             self._sessions[samples] = OnnxPosterior(
                 self.bundle, device=self.device, threads=self.threads, max_rows=self.batch * samples,
-                precision=self.precision, force_precision=self.force_precision, n_samples=samples)
+                precision=self.precision, force_precision=self.force_precision, n_samples=samples, engine=self.engine)
         return self._sessions[samples]
 
     def _resimulator(self) -> Resimulator | None:
         from .resim import Resimulator
 
         if self._resim is None and self.bundle.emulator:
-            self._resim = Resimulator(self.bundle, threads=self.threads)
+            self._resim = Resimulator(self.bundle, threads=self.threads, engine=self.engine)
         return self._resim
 
     def infer(self, flux: Any, snr: Any = None, source_id: Any = None, *, seed: int = 0, samples: int = 4096,
@@ -285,7 +286,7 @@ class Model:
             table[column.name].unit = column.unit or None
             table[column.name].description = column.description
         table.meta.update(bundle=str(self.bundle.path), bundle_sha256=self.bundle.sha256, seed=settings.seed,
-                          samples=settings.samples, precision=self.precision, device=self.device,
+                          samples=settings.samples, precision=self.precision, engine=self.engine, device=self.device,
                           snr_cap=snr_cap, random_streams=random_stream_scheme()["version"])
         return table
 

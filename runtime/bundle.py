@@ -40,6 +40,7 @@ from typing import TypeGuard
 import numpy as np
 
 from spectra.common.hashing import sha256_file
+from spectra.contracts import manifest as layout
 from spectra.contracts.conventions import CONTINUUM_KINDS
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED, SNR_UNIT, SUMMARY, VARIANTS
 from spectra.contracts.parameters import TRANSFORMS, to_physical
@@ -138,6 +139,12 @@ class Manifest:
     def precisions(self) -> dict[str, dict]:
         """Reduced-precision variants: {name: {files, verification, ...}} (fp32 is always there, not listed)."""
         return dict(self.raw.get("precisions") or {})
+
+    @property
+    def engine_precisions(self) -> dict[str, dict[str, dict]]:
+        """Precisions other engines reach by a hint on the fp32 graphs, each with its verification against
+        onnxruntime fp32: {engine: {precision: {verification, verified_on, ...}}} (``export quantize --engine``)."""
+        return {engine: dict(v) for engine, v in (self.raw.get("engine_precisions") or {}).items()}
 
     def to_physical(self, x: np.ndarray) -> np.ndarray:
         """Standardised network outputs (..., D) -> physical units (``spectra.contracts.parameters``)."""
@@ -366,6 +373,7 @@ def _validate(raw: dict, where: Path) -> None:
         except ValueError as exc:
             raise BundleError(str(exc)) from None
     _validate_precisions(raw.get("precisions"), where)
+    _validate_engine_precisions(raw.get("engine_precisions"), where)
     _validate_emulator(raw.get("emulator"), where)
     _validate_random_streams(raw.get("random_streams"), where)
     files = raw["files"]
@@ -403,10 +411,37 @@ def _validate_precisions(precisions, where: Path) -> None:
         for key, file in variant["files"].items():
             _plain_filename(file, where, f"precisions.{name}.files.{key}")
         check = variant.get("verification")
-        numbers = ("quantile_error", "map_error", "tolerance")
-        if check is not None and not (isinstance(check, dict) and all(_is_number(check.get(k)) for k in numbers)):
+        if check is not None and not _is_check(check):
             raise BundleError(f"{where}: precisions.{name}.verification needs finite quantile_error, map_error "
                               "and tolerance")
+
+
+def _is_check(check) -> bool:
+    """A verification record (``export.variants.variant_errors``): finite errors and the tolerance they met."""
+    return isinstance(check, dict) and all(_is_number(check.get(k)) for k in ("quantile_error", "map_error",
+                                                                              "tolerance"))
+
+
+def _validate_engine_precisions(entries, where: Path) -> None:
+    """``engine_precisions``: {engine: {precision: {verification: {...}, ...}}} (``export quantize --engine``)."""
+    if entries is None:
+        return
+    if not isinstance(entries, dict):
+        raise BundleError(f"{where}: engine_precisions must be an object")
+    for engine, by_precision in entries.items():
+        known = layout.ENGINE_PRECISIONS.get(engine)
+        if known is None:
+            raise BundleError(f"{where}: engine_precisions.{engine}: unknown engine (known: "
+                              f"{', '.join(layout.ENGINE_PRECISIONS)})")
+        if not isinstance(by_precision, dict):
+            raise BundleError(f"{where}: engine_precisions.{engine} must be an object")
+        for name, entry in by_precision.items():
+            if name not in known:
+                raise BundleError(f"{where}: engine_precisions.{engine}.{name}: {engine} runs {', '.join(known)}")
+            check = entry.get("verification") if isinstance(entry, dict) else None
+            if not _is_check(check):
+                raise BundleError(f"{where}: engine_precisions.{engine}.{name}.verification needs finite "
+                                  "quantile_error, map_error and tolerance")
 
 
 def _validate_emulator(emulator, where: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from spectra.common.cliargs import HelpFormatter, add_option, run_command, use_help_formatter
 
+from .engines import ENGINE_CHOICES
 from .precision import PRECISIONS
 from .sampler import SUMMARY_MODES
 from .sessions import DEVICES
@@ -27,7 +28,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     options = ProcessOptions(samples=args.samples, seed=args.seed, batch=args.batch, device=args.device,
                              threads=args.threads, bias_correction=args.bias_correction, snr_cap=args.snr_cap,
                              precision=args.precision, force_precision=args.force_precision, summary=args.summary,
-                             cuda_graph=args.cuda_graph)
+                             cuda_graph=args.cuda_graph, engine=args.engine)
     bundle = args.bundle
     if bundle is None:
         from .packaged import default_bundle
@@ -40,7 +41,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(f"runtime process: warning: {warning}", file=sys.stderr)
     print(f"{report.output}: {report.n_rows} rows; {report.chunks_run} chunks run, {report.chunks_skipped} "
-          f"already done; device {report.device}, precision {report.precision} ({report.workers}); "
+          f"already done; device {report.device}, engine {report.engine}, precision {report.precision} "
+          f"({report.workers}); "
           f"{report.seconds:.1f} s = "
           f"{report.spectra_per_second:.2f} spectra/s")
     return 0
@@ -76,7 +78,7 @@ def _cmd_corner(args: argparse.Namespace) -> int:
         raise ValueError(f"--source-id {args.source_id}: not in {args.survey} (its ids run from {ids.min()} to "
                          f"{ids.max()}, {ids.size} rows)")
     block = survey.read_rows(int(rows[0]), int(rows[0]) + 1)
-    model = load_model(args.bundle, precision=args.precision, device=args.device)
+    model = load_model(args.bundle, precision=args.precision, device=args.device, engine=args.engine)
     params = args.params.split(",") if args.params else None
     posterior = model.posterior(block.flux[0], block.snr[0], args.source_id, seed=args.seed, samples=args.samples,
                                 snr_cap=args.snr_cap)
@@ -113,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4096, help="posterior samples per spectrum")
     p.add_argument("--device", default="auto", choices=DEVICES, help="execution provider (auto: CUDA if present)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="flow precision: auto = the bundle's verified int8 variant on CPUs, fp16 on GPUs, else fp32 "
-                   "(the catalogue records which ran)")
+                   help="flow precision: auto = OpenVINO bf16 on CPUs with bf16 units (AMX, AVX-512 BF16) when "
+                   "verified, else the bundle's verified int8 variant on CPUs, fp16 on GPUs, else fp32 (the catalogue "
+                   "records which ran)")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES,
+                   help="CPU inference engine: auto = openvino where it runs a verified bf16 on bf16 units, else "
+                   "onnxruntime; openvino needs the 'openvino' extra (the catalogue records engine and CPU flags)")
     p.add_argument("--force-precision", action="store_true",
                    help="run a --precision variant even if its recorded error against fp32 exceeds the tolerance")
     p.add_argument("--summary", default="auto", choices=SUMMARY_MODES,
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-cap", action="store_true", help="as runtime process --snr-cap")
     p.add_argument("--device", default="auto", choices=DEVICES, help="execution provider")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="flow precision (as runtime process)")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="CPU engine (as runtime process)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image")
     p.set_defaults(func=_cmd_corner)
     use_help_formatter(parser)

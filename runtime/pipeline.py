@@ -59,8 +59,9 @@ from spectra.stores.survey_reader import SurveyReader, open_survey
 
 from .bundle import Bundle, BundleError, load_bundle
 from .cluster import DistributedRunner, TLSFiles
+from .engines import cpu_features, engine_version
 from .inference import MIN_SAMPLES, check_samples, validate_flux
-from .precision import choose_precision, variant_file
+from .precision import choose_engine, engine_verification, variant_file
 from .sessions import resolve_providers
 from .task import STAGES, ChunkResult, ProcessOptions, RunContext, build_sessions, compute_chunk, write_chunk
 
@@ -68,7 +69,7 @@ __all__ = ["MIN_SAMPLES", "ProcessOptions", "ProcessReport", "TLSFiles", "check_
            "validate_flux"]
 
 #: resume-identity attributes that catalogues from before they existed lack, with the value they implied
-_IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME}
+_IDENTITY_DEFAULTS = {"snr_cap": False, "precision": "fp32", "random_streams": LEGACY_SCHEME, "engine": "onnxruntime"}
 _SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
 
@@ -85,6 +86,7 @@ class ProcessReport:
     timings: dict[str, float] = field(default_factory=dict)  # task seconds: read, network, summary, other, write
     read_failures: list[str] = field(default_factory=list)
     precision: str = "fp32"
+    engine: str = "onnxruntime"
 
     @property
     def spectra_per_second(self) -> float:
@@ -170,8 +172,9 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                  else default_task_rows(n, workers))
     chunk = shard_layout(chunk)[0]
     device, _ = resolve_providers(options.device, notify=_tell_warning)
-    precision = choose_precision(bundle, options.precision, device, options.force_precision)
-    options = replace(options, precision=precision, force_precision=options.force_precision and precision != "fp32",
+    engine, precision = choose_engine(bundle, options.engine, options.precision, device, options.force_precision)
+    options = replace(options, precision=precision, engine=engine,
+                      force_precision=options.force_precision and precision != "fp32",
                       batch=options.batch or (16 if device == "cpu" else 256))
     corrected = list(bundle.manifest.bias_correction["coefficients"]) if (
         options.bias_correction and bundle.manifest.bias_correction) else []
@@ -186,7 +189,8 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
     provenance = tuple(c.name for c in PROVENANCE_COLUMNS if survey.has(c.name))
     identity = {"survey_fingerprint": survey.fingerprint(), "bundle_sha256": bundle.sha256, "seed": options.seed,
                 "samples": options.samples, "n_rows": n, "chunk": chunk, "bias_correction": bool(corrected),
-                "snr_cap": options.snr_cap, "precision": precision, "random_streams": random_stream_scheme()}
+                "snr_cap": options.snr_cap, "precision": precision, "random_streams": random_stream_scheme(),
+                "engine": engine}
     ctx = RunContext(str(input_path), str(output_path), str(Path(bundle_path).resolve()), bundle.sha256,
                      options, bool(warnings), provenance)
     distributed = scheduler is not None or workers > 1
@@ -217,8 +221,10 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
                 "map_definition": "highest-density posterior sample inside the training bounds",
                 "model_continuum": bundle.manifest.continuum, "survey_continuum": kind,
                 "warnings": warnings, "precision_forced": options.force_precision,
-                "precision_graph": variant_file(bundle, precision, "hoisted_flow", "hoisted_flow.onnx"),
-                "precision_verification": (bundle.manifest.precisions.get(precision) or {}).get("verification"),
+                "precision_graph": (variant_file(bundle, precision, "hoisted_flow", "hoisted_flow.onnx")
+                                    if engine == "onnxruntime" else f"hoisted_flow.onnx ({engine} {precision} hint)"),
+                "precision_verification": engine_verification(bundle, engine, precision),
+                "engine_version": f"{engine} {engine_version(engine)}", "cpu_features": list(cpu_features()),
                 "resim": _resim_description(bundle),
                 "poor_fit_chi2": (bundle.emulator or {}).get("poor_fit_chi2"),
             })
@@ -230,7 +236,7 @@ def process_survey(input_path: str | Path, bundle_path: str | Path, output_path:
         lock.release()
     timings = {key: sum(r.timings[key] for r in results) for key in STAGES}
     return ProcessReport(output_path, n, chunks_run, skipped, seconds, device, where, warnings, timings,
-                         [m for r in results for m in r.failures], precision)
+                         [m for r in results for m in r.failures], precision, engine)
 
 
 def _tell_warning(message: str) -> None:
@@ -295,8 +301,10 @@ def _check_identity(output_path: Path, attrs: dict, identity: dict) -> None:
                              f"{' (latent draws shared the survey noise stream)' if made == LEGACY_SCHEME else ''}, "
                              f"this software draws with version {value['version']}: its rows would differ from "
                              "the finished ones; re-run without --resume (--overwrite) to remake the catalogue")
-        raise ValueError(f"{output_path} was made with {key} = {attrs.get(key)!r}, this run has {value!r}; resume "
-                         "needs the same settings")
+        hint = (f" (give --engine {attrs.get('engine', 'onnxruntime')} --precision {attrs.get('precision', 'fp32')})"
+                if key in ("engine", "precision") else "")
+        raise ValueError(f"{output_path} was made with {key} = {made!r}, this run has {value!r}; resume "
+                         f"needs the same settings{hint}")
 
 
 def _run_in_process(todo: list[int], ctx: RunContext, finished) -> None:

@@ -8,15 +8,26 @@ within the tolerance (``runtime.bundle.VARIANT_TOLERANCE``), unless the user for
 ``auto``: int8 on the CPU (per-channel int8 weights through ONNX Runtime's integer kernels are 2-5x faster
 than fp32 there), fp16 on CUDA and TensorRT (tensor cores), each only if the bundle has that variant verified;
 fp32 otherwise.
+
+Engines (``--engine auto|onnxruntime|openvino``, :func:`choose_engine`): onnxruntime runs everything above;
+openvino (CPU only) runs the fp32 graphs in fp32 or, by its precision hint, in bf16 on the CPU's matrix units,
+verified like a variant (``engine_precisions`` in the manifest). ``auto`` on a CPU: openvino bf16 when the CPU
+multiplies bf16 in hardware (AMX or AVX-512 BF16, ``runtime.engines.bf16_hardware``), OpenVINO is installed and
+the bundle records a verification within the tolerance; otherwise onnxruntime with its ``auto`` precision, i.e.
+exactly what ran before engines could be chosen, so a CPU without bf16 units is never slower than that.
+OpenVINO fp32 is never chosen by ``auto``: on the machines measured it is no faster than ONNX Runtime fp32
+(``benchmarks/results/throughput.md``).
 """
 
 from __future__ import annotations
 
-from spectra.contracts.manifest import VARIANTS
+from spectra.contracts.manifest import ENGINE_PRECISIONS, VARIANTS
 
 from .bundle import Bundle, BundleError
+from .engines import bf16_hardware, openvino_available, require_engine
 
-__all__ = ["PRECISIONS", "choose_precision", "variant_file", "within_tolerance"]
+__all__ = ["PRECISIONS", "choose_engine", "choose_precision", "engine_verification", "variant_file",
+           "within_tolerance"]
 
 PRECISIONS = ("auto", "fp32", *VARIANTS)
 _AUTO = {"cpu": ("int8",), "cuda": ("fp16", "bf16"), "tensorrt": ("fp16", "bf16")}
@@ -67,3 +78,60 @@ def variant_file(bundle: Bundle, precision: str, key: str, default: str) -> str:
     if precision == "fp32":
         return default
     return bundle.manifest.precisions[precision]["files"].get(key, default)
+
+
+def engine_verification(bundle: Bundle, engine: str, precision: str) -> dict | None:
+    """The recorded check against fp32 of what ``engine`` runs at ``precision`` (None for the references:
+    onnxruntime fp32 and any engine's fp32, which run the fp32 graphs unchanged)."""
+    if precision == "fp32":
+        return None
+    if engine == "onnxruntime":
+        return (bundle.manifest.precisions.get(precision) or {}).get("verification")
+    return (bundle.manifest.engine_precisions.get(engine, {}).get(precision) or {}).get("verification")
+
+
+def _engine_precision(bundle: Bundle, engine: str, requested: str, force: bool) -> str:
+    """The precision a non-reference engine runs for ``--precision requested`` (BundleError if refused)."""
+    known = ENGINE_PRECISIONS.get(engine, ())
+    if requested == "auto":
+        return "bf16" if "bf16" in known and bf16_hardware() and _engine_ok(bundle, engine, "bf16") else "fp32"
+    if requested == "fp32":
+        return "fp32"
+    if requested not in known:
+        raise BundleError(f"--engine {engine} runs fp32 or {', '.join(known)}, not {requested}; int8 and fp16 run "
+                          "on --engine onnxruntime")
+    entry = bundle.manifest.engine_precisions.get(engine, {}).get(requested)
+    if entry is None:
+        ok, why = False, "no verification recorded"
+    else:
+        ok, why = _verified(entry)
+    if not ok and not force:
+        raise BundleError(f"{bundle.path}: refusing {engine} {requested}: {why}. Verify it with `python -m export "
+                          f"quantize --bundle {bundle.path} --engine {engine} --precision {requested}`, or use "
+                          "--force-precision to run it anyway (the catalogue records that it was forced)")
+    return requested
+
+
+def _engine_ok(bundle: Bundle, engine: str, precision: str) -> bool:
+    entry = bundle.manifest.engine_precisions.get(engine, {}).get(precision)
+    return entry is not None and _verified(entry)[0]
+
+
+def choose_engine(bundle: Bundle, engine: str, precision: str, device: str,
+                  force: bool = False) -> tuple[str, str]:
+    """(engine, precision) to run on ``device`` for ``--engine engine --precision precision`` (see the module
+    docstring); BundleError or ValueError (one line) when the request cannot be honoured."""
+    if engine != "auto":
+        require_engine(engine)
+    if device != "cpu":
+        if engine == "openvino":
+            raise ValueError(f"--engine openvino runs on the CPU; --device {device} runs on onnxruntime")
+        return "onnxruntime", choose_precision(bundle, precision, device, force)
+    if engine == "auto":
+        wants_openvino = precision in ("auto", "bf16") and openvino_available() and bf16_hardware()
+        if wants_openvino and _engine_ok(bundle, "openvino", "bf16"):
+            return "openvino", "bf16"
+        engine = "onnxruntime"
+    if engine == "onnxruntime":
+        return engine, choose_precision(bundle, precision, device, force)
+    return engine, _engine_precision(bundle, engine, precision, force)

@@ -17,7 +17,9 @@ star:
    ``resim_rms`` = rms of input - model.
 
 POOR_FIT is set above the threshold recorded in the bundle (``emulator.poor_fit_chi2``), calibrated on held-out
-synthetic spectra by ``python -m export calibrate-poor-fit``. No torch here: the emulator is an ONNX graph.
+synthetic spectra by ``python -m export calibrate-poor-fit``. No torch here: the emulator is an ONNX graph,
+run by the run's engine (``runtime.engines``) in fp32: its model error was measured in fp32. Under OpenVINO it is
+called one star at a time, so that a star's check does not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -86,19 +88,25 @@ class Resimulator:
     """The bundle's emulator in an ONNX Runtime session, plus rotation and (for pseudo-continuum bundles)
     normalisation; see the module docstring."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0):
-        import onnxruntime as ort
-
+    def __init__(self, bundle: Bundle, threads: int = 0, engine: str = "onnxruntime"):
         from spectra.forward.rotation import Rotator
 
         entry = bundle.emulator
         if not entry:
             raise ValueError(f"{bundle.path}: the bundle carries no emulator (export attach-emulator)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(bundle.path / entry["file"]), options,
-                                            providers=["CPUExecutionProvider"])
+        self.one_per_call = engine == "openvino"
+        if engine == "openvino":
+            from .engines import OpenVinoSession
+
+            self.session = OpenVinoSession(bundle.path / entry["file"], "fp32", threads)
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(bundle.path / entry["file"]), options,
+                                                providers=["CPUExecutionProvider"])
         self.inputs: list[str] = entry["inputs"]
         self.fill: dict[str, list[float]] = entry.get("fill", {})
         self.model_error = float(entry["model_error"])
@@ -129,7 +137,12 @@ class Resimulator:
 
     def model_flux(self, params: np.ndarray) -> np.ndarray:
         """Model spectra (N, P) at physical parameters (N, D): emulated and rotated (true continuum)."""
-        flux = self.session.run(None, {"labels": self.labels(params)})[0].astype(np.float64)
+        labels = self.labels(params)
+        if self.one_per_call and len(labels):
+            flux = np.concatenate([self.session.run(None, {"labels": labels[i:i + 1]})[0] for i in range(len(labels))])
+        else:
+            flux = self.session.run(None, {"labels": labels})[0]
+        flux = flux.astype(np.float64)
         vbroad = params[:, self.names.index("vbroad")] if "vbroad" in self.names else np.zeros(len(params))
         return self.rotator(flux, np.clip(vbroad, 0.0, None))
 

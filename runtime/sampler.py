@@ -18,6 +18,16 @@ work, and drawing them with numpy keeps the (seed, source_id) stream identical o
 
 int8 variants quantize activations dynamically (one scale per call), so the int8 flow is called one spectrum
 at a time: a spectrum's result must not depend on which other spectra share its call.
+
+``engine="openvino"`` (``runtime.engines``): the same graphs, latent draws and numpy summary, computed by OpenVINO
+on the CPU in fp32 or bf16 (its precision hint on the fp32 graphs); every graph is called one spectrum at a time,
+for the same reason as int8 (OpenVINO's kernels may depend on the batch shape). In bf16 the densities carry
+errors of ~0.01 in log p, enough to swap the highest-density sample (the MAP) with a neighbour of nearly equal
+density far away in parameter space; and a sample within the bf16 error of a training bound may be rejected in
+one precision and kept in the other, which shifts every quantile of that parameter by a rank (most posteriors of
+the current default model lean on a bound). So the ``EXACT_TOP`` samples of highest bf16 density, and every sample
+within ``EXACT_MARGIN`` (standardised units, 2.5x the largest bf16 error measured) of a bound, are recomputed in
+fp32 (a few % of the work): the MAP is chosen on exact densities and the rejection decided on exact values.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from spectra.contracts.streams import LATENT, stream_rng
 
 from .binding import BoundFlow
 from .bundle import Bundle, BundleError
+from .engines import OpenVinoSession
 from .posterior import PosteriorSummary, summarize
 from .precision import choose_precision, variant_file
 from .sessions import check_provider, engine_cache_dir, resolve_providers, session_options
@@ -40,6 +51,10 @@ from .sessions import check_provider, engine_cache_dir, resolve_providers, sessi
 __all__ = ["SUMMARY_MODES", "OnnxPosterior", "latent_draws"]
 
 SUMMARY_MODES = ("auto", "device", "host")
+#: samples per spectrum recomputed in fp32 after a bf16 OpenVINO flow, those of highest bf16 density (MAP choice)
+EXACT_TOP = 32
+#: standardised distance to a training bound within which a bf16 sample's acceptance is decided in fp32
+EXACT_MARGIN = 0.01
 
 
 def latent_draws(seed: int, source_id: int, n_samples: int, n_params: int) -> np.ndarray:
@@ -67,16 +82,22 @@ class OnnxPosterior:
         n_samples: the samples per spectrum the run will draw (sizes TensorRT's profile and the CUDA graph).
         flow_graph: run this file as the ``precision`` variant of the hoisted flow instead of the bundle's (for
             ``export quantize``, which verifies a candidate before listing it).
+        engine: ``onnxruntime`` or ``openvino`` (CPU; ``precision`` fp32 or bf16), as ``runtime.precision``
+            chose it; openvino's bf16 is its precision hint on the fp32 graphs.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int = 0, max_rows: int = 65_536,
                  use_hoisted: bool = True, precision: str = "fp32", force_precision: bool = False,
                  summary: str = "auto", cuda_graph: bool = False, n_samples: int = 4096,
-                 flow_graph: str | Path | None = None):
-        import onnxruntime as ort
-
+                 flow_graph: str | Path | None = None, engine: str = "onnxruntime"):
         if summary not in SUMMARY_MODES:
             raise ValueError(f"summary must be one of {SUMMARY_MODES}, got {summary!r}")
+        self.engine = engine
+        if engine == "openvino":
+            self._init_openvino(bundle, threads, max_rows, use_hoisted, precision, force_precision, summary)
+            return
+        import onnxruntime as ort
+
         self.bundle, self.manifest, self.max_rows = bundle, bundle.manifest, max_rows
         trt_cache = engine_cache_dir(bundle.sha256) if device == "tensorrt" else None
         device, providers = resolve_providers(device, cache_dir=trt_cache)
@@ -129,13 +150,42 @@ class OnnxPosterior:
         for sess in sessions:
             check_provider(sess, wanted, device)
 
+    def _init_openvino(self, bundle: Bundle, threads: int, max_rows: int, use_hoisted: bool, precision: str,
+                       force_precision: bool, summary: str) -> None:
+        """Sessions compiled by OpenVINO on the CPU; ``precision`` is already chosen (fp32 or bf16)."""
+        if precision not in ("fp32", "bf16"):
+            raise BundleError(f"{bundle.path}: --engine openvino runs fp32 or bf16, not {precision}")
+        if summary == "device":
+            raise ValueError("--summary device needs a GPU provider; --engine openvino summarises on the host")
+        self.bundle, self.manifest, self.max_rows = bundle, bundle.manifest, max_rows
+        self.device, self.precision = "cpu", precision
+        self.hoisted = use_hoisted and bundle.has_hoisted
+        if not self.hoisted and precision != "fp32":
+            raise BundleError(f"{bundle.path}: --precision {precision} needs the bundle's hoisted graphs")
+        self.forced = precision != "fp32" and force_precision
+
+        def session(filename: str, at: str = "fp32") -> OpenVinoSession:
+            return OpenVinoSession(bundle.path / filename, at, threads)
+
+        # once per spectrum, so fp32 costs nothing; the flow (4096 samples per spectrum) is what bf16 speeds up
+        self.features_session = session(bundle.graph_path("feature_extractor").name)
+        self.flow_session = session(bundle.graph_path("inverse_flow").name)
+        self.spectra_per_call, self.fixed_shape, self.binding, self.summary_session = 1, False, None, None
+        self.exact_session = None
+        if self.hoisted:
+            self.projection_session = session(HOISTED["projection"])
+            self.hoisted_session = session(HOISTED["flow"], precision)
+            if precision != "fp32":
+                self.exact_session = session(HOISTED["flow"])
+
     def _proj_width(self) -> int:
         probe = self.projection_session.run(None, {"features": np.zeros((1, self.manifest.n_features), np.float32)})
         return int(probe[0].shape[1])
 
     @property
     def providers(self) -> list[str]:
-        return self.flow_session.get_providers()
+        """What computes the flow: ONNX Runtime's providers, or OpenVINO and the flow's precision."""
+        return list((self.hoisted_session if self.hoisted else self.flow_session).get_providers())
 
     @property
     def summary_on_device(self) -> bool:
@@ -144,23 +194,29 @@ class OnnxPosterior:
     @property
     def description(self) -> dict:
         """What runs, for the catalogue: device, precision (and whether forced), summary location."""
-        return {"device": self.device, "providers": self.providers, "precision": self.precision,
+        return {"device": self.device, "engine": self.engine, "providers": self.providers, "precision": self.precision,
                 "precision_forced": self.forced,
                 "summary": "device graph" if self.summary_on_device else "numpy on the host",
                 "spectra_per_call": self.spectra_per_call}
 
     def features(self, flux: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        return self.features_session.run(None, {"flux": np.ascontiguousarray(flux, dtype=np.float32),
-                                                "snr": np.asarray(snr, dtype=np.float32).reshape(-1, 1)})[0]
+        flux = np.ascontiguousarray(flux, dtype=np.float32)
+        snr = np.asarray(snr, dtype=np.float32).reshape(-1, 1)
+        if self.engine == "openvino":  # one spectrum per call (module docstring)
+            return np.concatenate([self.features_session.run(None, {"flux": flux[i:i + 1], "snr": snr[i:i + 1]})[0]
+                                   for i in range(flux.shape[0])])
+        return self.features_session.run(None, {"flux": flux, "snr": snr})[0]
 
     def projection(self, features: np.ndarray) -> np.ndarray:
         return self.projection_session.run(None, {"features": features})[0]
 
-    def flow(self, z: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x and log|det dx/dz| for rows of z with their (already repeated) features: the plain fp32 graph."""
+    def flow(self, z: np.ndarray, features: np.ndarray, rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """x and log|det dx/dz| for rows of z with their (already repeated) features: the plain fp32 graph,
+        ``rows`` (default ``max_rows``) rows per call."""
         xs, logs = [], []
-        for start in range(0, z.shape[0], self.max_rows):
-            stop = start + self.max_rows
+        rows = rows or self.max_rows
+        for start in range(0, z.shape[0], rows):
+            stop = start + rows
             x, log_det = self.flow_session.run(None, {"z": z[start:stop], "features": features[start:stop]})
             xs.append(x)
             logs.append(log_det)
@@ -173,16 +229,38 @@ class OnnxPosterior:
         per_call = self._per_call(z.shape[1])
         for start in range(0, z.shape[0], per_call):
             stop = start + per_call
-            assert self.binding is not None  # bound in __init__ whenever the hoisted flow runs on a device
-            x, log_det = self.binding.flow(z[start:stop], proj[start:stop])
+            if self.binding is None:  # openvino: the session itself, one spectrum per call
+                x, log_det = self.hoisted_session.run(None, {"z": z[start:stop], "cond_proj": proj[start:stop]})
+                if self.exact_session is not None:
+                    self._exact_top(z[start:stop], proj[start:stop], x, log_det)
+            else:
+                x, log_det = self.binding.flow(z[start:stop], proj[start:stop])
             xs.append(x)
             logs.append(log_det)
         return np.concatenate(xs), np.concatenate(logs)
 
+    def _exact_top(self, z: np.ndarray, proj: np.ndarray, x: np.ndarray, log_det: np.ndarray) -> None:
+        """Recompute in fp32, in place, the ``EXACT_TOP`` samples of highest density of one spectrum (z [1, S, D])
+        whose x and log_det came from a reduced-precision flow (module docstring)."""
+        assert self.exact_session is not None
+        density = latent_log_density(z[0], log_det[0])
+        redo = self._near_bounds(x[0])
+        redo[np.argpartition(-density, min(EXACT_TOP, density.size) - 1)[:EXACT_TOP]] = True
+        top = np.flatnonzero(redo)
+        x_top, log_det_top = self.exact_session.run(None, {"z": z[:, top], "cond_proj": proj})
+        x[:, top], log_det[:, top] = x_top, log_det_top
+
+    def _near_bounds(self, x: np.ndarray) -> np.ndarray:
+        """Samples (S,) with a coordinate whose +-``EXACT_MARGIN`` interval (standardised units) straddles a bound."""
+        a, b = self.manifest.to_physical(x - EXACT_MARGIN), self.manifest.to_physical(x + EXACT_MARGIN)
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        lower, upper = self.manifest.lower, self.manifest.upper
+        return (((low < lower) & (high >= lower)) | ((low <= upper) & (high > upper))).any(axis=1)
+
     def _per_call(self, n_samples: int) -> int:
         """Spectra per flow call: 1 for int8 (per-call activation scales), fixed under CUDA graphs, else as many
         as ``max_rows`` allows."""
-        if self.precision == "int8" or self.fixed_shape:
+        if self.precision == "int8" or self.fixed_shape or self.engine == "openvino":
             return self.spectra_per_call
         return max(1, self.max_rows // n_samples)
 
@@ -199,7 +277,8 @@ class OnnxPosterior:
             x, log_det = self.hoisted_flow(z, feats)
             log_det = log_det.reshape(-1)
         else:
-            x, log_det = self.flow(z.reshape(n * n_samples, d), np.repeat(feats, n_samples, axis=0))
+            per_call = n_samples if self.engine == "openvino" else 0  # one spectrum per call (module docstring)
+            x, log_det = self.flow(z.reshape(n * n_samples, d), np.repeat(feats, n_samples, axis=0), per_call)
         log_density = latent_log_density(z.reshape(n * n_samples, d), log_det.reshape(-1))
         return self.manifest.to_physical(x.reshape(n, n_samples, d)), log_density.reshape(n, n_samples)
 

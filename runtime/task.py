@@ -46,6 +46,7 @@ class ProcessOptions:
     bias_correction: bool = False
     snr_cap: bool = False  # S/N above the trained range -> the trained maximum (flag SNR_CAPPED)
     precision: str = "auto"  # runtime.precision: auto | fp32 | int8 | fp16 | bf16 (the driver makes it concrete)
+    engine: str = "auto"  # runtime.engines: auto | onnxruntime | openvino (the driver makes it concrete)
     force_precision: bool = False  # run a variant whose recorded error is above the tolerance
     summary: str = "auto"  # where rejection/MAP/quantiles run: auto (device graph on GPUs), device, host
     cuda_graph: bool = False  # CUDA provider: capture and replay CUDA graphs (calls padded to --batch spectra)
@@ -70,26 +71,27 @@ _SESSIONS: dict[tuple, OnnxPosterior] = {}
 def _posterior(bundle_path: str, options: ProcessOptions, sha256: str | None = None) -> OnnxPosterior:
     """One set of ONNX Runtime sessions per process (i.e. per Dask worker), created on first use from a bundle
     whose identity must be ``sha256`` (the one the driver loaded and recorded in the catalogue)."""
-    key = (bundle_path, options.device, options.threads, options.precision, options.force_precision,
+    key = (bundle_path, options.device, options.engine, options.threads, options.precision, options.force_precision,
            options.summary, options.cuda_graph, options.batch, options.samples, sha256)
     if key not in _SESSIONS:
         bundle = load_bundle(bundle_path, check_graphs=False, expected_sha256=sha256)
         _SESSIONS[key] = OnnxPosterior(bundle, device=options.device, threads=options.threads,
                                        max_rows=options.batch * options.samples, precision=options.precision,
                                        force_precision=options.force_precision, summary=options.summary,
-                                       cuda_graph=options.cuda_graph, n_samples=options.samples)
+                                       cuda_graph=options.cuda_graph, n_samples=options.samples,
+                                       engine=options.engine)
     return _SESSIONS[key]
 
 
 _RESIMULATORS: dict[tuple, Resimulator] = {}
 
 
-def _resimulator(bundle: Bundle, threads: int) -> Resimulator:
+def _resimulator(bundle: Bundle, threads: int, engine: str) -> Resimulator:
     """The bundle's emulator session (re-simulation check), once per process, for the bundle the posterior's
     sessions already loaded and checked (not loaded and hashed a second time)."""
-    key = (str(bundle.path), bundle.sha256, threads)
+    key = (str(bundle.path), bundle.sha256, threads, engine)
     if key not in _RESIMULATORS:
-        _RESIMULATORS[key] = Resimulator(bundle, threads=threads)
+        _RESIMULATORS[key] = Resimulator(bundle, threads=threads, engine=engine)
     return _RESIMULATORS[key]
 
 
@@ -102,7 +104,7 @@ def build_sessions(bundle_path: str, options: ProcessOptions, sha256: str) -> On
         posterior = _posterior(bundle_path, options, sha256)
         _try_posterior(posterior, options)
         if posterior.bundle.emulator:
-            _try_emulator(_resimulator(posterior.bundle, options.threads), posterior)
+            _try_emulator(_resimulator(posterior.bundle, options.threads, posterior.engine), posterior)
     except Exception as exc:  # onnxruntime raises its own types (not ValueError); numpy a ValueError on bad shapes
         _SESSIONS.clear()
         _RESIMULATORS.clear()
@@ -183,7 +185,7 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     store = CatalogueStore.open(ctx.output_path, mode="r")
     survey = _reader(ctx.input_path)
     start, stop = store.chunk_bounds(k)
-    resim = _resimulator(posterior.bundle, options.threads) if posterior.bundle.emulator else None
+    resim = _resimulator(posterior.bundle, options.threads, posterior.engine) if posterior.bundle.emulator else None
     settings = InferenceSettings(seed=options.seed, samples=options.samples, batch=options.batch,
                                  snr_cap=options.snr_cap, bias_correction=options.bias_correction,
                                  continuum_mismatch=ctx.continuum_mismatch)

@@ -3,7 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test"
+bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,openvino,test"
 source .venv-test/bin/activate
 ruff check .
 mypy  # spectra/contracts, spectra/common, the survey reader and runtime/ ([tool.mypy] in pyproject.toml)

@@ -7,7 +7,8 @@ exporter and a reader of the same software cannot disagree on a file name or a f
 
 from __future__ import annotations
 
-__all__ = ["EMULATOR", "FORMAT_VERSION", "GRAPHS", "HOISTED", "REQUIRED", "SNR_UNIT", "SUMMARY", "VARIANTS"]
+__all__ = ["EMULATOR", "ENGINES", "ENGINE_PRECISIONS", "FORMAT_VERSION", "GRAPHS", "HOISTED", "REQUIRED", "SNR_UNIT",
+           "SUMMARY", "VARIANTS"]
 
 #: the manifest's ``format_version``; a reader refuses any other
 FORMAT_VERSION = "cinn4most-bundle/2"
@@ -24,6 +25,11 @@ SUMMARY = "posterior_summary.onnx"
 EMULATOR = "emulator.onnx"
 #: reduced-precision variants of the hoisted flow a bundle may carry (``export quantize``); fp32 is the reference
 VARIANTS: tuple[str, ...] = ("int8", "fp16", "bf16")
+#: the CPU inference engines a bundle's graphs run on (``runtime.engines``); onnxruntime is the reference
+ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
+#: precisions an engine reaches through its own precision hint on the fp32 graphs (no variant file), each verified
+#: against onnxruntime fp32 and recorded in the manifest's ``engine_precisions.<engine>.<precision>``
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {"openvino": ("bf16",)}
 #: fields every manifest has
 REQUIRED: tuple[str, ...] = ("format_version", "parameters", "x_mean", "x_std", "pixel_grid", "snr_convention",
                              "n_features", "n_params", "graphs", "opset", "provenance", "files")

@@ -1,0 +1,182 @@
+"""The second CPU engine (OpenVINO): same posteriors, same determinism, verified bf16, chosen by the machine."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+from catalog.writers import CatalogueStore
+from runtime import engines, precision
+from runtime.bundle import VARIANT_TOLERANCE, BundleError, load_bundle, write_manifest
+from runtime.pipeline import ProcessOptions, process_survey
+from runtime.precision import choose_engine
+from runtime.sampler import OnnxPosterior
+from spectra.stores.survey import make_survey, parse_snr
+
+OPTIONS = ProcessOptions(samples=512, seed=7, device="cpu", engine="openvino")
+
+
+@pytest.fixture(scope="module")
+def verified(tiny_bundle, tmp_path_factory):
+    """A copy of the trained test bundle with OpenVINO bf16 verified (and an int8 variant), and a survey."""
+    from export.variants import quantize_bundle, quantize_engine
+
+    _, grid, _, bundle = tiny_bundle
+    tmp = tmp_path_factory.mktemp("engines")
+    copy = tmp / "bundle"
+    shutil.copytree(bundle, copy)
+    quantize_bundle(copy, ["int8"], grid=grid, n_spectra=6, log=lambda *_: None)
+    quantize_engine(copy, "openvino", ["bf16"], grid=grid, n_spectra=6, log=lambda *_: None)
+    survey = make_survey(grid, parse_snr("50,250"), tmp / "survey.zarr", seed=2, chunk=16, progress=False)
+    return copy, survey, grid
+
+
+def _flux(grid, n=6):
+    from spectra.stores.gridstore import GridReader
+
+    with GridReader(grid) as reader:
+        return reader.flux[:n, :].astype(np.float32)
+
+
+def test_openvino_fp32_posterior_equals_onnxruntime(tiny_bundle):
+    _, grid, _, bundle_path = tiny_bundle
+    bundle = load_bundle(bundle_path)
+    flux = _flux(grid)
+    snr, ids = np.full(len(flux), 100.0), np.arange(len(flux)) + 3
+    ort = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, 5, 1024)
+    ov = OnnxPosterior(bundle, threads=1, summary="host", engine="openvino").posterior(flux, snr, ids, 5, 1024)
+    half = 0.5 * (ort.quantiles[:, 3] - ort.quantiles[:, 1])
+    assert np.all(ort.n_valid == ov.n_valid)
+    assert np.nanmax(np.abs(ov.quantiles - ort.quantiles) / half[:, None, :]) < 1e-3
+    assert np.nanmax(np.abs(ov.map - ort.map) / half) < 1e-3
+
+
+def test_bf16_verification_recorded_and_within_tolerance(verified):
+    bundle_path, _, _ = verified
+    bundle = load_bundle(bundle_path)
+    entry = bundle.manifest.engine_precisions["openvino"]["bf16"]
+    check = entry["verification"]
+    assert check["passed"] and 0 < check["quantile_error_median"] <= check["quantile_error"] <= VARIANT_TOLERANCE
+    assert check["provider"] == "OpenVINO CPU (bf16)"
+    assert entry["verified_on"]["openvino"] == engines.engine_version("openvino")
+    assert entry["verified_on"]["arithmetic"].startswith("hardware" if engines.bf16_hardware() else "emulated")
+    assert not [f for f in bundle.manifest.raw["files"] if "openvino" in f]  # a hint, not a file
+
+
+def test_bf16_map_is_chosen_on_exact_densities(verified):
+    """The MAP of a bf16 run is the fp32 MAP (its candidates are recomputed in fp32), quantiles within tolerance."""
+    bundle_path, _, grid = verified
+    bundle = load_bundle(bundle_path)
+    flux = _flux(grid)
+    snr, ids = np.full(len(flux), 250.0), np.arange(len(flux)) + 1
+    ref = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, 1, 4096)
+    bf16 = OnnxPosterior(bundle, threads=1, summary="host", engine="openvino", precision="bf16")
+    got = bf16.posterior(flux, snr, ids, 1, 4096)
+    half = 0.5 * (ref.quantiles[:, 3] - ref.quantiles[:, 1])
+    assert np.nanmax(np.abs(got.map - ref.map) / half) < 1e-3
+    assert np.all(got.n_valid == ref.n_valid)  # acceptance decided on exact values near the bounds
+    worst = np.nanmax(np.abs(got.quantiles - ref.quantiles) / half[:, None, :])
+    assert 0 < worst <= VARIANT_TOLERANCE  # bf16 really ran (not bit-equal to fp32) and is within tolerance
+
+
+def test_determinism_over_chunks_batches_and_workers(verified, tmp_path):
+    bundle, survey, _ = verified
+    options = replace(OPTIONS, precision="bf16", batch=5)
+    process_survey(survey, bundle, tmp_path / "a.zarr", options, chunk=16, progress=False)
+    process_survey(survey, bundle, tmp_path / "b.zarr", replace(options, batch=3), chunk=40, progress=False)
+    process_survey(survey, bundle, tmp_path / "c.zarr", options, workers=2, progress=False)
+    a, b, c = (CatalogueStore.open(tmp_path / f"{k}.zarr") for k in "abc")
+    assert (a.attrs["engine"], a.attrs["precision"]) == ("openvino", "bf16")
+    for name in a.columns:
+        np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=f"{name} a-b")
+        np.testing.assert_array_equal(a.column(name), c.column(name), err_msg=f"{name} a-c")
+
+
+def test_catalogue_records_engine_and_resume_insists_on_it(verified, tmp_path):
+    bundle, survey, _ = verified
+    out = tmp_path / "c.zarr"
+    report = process_survey(survey, bundle, out, replace(OPTIONS, precision="bf16"), chunk=16, progress=False)
+    assert (report.engine, report.precision) == ("openvino", "bf16")
+    attrs = CatalogueStore.open(out).attrs
+    assert attrs["engine_version"] == f"openvino {engines.engine_version('openvino')}"
+    assert attrs["cpu_features"] == list(engines.cpu_features())
+    assert attrs["precision_verification"]["provider"] == "OpenVINO CPU (bf16)"
+    with pytest.raises(ValueError, match=r"made with (engine|precision) = .*give --engine openvino --precision bf16"):
+        process_survey(survey, bundle, out, replace(OPTIONS, engine="onnxruntime", precision="fp32"), resume=True,
+                       progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        process_survey(survey, bundle, out, replace(OPTIONS, precision="fp32"), resume=True, progress=False)
+
+
+def test_bf16_above_tolerance_or_unverified_is_refused_unless_forced(verified, tiny_bundle, tmp_path):
+    bundle, survey, _ = verified
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["engine_precisions"]["openvino"]["bf16"]["verification"]["quantile_error"] = 0.2
+    write_manifest(copy, raw)
+    with pytest.raises(BundleError, match=r"refusing openvino bf16.*0\.200.*--force-precision"):
+        process_survey(survey, copy, tmp_path / "x.zarr", replace(OPTIONS, precision="bf16"), progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+    forced = process_survey(survey, copy, tmp_path / "f.zarr", replace(OPTIONS, precision="bf16",
+                                                                        force_precision=True), progress=False)
+    assert forced.precision == "bf16" and CatalogueStore.open(tmp_path / "f.zarr").attrs["precision_forced"]
+    _, _, _, plain = tiny_bundle
+    with pytest.raises(BundleError, match=r"no verification recorded.*export quantize.*--engine openvino"):
+        process_survey(survey, plain, tmp_path / "y.zarr", replace(OPTIONS, precision="bf16"), progress=False)
+    with pytest.raises(BundleError, match="int8 and fp16 run on --engine onnxruntime"):
+        process_survey(survey, plain, tmp_path / "z.zarr", replace(OPTIONS, precision="int8"), progress=False)
+
+
+def test_auto_picks_openvino_bf16_only_on_bf16_hardware(verified, monkeypatch):
+    bundle = load_bundle(verified[0])
+    monkeypatch.setattr(precision, "bf16_hardware", lambda: True)
+    assert choose_engine(bundle, "auto", "auto", "cpu") == ("openvino", "bf16")
+    assert choose_engine(bundle, "openvino", "auto", "cpu") == ("openvino", "bf16")
+    assert choose_engine(bundle, "onnxruntime", "auto", "cpu") == ("onnxruntime", "int8")
+    assert choose_engine(bundle, "auto", "fp32", "cpu") == ("onnxruntime", "fp32")
+    assert choose_engine(bundle, "auto", "auto", "cuda") == ("onnxruntime", "fp32")  # no fp16 variant here
+    monkeypatch.setattr(precision, "openvino_available", lambda: False)
+    assert choose_engine(bundle, "auto", "auto", "cpu") == ("onnxruntime", "int8")
+    monkeypatch.setattr(precision, "openvino_available", lambda: True)
+    monkeypatch.setattr(precision, "bf16_hardware", lambda: False)  # bf16 emulated in software: ~20x slower
+    assert choose_engine(bundle, "auto", "auto", "cpu") == ("onnxruntime", "int8")  # what ran before engines
+    assert choose_engine(bundle, "openvino", "auto", "cpu") == ("openvino", "fp32")
+    with pytest.raises(ValueError, match="--engine openvino runs on the CPU"):
+        choose_engine(bundle, "openvino", "auto", "cuda")
+
+
+def test_cpu_features_and_manifest_validation(verified, tmp_path):
+    assert set(engines.cpu_features()) <= set(engines.CPU_FEATURES)
+    assert engines.bf16_hardware(("amx_bf16",)) and engines.bf16_hardware(("avx512_bf16",))
+    assert not engines.bf16_hardware(("avx512_vnni", "avx512f"))
+    copy = tmp_path / "bundle"
+    shutil.copytree(verified[0], copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    for bad, message in ((("tensorflow", "bf16"), "unknown engine"), (("openvino", "int8"), "openvino runs bf16")):
+        broken = json.loads(json.dumps(raw))
+        broken["engine_precisions"] = {bad[0]: {bad[1]: raw["engine_precisions"]["openvino"]["bf16"]}}
+        (copy / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(copy)
+
+
+def test_api_and_resimulation_run_on_openvino(verified):
+    from runtime.api import load_model
+
+    bundle_path, _, grid = verified
+    flux = _flux(grid, 3)
+    ov = load_model(bundle_path, engine="openvino", precision="fp32", device="cpu").infer(flux, 100.0, seed=2,
+                                                                                         samples=512)
+    ort = load_model(bundle_path, engine="onnxruntime", precision="fp32", device="cpu").infer(flux, 100.0, seed=2,
+                                                                                             samples=512)
+    assert ov.meta["engine"] == "openvino" and ort.meta["engine"] == "onnxruntime"
+    np.testing.assert_allclose(ov["teff_p50"], ort["teff_p50"], rtol=1e-4)
+    if "chi2_resim" in ort.colnames:
+        np.testing.assert_allclose(ov["chi2_resim"], ort["chi2_resim"], rtol=1e-3)
