@@ -16,6 +16,10 @@ linearised likelihood fit δ = F⁻¹ Jᵀ diag(σ⁻²) (PySME − emulator), b
 ``--emulator``: a model bundle (its ONNX emulator graph via onnxruntime, as ``runtime.resim``) or an emulator
 run folder (``training emulator-fit --out``; torch). ``--grid``: an unrotated PySME grid file, or packed shards
 (``spectra pack-grid``; unpacked into a temporary folder); default the shipped held-out shards.
+
+Pixels: the emulator's output and the PySME spectra may each be stored with a wavelength margin beyond the HR
+windows (``spectra.wavegrid.hr_grid(margin)``, not necessarily the same); each is rotated on its own pixels and
+cropped to the 25 200 HR pixels (``spectra.forward.rotation.hr_rotator``), where the bound and the floor are taken.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from tqdm.auto import tqdm
 
 from spectra import schema
 from spectra.forward.degrade import noise_sigma
-from spectra.forward.rotation import Rotator
+from spectra.forward.rotation import hr_rotator
 from spectra.stores.gridstore import GridReader
-from spectra.wavegrid import WavelengthGrid, hr_grid
+from spectra.wavegrid import hr_grid
 from training.information import central_jacobian, cramer_rao_bound, fit_shift
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +53,10 @@ ABUNDANCE_STEP = 0.02
 
 
 class RotatedEmulator:
-    """Labels in grid order (M, 26) -> emulated spectra rotated by each row's v_broad (M, P), float64."""
+    """Labels in grid order (M, 26) -> emulated spectra rotated by each row's v_broad, on the HR pixels (M, P),
+    float64 (rotated on the emulator's margin, if its pixel grid has one)."""
 
-    def __init__(self, source: str | Path, label_names: list[str], grid: WavelengthGrid, threads: int = 1):
+    def __init__(self, source: str | Path, label_names: list[str], threads: int = 1):
         source = Path(source)
         self.run: Callable[[np.ndarray], np.ndarray]
         if (source / "manifest.json").is_file():
@@ -84,14 +89,16 @@ class RotatedEmulator:
             self.description = f"torch emulator run `{shown(source)}` (trained on {record['n_train']} spectra)"
         else:
             raise SystemExit(f"{source}: neither a model bundle (manifest.json) nor an emulator run (emulator.pt)")
-        if wavelength.shape != grid.wave.shape or np.max(np.abs(wavelength - grid.wave)) > 1e-6:
-            raise SystemExit(f"{source}: the emulator's pixel grid is not {grid.name}")
+        try:
+            self.rotator = hr_rotator(wavelength)
+        except ValueError:
+            raise SystemExit(f"{source}: the emulator's pixel grid is not the HR grid (with or without a margin)") \
+                from None
         missing = [n for n in inputs if n not in label_names]
         if missing:
             raise SystemExit(f"{source}: emulator inputs {missing} are not grid labels")
         self.index = [label_names.index(n) for n in inputs]
         self.vbroad = label_names.index("vbroad")
-        self.rotator = Rotator(grid)
 
     def unrotated(self, labels: np.ndarray) -> np.ndarray:
         return np.asarray(self.run(np.asarray(labels)[:, self.index]), dtype=np.float64)
@@ -210,8 +217,9 @@ def main() -> None:
             rows = np.flatnonzero(reader.done)[:args.stars]
             labels = reader.labels[rows]
             pysme = np.stack([reader.flux[int(i), :] for i in rows]).astype(np.float64)
+            pysme_rotator = hr_rotator(reader.wavelength)  # on the grid's margin, if it has one -> HR pixels
             attrs = dict(reader.attrs)
-    model = RotatedEmulator(args.emulator, names, grid, args.threads)
+    model = RotatedEmulator(args.emulator, names, args.threads)
     iv = names.index("vbroad")
     n, d = len(rows), len(names)
     bound1, floor, emu_rms = np.empty((n, d)), np.empty((n, d)), np.empty(n)
@@ -221,7 +229,7 @@ def main() -> None:
         jacobian = central_jacobian(model, theta, steps_for(names, theta))
         sigma = noise_sigma(emulated, 1.0, grid.step)  # S/N 1 per Å; bound(S/N) = bound(1) / (S/N)
         bound1[i], _ = cramer_rao_bound(jacobian, sigma)
-        residual = model.rotator(pysme[i], theta[iv]) - emulated
+        residual = pysme_rotator(pysme[i], theta[iv]) - emulated
         floor[i] = fit_shift(jacobian, sigma, residual)
         emu_rms[i] = np.sqrt(np.mean(residual**2))
     seconds = time.perf_counter() - start

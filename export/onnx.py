@@ -135,11 +135,10 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
     export_graphs(model, out, opset)
     grid_path = Path(meta.get("grid", ""))
     if grid_path.is_file():
-        import h5py
+        from spectra.stores.gridstore import GridReader
 
-        with h5py.File(grid_path, "r", locking=False) as f:
-            wavelength = f["wavelength"][:]
-            definition = str(f["wavelength"].attrs.get("definition", ""))
+        with GridReader(grid_path) as reader:  # training.data reads the HR pixels of a grid with a margin
+            wavelength, definition = reader.hr_wavelength, reader.hr_definition
         grid_sha = sha256_file(grid_path)
     else:
         from spectra.wavegrid import hr_grid

@@ -148,7 +148,7 @@ def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], s
 
     with GridReader(grid) as reader:
         rows = np.flatnonzero(reader.done)[:n_spectra]
-        clean = reader.flux[rows, :].astype(float)
+        clean = reader.hr_flux(rows).astype(float)
         attrs = dict(reader.attrs)
     if clean.shape[1] != bundle.manifest.n_pixels:
         raise ValueError(f"{grid}: {clean.shape[1]} pixels, the bundle expects {bundle.manifest.n_pixels}")

@@ -74,7 +74,7 @@ def _inputs(model, bundle, rng, n_random: int = 16) -> dict[str, tuple[np.ndarra
 
         with GridReader(grid) as reader:
             rows = np.flatnonzero(reader.done)[:8]
-            clean = reader.flux[rows, :].astype(float)
+            clean = reader.hr_flux(rows).astype(float)  # the HR pixels the model takes, margin or not
         snr = np.array([250.0, 50.0] * 4)[: len(rows)]
         noisy = add_noise(clean, snr, bundle.manifest.raw["pixel_grid"]["pixel_width"], rng)
         sets["grid spectra"] = (noisy.astype(np.float32), snr.reshape(-1, 1).astype(np.float32))

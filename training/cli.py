@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_saliency)
 
     p = sub.add_parser("emulator-fit", help="train a spectral emulator (labels -> unrotated HR spectrum)")
-    p.add_argument("--grid", required=True, nargs="+", help="unrotated grid file(s) (spectra grid --unrotated)")
+    p.add_argument("--grid", required=True, nargs="+", help="unrotated grid file(s) (spectra grid --unrotated); "
+                   "a margin beyond the windows is kept: the emulator's output is rotated on it, then cropped")
     p.add_argument("--out", required=True, help="emulator folder")
     p.add_argument("--hidden", default="256,256,512", help="hidden layer widths")
     p.add_argument("--steps", type=int, default=3000, help="Adam steps")

@@ -13,6 +13,10 @@
   of noisy training draws (the augmented training set, as in the paper).
 * **Laziness**: rows are read from the HDF5 file per batch; grids smaller than ``cache_bytes`` are
   held in memory once (a 500-spectrum grid is 50 MB; the paper's is ~3 GB noiseless).
+* **Pixels**: always the 4MOST HR pixels. Nothing is rotated here (the grid's spectra are used as stored: rotated
+  grids come from ``spectra rotate-grid`` or ``training emulate-grid``); a grid stored with a wavelength margin
+  (``spectra.wavegrid.hr_grid(margin)``) is cropped to the HR pixels as it is read
+  (``spectra.stores.gridstore.GridReader.hr_flux``), the margin being of use only to a rotation.
 """
 
 from __future__ import annotations
@@ -85,13 +89,13 @@ class GridData:
             self.split = Split(*(done[np.isin(done % base, getattr(groups, k))] for k in ("train", "test", "val")))
         else:
             self.split = split_rows(done, fractions, split_seed)
-        self.wavelength = self.reader.wavelength
+        self.wavelength = self.reader.hr_wavelength
         self.pixel = float(np.median(np.diff(self.wavelength)))
         self.labels = self.reader.labels[:, self._columns]  # physical units, all rows
         transformed = self.transform(self.labels[self.split.train])
         self.x_mean, self.x_std = transformed.mean(axis=0), transformed.std(axis=0) + 1e-8
         flux_bytes = self.reader.flux.size * 4
-        self._cache = self.reader.flux[:] if flux_bytes <= cache_bytes else None
+        self._cache = self.reader.hr_flux() if flux_bytes <= cache_bytes else None
         self.grid_attrs = self.reader.attrs
 
     @property
@@ -111,12 +115,11 @@ class GridData:
         return (self.transform(labels) - self.x_mean) / self.x_std
 
     def flux(self, rows: np.ndarray) -> np.ndarray:
-        """Noiseless flux of grid rows (any order, repeats allowed), float64."""
+        """Noiseless flux of grid rows (any order, repeats allowed) on the HR pixels, float64."""
         rows = np.asarray(rows)
         if self._cache is not None:
             return self._cache[rows].astype(float)
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return self.reader.flux[unique, :][inverse].astype(float)
+        return self.reader.hr_flux(rows).astype(float)
 
     def noisy_batch(self, rows: np.ndarray, rng: np.random.Generator, snr_mode: str,
                     snr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

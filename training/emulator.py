@@ -11,6 +11,15 @@ GALAH DR4 interpolates SME spectra the same way).
 * v_broad is not the emulator's job: spectra are synthesised unrotated (``spectra grid --unrotated``) and
   rotated afterwards by ``spectra.forward.rotation.Rotator``, a convolution that commutes with the line-spread
   functions.
+* Pixels: those of the training grids, margin included. An emulator trained on grids stored with a wavelength
+  margin (``spectra.wavegrid.hr_grid(2)``, 25 360 pixels) outputs the margin too, unlike every other reader of such
+  grids, which crops to the 25 200 HR pixels: its output is always rotated before use (the fresh training stream,
+  ``emulate-grid``, the information limit, and the runtime's re-simulation, ``runtime.resim``, which rotates it by
+  the MAP v_broad), and the margin exists so that this rotation sees real spectrum beyond the window edges; cropped
+  first, the outer v_broad/c x λ (up to 2.2 Å) of each window would again see a repeated edge value. Each consumer
+  rotates with ``spectra.forward.rotation.hr_rotator`` (on the margin, then the crop), so what comes after (noise,
+  continuum, the network) still sees the HR pixels; the error table (:func:`evaluate_emulator`) is measured on the
+  HR pixels, those a bundle sees. The margin costs 0.6 % more output weights.
 
 Scaling and mean spectrum are buffers of the module, so the exported ONNX graph (``export emulator``) takes
 physical labels and needs nothing else.
@@ -31,10 +40,13 @@ from torch import nn
 from spectra import schema
 from spectra.common.outputs import claim_report_folder
 from spectra.contracts.parameters import log10_mask
+from spectra.forward.margin import crop, hr_index
+from spectra.forward.rotation import Rotator, hr_rotator
 from spectra.stores.gridstore import GridReader
 
-__all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "error_table",
-           "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "validation_residuals"]
+__all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "emulator_rotator",
+           "error_table", "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated",
+           "validation_residuals"]
 
 EMULATOR_INPUTS: tuple[str, ...] = tuple(p.name for p in schema.ALL_LABELS if p.name != "vbroad")
 
@@ -175,10 +187,12 @@ def emulate(model: Emulator, labels: np.ndarray, batch: int = 256) -> np.ndarray
     return np.concatenate(out) if out else np.empty((0, model.mean_flux.numel()), dtype=np.float32)
 
 
-def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray) -> dict:
+def error_table(model: Emulator, labels: np.ndarray, flux: np.ndarray, keep: np.ndarray | None = None) -> dict:
     """Errors on held-out spectra: per-pixel |Δ| median and 99th percentile, per-spectrum rms (median, 95th
-    percentile, fraction <= 0.3 %), and the per-spectrum rms by T_eff, log g and [Fe/H] bins."""
-    delta = emulate(model, labels) - flux
+    percentile, fraction <= 0.3 %), and the per-spectrum rms by T_eff, log g and [Fe/H] bins.
+
+    ``keep``: the emulator's output pixels that ``flux`` holds (its HR pixels when it has a margin); None: all."""
+    delta = crop(emulate(model, labels), keep) - flux
     rms = np.sqrt(np.mean(delta**2, axis=1))
     names = list(EMULATOR_INPUTS)
     teff, logg, feh = (labels[:, names.index(n)] for n in ("teff", "logg", "fe_h"))
@@ -204,9 +218,10 @@ def evaluate_emulator(run: str | Path, test_grids: list[str | Path], out: str | 
     out = claim_report_folder(out, "emulator error report", "emulator_errors.json", overwrite)
     model, record, wave = load_emulator(run)
     labels, flux, test_wave, provenance = load_unrotated(test_grids)
-    if not np.array_equal(wave, test_wave):
+    keep, test_keep = hr_index(wave), hr_index(test_wave)  # HR pixels: margins may differ, the HR pixels may not
+    if not np.array_equal(crop(wave, keep), crop(test_wave, test_keep)):
         raise ValueError("the test grid's pixels differ from the emulator's")
-    table = error_table(model, labels, flux)
+    table = error_table(model, labels, crop(flux, test_keep), keep)
     table.update(emulator=str(Path(run).resolve()), test_grids=provenance, n_train=record["n_train"])
     (out / "emulator_errors.json").write_text(json.dumps(table, indent=1))
     lines = [f"# Emulator errors on {table['n_spectra']} held-out PySME spectra", "",
@@ -230,22 +245,21 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
                  progress: bool = True, labels_from: str | Path | None = None) -> Path:
     """A grid of ``n`` emulated spectra: labels from the grid prior (``spectra.prior.draw_labels``, Sobol ``seed``;
     prefix-stable like ``spectra grid``), the emulator's unrotated spectrum, rotated by each row's v_broad
-    (``spectra.forward.rotation.Rotator``). A training set as large as wanted for the cost of a forward pass, with the
-    emulator's errors; its attributes say so (``engine`` = the emulator). Resumable like any grid.
+    (``spectra.forward.rotation.hr_rotator``: on the emulator's margin if it has one) and stored on the HR pixels.
+    A training set as large as wanted for the cost of a forward pass, with the emulator's errors; its attributes
+    say so (``engine`` = the emulator). Resumable like any grid.
 
     ``labels_from``: take the finished rows' labels of that grid instead (``n`` and ``seed`` are then ignored):
     the emulator's version of a PySME set, e.g. the held-out stars with no emulator mismatch at all."""
     from tqdm.auto import tqdm
 
-    from spectra.forward.rotation import Rotator
     from spectra.prior import PRIOR_VERSION, draw_labels
     from spectra.stores.gridstore import GridWriter
     from spectra.wavegrid import hr_grid
 
     model, record, wave = load_emulator(run)
+    rotator = emulator_rotator(run, wave)
     grid = hr_grid()
-    if wave.shape != grid.wave.shape or np.max(np.abs(wave - grid.wave)) > 1e-6:
-        raise ValueError(f"{run}: the emulator's pixel grid is not the HR grid")
     names = schema.label_names()
     if labels_from is not None:
         with GridReader(labels_from) as source:
@@ -256,7 +270,6 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
     else:
         labels = draw_labels(n, seed)
     index = [names.index(name) for name in EMULATOR_INPUTS]
-    rotator = Rotator(grid)
     prior = PRIOR_VERSION if labels_from is None else f"labels of {labels_from}"
     attrs = {"seed": seed, "prior": prior, "engine": "emulator", "engine_version": str(Path(run).resolve()),
              "emulator_training": json.dumps({k: record[k] for k in ("grids", "n_train", "val_rms_median")}),
@@ -273,9 +286,19 @@ def emulate_grid(run: str | Path, out: str | Path, n: int, seed: int, batch: int
     return Path(out)
 
 
+def emulator_rotator(run: str | Path, wave: np.ndarray) -> Rotator:
+    """The ``spectra.forward.rotation.hr_rotator`` for the output of the emulator in ``run`` (pixels ``wave``):
+    rotation on its pixels, margin included, returning the HR pixels. ValueError if they are no HR grid."""
+    try:
+        return hr_rotator(wave)
+    except ValueError:
+        raise ValueError(f"{run}: the emulator's pixel grid is not the HR grid (with or without a margin)") from None
+
+
 def validation_residuals(run: str | Path) -> np.ndarray:
     """PySME − emulator (N_val, P) of the emulator's own validation stars (the split of :func:`fit_emulator`,
-    never fitted): realisations of its error on stars it did not see, unrotated, for model-error augmentation."""
+    never fitted): realisations of its error on stars it did not see, unrotated and on the emulator's own pixels
+    (margin included), for model-error augmentation: added to its output before the rotation."""
     model, record, _ = load_emulator(run)
     labels, flux, _, _ = load_unrotated([g["path"] for g in record["grids"]])
     config = EmulatorConfig(**{**record["config"], "hidden": tuple(record["config"]["hidden"])})

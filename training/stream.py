@@ -14,6 +14,11 @@ noise: 0.7 % at S/N 20, 0.05 % at S/N 250 per Å), small against the posterior w
 noisy copy instead would cost a continuum fit per example, ~10x the rest of the pipeline on a CPU
 (``benchmarks/results/estimator_study.md`` reports both rates).
 
+Pixels: an emulator trained on grids with a wavelength margin outputs the margin (``training.emulator``); the
+rotation runs on it and returns the HR pixels (``spectra.forward.rotation.hr_rotator``), so the continuum, the
+noise and the network see the 25 200 HR pixels whatever the emulator's grid. Model-error residuals
+(``training.emulator.validation_residuals``) are on the emulator's pixels and added before the rotation.
+
 Compression: :func:`pca_basis` finds the principal components of noiseless normalised emulated spectra; the
 workers project each noisy example on them (``n`` numbers instead of ~25,000 pixels), which the model's
 ``features_from_coefficients`` takes. The same projection is a buffer of the model, so the exported graph takes
@@ -64,20 +69,16 @@ class _Generator:
         import torch
 
         from spectra.forward.continuum import BatchNormaliser
-        from spectra.forward.rotation import Rotator
-        from spectra.wavegrid import HR_PIXEL, hr_grid
+        from spectra.wavegrid import HR_PIXEL
 
-        from .emulator import EMULATOR_INPUTS, load_emulator
+        from .emulator import EMULATOR_INPUTS, emulator_rotator, load_emulator
 
         torch.set_num_threads(1)
         self.spec = spec
         self.model, _, wave = load_emulator(spec.emulator)
-        grid = hr_grid()
-        if wave.shape != grid.wave.shape or np.max(np.abs(wave - grid.wave)) > 1e-6:
-            raise ValueError(f"{spec.emulator}: the emulator's pixel grid is not the HR grid")
-        self.wave, self.pixel = grid.wave, HR_PIXEL
-        self.rotator = Rotator(grid)
-        self.normaliser = BatchNormaliser(grid.wave)
+        self.rotator = emulator_rotator(spec.emulator, wave)  # on the emulator's pixels -> the HR pixels
+        self.wave, self.pixel = self.rotator.wave, HR_PIXEL
+        self.normaliser = BatchNormaliser(self.wave)
         names = schema.label_names()
         self.emulator_columns = [names.index(n) for n in EMULATOR_INPUTS]
         self.vbroad_column = names.index("vbroad")

@@ -8,10 +8,14 @@ with its own Gray (2005) limb-darkened kernel (``spectra.forward.degrade``'s, av
 sub-pixel v_broad stays normalised), and interpolation back onto the pixels.
 
 Accuracy against the full chain (R 80 000 → rotation → R 20 000 → rebin; ``tests/test_rotation.py``): rms
-below 0.05 % at 1, 5, 30 and 100 km/s away from the window edges. Within v_broad/c x λ (≤ 2 Å at 100 km/s) of
+below 0.05 % at 1, 5, 30 and 100 km/s away from the window edges. Within v_broad/c x λ (≤ 2.3 Å at 100 km/s) of
 a window's edge the full chain saw the 5 Å of spectrum beyond it, which an HR-grid spectrum no longer has: the
-edge value is repeated instead, and the whole-spectrum rms at 100 km/s is 0.2 %. Storing unrotated grids with a
-2 Å margin per window edge would remove that (not done: the grids kept so far are on the HR pixels).
+edge value is repeated instead, and the whole-spectrum rms at 100 km/s is 0.2 %. Unrotated grids are therefore
+stored with a 2 Å margin per window edge (``spectra.wavegrid.GRID_MARGIN``): :func:`hr_rotator` rotates on the
+whole stored grid, each window with its margin, and returns only the 4MOST HR pixels (``spectra.forward.margin``),
+so the kernel sees real spectrum at the edges and everything downstream sees the 25 200 HR pixels as before
+(2 Å is v_broad/c x λ of 100 km/s at 6000 Å; at the red end the outer 0.3 Å of such a kernel, its faint wing,
+still meets the repeated edge value of the margin).
 """
 
 from __future__ import annotations
@@ -20,18 +24,24 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from ..contracts.conventions import vbroad_from_uniform
-from ..wavegrid import WavelengthGrid
+from ..wavegrid import WavelengthGrid, hr_grid_of
 from .degrade import C_KMS, LIMB_DARKENING, _rotation_kernel
+from .margin import crop, hr_index
 
-__all__ = ["Rotator", "draw_vbroad", "rotate_grid"]
+__all__ = ["Rotator", "draw_vbroad", "hr_rotator", "rotate_grid"]
 
 
 class _Window:
-    """Interpolation between one window's pixels and its uniform ln λ grid (precomputed once)."""
+    """Interpolation between one window's pixels and its uniform ln λ grid (precomputed once).
 
-    def __init__(self, wave: np.ndarray, dv: float):
-        ln_pix = np.log(wave)
-        self.ln = np.arange(ln_pix[0], ln_pix[-1], dv / C_KMS)
+    The ln λ grid passes through pixel ``first`` (the first one returned): pixels beyond it (a margin) extend the
+    grid without shifting it, so the returned pixels away from the edges come out the same with or without a
+    margin, and the margin changes only the edge values it is there for."""
+
+    def __init__(self, wave: np.ndarray, dv: float, first: int = 0):
+        ln_pix, step = np.log(wave), dv / C_KMS
+        start = ln_pix[first] - np.floor((ln_pix[first] - ln_pix[0]) / step) * step  # ln_pix[0] when first = 0
+        self.ln = np.arange(start, ln_pix[-1], step)
         j = np.clip(np.searchsorted(ln_pix, self.ln, side="right") - 1, 0, wave.size - 2)
         self.fwd = (j, (self.ln - ln_pix[j]) / (ln_pix[j + 1] - ln_pix[j]))  # pixels -> ln grid
         k = np.clip(np.searchsorted(self.ln, ln_pix, side="right") - 1, 0, self.ln.size - 2)
@@ -53,11 +63,27 @@ class Rotator:
         grid: the pixel grid of the spectra (e.g. ``spectra.wavegrid.hr_grid()``).
         dv: velocity step of the internal ln λ grid [km/s]; 0.5 keeps 1 km/s kernels accurate.
         epsilon: linear limb-darkening coefficient of the kernel.
+        keep: indices of the pixels to return, e.g. ``spectra.wavegrid.hr_pixels(grid)`` for a grid with a margin:
+            the convolution needs the margin, what comes after it only the HR pixels (:func:`hr_rotator`).
+            None: every pixel of ``grid``.
     """
 
-    def __init__(self, grid: WavelengthGrid, dv: float = 0.5, epsilon: float = LIMB_DARKENING):
-        self.grid, self.dv, self.epsilon = grid, dv, epsilon
-        self.windows = [(s, _Window(grid.wave[s], dv)) for s in grid.segments]
+    def __init__(self, grid: WavelengthGrid, dv: float = 0.5, epsilon: float = LIMB_DARKENING,
+                 keep: np.ndarray | None = None):
+        self.grid, self.dv, self.epsilon, self.keep = grid, dv, epsilon, keep
+        self.windows = [(s, _Window(grid.wave[s], dv, self._first_kept(s))) for s in grid.segments]
+
+    def _first_kept(self, segment: slice) -> int:
+        """Index within ``segment`` of its first returned pixel (0 without ``keep``)."""
+        if self.keep is None:
+            return 0
+        inside = self.keep[(self.keep >= segment.start) & (self.keep < segment.stop)]
+        return int(inside.min()) - segment.start if inside.size else 0
+
+    @property
+    def wave(self) -> np.ndarray:
+        """Wavelengths of the returned pixels."""
+        return crop(self.grid.wave, self.keep)
 
     def kernels(self, vbroad: np.ndarray) -> np.ndarray:
         """(B, K) kernels, each normalised and centred, zero-padded to the widest of the batch."""
@@ -70,7 +96,12 @@ class Rotator:
         return out
 
     def __call__(self, flux: np.ndarray, vbroad: np.ndarray | float) -> np.ndarray:
-        """Spectra (B, P) or (P,) broadened by ``vbroad`` km/s (one value, or one per spectrum)."""
+        """Spectra (B, P) or (P,) on ``grid`` broadened by ``vbroad`` km/s (one value, or one per spectrum), on the
+        pixels ``keep`` (all of them by default)."""
+        return crop(self._rotate(flux, vbroad), self.keep)
+
+    def _rotate(self, flux: np.ndarray, vbroad: np.ndarray | float) -> np.ndarray:
+        """The rotation on every pixel of ``grid``."""
         flux = np.asarray(flux, dtype=np.float64)
         single = flux.ndim == 1
         batch = flux[None] if single else flux
@@ -94,6 +125,12 @@ class Rotator:
         return out[0] if single else out
 
 
+def hr_rotator(wave: np.ndarray, dv: float = 0.5) -> Rotator:
+    """A :class:`Rotator` for spectra stored on ``wave`` (the HR grid, with or without a margin) that returns the HR
+    pixels: it convolves each window with its margin, then crops. ValueError if ``wave`` is no HR grid."""
+    return Rotator(hr_grid_of(wave), dv, keep=hr_index(wave))
+
+
 def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Fresh v_broad [km/s] from the grid prior (``spectra.contracts.conventions.vbroad_from_uniform``)."""
     return vbroad_from_uniform(rng.uniform(size=np.shape(feh)), feh)
@@ -102,7 +139,10 @@ def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, progress: bool = True):
     """A rotated grid from an unrotated one (``spectra grid --unrotated``): ``copies`` rows per base spectrum, the
     first rotated by the row's own ``vbroad`` label, the others by fresh draws from the prior (v_broad as
-    augmentation: one synthesis, many rotations). Labels carry the v_broad applied. Resumable like any grid."""
+    augmentation: one synthesis, many rotations). Labels carry the v_broad applied. Resumable like any grid.
+
+    A source stored with a margin is rotated on it and cropped (:func:`hr_rotator`): the rotated grid is on the HR
+    pixels, what training and surveys read."""
     from pathlib import Path
 
     from tqdm.auto import tqdm
@@ -112,27 +152,27 @@ def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, pr
 
     if copies < 1:
         raise ValueError(f"--copies must be >= 1, got {copies}")
-    out, grid = Path(out), hr_grid()
-    rotator = Rotator(grid)
+    out = Path(out)
     with GridReader(source) as reader:
         if reader.attrs.get("rotation") != "none":
             raise ValueError(f"{source}: rotation = {reader.attrs.get('rotation')!r}; rotate-grid needs an unrotated "
                              "grid (spectra grid --unrotated)")
-        if reader.wavelength.size != grid.size:
-            raise ValueError(f"{source}: {reader.wavelength.size} pixels; rotate-grid works on the HR grid")
+        try:
+            rotator = hr_rotator(reader.wavelength)
+        except ValueError:
+            raise ValueError(f"{source}: {reader.wavelength.size} pixels; rotate-grid works on the HR grid (with or "
+                             "without a margin)") from None
         names = reader.label_names
         iv, ifeh = names.index("vbroad"), names.index("fe_h")
         base = np.flatnonzero(reader.done)
         labels, methods, seconds = reader.labels, reader.atmosphere_method, reader.synthesis_seconds
-        attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
-        attrs.update(rotation=f"applied by spectra.forward.rotation.Rotator, {copies} v_broad per base spectrum "
-                              f"(seed {seed})", rotated_from=str(Path(source).resolve()), base_rows=int(base.size))
+        attrs = _rotated_attrs(reader.attrs, rotator, Path(source), copies, seed, int(base.size))
         plan = []  # (out row, source row, v_broad)
         for c in range(copies):
             rng = np.random.default_rng([seed, c])
             v = labels[base, iv] if c == 0 else draw_vbroad(labels[base, ifeh], rng)
             plan += [(c * base.size + k, int(i), float(vk)) for k, (i, vk) in enumerate(zip(base, v, strict=True))]
-        with GridWriter(out, len(plan), grid, attrs) as writer:
+        with GridWriter(out, len(plan), hr_grid(), attrs) as writer:
             todo = [p for p in plan if not writer.done[p[0]]]
             for a in tqdm(range(0, len(todo), batch), desc=f"rotate {out.name}", disable=not progress):
                 part = todo[a:a + batch]
@@ -144,3 +184,16 @@ def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, pr
                     row[iv] = v
                     writer.write_row(target, f, row, methods[i], float(seconds[i]))
     return out
+
+
+def _rotated_attrs(source_attrs: dict, rotator: Rotator, source, copies: int, seed: int, base_rows: int) -> dict:
+    """The rotated grid's attributes: the source's, plus how it was rotated and from what; for a source with a
+    margin also the pixels it was rotated on, and ``hr_grid`` set to the HR grid it is stored on now."""
+    from ..wavegrid import hr_grid
+
+    attrs = {k: v for k, v in source_attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
+    attrs.update(rotation=f"applied by spectra.forward.rotation.Rotator, {copies} v_broad per base spectrum "
+                          f"(seed {seed})", rotated_from=str(source.resolve()), base_rows=base_rows)
+    if rotator.keep is not None:
+        attrs.update(rotated_on=f"{rotator.grid.name}, then cropped to the HR pixels", hr_grid=hr_grid().name)
+    return attrs

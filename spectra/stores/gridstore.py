@@ -10,6 +10,10 @@ Layout (h5py)::
     /done                (N,)   bool     resume marker, set *after* a row's data is written
     attrs: format, engine, engine_version, linelist_sha256, atmosphere_source, prior, seed, ...
 
+Unrotated grids may be stored with a wavelength margin beyond the HR windows (``spectra.wavegrid.hr_grid(margin)``),
+which rotation needs; :attr:`GridReader.hr_index`, :attr:`GridReader.hr_wavelength` and :meth:`GridReader.hr_flux`
+give readers that want the 4MOST HR pixels only those (``spectra.forward.margin``).
+
 A row counts only once ``done`` is true, so an interrupted writer loses at most the rows in
 flight, never a half-written one. Each finished row is also journaled first to
 ``<out>.journal/<row>.npz`` (written to a temporary name, then renamed: atomic). Should a writer be
@@ -20,6 +24,7 @@ rebuilds it from the journal; the journal is removed once every row is done.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import shutil
 from collections.abc import Mapping
@@ -29,7 +34,8 @@ import h5py
 import numpy as np
 
 from .. import schema
-from ..wavegrid import WavelengthGrid
+from ..forward.margin import crop, hr_index
+from ..wavegrid import WavelengthGrid, hr_grid
 
 __all__ = ["FORMAT", "GridReader", "GridWriter", "ProvenanceMismatchError"]
 
@@ -200,7 +206,36 @@ class GridReader:
 
     @property
     def flux(self) -> h5py.Dataset:
+        """Flux on the stored pixels (with the margin, if the grid has one); :meth:`hr_flux` for the HR pixels."""
         return self._file["flux"]
+
+    @functools.cached_property
+    def hr_index(self) -> np.ndarray | None:
+        """Indices of the HR pixels among the stored ones; None when the grid has no margin (nothing to crop).
+        Worked out once per reader: the pixel grid of a file never changes."""
+        return hr_index(self.wavelength)
+
+    @property
+    def hr_wavelength(self) -> np.ndarray:
+        """Wavelengths of the pixels :meth:`hr_flux` returns (the stored ones when there is no margin)."""
+        return crop(self.wavelength, self.hr_index)
+
+    @property
+    def hr_definition(self) -> str:
+        """How the pixels of :attr:`hr_wavelength` are defined: the stored grid's words, the HR grid's if cropped."""
+        if self.hr_index is not None:
+            return hr_grid().definition
+        return str(_attr(self._file["wavelength"], "definition") or "")
+
+    def hr_flux(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Stored flux (float32) of ``rows`` (any order, repeats allowed; None: every row) on the HR pixels, for
+        readers that do not rotate: a margin is only of use to a rotation, which must see it (``hr_rotator``)."""
+        if rows is None:
+            flux = self.flux[:]
+        else:
+            unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # h5py: increasing
+            flux = self.flux[unique, :][inverse]
+        return crop(flux, self.hr_index)
 
     @property
     def labels(self) -> np.ndarray:
