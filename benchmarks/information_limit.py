@@ -75,6 +75,8 @@ class RotatedEmulator:
                                            providers=["CPUExecutionProvider"])
             self.run = lambda x: session.run(None, {"labels": x.astype(np.float32)})[0]
             inputs, wavelength = list(entry["inputs"]), bundle.wavelength
+            if entry.get("margin"):  # export attach-emulator: it outputs the HR grid with this margin
+                wavelength = hr_grid(float(entry["margin"])).wave
             self.description = f"ONNX emulator of bundle `{shown(source)}`" + (
                 f" (trained on {entry['training']['n_train']} spectra)" if "training" in entry else "")
         elif (source / "emulator.pt").is_file():

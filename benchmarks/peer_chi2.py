@@ -52,7 +52,7 @@ class Chi2Fitter:
         self.maker = maker or SpectrumMaker()
         with GridReader(library) as grid:
             done = np.flatnonzero(grid.done)
-            self.library_flux = grid.flux[:][done]
+            self.library_flux = grid.hr_flux()[done]  # on the HR pixels of the model and the survey: no margin
             names = grid.label_names
             self.library_labels = grid.labels[done][:, [names.index(p) for p in PARAMS]]
         self._cache: dict[tuple, np.ndarray] = {}

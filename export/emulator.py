@@ -4,6 +4,12 @@ The folder gets ``emulator.onnx`` (input ``labels`` [B, 25] float32 in physical 
 ``inputs``; output ``flux`` [B, P] float32, unrotated), ``wavelength.npy`` and ``emulator.json``: inputs, units,
 bounds, transforms, the pixel grid's sha256, the training grids, the measured errors when an
 ``emulator_errors.json`` is given, and the sha256 of every file, as in the model bundle's manifest.
+
+An emulator trained on grids stored with a wavelength margin (``spectra.wavegrid.hr_grid(margin)``) outputs the
+margin too (``training.emulator``: its output is rotated before use, and the rotation needs it). The manifest's
+``output`` therefore also records ``margin`` [Å] and ``hr_pixel_grid_sha256``, the hash of the 4MOST HR pixels
+among its output pixels: what ``export attach-emulator`` compares with a bundle's pixel grid, which is always the HR
+one (margin 0 and the full grid's hash for an emulator without a margin, or on pixels that are no HR grid at all).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from spectra.common.hashing import sha256_file
 from spectra.contracts.manifest import EMULATOR
 from spectra.wavegrid import wavelength_sha256
 from training.emulator import EMULATOR_INPUTS, load_emulator
+
+from .resim import output_pixels
 
 __all__ = ["EMULATOR_FORMAT", "export_emulator", "onnx_parity"]
 
@@ -72,7 +80,7 @@ def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None 
                    for n in EMULATOR_INPUTS],
         "output": {"name": "flux", "rotation": "none: apply v_broad with spectra.forward.rotation.Rotator",
                    "continuum": "true continuum (synthesis)", "n_pixels": int(wave.size),
-                   "pixel_grid_sha256": wavelength_sha256(wave)},
+                   "pixel_grid_sha256": wavelength_sha256(wave), **output_pixels(wave)},
         "training": {k: record[k] for k in ("grids", "n_train", "n_val", "val_rms_median", "config", "parameters",
                                              "cpu_seconds")},
         "errors": None,

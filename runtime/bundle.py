@@ -45,6 +45,7 @@ from spectra.contracts.conventions import CONTINUUM_KINDS
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED, SNR_UNIT, SUMMARY, VARIANTS
 from spectra.contracts.parameters import TRANSFORMS, to_physical
 from spectra.contracts.quantiles import check_levels
+from spectra.wavegrid import HR_PIXEL
 
 __all__ = [
     "VARIANT_TOLERANCE",
@@ -463,6 +464,10 @@ def _validate_emulator(emulator, where: Path) -> None:
     threshold = emulator.get("poor_fit_chi2")
     if threshold is not None and (not _is_number(threshold) or threshold <= 0):
         raise BundleError(f"{where}: emulator.poor_fit_chi2 must be a positive number or null, got {threshold!r}")
+    margin = emulator.get("margin", 0.0)  # absent in bundles whose emulator outputs the bundle's own pixels
+    if not _is_number(margin) or margin < 0 or abs(margin / HR_PIXEL - round(margin / HR_PIXEL)) > 1e-9:
+        raise BundleError(f"{where}: emulator.margin must be a number >= 0 A, a multiple of the {HR_PIXEL} A pixel "
+                          f"(the HR grid margin of the emulator's output, spectra.wavegrid.hr_grid), got {margin!r}")
 
 
 def _validate_random_streams(streams, where: Path) -> None:

@@ -6,7 +6,10 @@ star:
 
 1. labels: the MAP of the cINN's parameters; the emulator's other inputs (abundances the cINN does not infer)
    from the prior's [Fe/H] trend recorded in the bundle (``emulator.fill``);
-2. the emulator's unrotated spectrum, rotated by the MAP v_broad (``spectra.forward.rotation.Rotator``); for a
+2. the emulator's unrotated spectrum, rotated by the MAP v_broad (``spectra.forward.rotation.Rotator``); an
+   emulator trained on grids stored with a wavelength margin outputs ``spectra.wavegrid.hr_grid(margin)``
+   (``emulator.margin`` in the bundle, ``export attach-emulator``): it is rotated on that grid, so that the window
+   edges see real spectrum, and then cropped to the bundle's pixels, the HR ones (``hr_rotator``); for a
    pseudo-continuum bundle the model is brought to the input's continuum level by a smooth factor, the ratio
    input / model averaged over ``CONTINUUM_WINDOW`` Å with two 3-sigma clipping passes (:func:`match_continuum`):
    the input's pseudo-continuum differs from the model's true continuum only on the scale of the spline knots
@@ -89,7 +92,8 @@ class Resimulator:
     normalisation; see the module docstring."""
 
     def __init__(self, bundle: Bundle, threads: int = 0, engine: str = "onnxruntime"):
-        from spectra.forward.rotation import Rotator
+        from spectra.forward.rotation import Rotator, hr_rotator
+        from spectra.wavegrid import hr_grid, wavelength_sha256
 
         entry = bundle.emulator
         if not entry:
@@ -118,7 +122,16 @@ class Resimulator:
         self.pseudo = bundle.manifest.continuum == "pseudo"
         self.wavelength = bundle.wavelength
         grid = _grid_of(bundle.wavelength)
-        self.rotator = Rotator(grid)
+        #: the emulator's output pixels: the bundle's, or the HR grid with ``emulator.margin`` around them
+        self.margin = float(entry.get("margin", 0.0))
+        if self.margin:
+            self.rotator = hr_rotator(hr_grid(self.margin).wave)  # rotate on the margin, return the HR pixels
+            if wavelength_sha256(self.rotator.wave) != wavelength_sha256(bundle.wavelength):
+                raise ValueError(f"{bundle.path}: emulator.margin = {self.margin:g} A, but the bundle's pixel grid is "
+                                 "not the 4MOST HR grid such an emulator's output is cropped to")
+        else:
+            self.rotator = Rotator(grid)
+        self.n_output = self.rotator.grid.size
         self.segments = grid.segments
         self.window = max(3, round(CONTINUUM_WINDOW / grid.step))
         self.per_pixel = float(bundle.manifest.raw["snr_convention"]["per_pixel_factor"])
@@ -136,7 +149,8 @@ class Resimulator:
         return out
 
     def model_flux(self, params: np.ndarray) -> np.ndarray:
-        """Model spectra (N, P) at physical parameters (N, D): emulated and rotated (true continuum)."""
+        """Model spectra (N, P) on the bundle's pixels at physical parameters (N, D): emulated and rotated (true
+        continuum); an emulator with a margin is rotated on its whole output, then cropped."""
         labels = self.labels(params)
         if self.one_per_call and len(labels):
             flux = np.concatenate([self.session.run(None, {"labels": labels[i:i + 1]})[0] for i in range(len(labels))])

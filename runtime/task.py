@@ -132,10 +132,10 @@ def _try_emulator(resim: Resimulator, posterior: OnnxPosterior) -> None:
     manifest = posterior.manifest
     middle = ((np.asarray(manifest.lower, float) + np.asarray(manifest.upper, float)) / 2).reshape(1, -1)
     model = resim.session.run(None, {"labels": resim.labels(middle)})[0]
-    if np.shape(model) != (1, manifest.n_pixels):
+    if np.shape(model) != (1, resim.n_output):  # the bundle's pixels, or more with emulator.margin
         emulator = (posterior.bundle.emulator or {}).get("file")
         raise BundleError(f"{posterior.bundle.path}: the emulator ({emulator}) gives "
-                          f"spectra of shape {np.shape(model)}, expected (1, {manifest.n_pixels})")
+                          f"spectra of shape {np.shape(model)}, expected (1, {resim.n_output})")
     resim.check(np.ones((1, manifest.n_pixels)), np.ones(1), middle)
 
 

@@ -49,10 +49,11 @@ def plot_grid_rows(grid_path: str | Path, rows: list[int], out: str | Path, zoom
         bad = [r for r in rows if not 0 <= r < grid.n]
         if bad:
             raise ValueError(f"{grid_path}: rows {bad} do not exist (the grid has {grid.n})")
-        fluxes = np.array([grid.flux[r] for r in rows])
+        # the HR pixels, as a survey made from the grid has them (a margin is only there for the rotation)
+        fluxes = grid.hr_flux(np.asarray(rows, dtype=np.int64))
         labels = grid.labels
         captions = [f"row {r}: " + _describe(grid.label_names, labels[r]) for r in rows]
-        return plot_spectra(grid.wavelength, fluxes, captions, out, zoom, f"{Path(grid_path).name} (noiseless)")
+        return plot_spectra(grid.hr_wavelength, fluxes, captions, out, zoom, f"{Path(grid_path).name} (noiseless)")
 
 
 def plot_survey_rows(survey_path: str | Path, rows: list[int], out: str | Path, zoom=None) -> Path:

@@ -17,9 +17,10 @@ from training.emulator import EMULATOR_INPUTS, EmulatorConfig, evaluate_emulator
 from conftest import line_spectrum  # noqa: E402
 
 
-def _grid(path, n, seed, rotation="none"):
-    """Line depths that depend smoothly on T_eff, log g and [Fe/H]: learnable without synthesis."""
-    grid = hr_grid()
+def _grid(path, n, seed, rotation="none", margin=0.0):
+    """Line depths that depend smoothly on T_eff, log g and [Fe/H]: learnable without synthesis; on the HR grid
+    with ``margin`` Å beyond each window edge, as synthesised grids are stored."""
+    grid = hr_grid(margin)
     labels = draw_labels(n, seed=seed)
     names = schema.label_names()
     base = 1.0 - line_spectrum(grid.wave, seed=10, n_lines=300)
@@ -49,6 +50,8 @@ def test_emulator_learns_refuses_rotated_grids_and_exports_with_parity(tmp_path)
     out = export_emulator(tmp_path / "emu", tmp_path / "onnx", errors=tmp_path / "report" / "emulator_errors.json")
     manifest = json.loads((out / "emulator.json").read_text())
     assert [p["name"] for p in manifest["inputs"]] == list(EMULATOR_INPUTS) and len(manifest["files"]) == 2
+    assert manifest["output"]["margin"] == 0.0  # on the HR pixels: nothing beyond them
+    assert manifest["output"]["hr_pixel_grid_sha256"] == manifest["output"]["pixel_grid_sha256"] == hr_grid().sha256()
     labels = draw_labels(8, seed=9)[:, [schema.label_names().index(n) for n in EMULATOR_INPUTS]]
     assert onnx_parity(tmp_path / "emu", out, labels) < 1e-5
     with pytest.raises(FileExistsError, match="--overwrite"):

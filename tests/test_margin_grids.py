@@ -227,3 +227,53 @@ def test_a_model_trained_on_a_margin_grid_exports_the_hr_pixel_grid_and_verifies
     assert bundle.manifest.raw["pixel_grid"]["definition"] == hr_grid().definition
     report = verify_bundle(bundle.path, tmp_path / "run", n_samples=256)
     assert "posterior MAP [grid spectra]" in report.errors and report.ok, report.lines()
+
+
+def _cropped_copy(path: Path, out: Path) -> Path:
+    """The same grid stored on the HR pixels only (the margin cut off, every row finished)."""
+    with GridReader(path) as reader:
+        flux, labels, attrs = reader.flux[:][:, reader.hr_index], reader.labels, reader.attrs
+    keep = {k: attrs[k] for k in ("seed", "prior", "engine", "engine_version", "linelist_sha256", "rotation")}
+    with GridWriter(out, len(labels), hr_grid(), {**keep, "hr_grid": hr_grid().name}) as writer:
+        for i, (f, row) in enumerate(zip(flux, labels, strict=True)):
+            writer.write_row(i, f, row, "interpolated", 0.0)
+    return out
+
+
+def test_surveys_plots_and_the_peer_library_of_a_margin_grid_are_on_the_hr_pixels(margin_grid, tmp_path, monkeypatch):
+    """Grid -> survey tools crop a margin: ``make_survey`` writes 25 200 pixels, the HR wavelengths and their hash,
+    and the very spectra (noise draws included) of a survey of the same grid stored without the margin; so does a
+    simulated survey; the quick-look plot and the χ² peer's library take the HR pixels too."""
+    import importlib.util
+
+    import zarr
+
+    from spectra.plots import plot_grid_rows
+    from spectra.stores.simulated import write_simulated_survey
+    from spectra.stores.survey import make_survey, parse_snr
+    from spectra.stores.survey_reader import open_survey
+
+    plain = _cropped_copy(margin_grid, tmp_path / "plain.h5")
+    surveys = [make_survey(g, parse_snr("50,250"), tmp_path / f"{g.stem}.zarr", seed=4, chunk=5, progress=False)
+               for g in (margin_grid, plain)]
+    wide, narrow = (zarr.open_group(str(s), mode="r") for s in surveys)
+    assert wide["flux"].shape == (24, 25_200)
+    np.testing.assert_array_equal(wide["wavelength"][:], hr_grid().wave)
+    assert wide["wavelength"].attrs["sha256"] == narrow["wavelength"].attrs["sha256"] == hr_grid().sha256()
+    np.testing.assert_array_equal(wide["flux"][:], narrow["flux"][:])
+    simulated = [open_survey(write_simulated_survey(g, 6, "100", tmp_path / f"{g.stem}.json", seed=2))
+                 for g in (margin_grid, plain)]
+    np.testing.assert_array_equal(simulated[0].wavelength, hr_grid().wave)
+    block, reference = simulated[0].read_rows(0, 6), simulated[1].read_rows(0, 6)
+    assert block.flux.shape == (6, 25_200)
+    np.testing.assert_array_equal(block.flux, reference.flux)
+    assert plot_grid_rows(margin_grid, [0, 3, 0], tmp_path / "rows.png").is_file()
+    spec = importlib.util.spec_from_file_location("peer_chi2", ROOT / "benchmarks" / "peer_chi2.py")
+    assert spec is not None and spec.loader is not None
+    peer = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "peer_chi2", peer)  # its dataclasses look their module up there
+    spec.loader.exec_module(peer)
+    with GridReader(plain) as reader:
+        expected = reader.flux[:]
+    library = peer.Chi2Fitter(margin_grid, maker=object()).library_flux  # any maker: the library needs no synthesis
+    np.testing.assert_array_equal(library, expected)

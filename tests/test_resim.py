@@ -1,5 +1,7 @@
 """Re-simulation at the MAP: the bundle's emulator, chi2_resim / resim_rms, and the calibrated POOR_FIT flag."""
 
+import importlib.util
+import json
 import shutil
 from dataclasses import replace
 
@@ -14,13 +16,19 @@ from test_emulator import _grid
 from catalog.writers import CatalogueStore
 from runtime.bundle import BundleError, load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
-from runtime.resim import Resimulator, reduced_chi2
+from runtime.resim import Resimulator, _grid_of, reduced_chi2
 from spectra import schema
 from spectra.contracts.flags import Flag
 from spectra.forward.degrade import add_noise
+from spectra.forward.rotation import Rotator, hr_rotator
 from spectra.prior import draw_labels
 from spectra.stores.survey import make_survey, parse_snr
+from spectra.wavegrid import GRID_MARGIN, hr_grid
 from training.emulator import EMULATOR_INPUTS, EmulatorConfig, fit_emulator
+
+from conftest import rehash_bundle
+
+ENGINES = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
 
 OPTIONS = ProcessOptions(samples=256, seed=5, device="cpu")
 
@@ -43,10 +51,30 @@ def resim_bundle(tiny_bundle, tmp_path_factory):
     return copy, survey, entry
 
 
-def test_chi2_is_one_on_noisy_emulated_spectra_at_their_own_parameters(resim_bundle):
+@pytest.fixture(scope="module")
+def margin_bundle(tiny_bundle, tmp_path_factory):
+    """A copy of the trained test bundle (HR pixels) carrying a small emulator trained on an unrotated grid stored
+    with the 2 Å margin, as synthesised grids are: (bundle, exported emulator folder, manifest entry)."""
+    from export.emulator import export_emulator
+    from export.resim import attach_emulator
+
+    _, _, _, bundle = tiny_bundle
+    tmp = tmp_path_factory.mktemp("resim_margin")
+    fit_emulator([_grid(tmp / "train.h5", 48, seed=3, margin=GRID_MARGIN)], tmp / "emu",
+                 EmulatorConfig(hidden=(32, 32), steps=200, log_every=100), progress=False)
+    exported = export_emulator(tmp / "emu", tmp / "emu_onnx")
+    copy = tmp / "bundle"
+    shutil.copytree(bundle, copy)
+    entry = attach_emulator(copy, exported)
+    return copy, exported, entry
+
+
+@pytest.mark.parametrize("which", ["resim_bundle", "margin_bundle"])
+def test_chi2_is_one_on_noisy_emulated_spectra_at_their_own_parameters(which, request):
     """Spectra made by the bundle's own model (emulator + rotation) with the training noise model: chi2_resim at
-    the true parameters is 1 within its statistical scatter, at every S/N; a wrong model is far above."""
-    bundle_path, _, _ = resim_bundle
+    the true parameters is 1 within its statistical scatter, at every S/N; a wrong model is far above. With an
+    emulator whose output has a margin as with one on the bundle's own pixels."""
+    bundle_path = request.getfixturevalue(which)[0]
     bundle = load_bundle(bundle_path)
     resim = Resimulator(bundle)
     resim.model_error = 0.0  # the model is exact here
@@ -143,3 +171,128 @@ def test_pseudo_continuum_inputs_are_matched_by_a_smooth_factor(resim_bundle):
     resim.pseudo = True
     matched, _ = resim.check(noisy, np.full(6, 200.0), params)
     assert np.all(raw > 2) and np.all(np.abs(matched - 1) < 0.05), (raw, matched)
+
+
+def _emulator_output(bundle_path, labels: np.ndarray) -> np.ndarray:
+    """The bundle's emulator graph run directly by ONNX Runtime (float64): what the re-simulation rotates."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle_path / "emulator.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"labels": labels})[0].astype(np.float64)
+
+
+def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundle):
+    """No margin: no ``margin`` key in the entry, and the model is the emulator's output rotated on the bundle's own
+    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop)."""
+    bundle_path, _, entry = resim_bundle
+    assert "margin" not in entry
+    bundle = load_bundle(bundle_path)
+    resim = Resimulator(bundle)
+    assert resim.margin == 0.0 and resim.n_output == bundle.wavelength.size
+    params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
+    raw = _emulator_output(bundle_path, resim.labels(params))
+    expected = Rotator(_grid_of(bundle.wavelength))(raw, params[:, resim.names.index("vbroad")])
+    np.testing.assert_array_equal(resim.model_flux(params), expected)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pixels(margin_bundle, engine):
+    """The exported emulator records its margin and HR pixels; attached to a bundle on the HR pixels the entry keeps
+    the margin, and the model is the emulator's 25 360-pixel output rotated on the margin grid, then cropped to the
+    bundle's 25 200 pixels (under either engine)."""
+    bundle_path, exported, entry = margin_bundle
+    output = json.loads((exported / "emulator.json").read_text())["output"]
+    wide = hr_grid(GRID_MARGIN)
+    assert output["margin"] == GRID_MARGIN and output["n_pixels"] == wide.size == 25_360
+    assert output["pixel_grid_sha256"] == wide.sha256() and output["hr_pixel_grid_sha256"] == hr_grid().sha256()
+    bundle = load_bundle(bundle_path)
+    assert entry["margin"] == GRID_MARGIN and bundle.emulator["margin"] == GRID_MARGIN
+    np.testing.assert_array_equal(bundle.wavelength, hr_grid().wave)
+    resim = Resimulator(bundle, engine=engine)
+    assert resim.n_output == 25_360
+    params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
+    params[0, resim.names.index("vbroad")] = 0.0  # no rotation: the crop alone
+    model = resim.model_flux(params)
+    raw = _emulator_output(bundle_path, resim.labels(params))
+    expected = hr_rotator(wide.wave)(raw, params[:, resim.names.index("vbroad")])
+    assert model.shape == (5, 25_200)
+    if engine == "onnxruntime":
+        np.testing.assert_array_equal(model, expected)
+    else:  # another engine's fp32 kernels: the same spectra to float32 rounding
+        np.testing.assert_allclose(model, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(model[0], raw[0, hr_rotator(wide.wave).keep], rtol=0, atol=1e-5)
+
+
+def test_a_margin_bundle_runs_end_to_end_and_calibrates(margin_bundle, resim_bundle, tmp_path):
+    """``runtime process`` tries the emulator (its 25 360-pixel output is what it expects) and writes chi2_resim
+    for every row; the POOR_FIT calibration keeps the margin in the entry."""
+    from export.resim import calibrate_poor_fit
+
+    _, survey, _ = resim_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(margin_bundle[0], copy)
+    process_survey(survey, copy, tmp_path / "held_out.zarr", OPTIONS, progress=False)
+    chi2 = CatalogueStore.open(tmp_path / "held_out.zarr").column("chi2_resim")
+    assert np.isfinite(chi2).all() and (chi2 > 0).all()
+    entry = calibrate_poor_fit(copy, tmp_path / "held_out.zarr", percentile=90)
+    assert entry["margin"] == GRID_MARGIN and entry["poor_fit_chi2"] == pytest.approx(np.percentile(chi2, 90))
+    assert load_bundle(copy).emulator["margin"] == GRID_MARGIN
+
+
+def _edit_manifest(bundle, change) -> None:
+    """Change the bundle's manifest in place and record the new file hashes (a crafted bundle)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    rehash_bundle(bundle)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_margin_that_does_not_fit_the_grids_is_refused_with_one_line(margin_bundle, resim_bundle, tiny_bundle,
+                                                                       tmp_path):
+    from export.resim import attach_emulator
+
+    bundle_path, exported, _ = margin_bundle
+    # an emulator.json whose margin contradicts its pixels
+    lying = tmp_path / "lying"
+    shutil.copytree(exported, lying)
+    record = json.loads((lying / "emulator.json").read_text())
+    record["output"]["margin"] = 1.0
+    (lying / "emulator.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"records a 1\.0 A margin") as exc:
+        attach_emulator(bundle_path, lying, overwrite=True)
+    _one_line(exc)
+    # a bundle whose pixels are not the HR pixels the margin surrounds
+    shifted = tmp_path / "shifted"
+    shutil.copytree(tiny_bundle[3], shifted)
+    np.save(shifted / "wavelength.npy", np.load(shifted / "wavelength.npy") + 0.01)
+    rehash_bundle(shifted)
+    with pytest.raises(ValueError, match="nor an HR grid with a margin around it") as exc:
+        attach_emulator(shifted, exported)
+    _one_line(exc)
+    shutil.copyfile(bundle_path / "emulator.onnx", shifted / "emulator.onnx")  # crafted: the entry put there by hand
+    _edit_manifest(shifted, lambda m: m.update(emulator=load_bundle(bundle_path).emulator))
+    with pytest.raises(ValueError, match="not the 4MOST HR grid") as exc:
+        Resimulator(load_bundle(shifted))
+    _one_line(exc)
+    # margins that are no HR grid margin
+    for bad in (-2.0, 0.03, True, "2"):
+        broken = tmp_path / f"margin{bad!s}"
+        shutil.copytree(bundle_path, broken)
+        _edit_manifest(broken, lambda m, bad=bad: m["emulator"].update(margin=bad))
+        with pytest.raises(BundleError, match=r"emulator\.margin must be a number >= 0") as exc:
+            load_bundle(broken)
+        _one_line(exc)
+    # a valid margin that is not the emulator's: the run stops before the catalogue, naming the shapes
+    wrong = tmp_path / "wrong"
+    shutil.copytree(bundle_path, wrong)
+    _edit_manifest(wrong, lambda m: m["emulator"].update(margin=1.0))
+    with pytest.raises(BundleError, match=r"gives spectra of shape \(1, 25360\), expected \(1, 25280\)") as exc:
+        process_survey(resim_bundle[1], wrong, tmp_path / "never.zarr", OPTIONS, progress=False)
+    _one_line(exc)
+    assert not (tmp_path / "never.zarr").exists()

@@ -121,8 +121,9 @@ class SimulatedSurvey(SurveyReader):
                 raise ValueError(f"{self.path}: the grid {self.grid_path} changed since the survey was described")
             with GridReader(self.grid_path) as grid:
                 rows = np.flatnonzero(grid.done)
-                flux = np.stack([grid.flux[int(i), :] for i in rows]).astype(np.float32)
-                _GRIDS[key] = (flux, grid.labels[rows], rows, grid.wavelength)
+                # the HR pixels a bundle works on: a margin (grids stored for rotation) is cropped, nothing rotated
+                flux = grid.hr_flux(rows).astype(np.float32)
+                _GRIDS[key] = (flux, grid.labels[rows], rows, grid.hr_wavelength)
         return _GRIDS[key]
 
     def has(self, name: str) -> bool:

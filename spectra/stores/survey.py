@@ -15,6 +15,10 @@ The noise of a spectrum is drawn from its noise stream ``SeedSequence([seed, sou
 log-uniform S/N from its row stream (``spectra.contracts.streams``): it does not depend on chunking, and it is
 independent of the posterior's latent draws for the same (seed, source_id), which have a stream of their own. Written
 chunk by chunk: the grid is never loaded whole.
+
+Pixels: a survey holds the 4MOST HR pixels, those a model bundle works on. A grid stored with a wavelength margin
+(``spectra.wavegrid.hr_grid(margin)``) is cropped to them (``GridReader.hr_flux``): the margin is only of use to a
+rotation, and ``make_survey`` rotates nothing (it uses the grid's flux as stored, rotated or not, as before).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..contracts.streams import NOISE, ROW, check_seed, scheme, stream_rng
 from ..contracts.survey import check_flux_chunk
 from ..forward.continuum import ContinuumOptions, normalise
 from ..forward.degrade import add_noise
+from ..wavegrid import wavelength_sha256
 from .gridstore import GridReader
 
 __all__ = ["PAPER_SNR", "SURVEY_FORMAT", "SnrSpec", "make_survey", "parse_snr"]
@@ -103,7 +108,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
         base_rows = np.flatnonzero(grid.done)
         if base_rows.size == 0:
             raise ValueError(f"{grid_path}: the grid has no finished rows")
-        wave = grid.wavelength
+        wave = grid.hr_wavelength  # the stored pixels, less a margin if the grid has one
         check_flux_chunk(chunk, wave.size)  # a survey runtime process would refuse is not written
         claim_output(out, "survey", (SURVEY_FORMAT,), overwrite=overwrite)
         pixel = float(np.median(np.diff(wave)))
@@ -117,7 +122,10 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
         base = root.create_array("base_index", shape=(n,), chunks=(chunk,), dtype="i8")
         truth = root.create_array("truth", shape=(n, labels.shape[1]), chunks=(chunk, labels.shape[1]), dtype="f8")
         root.create_array("wavelength", data=wave)
-        root["wavelength"].attrs.update(medium="air", unit="Angstrom", sha256=grid.attrs.get("wavelength_sha256", ""))
+        root["wavelength"].attrs.update(medium="air", unit="Angstrom", sha256=grid.attrs.get("wavelength_sha256", "")
+                                        if grid.hr_index is None else wavelength_sha256(wave))
+        if grid.hr_index is not None:
+            root["wavelength"].attrs["cropped"] = f"the 4MOST HR pixels of a grid stored on {grid.wavelength.size}"
         truth.attrs["names"] = grid.label_names
         flux.attrs["unit"] = "pseudo-continuum normalised" if continuum else "continuum-normalised"
         snr_arr.attrs["unit"] = "per Angstrom"
@@ -138,8 +146,7 @@ def make_survey(grid_path: str | Path, snr: SnrSpec, out: str | Path, seed: int 
             stop = min(start + chunk, n)
             rows = np.arange(start, stop)
             grid_rows = base_rows[rows // n_snr]
-            unique, inverse = np.unique(grid_rows, return_inverse=True)
-            clean = grid.flux[unique, :][inverse]
+            clean = grid.hr_flux(grid_rows)
             ids = grid_rows * n_snr + rows % n_snr
             noisy = np.empty_like(clean)
             snrs = np.empty(rows.size)
