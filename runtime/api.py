@@ -245,7 +245,7 @@ class Model:
         from .resim import Resimulator
 
         if self._resim is None and self.bundle.emulator:
-            self._resim = Resimulator(self.bundle, threads=self.threads, engine=self.engine)
+            self._resim = Resimulator(self.bundle, threads=self.threads)
         return self._resim
 
     def infer(self, flux: Any, snr: Any = None, source_id: Any = None, *, seed: int = 0, samples: int = 4096,

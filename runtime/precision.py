@@ -15,8 +15,9 @@ verified like a variant (``engine_precisions`` in the manifest). ``auto`` on a C
 multiplies bf16 in hardware (AMX or AVX-512 BF16, ``runtime.engines.bf16_hardware``), OpenVINO is installed and
 the bundle records a verification within the tolerance; otherwise onnxruntime with its ``auto`` precision, i.e.
 exactly what ran before engines could be chosen, so a CPU without bf16 units is never slower than that.
-OpenVINO fp32 is never chosen by ``auto``: on the machines measured it is no faster than ONNX Runtime fp32
-(``benchmarks/results/throughput.md``).
+OpenVINO fp32 is not chosen by ``auto``: it is not consistently faster than ONNX Runtime fp32 (0.96x on the
+default model on an AMX Xeon, 1.25x on an Ice Lake Xeon: ``benchmarks/results/throughput.md``); ``--engine
+openvino`` picks it where it pays.
 """
 
 from __future__ import annotations

@@ -86,12 +86,12 @@ def _posterior(bundle_path: str, options: ProcessOptions, sha256: str | None = N
 _RESIMULATORS: dict[tuple, Resimulator] = {}
 
 
-def _resimulator(bundle: Bundle, threads: int, engine: str) -> Resimulator:
+def _resimulator(bundle: Bundle, threads: int) -> Resimulator:
     """The bundle's emulator session (re-simulation check), once per process, for the bundle the posterior's
     sessions already loaded and checked (not loaded and hashed a second time)."""
-    key = (str(bundle.path), bundle.sha256, threads, engine)
+    key = (str(bundle.path), bundle.sha256, threads)
     if key not in _RESIMULATORS:
-        _RESIMULATORS[key] = Resimulator(bundle, threads=threads, engine=engine)
+        _RESIMULATORS[key] = Resimulator(bundle, threads=threads)
     return _RESIMULATORS[key]
 
 
@@ -104,7 +104,7 @@ def build_sessions(bundle_path: str, options: ProcessOptions, sha256: str) -> On
         posterior = _posterior(bundle_path, options, sha256)
         _try_posterior(posterior, options)
         if posterior.bundle.emulator:
-            _try_emulator(_resimulator(posterior.bundle, options.threads, posterior.engine), posterior)
+            _try_emulator(_resimulator(posterior.bundle, options.threads), posterior)
     except Exception as exc:  # onnxruntime raises its own types (not ValueError); numpy a ValueError on bad shapes
         _SESSIONS.clear()
         _RESIMULATORS.clear()
@@ -185,7 +185,7 @@ def compute_chunk(k: int, ctx: RunContext) -> tuple[dict[str, np.ndarray], Chunk
     store = CatalogueStore.open(ctx.output_path, mode="r")
     survey = _reader(ctx.input_path)
     start, stop = store.chunk_bounds(k)
-    resim = _resimulator(posterior.bundle, options.threads, posterior.engine) if posterior.bundle.emulator else None
+    resim = _resimulator(posterior.bundle, options.threads) if posterior.bundle.emulator else None
     settings = InferenceSettings(seed=options.seed, samples=options.samples, batch=options.batch,
                                  snr_cap=options.snr_cap, bias_correction=options.bias_correction,
                                  continuum_mismatch=ctx.continuum_mismatch)

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 from catalog.show import flag_names, show_rows
 from runtime.bundle import load_bundle
 from runtime.packaged import DEFAULT_BUNDLE, default_bundle, unpack_examples
+from runtime.precision import choose_engine
 from spectra import schema
 from spectra.stores.gridstore import GridReader
 
@@ -106,13 +107,16 @@ def test_runtime_process_without_bundle_works_from_a_fresh_install(tmp_path):
     probe = ("import json, runtime.packaged as p, runtime.bundle as b; from catalog.writers import CatalogueStore; "
              "s = CatalogueStore.open('c.zarr'); print(json.dumps({'file': p.__file__, 'bundle': s.attrs['bundle'], "
              "'sha': s.attrs['bundle_sha256'], 'expected': b.load_bundle(p.default_bundle()).sha256, "
-             "'precision': s.attrs['precision'], 'chi2': [float(v) for v in s.column('chi2_resim')]}))")
+             "'precision': s.attrs['precision'], 'engine': s.attrs['engine'], "
+             "'chi2': [float(v) for v in s.column('chi2_resim')]}))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=run, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["file"].startswith(str(target))  # the installed copy, not the repository
     assert Path(info["bundle"]).is_relative_to(target) and info["sha"] == info["expected"]
-    assert info["precision"] == ("int8" if "int8" in load_bundle(default_bundle()).manifest.precisions else "fp32")
+    # auto: what this machine's CPU flags and installed engines choose (openvino bf16 on bf16 units)
+    expected = choose_engine(load_bundle(default_bundle()), "auto", "auto", "cpu")
+    assert (info["engine"], info["precision"]) == expected
     assert np.isfinite(info["chi2"]).all()
 
 

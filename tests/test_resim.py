@@ -1,6 +1,5 @@
 """Re-simulation at the MAP: the bundle's emulator, chi2_resim / resim_rms, and the calibrated POOR_FIT flag."""
 
-import importlib.util
 import json
 import shutil
 from dataclasses import replace
@@ -27,8 +26,6 @@ from spectra.wavegrid import GRID_MARGIN, hr_grid
 from training.emulator import EMULATOR_INPUTS, EmulatorConfig, fit_emulator
 
 from conftest import rehash_bundle
-
-ENGINES = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
 
 OPTIONS = ProcessOptions(samples=256, seed=5, device="cpu")
 
@@ -183,7 +180,7 @@ def _emulator_output(bundle_path, labels: np.ndarray) -> np.ndarray:
 
 def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundle):
     """No margin: no ``margin`` key in the entry, and the model is the emulator's output rotated on the bundle's own
-    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop)."""
+    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop; in float32)."""
     bundle_path, _, entry = resim_bundle
     assert "margin" not in entry
     bundle = load_bundle(bundle_path)
@@ -191,15 +188,14 @@ def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundl
     assert resim.margin == 0.0 and resim.n_output == bundle.wavelength.size
     params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = Rotator(_grid_of(bundle.wavelength))(raw, params[:, resim.names.index("vbroad")])
+    expected = Rotator(_grid_of(bundle.wavelength), dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
     np.testing.assert_array_equal(resim.model_flux(params), expected)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pixels(margin_bundle, engine):
+def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pixels(margin_bundle):
     """The exported emulator records its margin and HR pixels; attached to a bundle on the HR pixels the entry keeps
     the margin, and the model is the emulator's 25 360-pixel output rotated on the margin grid, then cropped to the
-    bundle's 25 200 pixels (under either engine)."""
+    bundle's 25 200 pixels."""
     bundle_path, exported, entry = margin_bundle
     output = json.loads((exported / "emulator.json").read_text())["output"]
     wide = hr_grid(GRID_MARGIN)
@@ -208,18 +204,15 @@ def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pi
     bundle = load_bundle(bundle_path)
     assert entry["margin"] == GRID_MARGIN and bundle.emulator["margin"] == GRID_MARGIN
     np.testing.assert_array_equal(bundle.wavelength, hr_grid().wave)
-    resim = Resimulator(bundle, engine=engine)
+    resim = Resimulator(bundle)
     assert resim.n_output == 25_360
     params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
     params[0, resim.names.index("vbroad")] = 0.0  # no rotation: the crop alone
     model = resim.model_flux(params)
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = hr_rotator(wide.wave)(raw, params[:, resim.names.index("vbroad")])
+    expected = hr_rotator(wide.wave, dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
     assert model.shape == (5, 25_200)
-    if engine == "onnxruntime":
-        np.testing.assert_array_equal(model, expected)
-    else:  # another engine's fp32 kernels: the same spectra to float32 rounding
-        np.testing.assert_allclose(model, expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(model, expected)
     np.testing.assert_allclose(model[0], raw[0, hr_rotator(wide.wave).keep], rtol=0, atol=1e-5)
 
 
