@@ -177,6 +177,7 @@ def end_to_end(bundle_path: Path, survey: Path, rows: int, tmp: Path, precision:
     import zarr
 
     root = zarr.open_group(str(survey), mode="r")
+    rows = min(rows, root["flux"].shape[0])
     flux = root["flux"][:rows].astype(np.float32)
     snr = root["snr"][:rows].astype(float)
     ids = root["source_id"][:rows]

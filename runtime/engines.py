@@ -67,6 +67,14 @@ def bf16_hardware(features: tuple[str, ...] | None = None) -> bool:
     return "amx_bf16" in have or "avx512_bf16" in have
 
 
+def amx_hardware(features: tuple[str, ...] | None = None) -> bool:
+    """Whether the CPU has AMX tiles for bf16 (Intel Sapphire Rapids and later): there OpenVINO bf16 beats ONNX
+    Runtime's int8 (2.5x at the paper's size); with AVX-512 BF16 alone (AMD Zen 4) it does not (0.6x), though it
+    still beats fp32 (``benchmarks/results/throughput*.md``)."""
+    have = cpu_features() if features is None else features
+    return "amx_bf16" in have
+
+
 def openvino_available() -> bool:
     return find_spec("openvino") is not None
 

@@ -11,13 +11,19 @@ fp32 otherwise.
 
 Engines (``--engine auto|onnxruntime|openvino``, :func:`choose_engine`): onnxruntime runs everything above;
 openvino (CPU only) runs the fp32 graphs in fp32 or, by its precision hint, in bf16 on the CPU's matrix units,
-verified like a variant (``engine_precisions`` in the manifest). ``auto`` on a CPU: openvino bf16 when the CPU
-multiplies bf16 in hardware (AMX or AVX-512 BF16, ``runtime.engines.bf16_hardware``), OpenVINO is installed and
-the bundle records a verification within the tolerance; otherwise onnxruntime with its ``auto`` precision, i.e.
-exactly what ran before engines could be chosen, so a CPU without bf16 units is never slower than that.
-OpenVINO fp32 is not chosen by ``auto``: it is not consistently faster than ONNX Runtime fp32 (0.96x on the
-default model on an AMX Xeon, 1.25x on an Ice Lake Xeon: ``benchmarks/results/throughput.md``); ``--engine
-openvino`` picks it where it pays.
+verified like a variant (``engine_precisions`` in the manifest). ``auto`` on a CPU, by what was measured on one
+core of each kind (``benchmarks/results/throughput*.md``), where OpenVINO is installed and the bundle records a
+bf16 verification within the tolerance:
+
+* AMX (Intel Sapphire Rapids and later): openvino bf16, 2.5x ONNX Runtime int8 at the paper's size;
+* AVX-512 BF16 without AMX (AMD Zen 4): ONNX Runtime int8 where the bundle has it verified (1.7x OpenVINO bf16
+  at the paper's size), else openvino bf16 (1.6-1.9x ONNX Runtime fp32);
+* no bf16 units: onnxruntime with its ``auto`` precision (bf16 would be emulated in software, ~20x slower).
+
+Without OpenVINO or a verified bf16 that is onnxruntime's ``auto``, exactly what ran before engines could be
+chosen: so ``auto`` is never slower than before on any of these CPUs. OpenVINO fp32 is not chosen by ``auto``:
+it is not consistently faster than ONNX Runtime fp32 (0.96x on the default model on an AMX Xeon, 1.25x on an Ice
+Lake Xeon, 1.26x on Zen 4); ``--engine openvino`` picks it where it pays.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 from spectra.contracts.manifest import ENGINE_PRECISIONS, VARIANTS
 
 from .bundle import Bundle, BundleError
-from .engines import bf16_hardware, openvino_available, require_engine
+from .engines import amx_hardware, bf16_hardware, openvino_available, require_engine
 
 __all__ = ["PRECISIONS", "choose_engine", "choose_precision", "engine_verification", "variant_file",
            "within_tolerance"]
@@ -129,8 +135,10 @@ def choose_engine(bundle: Bundle, engine: str, precision: str, device: str,
             raise ValueError(f"--engine openvino runs on the CPU; --device {device} runs on onnxruntime")
         return "onnxruntime", choose_precision(bundle, precision, device, force)
     if engine == "auto":
-        wants_openvino = precision in ("auto", "bf16") and openvino_available() and bf16_hardware()
-        if wants_openvino and _engine_ok(bundle, "openvino", "bf16"):
+        openvino_bf16 = openvino_available() and bf16_hardware() and _engine_ok(bundle, "openvino", "bf16")
+        # AVX-512 BF16 alone: ONNX Runtime's verified int8 is faster than OpenVINO bf16 (module docstring)
+        beats_onnxruntime = amx_hardware() or choose_precision(bundle, "auto", device) == "fp32"
+        if openvino_bf16 and (precision == "bf16" or (precision == "auto" and beats_onnxruntime)):
             return "openvino", "bf16"
         engine = "onnxruntime"
     if engine == "onnxruntime":

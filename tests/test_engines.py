@@ -19,6 +19,8 @@ from runtime.precision import choose_engine
 from runtime.sampler import OnnxPosterior
 from spectra.stores.survey import make_survey, parse_snr
 
+from conftest import rehash_bundle
+
 OPTIONS = ProcessOptions(samples=512, seed=7, device="cpu", engine="openvino")
 
 
@@ -134,9 +136,23 @@ def test_bf16_above_tolerance_or_unverified_is_refused_unless_forced(verified, t
         process_survey(survey, plain, tmp_path / "z.zarr", replace(OPTIONS, precision="int8"), progress=False)
 
 
-def test_auto_picks_openvino_bf16_only_on_bf16_hardware(verified, monkeypatch):
+def test_auto_picks_openvino_bf16_only_where_it_is_the_fastest(verified, monkeypatch, tmp_path):
+    """AMX: openvino bf16; AVX-512 BF16 alone: ONNX Runtime int8 when verified, else openvino bf16; no bf16
+    units: ONNX Runtime's auto (what ran before engines)."""
     bundle = load_bundle(verified[0])
     monkeypatch.setattr(precision, "bf16_hardware", lambda: True)
+    monkeypatch.setattr(precision, "amx_hardware", lambda: False)  # Zen 4: AVX-512 BF16, no AMX
+    assert choose_engine(bundle, "auto", "auto", "cpu") == ("onnxruntime", "int8")
+    assert choose_engine(bundle, "auto", "bf16", "cpu") == ("openvino", "bf16")
+    copy = tmp_path / "no_int8"
+    shutil.copytree(verified[0], copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    (copy / raw["precisions"].pop("int8")["files"]["hoisted_flow"]).unlink()
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    rehash_bundle(copy)
+    without_int8 = load_bundle(copy)
+    assert choose_engine(without_int8, "auto", "auto", "cpu") == ("openvino", "bf16")  # beats ONNX Runtime fp32
+    monkeypatch.setattr(precision, "amx_hardware", lambda: True)
     assert choose_engine(bundle, "auto", "auto", "cpu") == ("openvino", "bf16")
     assert choose_engine(bundle, "openvino", "auto", "cpu") == ("openvino", "bf16")
     assert choose_engine(bundle, "onnxruntime", "auto", "cpu") == ("onnxruntime", "int8")
