@@ -12,6 +12,11 @@ The second takes the samples of B spectra as a 3-D tensor and broadcasts each sp
 its S samples, so nothing is repeated in memory. ``HoistedInverseFlow`` re-implements FrEIA's
 ``SequenceINN`` reverse pass of ``PermuteRandom`` + ``GLOWCouplingBlock`` with the same weights; parity with
 ``CINN.reverse`` is checked by ``export verify`` like the two standard graphs.
+
+A model with an affine base (``Config.affine_base``: x = mu(c) + sigma(c) * flow(z; c)) appends its per-spectrum
+(mu, raw log sigma) [B, 2 D] to cond_proj, and the hoisted flow applies the affine last: the graphs' inputs and
+outputs, and so the runtime, are the same for both kinds of model. The affine is elementwise (Mul, Add, Exp):
+ONNX Runtime's dynamic int8 quantisation leaves it in fp32, so the quantised flow works in the posterior's units.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from training.model import CINN
+from training.model import CINN, affine_scale
 
 __all__ = ["ConditionProjection", "HoistedInverseFlow", "hoisted_modules"]
 
@@ -47,6 +52,9 @@ class ConditionProjection(nn.Module):
                 first = _linears(subnet)[0]
                 weights.append(first.weight[:, n_x:])
                 biases.append(first.bias)
+        if model.base is not None:  # (mu, raw log sigma) of the affine base, after the subnets' projections
+            weights.append(model.base.weight)
+            biases.append(model.base.bias)
         self.register_buffer("weight", torch.cat(weights, dim=0).detach().clone())
         self.register_buffer("bias", torch.cat(biases, dim=0).detach().clone())
 
@@ -75,6 +83,9 @@ class HoistedInverseFlow(nn.Module):
         for k, p in enumerate(perms):
             self.register_buffer(f"perm_inv_{k}", p)
         self.splits = splits
+        self.n_params = model.n_params
+        self.affine = model.base is not None
+        self.base_offset = 2 * len(splits) * self.width  # where (mu, raw log sigma) start in cond_proj
 
     def _subnet(self, index: int, u: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
         first, rest = self.layers[index]
@@ -103,6 +114,12 @@ class HoistedInverseFlow(nn.Module):
             y1 = (x1 - a2[..., n1:]) * torch.exp(-s2)
             log_det = log_det - s1.sum(-1) - s2.sum(-1)
             x = torch.cat([y1, y2], dim=-1)[..., getattr(self, f"perm_inv_{k}")]
+        if self.affine:
+            d, start = self.n_params, self.base_offset
+            mu = cond_proj[:, None, start:start + d]
+            log_sigma = affine_scale(cond_proj[:, None, start + d:start + 2 * d])
+            x = mu + torch.exp(log_sigma) * x
+            log_det = log_det + log_sigma.sum(-1)
         return x, log_det
 
 

@@ -4,6 +4,9 @@ The graphs are traced from the PyTorch model with the TorchScript-based exporter
 FrEIA's reverse pass exports cleanly with it) at a chosen opset, with a dynamic batch axis: the two standard
 graphs, the hoisted pair (``export.hoisted``) and the posterior summary (``export.summary``). The
 manifest is written through ``runtime.bundle.write_manifest`` so the reader's validation applies.
+A run trained with an input mask (``spectra.contracts.masks``) gets the manifest entry ``input_mask`` copied from its
+``run.json``, checked against the bundle's pixels and against the mask the model (and so its feature graph) applies;
+a run without one gets no entry.
 ``--precision int8 fp16 bf16`` then adds verified reduced-precision variants (``export.variants``).
 """
 
@@ -23,6 +26,7 @@ from runtime.bundle import bias_correction_from, hash_files, write_manifest
 from spectra.common.hashing import sha256_file
 from spectra.contracts.density import LOG_DENSITY
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, SNR_UNIT, SUMMARY
+from spectra.contracts.masks import input_mask, mask_from_record
 from spectra.contracts.streams import scheme as random_stream_scheme
 from spectra.forward.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
@@ -107,6 +111,23 @@ def export_hoisted(model: CINN, out: Path, opset: int) -> dict:
     }
 
 
+def input_mask_entry(model: CINN, config, meta: dict, wavelength: np.ndarray, run: Path) -> dict | None:
+    """The manifest's ``input_mask`` entry: the run's recorded description (recomputed from its config on the bundle's
+    pixels for a run whose run.json lacks it), checked to describe exactly the mask and fill the model applies on
+    these pixels. None for a model without a mask. ValueError, one line, when they disagree."""
+    if not config.input_mask:
+        return None
+    record = meta.get("input_mask") or input_mask(wavelength, config.input_mask)[1]
+    try:
+        mask, fill = mask_from_record(record, wavelength)
+    except ValueError as exc:
+        raise ValueError(f"{run}: the recorded input mask does not fit the bundle's pixel grid: {exc}") from None
+    if not np.array_equal(mask, model.input_mask.numpy()) or fill != float(model.input_fill):
+        raise ValueError(f"{run}: run.json's input_mask ({record.get('n_masked')} pixels, fill {fill}) is not the mask "
+                         f"the model applies ({int(model.input_mask.sum())} pixels, fill {float(model.input_fill)})")
+    return record
+
+
 def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, precisions: tuple[str, ...] = (),
                   bias_correction: str | None = None, overwrite: bool = False, grid: str | Path | None = None,
                   log=print) -> Path:
@@ -131,8 +152,6 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
     names = [p["name"] for p in trained_for["parameters"]]
     if len(names) != model.n_params:
         raise ValueError(f"{run}: the recorded schema has {len(names)} parameters, the network {model.n_params}")
-    _prepare_output(out, overwrite)
-    export_graphs(model, out, opset)
     grid_path = Path(meta.get("grid", ""))
     if grid_path.is_file():
         from spectra.stores.gridstore import GridReader
@@ -150,6 +169,9 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
         wavelength, definition = standard.wave, standard.definition
         grid_sha = ("none: trained on a fresh emulated stream" if meta.get("stream")
                     else "unavailable (grid file missing at export)")
+    mask_entry = input_mask_entry(model, config, meta, wavelength, run)  # before anything is written
+    _prepare_output(out, overwrite)
+    export_graphs(model, out, opset)
     np.save(out / "wavelength.npy", wavelength)
     pixel = float(np.median(np.diff(wavelength)))
     correction = bias_correction_from(bias_correction, names) if bias_correction else None
@@ -166,6 +188,7 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
             "file": "wavelength.npy",
         },
         "flux_convention": "continuum-normalised, radial-velocity corrected (rest frame), on the pixel grid above",
+        **({"input_mask": mask_entry} if mask_entry else {}),
         "snr_convention": {
             "unit": SNR_UNIT,
             "definition": "mean S/N per Angstrom; on pixels of width w A the per-pixel S/N is S/N * sqrt(w)",

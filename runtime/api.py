@@ -298,7 +298,7 @@ class Model:
         flux, snr, ids = self._inputs(flux, snr, [source_id] if np.ndim(source_id) == 0 else source_id)
         if flux.shape[0] != 1:
             raise ValueError(f"flux: {flux.shape[0]} spectra, posterior() takes one (infer() takes many)")
-        if not validate_flux(flux)[0]:
+        if not validate_flux(self.bundle.used_pixels(flux))[0]:  # as catalogue_rows: masked pixels unchecked
             raise ValueError("flux: NaN/inf pixels, a median <= 0 or a constant spectrum; expected a continuum-"
                              "normalised spectrum with finite values on every pixel (runtime.api.prepare)")
         if not (np.isfinite(snr[0]) and snr[0] > 0):

@@ -18,6 +18,14 @@ provenance, since which draws a catalogue used is decided by the runtime that ma
 Bundles exported before the field existed (the shipped ``runtime/default_bundle`` among them) lack it and stay
 valid: the graphs do not depend on it.
 
+``input_mask`` (optional; ``spectra.contracts.masks.input_mask``) records the pixels the network never sees (telluric
+O₂, the Hα core): the bands with their pads, the fill (``{"rule": "constant", "value": 1.0}``), the pixel count, the
+number of masked pixels and the sha256 of the mask. Loading recomputes the mask from the recorded bands on the
+bundle's ``wavelength.npy`` and refuses, in one line, an entry that does not describe it; the runtime then sets those
+pixels to the fill before the feature extractor (:meth:`Bundle.mask_input`), leaves them out of the input checks
+(:meth:`Bundle.used_pixels`) and out of the re-simulation chi2 (``runtime.resim``). Bundles exported before the field
+existed (``runtime/default_bundle``) lack it: no mask, every pixel used, as before.
+
 ``export`` writes bundles with :func:`write_manifest` (so writer and reader cannot drift apart);
 ``runtime`` reads them with :func:`load_bundle`, which validates everything it can before a survey
 starts and names the file and field of any problem.
@@ -41,11 +49,11 @@ import numpy as np
 
 from spectra.common.hashing import sha256_file
 from spectra.contracts import manifest as layout
-from spectra.contracts.conventions import CONTINUUM_KINDS
+from spectra.contracts.conventions import CONTINUUM_KINDS, HR_PIXEL
 from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED, SNR_UNIT, SUMMARY, VARIANTS
+from spectra.contracts.masks import fill_masked, mask_from_record
 from spectra.contracts.parameters import TRANSFORMS, to_physical
 from spectra.contracts.quantiles import check_levels
-from spectra.wavegrid import HR_PIXEL
 
 __all__ = [
     "VARIANT_TOLERANCE",
@@ -158,6 +166,23 @@ class Bundle:
     manifest: Manifest
     wavelength: np.ndarray
     sha256: str  # hash of the manifest + graphs: identifies the model in catalogues
+    #: (P,) True for the pixels the network never sees (the manifest's ``input_mask``), None: every pixel is used
+    input_mask: np.ndarray | None = None
+    #: the value masked pixels are given (the manifest's ``input_mask.fill.value``)
+    input_fill: float = 1.0
+
+    def mask_input(self, flux: np.ndarray) -> np.ndarray:
+        """``flux`` (..., P) with the masked pixels set to the recorded fill (a copy, ``flux``'s dtype): what every
+        spectrum goes through before the feature extractor (``runtime.sampler.OnnxPosterior.features``). ``flux``
+        itself, untouched, for a bundle without a mask."""
+        if self.input_mask is None:
+            return flux
+        return fill_masked(flux, self.input_mask, self.input_fill)
+
+    def used_pixels(self, flux: np.ndarray) -> np.ndarray:
+        """``flux`` (N, P) without its masked pixels: what the input checks (``runtime.inference.validate_flux``) look
+        at, so that a spectrum is judged on the pixels the network uses. ``flux`` itself without a mask."""
+        return flux if self.input_mask is None else flux[:, ~self.input_mask]
 
     def graph_path(self, key: str) -> Path:
         return self.path / GRAPHS[key][0]
@@ -248,6 +273,9 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
     out = Path(path) / "manifest.json"
     _validate(manifest, out)
     _check_files(Path(path), manifest, out)
+    if manifest.get("input_mask") is not None:
+        grid = Path(path) / manifest["pixel_grid"].get("file", "wavelength.npy")
+        _input_mask(manifest, np.load(grid, allow_pickle=False), out)
     out.write_text(json.dumps(manifest, indent=2))
     return out
 
@@ -481,6 +509,18 @@ def _validate_random_streams(streams, where: Path) -> None:
                           f"{streams!r:.120}")
 
 
+def _input_mask(raw: dict, wavelength: np.ndarray, where: Path) -> tuple[np.ndarray | None, float]:
+    """(mask, fill) of the manifest's ``input_mask`` recomputed on the bundle's pixels (``spectra.contracts.masks``),
+    (None, 1.0) without one; a one-line :class:`BundleError` for an entry that does not describe those pixels."""
+    record = raw.get("input_mask")
+    if record is None:
+        return None, 1.0
+    try:
+        return mask_from_record(record, wavelength)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}; the model's input mask is unknown (re-export the bundle)") from None
+
+
 def _bundle_contents(path: Path) -> list[str]:
     """Names of the regular files in the bundle folder; refuses anything else in it.
 
@@ -597,7 +637,8 @@ def load_bundle(path: str | Path, check_graphs: bool = True, expected_sha256: st
     h = hashlib.sha256(manifest_bytes)
     for name in sorted(hashes):
         h.update(f"{name}:{hashes[name]}".encode())
-    bundle = Bundle(path, manifest, wavelength, h.hexdigest())
+    mask, fill = _input_mask(raw, wavelength, manifest_path)
+    bundle = Bundle(path, manifest, wavelength, h.hexdigest(), mask, fill)
     if expected_sha256 is not None and bundle.sha256 != expected_sha256:
         raise BundleError(f"{path}: the bundle changed during the run (identity {bundle.sha256[:16]}..., the run "
                           f"started with {expected_sha256[:16]}...)")

@@ -6,6 +6,12 @@ bundle, :func:`catalogue_rows` returns every catalogue column of those rows: inp
 quantiles, symmetric errors ``e_<p>``, rejection), the re-simulation check, the bias correction, the flags that
 follow from the result (HIGH_REJECTION, ALL_REJECTED, METAL_POOR, POOR_FIT) and the carried ingestion columns.
 
+The bundle's input mask (manifest ``input_mask``): the masked pixels (telluric O₂, the Hα core) are not checked
+(:func:`validate_flux` sees ``Bundle.used_pixels``), are set to the fill before the feature extractor
+(``runtime.sampler.OnnxPosterior.features``) and are left out of the re-simulation check (``runtime.resim``), so
+whatever a spectrum holds there (telluric absorption, or the NaN of a pipeline that blanks tellurics) changes no
+column.
+
 Why one function: the checks used to live inside ``runtime.pipeline.compute_chunk``, so anyone calling the sampler
 directly got unflagged, uncapped, unchecked numbers. Now a survey task (reading and writing around it) and a
 notebook (``Model.infer``) run the same code, and give the same rows for the same (seed, source_id).
@@ -106,7 +112,7 @@ def bias_corrected(maps: np.ndarray, manifest: Manifest, requested: bool) -> dic
 def _input_flags(flux: np.ndarray, snr: np.ndarray, failed: np.ndarray, ingest_flags: np.ndarray,
                  snr_range: tuple[float, float], settings: InferenceSettings) -> tuple[np.ndarray, np.ndarray,
                                                                                        np.ndarray]:
-    """(flags, S/N used for inference, rows usable) from the input alone."""
+    """(flags, S/N used for inference, rows usable) from the input alone (``flux``: the pixels the network uses)."""
     lo_snr, hi_snr = snr_range
     flags = np.zeros(flux.shape[0], dtype=np.int32)
     ok_flux, ok_snr = validate_flux(flux), np.isfinite(snr) & (snr > 0)
@@ -162,7 +168,8 @@ def catalogue_rows(posterior: OnnxPosterior, flux: np.ndarray, snr: np.ndarray, 
     n, d = flux.shape[0], manifest.n_params
     failed = np.zeros(n, dtype=bool) if failed is None else np.asarray(failed, dtype=bool)
     ingest = np.zeros(n, dtype=np.int32) if ingest_flags is None else np.asarray(ingest_flags).astype(np.int32)
-    flags, snr_used, usable = _input_flags(flux, snr, failed, ingest, manifest.snr_range, settings)
+    flags, snr_used, usable = _input_flags(posterior.bundle.used_pixels(flux), snr, failed, ingest,
+                                           manifest.snr_range, settings)
     maps, quants = np.full((n, d), np.nan), np.full((n, len(quantiles.QUANTILES), d), np.nan)
     n_valid, f_reject = np.zeros(n, dtype=np.int32), np.full(n, np.nan)
     chi2, resim_rms = np.full(n, np.nan), np.full(n, np.nan)

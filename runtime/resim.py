@@ -19,6 +19,10 @@ star:
    held-out PySME spectra, recorded in the bundle), so that a good fit gives about 1 at any S/N;
    ``resim_rms`` = rms of input - model.
 
+The pixels of the bundle's input mask (manifest ``input_mask``: telluric O₂, the Hα core, what the forward model
+cannot make and the network never sees) are left out of both numbers and of the continuum match; a bundle without
+the entry uses every pixel, bit for bit as before.
+
 POOR_FIT is set above the threshold recorded in the bundle (``emulator.poor_fit_chi2``), calibrated on held-out
 synthetic spectra by ``python -m export calibrate-poor-fit``. No torch here: the emulator is an ONNX graph, run in
 fp32 (its model error was measured in fp32) by ONNX Runtime whatever engine samples the posterior
@@ -55,12 +59,14 @@ def _grid_of(wavelength: np.ndarray):
                           float(np.median(np.diff(wavelength))), "the bundle's pixel grid")
 
 
-def match_continuum(flux: np.ndarray, model: np.ndarray, segments, width: int) -> np.ndarray:
+def match_continuum(flux: np.ndarray, model: np.ndarray, segments, width: int,
+                    exclude: np.ndarray | None = None) -> np.ndarray:
     """``model`` (N, P) times a smooth factor that brings it to the continuum level of ``flux``: per window, the
     ratio flux / model averaged over ``width`` pixels, twice more with pixels beyond 3 sigma of that average
     (lines the model gets wrong) left out. Sigma is the robust scatter (1.4826 x median absolute deviation) of the
     pixels still in, taken on every ``SCATTER_STRIDE``-th pixel: a few thousand pixels per window give it to ~2 %,
-    at a quarter of the cost."""
+    at a quarter of the cost. Pixels of ``exclude`` (P,) are left out from the start, like non-finite ratios (the
+    factor there is interpolated from their neighbours, or 0 deep inside a band wider than ``width``)."""
     from scipy.ndimage import uniform_filter1d
 
     out = np.array(model, dtype=float)
@@ -69,6 +75,8 @@ def match_continuum(flux: np.ndarray, model: np.ndarray, segments, width: int) -
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = (f / m).astype(np.float32)  # a smooth factor to ~1e-7: float32 halves the time
         weight = np.isfinite(ratio).astype(np.float32)
+        if exclude is not None:
+            weight[:, exclude[segment]] = 0.0
         ratio[weight == 0] = 0.0
         size = min(width, f.shape[1])
         for _ in range(3):
@@ -91,12 +99,15 @@ def _median_of_finite(values: np.ndarray) -> float:
     return float(np.median(finite)) if finite.size else np.inf
 
 
-def reduced_chi2(flux: np.ndarray, model: np.ndarray, snr_per_pixel: np.ndarray,
-                 model_error: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(chi2 per spectrum, rms per spectrum) of ``flux`` against ``model`` (N, P) with per-pixel S/N (N,)."""
+def reduced_chi2(flux: np.ndarray, model: np.ndarray, snr_per_pixel: np.ndarray, model_error: float = 0.0,
+                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(chi2 per spectrum, rms per spectrum) of ``flux`` against ``model`` (N, P) with per-pixel S/N (N,), over the
+    finite pixels not in ``exclude`` (P,) (the bundle's input mask; None: every pixel)."""
     sigma2 = (model / np.asarray(snr_per_pixel, dtype=float)[:, None]) ** 2 + (model_error * model) ** 2
     residual = flux - model
     good = np.isfinite(residual) & (sigma2 > 0)
+    if exclude is not None:
+        good &= ~exclude
     n = np.maximum(good.sum(axis=1), 1)
     chi2 = np.where(good, residual**2 / np.where(good, sigma2, 1.0), 0.0).sum(axis=1) / n
     rms = np.sqrt(np.where(good, residual**2, 0.0).sum(axis=1) / n)
@@ -146,6 +157,8 @@ class Resimulator:
         self.segments = grid.segments
         self.window = max(3, round(CONTINUUM_WINDOW / grid.step))
         self.per_pixel = float(bundle.manifest.raw["snr_convention"]["per_pixel_factor"])
+        #: (P,) pixels left out of chi2, rms and the continuum match: the bundle's input mask, or None
+        self.exclude = bundle.input_mask
 
     def labels(self, params: np.ndarray) -> np.ndarray:
         """Emulator inputs (N, K) for physical cINN parameters (N, D): inferred ones copied, others filled."""
@@ -172,6 +185,6 @@ class Resimulator:
         """(chi2_resim, resim_rms) for input spectra (N, P) at S/N per A (N,) and their MAPs (N, D)."""
         model = self.model_flux(params)
         if self.pseudo:
-            model = match_continuum(np.asarray(flux, dtype=float), model, self.segments, self.window)
+            model = match_continuum(np.asarray(flux, dtype=float), model, self.segments, self.window, self.exclude)
         return reduced_chi2(np.asarray(flux, dtype=float), model, np.asarray(snr, dtype=float) * self.per_pixel,
-                            self.model_error)
+                            self.model_error, self.exclude)

@@ -6,7 +6,10 @@ stream ``SeedSequence([seed, source_id, LATENT])`` (``spectra.contracts.streams`
 own tag, so z is never the noise shifted) — so a spectrum's samples depend on (seed, source_id) only, never on
 batching, chunking, workers or device — pushed through the hoisted flow
 (``hoisted_flow.onnx`` or its int8/fp16/bf16 variant, ``runtime.precision``), many spectra x samples per call.
-Densities: log p = log N(z; 0, I) - log|det dx/dz| (network space).
+Densities: log p = log N(z; 0, I) - log|det dx/dz| (network space). Every spectrum reaches the feature extractor
+through :meth:`OnnxPosterior.features`, which first sets the pixels of the bundle's input mask (manifest
+``input_mask``) to its fill (``runtime.bundle.Bundle.mask_input``): the one door of ``runtime process``,
+``Model.infer`` and ``Model.posterior`` alike.
 
 Summaries (rejection, MAP, quantiles): on GPU providers by the bundle's ``posterior_summary.onnx`` on the device,
 through IO binding (``runtime.binding``), so only the summaries cross to the host; on the CPU by the numpy
@@ -200,7 +203,8 @@ class OnnxPosterior:
                 "spectra_per_call": self.spectra_per_call}
 
     def features(self, flux: np.ndarray, snr: np.ndarray) -> np.ndarray:
-        flux = np.ascontiguousarray(flux, dtype=np.float32)
+        """Features (N, F) of flux (N, P) at S/N per Å (N, 1), the bundle's masked pixels set to its fill first."""
+        flux = np.ascontiguousarray(self.bundle.mask_input(np.asarray(flux, dtype=np.float32)))
         snr = np.asarray(snr, dtype=np.float32).reshape(-1, 1)
         if self.engine == "openvino":  # one spectrum per call (module docstring)
             return np.concatenate([self.features_session.run(None, {"flux": flux[i:i + 1], "snr": snr[i:i + 1]})[0]

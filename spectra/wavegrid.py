@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contracts.conventions import HR_PIXEL
+
 __all__ = [
     "GRID_MARGIN",
     "HR_PIXEL",
@@ -46,7 +48,6 @@ __all__ = [
 
 #: 4MOST HR windows used by the network (air, Å): (name, start, end), end exclusive.
 HR_WINDOWS: tuple[tuple[str, float, float], ...] = (("green", 5160.0, 5730.0), ("red", 6100.0, 6790.0))
-HR_PIXEL = 0.05  # Å
 WORKING_PIXEL = 0.025  # Å
 WORKING_PAD = 5.0  # Å on each side of each window
 #: Å of spectrum stored beyond each HR window edge in synthesised grids (rotation at 100 km/s reaches 2.2 Å)

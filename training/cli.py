@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from spectra.common.cliargs import run_command, use_help_formatter
+from spectra.contracts.masks import INPUT_MASKS
 
 __all__ = ["main"]
 
@@ -19,6 +20,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, epochs=args.epochs, batches_per_epoch=args.batches_per_epoch,
                          snr_mode=args.snr_mode, seed=args.seed)
+    if args.input_mask is not None:
+        from dataclasses import replace
+
+        config = replace(config, input_mask=None if args.input_mask == "none" else args.input_mask)
     source = args.emulator or args.grid
     if (config.data == "stream") != bool(args.emulator):
         raise ValueError(f"config {config.name!r} has data = {config.data!r}: "
@@ -128,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches-per-epoch", type=int, help="override the config's batches per epoch")
     p.add_argument("--snr-mode", choices=["paper", "continuous"], help="discrete paper S/N or log-uniform 10-1000")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--input-mask", choices=[*INPUT_MASKS, "none"],
+                   help="override the config's input mask (default model-invalid: the telluric O2 band and the "
+                        "H-alpha core never reach the network; spectra.contracts.masks); none: every pixel")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--quiet", action="store_true")

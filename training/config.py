@@ -8,6 +8,10 @@ Adam beta1 = beta2 = 0.8, lr 2.299e-3, weight decay 2.34e-7, lr x 0.95 per epoch
 
 ``small`` trains usefully in minutes on 2 CPU cores (used by the demo and the tests); ``tiny`` is
 for unit tests only.
+
+``input_mask``: the pixels the network never sees (``spectra.contracts.masks.INPUT_MASKS``: ``"model-invalid"``,
+the telluric O2 band and the H-alpha core, set to the continuum before the feature extractor), or None. Every config
+masks by default; runs saved before the field existed have no key and load as None (no mask), as they were trained.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
+from spectra.contracts.masks import INPUT_MASKS
 
 __all__ = ["CONFIGS", "Config", "load_config"]
 
@@ -56,7 +62,17 @@ class Config:
     pca_stars: int = 3072  # stream + compression: noiseless emulated stars the principal components come from
     model_error: bool = False  # stream: add the emulator's validation-star residuals (random one per star)
     lr_schedule: str = "exponential"  # "exponential" (lr x lr_decay per epoch) or "onecycle" (over all epochs)
+    # pixels set to the continuum before the network sees them (spectra.contracts.masks.INPUT_MASKS), or None
+    input_mask: str | None = "model-invalid"
+    # an affine base conditioned on the spectrum, x = mu(c) + sigma(c) * flow(z; c) (training.model.CINN): the flow
+    # then works in units of each posterior's own location and scale
+    affine_base: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_mask is not None and self.input_mask not in INPUT_MASKS:
+            raise ValueError(f"config {self.name!r}: input_mask {self.input_mask!r} is not defined; choose one of "
+                             f"{', '.join(INPUT_MASKS)} or null (no mask)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -8,6 +8,9 @@
   Eq. 1 with S/N per Å) at an S/N drawn from the paper's 19 values (``snr_mode="paper"``) or
   log-uniformly in 10-1000 (``"continuous"``, the paper's stated next step). The network is given
   the S/N used for the noise.
+* **Input mask**: the pixels of the config's ``input_mask`` (``spectra.contracts.masks``) are set to the fill by the
+  model itself (``training.model.CINN.features``), so the batches here carry every pixel; the flux statistics are
+  taken on masked draws (``flux_statistics(input_mask=...)``), so that a masked pixel standardises to exactly 0.
 * **Standardisation**: targets are transformed (log10 T_eff, log10 v_broad, from ``spectra.schema``)
   and standardised with the training rows' mean and std; flux and log10 S/N with the mean and std
   of noisy training draws (the augmented training set, as in the paper).
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from spectra import schema
+from spectra.contracts.masks import INPUT_FILL, fill_masked
 from spectra.forward.degrade import add_noise
 from spectra.stores.gridstore import GridReader
 from spectra.stores.survey import PAPER_SNR
@@ -131,8 +135,10 @@ class GridData:
         x = self.standardise(self.labels[rows])
         return noisy.astype(np.float32), snr.reshape(-1, 1).astype(np.float32), x.astype(np.float32)
 
-    def flux_statistics(self, snr_mode: str, seed: int, n_draws: int = 4096) -> dict[str, np.ndarray]:
-        """Mean/std of noisy training flux and of log10 S/N (the augmented training set)."""
+    def flux_statistics(self, snr_mode: str, seed: int, n_draws: int = 4096, input_mask: np.ndarray | None = None,
+                        fill: float = INPUT_FILL) -> dict[str, np.ndarray]:
+        """Mean/std of noisy training flux and of log10 S/N (the augmented training set), with the pixels of
+        ``input_mask`` set to ``fill`` as the network will see them."""
         rng = np.random.default_rng([seed, 7919])
         total = np.zeros(self.n_pixels)
         total_sq = np.zeros(self.n_pixels)
@@ -142,6 +148,8 @@ class GridData:
             b = min(512, n_draws - done)
             rows = rng.choice(self.split.train, size=b)
             flux, snr, _ = self.noisy_batch(rows, rng, snr_mode)
+            if input_mask is not None:
+                flux = fill_masked(flux, input_mask, fill)
             total += flux.sum(axis=0, dtype=float)
             total_sq += (flux.astype(float) ** 2).sum(axis=0)
             log_snr.append(np.log10(snr[:, 0]))

@@ -12,6 +12,11 @@ therefore ends in the same state as an uninterrupted run (tested).
 
 Outputs in the run folder: ``config.json``, ``checkpoint.pt`` (latest), ``best.pt`` (best validation
 loss: what evaluation and export use), ``history.json`` and ``loss.png``.
+
+Input mask: the config's ``input_mask`` (``spectra.contracts.masks``) is computed once on the training pixels, set
+into the model (``CINN.set_input_mask``: the grid path masks there) and, for the stream, handed to its workers by
+name (they mask before projecting); its description is recorded in ``run.json`` (``input_mask``), which ``export``
+copies into the bundle's manifest. Runs saved before the field existed load with ``input_mask`` None (no mask).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 
 from spectra.common.scratch import written_atomically
 from spectra.contracts.conventions import software_version
+from spectra.contracts.masks import input_mask
 
 from .config import Config
 from .data import SNR_RANGE, GridData
@@ -122,6 +128,14 @@ def _validation_loss(model: CINN, batches, config: Config, device: torch.device)
     return total / config.val_batches
 
 
+def _input_mask(config: Config, wavelength: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
+    """(mask, its description for run.json and the manifest) of the config's ``input_mask`` on the training pixels;
+    (None, None) for a config without one."""
+    if not config.input_mask:
+        return None, None
+    return input_mask(wavelength, config.input_mask)
+
+
 def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int, progress: bool, state):
     """(EmulatedData, model with its compression and standardisation) for a stream run; the principal components
     are kept in the run folder (``pca.npz``) so that a resumed run projects exactly as before."""
@@ -135,7 +149,7 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
         if not model_error.exists():
             np.save(model_error, validation_residuals(emulator))
     spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed,
-                      str(model_error) if model_error else None)
+                      str(model_error) if model_error else None, config.input_mask)
     if config.batch_size != spec.batch_size:
         raise ValueError(f"stream runs need batch_size = stream_stars x stream_copies = {spec.batch_size}, "
                          f"got {config.batch_size}")
@@ -152,6 +166,9 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
     model = CINN(config, data.n_pixels, data.n_params)
     if projection is not None:
         model.set_compression(*projection)
+    mask, record = _input_mask(config, data.wavelength)
+    if mask is not None:
+        model.set_input_mask(mask, record["fill"]["value"])
     if state is None:
         drawn = list(data.batches([[2**31 - 2, k] for k in range(8)]))  # their own stream again
         inputs, snr = (np.concatenate([d[i] for d in drawn]) for i in (0, 1))
@@ -163,9 +180,15 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
 
 
 def build_model(config: Config, data: GridData) -> CINN:
+    """A new model for a grid: its input mask and the flux statistics of the masked noisy training draws."""
     torch.manual_seed(config.seed)
     model = CINN(config, data.n_pixels, data.n_params)
-    stats = data.flux_statistics(config.snr_mode, config.seed)
+    mask, record = _input_mask(config, data.wavelength)
+    if mask is None:
+        stats = data.flux_statistics(config.snr_mode, config.seed)
+    else:
+        model.set_input_mask(mask, record["fill"]["value"])
+        stats = data.flux_statistics(config.snr_mode, config.seed, input_mask=mask, fill=record["fill"]["value"])
     model.set_standardisation(**stats)
     return model
 
@@ -187,13 +210,15 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
     checkpoint_path = out / "checkpoint.pt"
     resume = checkpoint_path.exists() and not restart
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
-    if state is not None and state["config"] != asdict(config):
+    # checkpoints saved before these fields existed: no mask, no affine base
+    if state is not None and {"input_mask": None, "affine_base": False, **state["config"]} != asdict(config):
         raise ValueError(f"{out} holds a run with another config; use --restart or another --out")
     if config.data == "stream":
         data, model = _stream_model(grid, config, out, workers, progress, state)
     else:
         data = GridData(grid, config.split, config.split_seed)
         model = build_model(config, data) if state is None else CINN(config, data.n_pixels, data.n_params)
+    _, mask_record = _input_mask(config, data.wavelength)
     if state is not None:
         model.load_state_dict(state["model"])
     model.to(dev)
@@ -217,7 +242,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
     (out / "config.json").write_text(config.to_json())
     meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": software_version(),
-            "schema": run_schema(config, data.grid_attrs),
+            "schema": run_schema(config, data.grid_attrs), "input_mask": mask_record,
             "torch": torch.__version__}
     if config.data == "stream":
         meta["stream"] = {"emulator": str(Path(grid).resolve()), "stars_per_batch": config.stream_stars,
@@ -324,19 +349,30 @@ def plot_history(history: list[dict], path: Path) -> None:
 def save_untrained_run(config: Config, n_pixels: int, n_params: int, out: str | Path, perturb: float = 0.0,
                        seed: int = 0) -> tuple[CINN, Path]:
     """A run folder holding an untrained model (e.g. the paper-size network for export parity and speed
-    benchmarks, where the weights do not matter). ``perturb`` adds N(0, perturb) to the flow weights so the
-    flow is not the identity it starts as."""
+    benchmarks, where the weights do not matter). ``perturb`` adds N(0, perturb) to the flow weights (and the
+    affine base's) so the flow is not the identity it starts as."""
     torch.manual_seed(seed)
     model = CINN(config, n_pixels, n_params)
+    mask_record = None
+    if config.input_mask:  # the mask of the HR pixels, the only pixels an untrained run is made for
+        from spectra.wavegrid import hr_grid
+
+        wave = hr_grid().wave
+        if wave.size != n_pixels:
+            raise ValueError(f"config {config.name!r} masks pixels of the HR grid ({wave.size}), not of {n_pixels} "
+                             "pixels: give a config with input_mask None")
+        mask, mask_record = input_mask(wave, config.input_mask)
+        model.set_input_mask(mask, mask_record["fill"]["value"])
     if perturb:
         with torch.no_grad():
-            for p in model.flow.parameters():
+            base = list(model.base.parameters()) if model.base is not None else []
+            for p in [*model.flow.parameters(), *base]:
                 if p.is_floating_point():
                     p.add_(perturb * torch.randn_like(p))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save({"model": model.state_dict(), "config": asdict(config), "epoch": None}, out / "best.pt")
-    meta = {"grid": "", "untrained": True, "schema": run_schema(config, {})}
+    meta = {"grid": "", "untrained": True, "schema": run_schema(config, {}), "input_mask": mask_record}
     (out / "run.json").write_text(json.dumps(meta, indent=2))
     return model, out
 
@@ -348,7 +384,7 @@ def load_run(run: str | Path, which: str = "best") -> tuple[CINN, Config, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} a training run folder (training fit --out)?")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    data = dict(state["config"])
+    data = {"input_mask": None, **state["config"]}  # runs saved before the field existed: no mask
     for key in ("feature_layers", "split", "betas"):
         data[key] = tuple(data[key])
     config = Config(**data)

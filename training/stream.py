@@ -24,6 +24,10 @@ workers project each noisy example on them (``n`` numbers instead of ~25,000 pix
 ``features_from_coefficients`` takes. The same projection is a buffer of the model, so the exported graph takes
 pixels.
 
+Input mask: with ``StreamSpec.input_mask`` (the config's, ``spectra.contracts.masks``) the workers set the masked
+pixels of every normalised noisy example, and of the stars the principal components come from, to the fill before
+projecting: the network's inputs never carry them, whether it takes pixels or coefficients.
+
 Determinism: batch (epoch e, index b) depends on (seed, e, b) only (``SeedSequence([seed, e, b, STREAM_TAG])``);
 worker processes compute batches in any order and the loop consumes them in order, so a resumed or re-run fit
 sees exactly the same data.
@@ -40,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from spectra import schema
+from spectra.contracts.masks import fill_masked, input_mask
 
 __all__ = ["EmulatedData", "StreamSpec", "pca_basis"]
 
@@ -56,6 +61,7 @@ class StreamSpec:
     snr_range: tuple[float, float] = (10.0, 1000.0)
     seed: int = 0
     model_error: str | None = None  # .npy of emulator residuals (unrotated): one, random, added to each star
+    input_mask: str | None = None  # pixels set to the fill before projection (spectra.contracts.masks.INPUT_MASKS)
 
     @property
     def batch_size(self) -> int:
@@ -86,6 +92,8 @@ class _Generator:
         # float32: the examples are made in float32 (see ``batch``)
         self.projection = None if projection is None else tuple(np.asarray(a, dtype=np.float32) for a in projection)
         self.model_error = np.load(spec.model_error) if spec.model_error else None
+        # the mask on the generator's own pixels (the HR ones), from the one definition (spectra.contracts.masks)
+        self.mask = input_mask(self.wave, spec.input_mask)[0] if spec.input_mask else None
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
@@ -129,6 +137,8 @@ class _Generator:
             f = flux[k].astype(np.float32)
             noise = rng.standard_normal((spec.copies, f.size), dtype=np.float32)
             noisy = (f + np.abs(f) * (noise / snr_pixel[rows, None])) / continuum[k].astype(np.float32)
+            if self.mask is not None:
+                fill_masked(noisy, self.mask, in_place=True)
             if self.projection is not None:
                 mean, basis = self.projection
                 inputs[rows] = (noisy - mean) @ basis.T
@@ -151,8 +161,10 @@ def _batch(seed: list[int], state: _Generator | None = None):
 
 def _stars(args, state: _Generator | None = None):
     seed, n = args
-    _, flux, continuum = (state or _STATE).stars(seed, n)
-    return (flux / continuum).astype(np.float32)
+    state = state or _STATE
+    _, flux, continuum = state.stars(seed, n)
+    normalised = (flux / continuum).astype(np.float32)
+    return normalised if state.mask is None else fill_masked(normalised, state.mask, in_place=True)
 
 
 def pca_basis(spec: StreamSpec, n_stars: int, n_components: int, workers: int = 1,

@@ -12,6 +12,8 @@ pulling in another layer:
 * :mod:`.manifest`: the model bundle's file names and format version;
 * :mod:`.survey`: what a survey reader hands the runtime, and the size limits writers and readers share.
 * :mod:`.streams`: seed and source id -> independent per-spectrum random streams (noise, latent draws, rows).
+* :mod:`.masks`: the wavelength bands the forward model cannot make (telluric O₂, the Hα core) and the network's
+  input mask built from them, recorded in bundle manifests.
 
 This ``__init__`` imports nothing (``import spectra.contracts`` costs nothing); import the module you need.
 """

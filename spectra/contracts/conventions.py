@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "CONTINUUM_KINDS",
+    "HR_PIXEL",
     "KNOT_SPACING",
     "PSEUDO_CONTINUUM",
     "VBROAD_CAP_FEH",
@@ -38,6 +39,10 @@ CONTINUUM_KINDS: tuple[str, ...] = ("true", "pseudo")
 #: how a pseudo-continuum normalisation is described in attributes (``continuum``, ``flux.unit``): the prefix
 #: :func:`continuum_kind` recognises
 PSEUDO_CONTINUUM = "pseudo-continuum"
+#: Å, the 4MOST HR pixel of every grid, survey and bundle (``spectra.wavegrid`` builds the grids from it; a margin
+#: beyond the windows is a whole number of pixels, which the bundle checks of an emulator's)
+HR_PIXEL = 0.05
+
 #: Å between the pseudo-continuum spline's knots; also the scale of the re-simulation check's continuum match
 KNOT_SPACING = 40.0
 
