@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import survey_subset
 
 from runtime.bundle import load_bundle
 from runtime.engines import bf16_hardware, cpu_features, engine_version, openvino_available
@@ -176,19 +177,12 @@ def end_to_end(bundle_path: Path, survey: Path, rows: int, tmp: Path, precision:
     engine and precision, arrays already in memory."""
     import zarr
 
-    root = zarr.open_group(str(survey), mode="r")
-    rows = min(rows, root["flux"].shape[0])
-    flux = root["flux"][:rows].astype(np.float32)
-    snr = root["snr"][:rows].astype(float)
-    ids = root["source_id"][:rows]
-    sub = tmp / f"survey_{rows}.zarr"
-    if not sub.exists():
-        out = zarr.open_group(str(sub), mode="w")
-        for key in ("flux", "snr", "source_id"):
-            data = root[key][:rows]
-            out.create_array(key, data=data, chunks=(min(256, rows), *data.shape[1:]))
-        out.create_array("wavelength", data=root["wavelength"][:])
-        out.attrs.update(dict(root.attrs))
+    sub = survey_subset(survey, rows, tmp)
+    root = zarr.open_group(str(sub), mode="r")
+    rows = root["flux"].shape[0]
+    flux = root["flux"][:].astype(np.float32)
+    snr = root["snr"][:].astype(float)
+    ids = root["source_id"][:]
     post = OnnxPosterior(load_bundle(bundle_path), threads=1, precision=precision, max_rows=16 * SAMPLES,
                          engine=engine, force_precision=True)
     post.posterior(flux[:2], snr[:2], ids[:2], 0, SAMPLES)
