@@ -91,12 +91,18 @@ class MaskBand:
 INPUT_MASKS: dict[str, tuple[MaskBand, ...]] = {
     "model-invalid": tuple(MaskBand("telluric", lo, hi, TELLURIC_PAD) for lo, hi in TELLURIC_BANDS_AIR)
     + tuple(MaskBand("chromospheric", lo, hi, LSF_REACH) for lo, hi in CHROMOSPHERIC_CORES_AIR),
+    # the telluric bands alone: the H-alpha core stays (on synthetic spectra it carries T_eff information at low S/N)
+    "telluric": tuple(MaskBand("telluric", lo, hi, TELLURIC_PAD) for lo, hi in TELLURIC_BANDS_AIR),
 }
 _DESCRIPTIONS = {
     "model-invalid": (
         "telluric O2 gamma band padded for |v_topo| <= 150 km/s plus the line-spread function, and the chromospheric "
         "H-alpha core padded for the line-spread function; masked pixels are set to the fill before the network "
         "sees the spectrum, and left out of the re-simulation chi2 (telluric H2O lines are not masked: no line list)"),
+    "telluric": (
+        "telluric O2 gamma band padded for |v_topo| <= 150 km/s plus the line-spread function; masked pixels are set "
+        "to the fill before the network sees the spectrum, and left out of the re-simulation chi2 (telluric H2O "
+        "lines are not masked: no line list)"),
 }
 
 
