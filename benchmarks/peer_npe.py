@@ -35,7 +35,8 @@ from training.model import _mlp
 
 def _network_bounds() -> tuple[np.ndarray, np.ndarray]:
     """The training bounds in the network's space (log10 where the schema says), as our prior box."""
-    lo, hi = GridData.transform(np.array([[p.lower for p in schema.TARGETS], [p.upper for p in schema.TARGETS]]))
+    lo = np.array([p.to_network(p.lower) for p in schema.TARGETS])
+    hi = np.array([p.to_network(p.upper) for p in schema.TARGETS])
     return lo, hi
 
 

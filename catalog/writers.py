@@ -301,7 +301,10 @@ def check_export_target(out: str | Path, fmt: str, overwrite: bool = False) -> P
     return claim_output(out, f"{fmt} file")
 
 
-def _arrow_schema(store: CatalogueStore, rows: int):
+def _arrow_schema(store: CatalogueStore, blocks: list[tuple[int, int]]):
+    """The Parquet schema: per-field unit/description metadata (pyarrow, pandas), the provenance and flag tables
+    as schema metadata, and astropy's own header (:func:`_astropy_metadata`), without which ``Table.read`` loses
+    every unit and description."""
     import json
 
     import pyarrow as pa
@@ -313,12 +316,35 @@ def _arrow_schema(store: CatalogueStore, rows: int):
         info = store.column_info(name)
         fields.append(pa.field(name, types[info["dtype"]], metadata={
             b"unit": str(info["unit"] or "").encode(), b"description": str(info["description"]).encode()}))
+    rows = int(sum(b - a for a, b in blocks))
     metadata = {k.encode(): str(v).encode() for k, v in provenance(store).items()}
     metadata[b"flag_table"] = json.dumps(flag_records("flags")).encode()
     metadata[b"ingest_flag_table"] = json.dumps(flag_records("ingest_flags")).encode()
     metadata[b"rows_exported"] = str(rows).encode()
     metadata[b"rows_total"] = str(store.n_rows).encode()
+    metadata.update(_astropy_metadata(store, _text_lengths(store, blocks, len), rows))
     return pa.schema(fields, metadata=metadata)
+
+
+def _astropy_metadata(store: CatalogueStore, text_lengths: dict[str, int], rows: int) -> dict[bytes, bytes]:
+    """The schema keys astropy's Parquet reader takes a table's description from, as ``Table.write`` makes them:
+    ``table_meta_yaml`` (astropy's serialized header of a 0-row table of the same columns: dtypes, units,
+    descriptions, and the run's provenance as table meta, as :func:`read_table` gives it) and ``table::len::<name>``
+    per text column (its longest value: without it astropy warns and measures every row)."""
+    from astropy.table import Table
+    from astropy.table.meta import get_yaml_from_table
+
+    model = Table(meta={**provenance(store), "rows_exported": rows, "rows_total": store.n_rows})
+    for name in store.columns:
+        info = store.column_info(name)
+        dtype = f"U{text_lengths[name]}" if info["dtype"] == "str" else info["dtype"]
+        model[name] = np.zeros(0, dtype=dtype)
+        if info["unit"]:
+            model[name].unit = info["unit"]
+        model[name].description = info["description"]
+    metadata = {b"table_meta_yaml": "\n".join(get_yaml_from_table(model)).encode()}
+    metadata.update({f"table::len::{name}".encode(): str(n).encode() for name, n in text_lengths.items()})
+    return metadata
 
 
 def _arrow_batch(store: CatalogueStore, schema, a: int, b: int):
@@ -334,15 +360,17 @@ def export_parquet(path: str | Path, out: str | Path, overwrite: bool = False, c
     """Parquet, streamed a shard at a time (one row group each): memory does not grow with the catalogue.
 
     Each field's unit and description are in its metadata; the run's provenance and the flag table in the
-    schema metadata. ``dataset``: a folder of part files (``part-00000.parquet``, at most ``rows_per_file``
-    rows each) that ``pyarrow.dataset``, ``pandas.read_parquet`` and ``dask.dataframe.read_parquet`` read as one.
+    schema metadata, with astropy's serialized header beside them (``Table.read(out)`` keeps units, descriptions
+    and provenance; it reads a dataset's part files one at a time). ``dataset``: a folder of part files
+    (``part-00000.parquet``, at most ``rows_per_file`` rows each) that ``pyarrow.dataset``, ``pandas.read_parquet``
+    and ``dask.dataframe.read_parquet`` read as one.
     """
     import pyarrow.parquet as pq
 
     out = check_export_target(out, "parquet-dataset" if dataset else "parquet", overwrite)
     store = CatalogueStore.open(path)
     blocks = _export_blocks(store, path, complete_only)
-    schema = _arrow_schema(store, int(sum(b - a for a, b in blocks)))
+    schema = _arrow_schema(store, blocks)
     if dataset:
         with written_atomically(out, folder=True) as tmp:
             part, rows_in_part, writer = 0, 0, None
@@ -414,15 +442,20 @@ def _write_gzipped_fits(store: CatalogueStore, blocks: list[tuple[int, int]], ou
         plain.unlink(missing_ok=True)
 
 
+def _text_lengths(store: CatalogueStore, blocks: list[tuple[int, int]], length) -> dict[str, int]:
+    """Each text column's longest value as ``length`` measures it (at least 1), in one pass over the text arrays:
+    FITS fields and astropy's string columns are fixed-width, and the export streams, so widths come first."""
+    names = [n for n in store.columns if store.column_info(n)["dtype"] == "str"]
+    widths = dict.fromkeys(names, 1)
+    for a, b in blocks if names else ():
+        for name, values in store.read_rows(a, b, names).items():
+            widths[name] = max(widths[name], max((length(str(v)) for v in values), default=0))
+    return widths
+
+
 def _text_widths(store: CatalogueStore, blocks: list[tuple[int, int]]) -> dict[str, int]:
     """Width of each text column's FITS field: its longest ASCII-escaped value (at least 1)."""
-    widths = {}
-    for name in store.columns:
-        if store.column_info(name)["dtype"] == "str":
-            longest = max((max((len(_fits_text(v)) for v in store.read_rows(a, b, [name])[name]), default=0)
-                           for a, b in blocks), default=0)
-            widths[name] = max(1, longest)
-    return widths
+    return _text_lengths(store, blocks, lambda v: len(_fits_text(v)))
 
 
 def _write_fits(store: CatalogueStore, blocks: list[tuple[int, int]], target: Path) -> None:

@@ -93,7 +93,8 @@ def _cmd_survey(args: argparse.Namespace) -> int:
 
 
 def _cmd_normalise_grid(args: argparse.Namespace) -> int:
-    from .forward.continuum import ContinuumOptions, normalise_grid
+    from .forward.continuum import ContinuumOptions
+    from .stores.derived import normalise_grid
 
     out = normalise_grid(args.grid, args.out, ContinuumOptions(knot_spacing=args.knot_spacing),
                          progress=not args.quiet, workers=args.workers)
@@ -102,7 +103,7 @@ def _cmd_normalise_grid(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate_grid(args: argparse.Namespace) -> int:
-    from .forward.rotation import rotate_grid
+    from .stores.derived import rotate_grid
 
     out = rotate_grid(args.grid, args.out, copies=args.copies, seed=args.seed, progress=not args.quiet)
     print(f"{out}: {args.copies} rotated cop{'y' if args.copies == 1 else 'ies'} of each spectrum of {args.grid}")

@@ -134,7 +134,7 @@ def test_example_surveys_unpack_and_are_never_clobbered(tmp_path):
 def test_rotate_grid_keeps_stars_together_and_records_vbroad(tmp_path):
     from test_emulator import _grid
 
-    from spectra.forward.rotation import rotate_grid
+    from spectra.stores.derived import rotate_grid
     from training.data import GridData
 
     source = _grid(tmp_path / "flat.h5", 20, seed=1)

@@ -5,6 +5,13 @@ lazy import is still a dependency, it only moves the failure to run time). Layer
 
     spectra.contracts < spectra.common < spectra < catalog < runtime < training < export < benchmarks, tests
 
+Inside ``spectra`` (layer ``spectra``), lowest first:
+
+    its shared top modules (schema, wavegrid, prior) < forward < stores < synth < observed < cli, plots
+
+(the forward model works on arrays; the stores read and write files with it; the synthesis fills grid stores; observed
+spectra reuse synthesis, forward model and stores; the command line and plots use them all).
+
 A module may import its own layer and the layers below it; ``spectra.contracts`` imports only the standard library
 and numpy, ``spectra.common`` (generic helpers) only the standard library and the contracts; ``runtime`` and
 ``catalog`` never import torch or FrEIA. Exceptions would be listed in :data:`KNOWN_VIOLATIONS`, each with its
@@ -25,6 +32,10 @@ PACKAGES = ("spectra", "catalog", "runtime", "training", "export", "benchmarks",
 #: layer of each package (spectra.contracts and spectra.common are the two layers below spectra), lowest first
 LAYERS = {"spectra.contracts": 0, "spectra.common": 1, "spectra": 2, "catalog": 3, "runtime": 4, "training": 5,
           "export": 6, "benchmarks": 7, "tests": 7}
+#: rank of spectra's top modules and sub-packages inside the ``spectra`` layer, lowest first (README.md, Layering)
+SPECTRA_RANKS = {"spectra": 0, "spectra.schema": 0, "spectra.wavegrid": 0, "spectra.prior": 0, "spectra.forward": 1,
+                 "spectra.stores": 2, "spectra.synth": 3, "spectra.observed": 4, "spectra.cli": 5, "spectra.plots": 5,
+                 "spectra.__main__": 5}
 #: third-party packages a layer must never import
 FORBIDDEN_THIRD_PARTY = {"runtime": {"torch", "FrEIA", "onnx"}, "catalog": {"torch", "FrEIA", "onnx"}}
 #: the only non-standard-library package ``spectra.contracts`` may import
@@ -82,6 +93,13 @@ def _layer(module: str) -> tuple[str, int]:
     name = next((sub for sub in ("spectra.contracts", "spectra.common")
                  if module == sub or module.startswith(sub + ".")), module.split(".")[0])
     return name, LAYERS[name]
+
+
+def spectra_rank(module: str) -> int | None:
+    """Rank of a module of the ``spectra`` layer among its sub-packages (:data:`SPECTRA_RANKS`); None outside it."""
+    if _layer(module)[0] != "spectra":
+        return None
+    return SPECTRA_RANKS[".".join(module.split(".")[:2])]
 
 
 def dependency_graph() -> dict[str, set[str]]:
@@ -168,6 +186,30 @@ def test_imports_follow_the_layering():
     assert not fixed, f"these imports are gone: remove them from KNOWN_VIOLATIONS: {fixed}"
 
 
+def spectra_violations() -> dict[tuple[str, str], int]:
+    """(importer, imported) -> line, for every import of a higher-ranked part of ``spectra`` (:data:`SPECTRA_RANKS`)."""
+    found = {}
+    for module in MODULES:
+        own = spectra_rank(module)
+        for name, line in imports_of(module) if own is not None else ():
+            target = _target(name)
+            rank = spectra_rank(target) if target is not None else None
+            if rank is not None and rank > own:
+                found.setdefault((module, target), line)
+    return found
+
+
+def test_spectra_subpackages_follow_their_order():
+    """``spectra.forward`` imported ``spectra.stores`` (the grid-file steps normalise-grid and rotate-grid) while the
+    stores import the forward model: sub-packages importing each other. Every part of spectra is ranked, so the
+    knot cannot come back; a new sub-package must be given its rank."""
+    unranked = sorted({".".join(m.split(".")[:2]) for m in MODULES if _layer(m)[0] == "spectra"} - set(SPECTRA_RANKS))
+    assert not unranked, f"give these parts of spectra a rank in SPECTRA_RANKS: {unranked}"
+    found = spectra_violations()
+    assert not found, "imports against the order inside spectra (README.md, Layering):\n" + "\n".join(
+        f"{a} (line {line}) imports {b}" for (a, b), line in sorted(found.items()))
+
+
 def test_contracts_import_only_the_standard_library_and_numpy():
     for module in (m for m in MODULES if m.startswith("spectra.contracts")):
         for name, line in imports_of(module):
@@ -205,6 +247,10 @@ def test_the_checks_can_fail():
     assert _layer("spectra.contracts.flags")[1] < _layer("spectra.common.outputs")[1] < _layer("spectra.schema")[1] \
         < _layer("catalog.writers")[1] \
         < _layer("runtime.bundle")[1] < _layer("training.fit")[1] < _layer("export.onnx")[1] < _layer("tests.x")[1]
+    assert spectra_rank("spectra.wavegrid") < spectra_rank("spectra.forward.rotation") \
+        < spectra_rank("spectra.stores.gridstore") < spectra_rank("spectra.synth.grid") \
+        < spectra_rank("spectra.observed.rv") < spectra_rank("spectra.cli")
+    assert spectra_rank("spectra.contracts.flags") is None and spectra_rank("catalog.writers") is None
     # an import inside a function counts: spectra.stores.survey_reader opens simulated surveys lazily
     assert "spectra.stores.simulated" in dependency_graph()["spectra.stores.survey_reader"]
 

@@ -14,8 +14,9 @@ import pytest
 from spectra import schema
 from spectra.forward.degrade import C_KMS
 from spectra.forward.margin import hr_index
-from spectra.forward.rotation import Rotator, _Window, hr_rotator, rotate_grid
+from spectra.forward.rotation import Rotator, _Window, hr_rotator
 from spectra.prior import draw_labels
+from spectra.stores.derived import rotate_grid
 from spectra.stores.gridstore import GridReader, GridWriter
 from spectra.wavegrid import GRID_MARGIN, HR_WINDOWS, WavelengthGrid, hr_grid, hr_pixels
 from training.data import GridData

@@ -132,17 +132,28 @@ def test_int8_catalogue_within_tolerance_of_fp32(variants, tmp_path):
     assert 0 < worst <= VARIANT_TOLERANCE  # int8 really ran (not bit-equal) and is within tolerance
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_determinism_holds_for_every_precision(variants, tmp_path, precision):
-    """A spectrum's result depends on (seed, source_id) only, for every precision: workers and chunking do
-    not matter (int8 runs one spectrum per call: its activation scales are per call)."""
+def _on_cuda(precision: str):
+    """A (precision, "cuda") case, skipped unless ONNX Runtime here has the CUDA provider (onnxruntime-gpu and a GPU):
+    bf16 runs on ONNX Runtime's CUDA provider only, its CPU provider has no bf16 MatMul."""
+    missing = "CUDAExecutionProvider" not in ort.get_available_providers()
+    return pytest.param(precision, "cuda", id=f"{precision}-cuda",
+                        marks=pytest.mark.skipif(missing, reason="ONNX Runtime has no CUDAExecutionProvider here"))
+
+
+@pytest.mark.parametrize(("precision", "device"), [pytest.param("int8", "cpu", id="int8"),
+                                                   pytest.param("fp16", "cpu", id="fp16"),
+                                                   _on_cuda("fp16"), _on_cuda("bf16")])
+def test_determinism_holds_for_every_precision(variants, tmp_path, precision, device):
+    """A spectrum's result depends on (seed, source_id) only, for every precision of ONNX Runtime: workers and
+    chunking do not matter (int8 runs one spectrum per call: its activation scales are per call). The GPU variants
+    on the CUDA provider too, where there is one (OpenVINO's bf16: ``tests/test_engines.py``)."""
     bundle, survey = variants
-    options = replace(OPTIONS, precision=precision, batch=5)
+    options = replace(OPTIONS, precision=precision, batch=5, device=device)
     process_survey(survey, bundle, tmp_path / "a.zarr", options, chunk=16, progress=False)
     process_survey(survey, bundle, tmp_path / "b.zarr", replace(options, batch=3), chunk=40, progress=False)
     process_survey(survey, bundle, tmp_path / "c.zarr", options, workers=2, progress=False)
     a, b, c = (CatalogueStore.open(tmp_path / f"{k}.zarr") for k in "abc")
-    assert a.attrs["precision"] == precision
+    assert (a.attrs["precision"], a.attrs["device"]) == (precision, device)
     for name in a.columns:
         np.testing.assert_array_equal(a.column(name), b.column(name), err_msg=name)
         np.testing.assert_array_equal(a.column(name), c.column(name), err_msg=name)

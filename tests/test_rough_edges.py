@@ -152,6 +152,44 @@ def test_readme_fits_recipe_reads_without_a_warning(catalogue, tmp_path):
         assert Table.read(path).colnames == table.colnames  # without hdu=: the catalogue, with a warning
 
 
+
+def _expected_column(store: CatalogueStore, name: str) -> np.ndarray:
+    values = store.column(name)
+    return np.asarray(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
+
+
+@pytest.mark.parametrize("dataset", [False, True], ids=["file", "dataset-part"])
+def test_astropy_reads_the_parquet_export_with_units_and_descriptions(catalogue, tmp_path, dataset):
+    """Audit of issue 22: astropy's Parquet reader takes units and descriptions from the schema's
+    ``table_meta_yaml`` (and text widths from ``table::len::<name>``), not from the field metadata the export
+    wrote: ``Table.read`` gave every column without unit or description and warned for every text column."""
+    import astropy.units as u
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    from catalog.writers import export_parquet
+
+    out = export_parquet(catalogue, tmp_path / ("ds" if dataset else "c.parquet"), dataset=dataset)
+    path = out / "part-00000.parquet" if dataset else out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = Table.read(path, format="parquet")
+    store = CatalogueStore.open(catalogue)
+    assert table.colnames == store.columns and len(table) == store.n_rows
+    assert {"dex", "km/s", "K"} <= {store.column_info(n)["unit"] for n in store.columns}  # the units are exercised
+    for name in store.columns:
+        info = store.column_info(name)
+        assert table[name].description == info["description"], name
+        assert (table[name].unit == u.Unit(info["unit"])) if info["unit"] else table[name].unit is None, name
+        np.testing.assert_array_equal(table[name], _expected_column(store, name), err_msg=name)
+        assert table[name].dtype.kind == _expected_column(store, name).dtype.kind, name
+    assert table.meta["bundle_sha256"] == store.attrs["bundle_sha256"] and table.meta["rows_exported"] == store.n_rows
+    frame = pd.read_parquet(out)  # the other readers are unchanged
+    assert list(frame.columns) == store.columns
+    np.testing.assert_array_equal(frame["teff"], store.column("teff"))
+    assert pq.read_schema(path).field("teff").metadata[b"unit"] == b"K"
+
 # ------------------------------------------------------------------------------ 8: training outputs
 def _users_folder(tmp_path: Path, name: str = "mine") -> Path:
     folder = tmp_path / name

@@ -186,6 +186,42 @@ def test_export_takes_the_schema_from_the_run_not_from_live_code(setup, tmp_path
     assert not (tmp_path / "b2").exists()
 
 
+
+def _evaluation(run: Path, grid: Path, out: Path) -> tuple[dict, str, dict]:
+    """(metrics without timings, report.md without its speed, evaluation.npz) of a small evaluation of ``run``."""
+    from spectra.stores.survey import parse_snr
+    from training.evaluate import evaluate
+
+    metrics = evaluate(run, grid, out, snr=parse_snr("250"), n_samples=64, max_spectra=4, progress=False)
+    for key in ("seconds", "spectra_per_second"):
+        metrics.pop(key)
+    report = "\n".join(line for line in (out / "report.md").read_text().splitlines() if "spectra/s" not in line)
+    with np.load(out / "evaluation.npz") as saved:
+        return metrics, report, dict(saved)
+
+
+def test_evaluate_takes_the_schema_from_the_run_not_from_live_code(tiny_bundle, tmp_path, monkeypatch):
+    """Audit of issue 22: ``training evaluate`` took transforms, bounds, order, labels and units from the live
+    ``spectra.schema``, so an edit of the schema after training changed (or broke) the evaluation of the run; like
+    ``export onnx`` it reads the run's recorded schema, and refuses a run that recorded none."""
+    from spectra import schema
+
+    _, grid, run, _ = tiny_bundle
+    metrics, report, arrays = _evaluation(run, grid, tmp_path / "before")
+    assert "teff [K]" in report and metrics["parameters"] == schema.target_names()
+    edited = replace(schema.TARGETS[0], label="Temperature", unit="mK", transform="identity", upper=5000.0)
+    monkeypatch.setattr(schema, "TARGETS", tuple(reversed((edited, *schema.TARGETS[1:]))))
+    after = _evaluation(run, grid, tmp_path / "after")
+    assert after[0] == metrics and after[1] == report
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(after[2][name], values, err_msg=name)
+    copy = _copy(run, tmp_path / "run")
+    meta = json.loads((copy / "run.json").read_text())
+    del meta["schema"]
+    (copy / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"records no training schema"):
+        _evaluation(copy, grid, tmp_path / "none")
+
 def test_export_never_replaces_a_folder_it_did_not_write(setup, tmp_path):
     tmp, _, _, _ = setup
     folder = tmp_path / "mine"

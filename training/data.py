@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from spectra import schema
 from spectra.contracts.masks import INPUT_FILL, fill_masked
+from spectra.contracts.parameters import to_network
 from spectra.forward.degrade import add_noise
 from spectra.stores.gridstore import GridReader
 from spectra.stores.survey import PAPER_SNR
@@ -71,17 +73,23 @@ def draw_snr(rng: np.random.Generator, n: int, mode: str) -> np.ndarray:
 
 
 class GridData:
-    """Targets, split and noisy batches from a grid file (see the module docstring)."""
+    """Targets, split and noisy batches from a grid file (see the module docstring).
+
+    ``targets``: the parameters learned or evaluated, entries with at least "name" and "transform" (a run's recorded
+    ``schema["parameters"]``, so that an evaluation reads and transforms what the run was trained for even after
+    ``spectra.schema`` changed); default: the live ``spectra.schema`` targets, what a new training run is for.
+    """
 
     def __init__(self, grid_path: str | Path, fractions=(0.75, 0.20, 0.05), split_seed: int = 0,
-                 cache_bytes: int = 4 << 30):
+                 cache_bytes: int = 4 << 30, targets: Sequence[dict] | None = None):
         self.path = Path(grid_path)
         self.reader = GridReader(self.path)
+        self.targets = list(targets) if targets is not None else [p.as_dict() for p in schema.TARGETS]
         names = self.reader.label_names
-        missing = [n for n in schema.target_names() if n not in names]
+        missing = [t["name"] for t in self.targets if t["name"] not in names]
         if missing:
             raise ValueError(f"{self.path}: labels lack target(s) {missing}")
-        self.target_names = schema.target_names()
+        self.target_names = [t["name"] for t in self.targets]
         self._columns = [names.index(n) for n in self.target_names]
         done = np.flatnonzero(self.reader.done)
         if done.size < 10:
@@ -110,10 +118,9 @@ class GridData:
     def n_params(self) -> int:
         return len(self.target_names)
 
-    @staticmethod
-    def transform(labels: np.ndarray) -> np.ndarray:
-        """Physical targets (N, 13) -> network space before standardisation (log10 where the schema says)."""
-        return np.column_stack([p.to_network(labels[:, j]) for j, p in enumerate(schema.TARGETS)])
+    def transform(self, labels: np.ndarray) -> np.ndarray:
+        """Physical targets (N, D) -> network space before standardisation (log10 where the targets say)."""
+        return np.column_stack([to_network(labels[:, j], t["transform"]) for j, t in enumerate(self.targets)])
 
     def standardise(self, labels: np.ndarray) -> np.ndarray:
         return (self.transform(labels) - self.x_mean) / self.x_std

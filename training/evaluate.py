@@ -3,8 +3,9 @@
 For each spectrum of the split and each requested S/N a noisy copy is made (seeded by the spectrum's
 row, the S/N and ``seed``), 4096 posterior samples are drawn with their densities, samples outside
 the training bounds are rejected, and the MAP (highest-density valid sample) and quantiles are
-computed with ``runtime.posterior.summarize`` (the same code the runtime uses). Reported per S/N and
-parameter:
+computed with ``runtime.posterior.summarize`` (the same code the runtime uses). Parameters, transforms, bounds,
+labels and units are the run's recorded schema (run.json), never the live ``spectra.schema``, so a later edit
+of the schema cannot change the evaluation of a run trained before it. Reported per S/N and parameter:
 
 * Table A.1 analogue: mean residual (MAP - truth) +/- its standard deviation;
 * Table A.2 analogue: NRMSE = RMSE / (max - min of the parameter over the training rows);
@@ -45,7 +46,7 @@ from .data import GridData
 from .fit import load_run
 from .model import CINN
 
-__all__ = ["efficiency", "evaluate", "load_bound", "sample_posterior"]
+__all__ = ["efficiency", "evaluate", "load_bound", "run_targets", "sample_posterior"]
 
 
 def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
@@ -67,14 +68,29 @@ def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: 
 
 
 def to_physical(x_std: np.ndarray, x_mean: np.ndarray, x_std_dev: np.ndarray) -> np.ndarray:
-    """Standardised network outputs -> physical units with the transforms of ``spectra.schema.TARGETS``."""
+    """Standardised network outputs -> physical units with the transforms of the live ``spectra.schema.TARGETS``
+    (for a network of the current schema, as the benchmarks train; :func:`evaluate` uses the run's own record)."""
     return standardised_to_physical(x_std, x_mean, x_std_dev, [p.transform for p in schema.TARGETS])
 
 
+def run_targets(run: str | Path, meta: dict, n_params: int) -> list[dict]:
+    """The parameters ``run`` was trained for (names, labels, units, transforms, bounds) as its run.json recorded
+    them: ``spectra.schema`` may have changed since, and its live targets would mis-transform, mis-bound and
+    mislabel this network's outputs (``export onnx`` copies the same record into the bundle)."""
+    recorded = (meta.get("schema") or {}).get("parameters")
+    if not recorded:
+        raise ValueError(f"{run}/run.json records no training schema (parameters, transforms, bounds): the run "
+                         "predates schema recording; re-train it to evaluate what the network was trained for")
+    if len(recorded) != n_params:
+        raise ValueError(f"{run}: the recorded schema has {len(recorded)} parameters, the network {n_params}")
+    return list(recorded)
+
+
 def open_run_with_grid(run: str | Path, grid: str | Path) -> tuple[CINN, Config, dict, GridData]:
-    """A trained run and a grid split the way that run split it; the pixel grids must agree."""
+    """A trained run and a grid split the way that run split it, its targets those the run recorded
+    (:func:`run_targets`); the pixel grids must agree."""
     model, config, meta = load_run(run)
-    data = GridData(grid, config.split, config.split_seed)
+    data = GridData(grid, config.split, config.split_seed, targets=run_targets(run, meta, model.n_params))
     if data.n_pixels != model.n_pixels:
         data.close()
         raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")
@@ -146,9 +162,10 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
         rows = rows[:max_spectra]
     snr = snr or SnrSpec(values=(250.0,))
     snr_values = list(snr.values) if snr.values else [None]
-    names = data.target_names
-    lower = np.array([p.lower for p in schema.TARGETS])
-    upper = np.array([p.upper for p in schema.TARGETS])
+    names, targets = data.target_names, data.targets  # the run's recorded parameters, not the live schema
+    transforms = [p["transform"] for p in targets]
+    lower = np.array([p["lower"] for p in targets], dtype=float)
+    upper = np.array([p["upper"] for p in targets], dtype=float)
     train_labels = data.labels[data.rows if split == "all" else data.split.train]
     label_range = train_labels.max(axis=0) - train_labels.min(axis=0)
     x_mean, x_sd = model.x_mean.numpy().astype(float), model.x_std.numpy().astype(float)
@@ -168,7 +185,7 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
                 flux = normaliser(flux).astype(np.float32)
             seeds = [[seed, int(r), k, 17] for r in batch]
             x_std, logp = sample_posterior(model, flux, snr_in, n_samples, seeds)
-            phys = to_physical(x_std, x_mean, x_sd)
+            phys = standardised_to_physical(x_std, x_mean, x_sd, transforms)
             summary = summarize(phys, logp, lower, upper)
             truth = data.labels[batch]
             valid = np.all((phys >= lower) & (phys <= upper), axis=2)
@@ -205,8 +222,8 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
                             "n_stars": bound_table.get("meta", {}).get("n_stars")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     _save_arrays(out / "evaluation.npz", results, rows, names)
-    _plots(results, names, out)
-    (out / "report.md").write_text(_render(metrics))
+    _plots(results, names, {p["name"]: f"{p['label']} [{p['unit']}]" for p in targets}, out)
+    (out / "report.md").write_text(_render(metrics, {p["name"]: p["unit"] for p in targets}))
     data.close()
     return metrics
 
@@ -244,13 +261,13 @@ def _metrics(truth, maps, quantiles, n_valid, ranks, n_samples, label_range, nam
     return out
 
 
-def _plots(results: dict, names: list[str], out: Path) -> None:
+def _plots(results: dict, names: list[str], labels: dict[str, str], out: Path) -> None:
+    """The report's figures; ``labels``: axis title per parameter (label and unit, as the run recorded them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {p.name: f"{p.label} [{p.unit}]" for p in schema.TARGETS}
     keys = list(results)
     show = "250" if "250" in results else keys[-1]
     arrays = results[show]["_arrays"]
@@ -308,9 +325,9 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _render(m: dict) -> str:
+def _render(m: dict, units: dict[str, str]) -> str:
+    """report.md from the metrics; ``units``: per parameter, as the run recorded them."""
     names = m["parameters"]
-    units = {p.name: p.unit for p in schema.TARGETS}
     head = "| S/N | " + " | ".join(f"{n} [{units[n]}]" for n in names) + " |"
     sep = "|---" * (len(names) + 1) + "|"
     lines = [f"# Evaluation of `{Path(m['run']).name}` ({m['config']} config, epoch {m['epoch']})", "",

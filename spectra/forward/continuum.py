@@ -28,8 +28,7 @@ from scipy.ndimage import uniform_filter1d
 
 from ..contracts.conventions import KNOT_SPACING, PSEUDO_CONTINUUM
 
-__all__ = ["BATCH_TOLERANCE", "BatchNormaliser", "ContinuumOptions", "normalise", "normalise_grid",
-           "pseudo_continuum"]
+__all__ = ["BATCH_TOLERANCE", "BatchNormaliser", "ContinuumOptions", "normalise", "pseudo_continuum"]
 
 
 @dataclass(frozen=True)
@@ -102,61 +101,6 @@ def normalise(wave: np.ndarray, flux: np.ndarray, options: ContinuumOptions | No
     return flux / pseudo_continuum(wave, flux, options)
 
 
-def _normalise_rows(args) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, normalised flux) for one block of a grid file (a worker of :func:`normalise_grid`)."""
-    from ..stores.gridstore import GridReader
-    from ..wavegrid import hr_grid
-
-    source, rows, opt = args
-    wave = hr_grid().wave
-    with GridReader(source) as reader:
-        flux = reader.flux[np.asarray(rows), :].astype(float)
-    return rows, np.stack([normalise(wave, f, opt) for f in flux])
-
-
-def normalise_grid(source, out, options: ContinuumOptions | None = None, progress: bool = True, workers: int = 1):
-    """Copy a grid file with every finished row divided by its pseudo-continuum (noiseless spectra).
-
-    The copy's attributes record the normalisation (``continuum``) and the source grid; training on it
-    makes the network expect pseudo-continuum normalised input, as ``spectra ingest`` delivers. ``workers``
-    processes fit blocks of 64 rows (~0.1 s per spectrum each); this process writes them.
-
-    The scalar fit, not :class:`BatchNormaliser`: on *noiseless* float16-packed PySME spectra the clipping
-    iteration of the two can settle on different kept sets for a few rows in 64 (measured: 5 of 64, one by
-    150 %), though on the same spectra with S/N 100 or 1000 noise they agree to 4e-14. Grids are normalised
-    once; training batches, which are noisy, use the batched fit.
-    """
-    from concurrent.futures import ProcessPoolExecutor
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from ..stores.gridstore import GridReader, GridWriter
-    from ..wavegrid import hr_grid
-
-    opt = options or ContinuumOptions()
-    out = Path(out)
-    grid = hr_grid()
-    with GridReader(source) as reader:
-        if reader.wavelength.size != grid.size:
-            raise ValueError(f"{source}: {reader.wavelength.size} pixels; normalise-grid works on the HR grid")
-        attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
-        attrs.update(continuum=opt.describe(), normalised_from=str(Path(source).resolve()))
-        done, labels = reader.done, reader.labels
-        methods, seconds = reader.atmosphere_method, reader.synthesis_seconds
-    with GridWriter(out, done.size, grid, attrs) as writer:  # an interrupted copy is resumed
-        todo = np.flatnonzero(done & ~writer.done)
-        blocks = [(str(source), todo[a:a + 64], opt) for a in range(0, todo.size, 64)]
-        bar = tqdm(total=todo.size, desc=f"normalise {out.name}", disable=not progress)
-        with ProcessPoolExecutor(max(1, workers)) as pool:
-            for rows, flux in (pool.map(_normalise_rows, blocks) if workers > 1 else map(_normalise_rows, blocks)):
-                for i, f in zip(rows, flux, strict=True):
-                    writer.write_row(int(i), f, labels[i], methods[i], float(seconds[i]))
-                bar.update(len(rows))
-        bar.close()
-    return out
-
-
 class BatchNormaliser:
     """:func:`pseudo_continuum` for many spectra on one wavelength grid at once (training batches, whole grids).
 
@@ -174,7 +118,7 @@ class BatchNormaliser:
     Equal to :func:`pseudo_continuum` within :data:`BATCH_TOLERANCE` on noisy spectra (float rounding; checked
     across the prior by ``tests/test_continuum.py``). Rows with non-finite flux, and rows whose kept points leave a
     singular system, fall back to the scalar fit. On *noiseless* spectra the clipping of the two fits can settle on
-    different kept sets for a few rows in 64 (``normalise_grid`` therefore keeps the scalar fit).
+    different kept sets for a few rows in 64 (``spectra.stores.derived.normalise_grid`` therefore keeps the scalar fit).
     """
 
     def __init__(self, wave: np.ndarray, options: ContinuumOptions | None = None):

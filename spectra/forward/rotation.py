@@ -28,7 +28,7 @@ from ..wavegrid import WavelengthGrid, hr_grid_of
 from .degrade import C_KMS, LIMB_DARKENING, _rotation_kernel
 from .margin import crop, hr_index
 
-__all__ = ["Rotator", "draw_vbroad", "hr_rotator", "rotate_grid"]
+__all__ = ["Rotator", "draw_vbroad", "hr_rotator"]
 
 
 class _Window:
@@ -161,66 +161,3 @@ def hr_rotator(wave: np.ndarray, dv: float = 0.5, dtype: type = np.float64) -> R
 def draw_vbroad(feh: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Fresh v_broad [km/s] from the grid prior (``spectra.contracts.conventions.vbroad_from_uniform``)."""
     return vbroad_from_uniform(rng.uniform(size=np.shape(feh)), feh)
-
-
-def rotate_grid(source, out, copies: int = 1, seed: int = 0, batch: int = 64, progress: bool = True):
-    """A rotated grid from an unrotated one (``spectra grid --unrotated``): ``copies`` rows per base spectrum, the
-    first rotated by the row's own ``vbroad`` label, the others by fresh draws from the prior (v_broad as
-    augmentation: one synthesis, many rotations). Labels carry the v_broad applied. Resumable like any grid.
-
-    A source stored with a margin is rotated on it and cropped (:func:`hr_rotator`): the rotated grid is on the HR
-    pixels, what training and surveys read."""
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from ..stores.gridstore import GridReader, GridWriter
-    from ..wavegrid import hr_grid
-
-    if copies < 1:
-        raise ValueError(f"--copies must be >= 1, got {copies}")
-    out = Path(out)
-    with GridReader(source) as reader:
-        if reader.attrs.get("rotation") != "none":
-            raise ValueError(f"{source}: rotation = {reader.attrs.get('rotation')!r}; rotate-grid needs an unrotated "
-                             "grid (spectra grid --unrotated)")
-        try:
-            rotator = hr_rotator(reader.wavelength)
-        except ValueError:
-            raise ValueError(f"{source}: {reader.wavelength.size} pixels; rotate-grid works on the HR grid (with or "
-                             "without a margin)") from None
-        names = reader.label_names
-        iv, ifeh = names.index("vbroad"), names.index("fe_h")
-        base = np.flatnonzero(reader.done)
-        labels, methods, seconds = reader.labels, reader.atmosphere_method, reader.synthesis_seconds
-        attrs = _rotated_attrs(reader.attrs, rotator, Path(source), copies, seed, int(base.size))
-        plan = []  # (out row, source row, v_broad)
-        for c in range(copies):
-            rng = np.random.default_rng([seed, c])
-            v = labels[base, iv] if c == 0 else draw_vbroad(labels[base, ifeh], rng)
-            plan += [(c * base.size + k, int(i), float(vk)) for k, (i, vk) in enumerate(zip(base, v, strict=True))]
-        with GridWriter(out, len(plan), hr_grid(), attrs) as writer:
-            todo = [p for p in plan if not writer.done[p[0]]]
-            for a in tqdm(range(0, len(todo), batch), desc=f"rotate {out.name}", disable=not progress):
-                part = todo[a:a + batch]
-                unique, inverse = np.unique([p[1] for p in part], return_inverse=True)  # h5py: increasing, unique
-                flux = reader.flux[unique, :][inverse].astype(float)
-                rotated = rotator(flux, np.array([p[2] for p in part]))
-                for (target, i, v), f in zip(part, rotated, strict=True):
-                    row = labels[i].copy()
-                    row[iv] = v
-                    writer.write_row(target, f, row, methods[i], float(seconds[i]))
-    return out
-
-
-def _rotated_attrs(source_attrs: dict, rotator: Rotator, source, copies: int, seed: int, base_rows: int) -> dict:
-    """The rotated grid's attributes: the source's, plus how it was rotated and from what; for a source with a
-    margin also the pixels it was rotated on, and ``hr_grid`` set to the HR grid it is stored on now."""
-    from ..wavegrid import hr_grid
-
-    attrs = {k: v for k, v in source_attrs.items() if k not in ("format", "n", "wavelength_sha256", "created")}
-    attrs.update(rotation=f"applied by spectra.forward.rotation.Rotator, {copies} v_broad per base spectrum "
-                          f"(seed {seed})", rotated_from=str(source.resolve()), base_rows=base_rows)
-    if rotator.keep is not None:
-        attrs.update(rotated_on=f"{rotator.grid.name}, then cropped to the HR pixels", hr_grid=hr_grid().name)
-    return attrs
