@@ -118,12 +118,13 @@ def test_evaluate_report_has_sigma_over_bound(tmp_path):
     metrics = {"run": "runs/x", "config": "tiny", "epoch": 1, "split": "test", "grid": "g.h5", "n_spectra": 10,
                "n_samples": 16, "spectra_per_second": 1.0, "parameters": ["teff", "logg"], "per_snr": per_snr,
                "bound": {"file": "bound.json", "snr": ["250", "50"], "n_stars": 3}}
-    report = _render(metrics)
+    report = _render(metrics, {"teff": "K", "logg": "dex"})
     section = report.split("## σ / bound")[1].split("\n\n")[2].splitlines()  # the table
     assert section[2] == "| 250 | 5.00 | 2.00 |"
     assert section[3] == "| 20 | n/a | n/a |"
     del metrics["bound"]
-    assert "σ / bound" not in _render(metrics)  # optional: reports without a bound file stay as they were
+    # optional: reports without a bound file stay as they were
+    assert "σ / bound" not in _render(metrics, {"teff": "K", "logg": "dex"})
     with pytest.raises(ValueError, match="not a bound file"):
         load_bound(_write(tmp_path / "other.json", {"per_snr": {}}))
 

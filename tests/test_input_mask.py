@@ -67,7 +67,10 @@ def test_the_mask_covers_the_o2_band_and_the_halpha_core_shifted_to_rest_and_not
     assert "H2O" in record["description"]  # says what is not masked
     again, fill = mask_from_record(json.loads(json.dumps(record)), wave)  # JSON-able and recomputable
     np.testing.assert_array_equal(again, mask)
-    assert fill == 1.0 and set(INPUT_MASKS) == {"model-invalid"}
+    assert fill == 1.0 and set(INPUT_MASKS) == {"model-invalid", "telluric"}
+    telluric_only, _ = input_mask(wave, "telluric")  # the O2 band alone: the same band, not the H-alpha core
+    halpha = (wave >= 6561.8 - LSF_REACH) & (wave <= 6563.8 + LSF_REACH)
+    np.testing.assert_array_equal(telluric_only, mask & ~halpha)
 
 
 def test_a_record_that_does_not_describe_the_pixels_is_refused_in_one_line():
