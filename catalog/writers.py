@@ -317,24 +317,26 @@ def _arrow_schema(store: CatalogueStore, blocks: list[tuple[int, int]]):
         fields.append(pa.field(name, types[info["dtype"]], metadata={
             b"unit": str(info["unit"] or "").encode(), b"description": str(info["description"]).encode()}))
     rows = int(sum(b - a for a, b in blocks))
-    metadata = {k.encode(): str(v).encode() for k, v in provenance(store).items()}
+    record = provenance(store)
+    metadata = {k.encode(): str(v).encode() for k, v in record.items()}
     metadata[b"flag_table"] = json.dumps(flag_records("flags")).encode()
     metadata[b"ingest_flag_table"] = json.dumps(flag_records("ingest_flags")).encode()
     metadata[b"rows_exported"] = str(rows).encode()
     metadata[b"rows_total"] = str(store.n_rows).encode()
-    metadata.update(_astropy_metadata(store, _text_lengths(store, blocks, len), rows))
+    metadata.update(_astropy_metadata(store, record, _text_lengths(store, blocks, len), rows))
     return pa.schema(fields, metadata=metadata)
 
 
-def _astropy_metadata(store: CatalogueStore, text_lengths: dict[str, int], rows: int) -> dict[bytes, bytes]:
+def _astropy_metadata(store: CatalogueStore, record: dict, text_lengths: dict[str, int],
+                      rows: int) -> dict[bytes, bytes]:
     """The schema keys astropy's Parquet reader takes a table's description from, as ``Table.write`` makes them:
     ``table_meta_yaml`` (astropy's serialized header of a 0-row table of the same columns: dtypes, units,
-    descriptions, and the run's provenance as table meta, as :func:`read_table` gives it) and ``table::len::<name>``
-    per text column (its longest value: without it astropy warns and measures every row)."""
+    descriptions, and the run's provenance ``record`` as table meta, as :func:`read_table` gives it) and
+    ``table::len::<name>`` per text column (its longest value: without it astropy warns and measures every row)."""
     from astropy.table import Table
     from astropy.table.meta import get_yaml_from_table
 
-    model = Table(meta={**provenance(store), "rows_exported": rows, "rows_total": store.n_rows})
+    model = Table(meta={**record, "rows_exported": rows, "rows_total": store.n_rows})
     for name in store.columns:
         info = store.column_info(name)
         dtype = f"U{text_lengths[name]}" if info["dtype"] == "str" else info["dtype"]

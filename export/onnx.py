@@ -30,7 +30,7 @@ from spectra.contracts.masks import input_mask, mask_from_record
 from spectra.contracts.streams import scheme as random_stream_scheme
 from spectra.forward.degrade import snr_per_pixel
 from spectra.wavegrid import wavelength_sha256
-from training.fit import load_run
+from training.fit import load_run, recorded_schema
 from training.model import CINN
 
 from .summary import export_summary
@@ -144,14 +144,9 @@ def export_bundle(run: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, 
     """
     run, out = Path(run), Path(out)
     model, config, meta = load_run(run)
-    trained_for = meta.get("schema")
-    if not trained_for:
-        raise ValueError(f"{run}/run.json records no training schema (parameters, bounds, S/N range, continuum): "
-                         "the run predates schema recording; re-train it so that the bundle describes what the "
-                         "network was really trained for")
+    trained_for = recorded_schema(run, meta, model.n_params,
+                                  "the bundle describes what the network was really trained for")
     names = [p["name"] for p in trained_for["parameters"]]
-    if len(names) != model.n_params:
-        raise ValueError(f"{run}: the recorded schema has {len(names)} parameters, the network {model.n_params}")
     grid_path = Path(meta.get("grid", ""))
     if grid_path.is_file():
         from spectra.stores.gridstore import GridReader

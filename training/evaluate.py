@@ -43,10 +43,10 @@ from spectra.stores.survey import SnrSpec
 
 from .config import Config
 from .data import GridData
-from .fit import load_run
+from .fit import load_run, recorded_schema
 from .model import CINN
 
-__all__ = ["efficiency", "evaluate", "load_bound", "run_targets", "sample_posterior"]
+__all__ = ["efficiency", "evaluate", "load_bound", "sample_posterior"]
 
 
 def sample_posterior(model: CINN, flux: np.ndarray, snr: np.ndarray, n_samples: int, seeds: list,
@@ -73,24 +73,12 @@ def to_physical(x_std: np.ndarray, x_mean: np.ndarray, x_std_dev: np.ndarray) ->
     return standardised_to_physical(x_std, x_mean, x_std_dev, [p.transform for p in schema.TARGETS])
 
 
-def run_targets(run: str | Path, meta: dict, n_params: int) -> list[dict]:
-    """The parameters ``run`` was trained for (names, labels, units, transforms, bounds) as its run.json recorded
-    them: ``spectra.schema`` may have changed since, and its live targets would mis-transform, mis-bound and
-    mislabel this network's outputs (``export onnx`` copies the same record into the bundle)."""
-    recorded = (meta.get("schema") or {}).get("parameters")
-    if not recorded:
-        raise ValueError(f"{run}/run.json records no training schema (parameters, transforms, bounds): the run "
-                         "predates schema recording; re-train it to evaluate what the network was trained for")
-    if len(recorded) != n_params:
-        raise ValueError(f"{run}: the recorded schema has {len(recorded)} parameters, the network {n_params}")
-    return list(recorded)
-
-
 def open_run_with_grid(run: str | Path, grid: str | Path) -> tuple[CINN, Config, dict, GridData]:
     """A trained run and a grid split the way that run split it, its targets those the run recorded
-    (:func:`run_targets`); the pixel grids must agree."""
+    (:func:`training.fit.recorded_schema`); the pixel grids must agree."""
     model, config, meta = load_run(run)
-    data = GridData(grid, config.split, config.split_seed, targets=run_targets(run, meta, model.n_params))
+    trained_for = recorded_schema(run, meta, model.n_params, "the evaluation reads what the network was trained for")
+    data = GridData(grid, config.split, config.split_seed, targets=trained_for["parameters"])
     if data.n_pixels != model.n_pixels:
         data.close()
         raise ValueError(f"{grid}: {data.n_pixels} pixels, but the model in {run} expects {model.n_pixels}")

@@ -377,6 +377,20 @@ def save_untrained_run(config: Config, n_pixels: int, n_params: int, out: str | 
     return model, out
 
 
+def recorded_schema(run: str | Path, meta: dict, n_params: int, use: str) -> dict:
+    """The schema ``run`` was trained with (parameters, labels, units, transforms, bounds, S/N range, continuum) as
+    its run.json recorded it: ``spectra.schema`` may have changed since, and its live targets would mis-transform,
+    mis-bound and mislabel this network's outputs. ``use``: what the caller needs it for, for the error message."""
+    recorded = meta.get("schema")
+    if not recorded or not recorded.get("parameters"):
+        raise ValueError(f"{run}/run.json records no training schema (parameters, bounds, S/N range, continuum): "
+                         f"the run predates schema recording; re-train it so that {use}")
+    if len(recorded["parameters"]) != n_params:
+        raise ValueError(f"{run}: the recorded schema has {len(recorded['parameters'])} parameters, "
+                         f"the network {n_params}")
+    return recorded
+
+
 def load_run(run: str | Path, which: str = "best") -> tuple[CINN, Config, dict]:
     """Model (eval mode, CPU), config and metadata of a run folder."""
     run = Path(run)
