@@ -334,16 +334,17 @@ def test_chi2_resim_leaves_the_masked_pixels_out(masked):
 
 
 def test_a_bundle_without_the_key_uses_every_pixel_as_before(tiny_bundle):
-    """The shared test bundle (trained with input_mask None) and the packaged default model have no entry: no mask,
-    the flux untouched, the masked pixels reaching the network and the chi2 as every other pixel."""
+    """The shared test bundle (trained with input_mask None) has no entry: no mask, the flux untouched, the masked
+    pixels reaching the network and the chi2 as every other pixel. The packaged default model (session 11) records
+    the model-invalid mask, which its re-simulation check leaves out as well."""
     from runtime.packaged import default_bundle
     from runtime.resim import Resimulator
     from runtime.sampler import OnnxPosterior
 
     _, grid, _, path = tiny_bundle
     default = load_bundle(default_bundle(), check_graphs=False)
-    assert "input_mask" not in default.manifest.raw and default.input_mask is None
-    assert Resimulator(default).exclude is None
+    assert default.manifest.raw["input_mask"]["name"] == "model-invalid"
+    assert default.input_mask is not None and Resimulator(default).exclude is not None
     bundle = load_bundle(path)
     assert "input_mask" not in bundle.manifest.raw and bundle.input_mask is None
     flux, snr = _noisy(grid, 2)
