@@ -3,7 +3,7 @@ the emulator's own error puts under any model trained on emulated spectra; write
 results/information_limit/report.md + bound.json (+ per_star.json).
 
     python benchmarks/information_limit.py [--emulator runtime/default_bundle | EMULATOR_RUN] \
-        [--grid test.h5 | training/grids/test-s9001-*.h5] [--snr 20,50,250] [--stars N] [--out DIR]
+        [--grid test.h5 | training/grids/test-sun-s9001-*.h5] [--snr 20,50,250] [--stars N] [--out DIR]
 
 Why: an accuracy table alone cannot say whether a network is poor or the data are; the bound is the yardstick
 (``training evaluate --bound bound.json`` adds σ / bound to its report). Method (``training.information``):
@@ -195,7 +195,8 @@ def main() -> None:
     parser.add_argument("--emulator", default=str(ROOT / "runtime" / "default_bundle"),
                         help="model bundle with an emulator, or an emulator run folder (training emulator-fit)")
     parser.add_argument("--grid", nargs="+", default=sorted(map(str, (ROOT / "training" / "grids").glob(
-        "test-s9001-*.h5"))), help="unrotated PySME grid file, or packed shards of one")
+        "test-sun-s9001-*.h5"))), help="unrotated PySME grid file, or packed shards of one (default: the fixed "
+                        "held-out set made with the calibrated list the default model is trained on)")
     parser.add_argument("--snr", default="20,50,250", help="S/N per Å, comma-separated")
     parser.add_argument("--stars", type=int, help="only the first N stars")
     parser.add_argument("--threads", type=int, default=1)

@@ -56,3 +56,34 @@ def test_emulator_learns_refuses_rotated_grids_and_exports_with_parity(tmp_path)
     assert onnx_parity(tmp_path / "emu", out, labels) < 1e-5
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_emulator(tmp_path / "emu", tmp_path / "onnx")
+
+
+def test_pca_basis_emulator_learns_round_trips_and_exports_with_parity(tmp_path):
+    """``basis`` > 0: the output is the mean plus coefficients times the training spectra's principal components
+    (orthogonal, equal norms); trained on the coefficients, it learns as well as the per-pixel head, reloads to the
+    same output and exports with parity (the basis travels as an fp16 initializer when asked)."""
+    from export.emulator import export_emulator, onnx_parity
+    from training.emulator import load_emulator, pca_basis
+
+    flux = np.random.default_rng(0).normal(size=(20, 50))
+    basis = pca_basis(flux, flux.mean(axis=0), 5)
+    gram = basis.astype(float) @ basis.T.astype(float)
+    assert np.allclose(gram, gram[0, 0] * np.eye(5), atol=1e-4 * gram[0, 0])
+    with pytest.raises(ValueError, match="at most 20"):
+        pca_basis(flux, flux.mean(axis=0), 21)
+
+    train = _grid(tmp_path / "train.h5", 48, seed=3)
+    test = _grid(tmp_path / "test.h5", 12, seed=4)
+    config = EmulatorConfig(hidden=(32, 32), steps=300, log_every=100, basis=8, schedule="onecycle",
+                            weight_decay=1e-5)
+    fit_emulator([train], tmp_path / "emu", config, progress=False)
+    table = evaluate_emulator(tmp_path / "emu", [test], tmp_path / "report")
+    mean_only = np.sqrt(np.mean((1.0 - line_spectrum(hr_grid().wave, seed=10, n_lines=300)) ** 2)) * 0.1
+    assert table["rms_median"] < mean_only
+    model, record, _ = load_emulator(tmp_path / "emu")
+    assert record["config"]["basis"] == 8 and tuple(model.basis.shape) == (8, hr_grid().wave.size)
+    assert float(model.basis.abs().max()) > 0  # the basis was saved and reloaded, not left at zeros
+    labels = draw_labels(8, seed=9)[:, [schema.label_names().index(n) for n in EMULATOR_INPUTS]]
+    assert onnx_parity(tmp_path / "emu", export_emulator(tmp_path / "emu", tmp_path / "onnx"), labels) < 1e-5
+    half = export_emulator(tmp_path / "emu", tmp_path / "onnx16", weights="fp16")
+    assert onnx_parity(tmp_path / "emu", half, labels) < 1e-3

@@ -141,7 +141,7 @@ def test_information_limit_script_on_two_shipped_stars(tmp_path):
     pytest.importorskip("FrEIA")
     from training.evaluate import efficiency, load_bound
 
-    shards = sorted((ROOT / "training" / "grids").glob("test-s9001-*.h5"))
+    shards = sorted((ROOT / "training" / "grids").glob("test-sun-s9001-*.h5"))
     if not shards or not (ROOT / "runtime" / "default_bundle" / "emulator.onnx").is_file():
         pytest.skip("shipped held-out shards or bundle emulator not in this checkout")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "information_limit.py"), "--stars", "2", "--snr",

@@ -89,7 +89,8 @@ def _cmd_emulator_fit(args: argparse.Namespace) -> int:
     from .emulator import EmulatorConfig, fit_emulator
 
     config = EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, basis=args.basis,
+                            weight_decay=args.weight_decay, schedule=args.schedule)
     record = fit_emulator(args.grid, args.out, config, progress=not args.quiet)
     print(f"{args.out}: emulator trained on {record['n_train']} spectra in {record['cpu_seconds']:.0f} s; "
           f"validation rms (median) {100 * record['val_rms_median']:.3f} %")
@@ -177,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", default="256,256,512", help="hidden layer widths")
     p.add_argument("--steps", type=int, default=3000, help="Adam steps")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (cosine decay)")
+    p.add_argument("--lr", type=float, default=1e-3, help="(peak) learning rate")
+    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine",
+                   help="learning-rate schedule: cosine decay from --lr, or one cycle (5 %% warm-up, then annealing)")
+    p.add_argument("--basis", type=int, default=0, help="principal components of the training spectra as the "
+                   "output basis (0: one output weight per pixel); 384 rebuilds held-out spectra to 0.03 %%")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_emulator_fit)
