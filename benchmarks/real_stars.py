@@ -53,8 +53,10 @@ import numpy as np
 import zarr
 from _common import machine
 
+from catalog.calibrate import LineFit, fit_line
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
+from spectra.contracts.flags import BAD
 from spectra.forward.continuum import ContinuumOptions, normalise
 from spectra.forward.degrade import add_noise
 from spectra.observed.ingest import IngestFlag, IngestOptions, ingest
@@ -84,6 +86,15 @@ METAL_POOR = (
 ALL_STARS = STARS + METAL_POOR
 SHOWN = ("teff", "logg", "fe_h", "vmic", "vbroad", "mg_fe", "ca_fe")
 ZOOMS = ((5165.0, 5195.0), (6540.0, 6590.0), (6150.0, 6170.0))
+#: spectra of one physical star: held out together in the leave-one-star-out bias correction
+SAME_STAR = {"UVES Sun": "Sun", "HARPS Sun (Ganymede)": "Sun"}
+#: parameters of the bias correction (Eq. B.1) and the condition whose rows it uses
+BIAS_PARAMETERS = ("teff", "logg", "fe_h")
+BIAS_VARIANT = "s250"
+#: literature error assumed for the fit weights where the literature gives none (the approximate MIKE means)
+ASSUMED_ERROR = {"teff": 100.0, "logg": 0.2, "fe_h": 0.2}
+#: the paper's (and ``catalog calibrate``'s default) cut: calibration stars have catalogue [Fe/H] >= this
+PAPER_MIN_FEH = -2.5
 
 
 def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
@@ -109,6 +120,95 @@ def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
     root["flux"][:] = flux.astype(np.float32)
     root["snr"][:] = np.minimum(snr, target).astype(np.float32)
     root.attrs["degraded_to_snr"] = target
+
+
+def bias_rows(stars: list[dict], variant: str = BIAS_VARIANT) -> list[dict]:
+    """One row per spectrum for the Eq. B.1 fit: MAP T_eff, residual MAP − literature and its σ per parameter.
+
+    σ² = literature error² + (68 % half-width)², as ``catalog calibrate`` weighs; a literature value without an
+    error gets :data:`ASSUMED_ERROR` (otherwise it would have no weight at all, or infinite). Rows the runtime could
+    not estimate (a BAD flag) are left out, as ``catalog calibrate`` leaves out flag_bad.
+    """
+    rows = []
+    for s in stars:
+        v = s[variant]
+        if v["flags"] & int(BAD):
+            continue
+        row = {"spectrum": s["star"], "star": SAME_STAR.get(s["star"], s["star"]), "teff_map": v["teff"]["map"],
+               "fe_h_map": v["fe_h"]["map"], "residual": {}, "sigma": {}}
+        for p in BIAS_PARAMETERS:
+            value, error = s["literature"][p]
+            half68 = 0.5 * (v[p]["p84"] - v[p]["p16"])
+            row["residual"][p] = v[p]["map"] - value
+            row["sigma"][p] = float(np.hypot(ASSUMED_ERROR[p] if error is None else error, half68))
+        rows.append(row)
+    return rows
+
+
+def _fit(rows: list[dict], p: str) -> LineFit:
+    """fit_line on these rows for parameter ``p`` (raises ValueError below 3 rows)."""
+    return fit_line(np.array([r["teff_map"] for r in rows]), np.array([r["residual"][p] for r in rows]),
+                    np.array([r["sigma"][p] for r in rows]))
+
+
+def _rms(x: list[float]) -> float:
+    """Root mean square (NaN for no values: a section with no corrected row says so rather than 0)."""
+    return float(np.sqrt(np.mean(np.square(x)))) if x else float("nan")
+
+
+def leave_one_star_out(rows: list[dict], parameters: tuple[str, ...] = BIAS_PARAMETERS) -> dict:
+    """Eq. B.1 scored honestly: each physical star's rows corrected with a, b fitted on the other stars' rows only.
+
+    All spectra of one star (``row["star"]``) leave together, so the Sun's second spectrum cannot calibrate its
+    first. A held-out star whose complement has fewer than 3 rows gets no correction (``coefficients`` None) and
+    is left out of both rms, which are over the same rows. The all-star fit is returned apart, as ``in_sample``:
+    it is what ``catalog calibrate`` would store, and it has seen every star, so it is not scored.
+    """
+    held_out, before, after = [], {p: [] for p in parameters}, {p: [] for p in parameters}
+    for star in dict.fromkeys(r["star"] for r in rows):
+        held = [r for r in rows if r["star"] == star]
+        train = [r for r in rows if r["star"] != star]
+        entry = {"star": star, "fit_rows": len(train), "coefficients": {}, "rows": []}
+        try:
+            fits = {p: _fit(train, p) for p in parameters}
+        except ValueError as exc:
+            entry["coefficients"], entry["reason"] = None, str(exc)
+            fits = None
+        for r in held:
+            row = {"spectrum": r["spectrum"], "teff_map": r["teff_map"], "before": dict(r["residual"]), "after": None}
+            if fits is not None:
+                row["after"] = {p: r["residual"][p] - (fits[p].a * r["teff_map"] + fits[p].b) for p in parameters}
+                for p in parameters:
+                    before[p].append(row["before"][p])
+                    after[p].append(row["after"][p])
+            entry["rows"].append(row)
+        if fits is not None:
+            entry["coefficients"] = {p: {"a": f.a, "b": f.b, "a_err": f.a_err, "b_err": f.b_err, "n": f.n}
+                                     for p, f in fits.items()}
+        held_out.append(entry)
+    in_sample = {}
+    for p in parameters:
+        try:
+            f = _fit(rows, p)
+            in_sample[p] = {"a": f.a, "b": f.b, "a_err": f.a_err, "b_err": f.b_err, "n": f.n}
+        except ValueError:
+            in_sample[p] = None
+    return {"held_out": held_out, "in_sample": in_sample,
+            "rms": {p: {"before": _rms(before[p]), "after": _rms(after[p]), "rows": len(before[p])}
+                    for p in parameters}}
+
+
+def bias_correction(stars: list[dict], variant: str = BIAS_VARIANT, min_feh: float = PAPER_MIN_FEH) -> dict:
+    """The report's Eq. B.1 section: leave-one-star-out scores, the in-sample coefficients, and why the paper's
+    [Fe/H] cut is not applied (how many rows it would leave to fit when a star is held out)."""
+    rows = bias_rows(stars, variant)
+    kept = [r for r in rows if r["fe_h_map"] >= min_feh]
+    stars_kept = list(dict.fromkeys(r["star"] for r in kept))
+    most = max((sum(r["star"] != s for r in kept) for s in stars_kept), default=0)
+    return {"variant": variant, "parameters": list(BIAS_PARAMETERS), "assumed_error": ASSUMED_ERROR,
+            "same_star": SAME_STAR, "rows": len(rows), "stars": len({r["star"] for r in rows}),
+            "paper_min_feh": min_feh, "stars_above_min_feh": stars_kept, "rows_above_min_feh": len(kept),
+            "max_fit_rows_with_cut": most, **leave_one_star_out(rows)}
 
 
 def synthesize_normalised(maker, labels: dict, observed_cover: np.ndarray, options: ContinuumOptions) -> np.ndarray:
@@ -220,6 +320,7 @@ def main() -> None:
         results["stars"].append(star)
         print(f"{key}: done", file=sys.stderr)
 
+    results["bias_correction"] = bias_correction(results["stars"])
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     (out / f"{args.name}.md").write_text(render(results))
     print(out / f"{args.name}.md")
@@ -232,6 +333,74 @@ def _fmt(p: str, v: float) -> str:
 def _literature(p: str, value: float, error: float | None) -> str:
     """'value ± error', or '≈ value' for the approximate means that have no error."""
     return f"≈ {_fmt(p, value)}" if error is None else f"{_fmt(p, value)} ± {_fmt(p, error)}"
+
+
+def _line(c: dict | None, p: str) -> str:
+    """'a · T + b' of one fit, or '-' where none could be made."""
+    if c is None:
+        return "-"
+    a = f"{c['a']:+.3g}" if p == "teff" else f"{c['a']:+.2e}"
+    return f"{a} · T {'+' if c['b'] >= 0 else '-'} {_fmt(p, abs(c['b']))}"
+
+
+def render_bias(b: dict) -> list[str]:
+    """Markdown of the Eq. B.1 section (see :func:`leave_one_star_out`)."""
+    ps = b["parameters"]
+    heads = {"teff": "ΔT_eff [K]", "logg": "Δlog g", "fe_h": "Δ[Fe/H]"}
+    assumed = " / ".join(f"{_fmt(p, b['assumed_error'][p])}" for p in ps)
+    above = ", ".join(b["stars_above_min_feh"]) or "none"
+    lines = [
+        "## Bias correction (Eq. B.1), leave one star out", "",
+        f"X_corr = X − (a · T_eff,MAP + b) per parameter, fitted with `catalog.calibrate.fit_line` (the fit of "
+        f"`catalog calibrate`) on the **S/N 250 rows** (condition `{b['variant']}`; {b['rows']} spectra of "
+        f"{b['stars']} physical stars): residual = MAP − literature against the row's MAP T_eff, weights 1/σ², "
+        "σ² = literature error² + (68 % half-width of the catalogue)². Literature values without an error (the "
+        f"approximate MIKE means) are given an **assumed** error of {assumed} ({', '.join(ps)}). Stars are grouped "
+        "by physical star: the UVES and HARPS Sun are one star, held out together. Each held-out star's rows are "
+        "corrected with a, b fitted on the other stars' rows only, so no corrected value below comes from a fit "
+        "that saw its star.", "",
+        f"The paper's calibration (and `catalog calibrate`'s default `--min-feh {b['paper_min_feh']:g}`) uses only "
+        f"stars with catalogue [Fe/H] ≥ {b['paper_min_feh']:g}. Here that leaves {above} "
+        f"({b['rows_above_min_feh']} rows); holding any of them out leaves at most {b['max_fit_rows_with_cut']} "
+        "rows to fit, "
+        + ("fewer than the 3 a line fit needs, so a held-out fit is impossible with the cut; the metal-poor MIKE "
+           "stars are therefore included here. " if b["max_fit_rows_with_cut"] < 3 else "")
+        + f"With {b['stars']} distinct stars, 3 of them with approximate literature values, and the Sun counted as "
+        "two spectra in the rms, this is a first look at whether a T_eff-linear correction carries over to an unseen "
+        "star, not a calibration to ship. A line in T_eff also stands in for whatever else separates these stars: "
+        "here the giants are the cool stars and the dwarfs the warm ones, so a log g correction fitted on them "
+        "would over-correct a cool dwarf.", "",
+        "| held-out star | spectrum | T_eff MAP | " + " | ".join(f"{heads[p]} before | after" for p in ps) + " |",
+        "|---|---|---|" + "---|---|" * len(ps),
+    ]
+    for e in b["held_out"]:
+        for r in e["rows"]:
+            cells = [f"{r['before'][p]:+.{0 if p == 'teff' else 2}f} | "
+                     + (f"{r['after'][p]:+.{0 if p == 'teff' else 2}f}" if r["after"] else "-") for p in ps]
+            lines.append(f"| {e['star']} | {r['spectrum']} | {r['teff_map']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "| rms over the rows | before | after (leave one star out) | rows |", "|---|---|---|---|"]
+    for p in ps:
+        m = b["rms"][p]
+        lines.append(f"| {heads[p]} | {_fmt(p, m['before'])} | {_fmt(p, m['after'])} | {m['rows']} |")
+    lines += ["", "Coefficients of each held-out fit (T = MAP T_eff in K):", "",
+              "| held-out star | rows fitted | " + " | ".join(heads[p] for p in ps) + " |",
+              "|---|---|" + "---|" * len(ps)]
+    for e in b["held_out"]:
+        c = e["coefficients"]
+        cells = [_line(c[p] if c else None, p) for p in ps]
+        lines.append(f"| {e['star']} | {e['fit_rows']} | " + " | ".join(cells) + " |")
+    lines += ["", "Fitted on all rows (what `catalog calibrate --min-feh -5` would store from them, the paper's "
+              "[Fe/H] cut lifted): **in-sample, not scored** (every star was in the fit).", "",
+              "| parameter | a | b | rows |", "|---|---|---|---|"]
+    for p in ps:
+        c = b["in_sample"][p]
+        if c is None:
+            lines.append(f"| {heads[p]} | - | - | - |")
+            continue
+        a = f"{c['a']:+.3g} ± {c['a_err']:.2g}" if p == "teff" else f"{c['a']:+.2e} ± {c['a_err']:.1e}"
+        lines.append(f"| {heads[p]} | {a} | {c['b']:+.{0 if p == 'teff' else 2}f} ± {_fmt(p, c['b_err'])} | "
+                     f"{c['n']} |")
+    return [*lines, ""]
 
 
 def render(r: dict) -> str:
@@ -295,6 +464,8 @@ def render(r: dict) -> str:
             v = s["vs_synthetic_sun"]
             lines.append(f"| {s['star']} | {v['green']:.2f} % | {v['red']:.2f} % |")
     lines += ["", "Criterion (grid issue): within 2.5 % rms.", ""]
+    if "bias_correction" in r:
+        lines += render_bias(r["bias_correction"])
     return "\n".join(lines)
 
 
