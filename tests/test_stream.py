@@ -129,3 +129,29 @@ def test_model_error_adds_the_emulators_held_out_residuals(emulator, tmp_path):
     with_error.close()
     np.testing.assert_array_equal(a[2], b[2])  # same stars
     assert not np.allclose(a[0], b[0])  # different spectra
+
+
+def test_model_error_neighbours_draw_residuals_from_similar_stars(emulator, tmp_path):
+    """``model_error_neighbours`` = k: a star's residual comes from one of the k validation stars nearest to it in
+    T_eff, log g, [Fe/H]; with k = 1 a star placed on a validation star gets that star's own residual."""
+    from spectra import schema
+    from spectra.prior import draw_labels
+    from training.emulator import EMULATOR_INPUTS, validation_stars
+    from training.stream import _Generator
+
+    labels, residuals = validation_stars(emulator)
+    np.save(tmp_path / "model_error.npy", residuals)
+    np.save(tmp_path / "model_error_labels.npy", labels)
+    names = schema.label_names()
+    stars = draw_labels(labels.shape[0], seed=4)
+    for name in ("teff", "logg", "fe_h"):
+        stars[:, names.index(name)] = labels[:, list(EMULATOR_INPUTS).index(name)]
+    rng = np.random.default_rng(0)
+    nearest = _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy"),
+                                    model_error_neighbours=1), None)
+    np.testing.assert_array_equal(nearest._error_index(stars, rng), np.arange(labels.shape[0]))
+    anyone = _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy")), None)
+    assert anyone.error_position is None  # the default: any validation star, as before
+    with pytest.raises(ValueError, match="validation stars"):
+        _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy"),
+                              model_error_neighbours=labels.shape[0] + 1), None)

@@ -61,6 +61,9 @@ class Config:
     stream_copies: int = 8  # stream: noisy copies of each star (independent S/N and noise)
     pca_stars: int = 3072  # stream + compression: noiseless emulated stars the principal components come from
     model_error: bool = False  # stream: add the emulator's validation-star residuals (random one per star)
+    # stream + model_error: draw each star's residual from the k validation stars nearest to it in T_eff, log g and
+    # [Fe/H] (scaled by the prior's ranges), so a dwarf does not carry a cool giant's TiO error; 0: from any star
+    model_error_neighbours: int = 0
     lr_schedule: str = "exponential"  # "exponential" (lr x lr_decay per epoch) or "onecycle" (over all epochs)
     # pixels set to the continuum before the network sees them (spectra.contracts.masks.INPUT_MASKS), or None
     input_mask: str | None = "model-invalid"

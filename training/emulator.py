@@ -51,7 +51,7 @@ from spectra.stores.gridstore import GridReader
 
 __all__ = ["EMULATOR_INPUTS", "Emulator", "EmulatorConfig", "emulate", "emulate_grid", "emulator_rotator",
            "error_table", "evaluate_emulator", "fit_emulator", "load_emulator", "load_unrotated", "pca_basis",
-           "validation_residuals"]
+           "validation_residuals", "validation_stars"]
 
 EMULATOR_INPUTS: tuple[str, ...] = tuple(p.name for p in schema.ALL_LABELS if p.name != "vbroad")
 
@@ -349,6 +349,12 @@ def validation_residuals(run: str | Path) -> np.ndarray:
     """PySME − emulator (N_val, P) of the emulator's own validation stars (the split of :func:`fit_emulator`,
     never fitted): realisations of its error on stars it did not see, unrotated and on the emulator's own pixels
     (margin included), for model-error augmentation: added to its output before the rotation."""
+    return validation_stars(run)[1]
+
+
+def validation_stars(run: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N_val, len(EMULATOR_INPUTS)), residuals PySME − emulator (N_val, P)) of the emulator's validation
+    stars: the labels let model-error augmentation draw a residual from stars like the one it is added to."""
     model, record, _ = load_emulator(run)
     labels, flux, _, _ = load_unrotated([g["path"] for g in record["grids"]])
     config = EmulatorConfig(**{**record["config"], "hidden": tuple(record["config"]["hidden"])})
@@ -357,4 +363,4 @@ def validation_residuals(run: str | Path) -> np.ndarray:
     if val.size != record["n_val"]:
         raise ValueError(f"{run}: its training grids no longer give the recorded split ({record['n_val']} validation "
                          f"stars, now {val.size})")
-    return (flux[val] - emulate(model, labels[val])).astype(np.float32)
+    return labels[val], (flux[val] - emulate(model, labels[val])).astype(np.float32)

@@ -142,14 +142,17 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
     from .stream import EmulatedData, StreamSpec, pca_basis
 
     model_error = None
-    if config.model_error:  # the emulator's error on its validation stars, kept with the run
-        from .emulator import validation_residuals
+    if config.model_error:  # the emulator's error on its validation stars (and their labels), kept with the run
+        from .emulator import validation_stars
 
         model_error = out / "model_error.npy"
-        if not model_error.exists():
-            np.save(model_error, validation_residuals(emulator))
+        if not model_error.exists() or not (out / "model_error_labels.npy").exists():
+            labels, residuals = validation_stars(emulator)
+            np.save(model_error, residuals)
+            np.save(out / "model_error_labels.npy", labels)
     spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed,
-                      str(model_error) if model_error else None, config.input_mask)
+                      str(model_error) if model_error else None, config.input_mask,
+                      config.model_error_neighbours if model_error else 0)
     if config.batch_size != spec.batch_size:
         raise ValueError(f"stream runs need batch_size = stream_stars x stream_copies = {spec.batch_size}, "
                          f"got {config.batch_size}")

@@ -62,6 +62,9 @@ class StreamSpec:
     seed: int = 0
     model_error: str | None = None  # .npy of emulator residuals (unrotated): one, random, added to each star
     input_mask: str | None = None  # pixels set to the fill before projection (spectra.contracts.masks.INPUT_MASKS)
+    # > 0: each star's residual comes from the k validation stars nearest in T_eff, log g, [Fe/H]
+    # (``model_error_labels.npy`` beside ``model_error``); 0: from any of them
+    model_error_neighbours: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -92,8 +95,35 @@ class _Generator:
         # float32: the examples are made in float32 (see ``batch``)
         self.projection = None if projection is None else tuple(np.asarray(a, dtype=np.float32) for a in projection)
         self.model_error = np.load(spec.model_error) if spec.model_error else None
+        self.error_position = None
+        if self.model_error is not None and spec.model_error_neighbours > 0:
+            error_labels = np.load(Path(spec.model_error).with_name("model_error_labels.npy"))
+            self.error_position = self._position(error_labels, list(EMULATOR_INPUTS))
+            if not 0 < spec.model_error_neighbours <= self.error_position.shape[0]:
+                raise ValueError(f"model_error_neighbours = {spec.model_error_neighbours}; the emulator has "
+                                 f"{self.error_position.shape[0]} validation stars")
         # the mask on the generator's own pixels (the HR ones), from the one definition (spectra.contracts.masks)
         self.mask = input_mask(self.wave, spec.input_mask)[0] if spec.input_mask else None
+
+    @staticmethod
+    def _position(labels: np.ndarray, names: list[str]) -> np.ndarray:
+        """T_eff, log g, [Fe/H] scaled by the prior's ranges: where a star sits for nearest-neighbour draws."""
+        columns = []
+        for name in ("teff", "logg", "fe_h"):
+            p = schema.parameter(name)
+            columns.append((labels[:, names.index(name)] - p.lower) / (p.upper - p.lower))
+        return np.stack(columns, axis=1)
+
+    def _error_index(self, labels: np.ndarray, pick: np.random.Generator) -> np.ndarray:
+        """Which residual each star gets: any validation star, or one of the k nearest to it."""
+        n = labels.shape[0]
+        if self.error_position is None:
+            return pick.integers(self.model_error.shape[0], size=n)
+        where = self._position(labels, schema.label_names())
+        distance = ((where[:, None, :] - self.error_position[None, :, :]) ** 2).sum(axis=2)
+        k = self.spec.model_error_neighbours
+        nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
+        return nearest[np.arange(n), pick.integers(k, size=n)]
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
@@ -109,7 +139,7 @@ class _Generator:
         flux = flux.astype(float)
         if self.model_error is not None:  # a real error realisation of the emulator (another star's), random sign
             pick = np.random.default_rng(np.random.SeedSequence([*seed, 3]))
-            index = pick.integers(self.model_error.shape[0], size=n)
+            index = self._error_index(labels, pick)
             flux += pick.choice([-1.0, 1.0], size=(n, 1)) * self.model_error[index]
         flux = self.rotator(flux, labels[:, self.vbroad_column])
         # the continuum is fitted with S/N 1000 noise: on a noiseless spectrum with many pure-continuum pixels
