@@ -26,7 +26,7 @@ from _common import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.cli import build_parser  # noqa: E402
+from training.cli import build_parser, emulator_config  # noqa: E402
 from training.emulator import EmulatorConfig, fit_emulator, validation_residuals  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "emulator"
@@ -46,10 +46,8 @@ RECIPES: dict[str, str] = {
 
 def recipe_config(args: str) -> EmulatorConfig:
     """The ``EmulatorConfig`` that ``training emulator-fit`` would build from these options."""
-    parsed = build_parser().parse_args(["emulator-fit", "--grid", "x", "--out", "x", *shlex.split(args)])
-    return EmulatorConfig(hidden=tuple(int(h) for h in parsed.hidden.split(",")), steps=parsed.steps,
-                          batch_size=parsed.batch_size, lr=parsed.lr, seed=parsed.seed, basis=parsed.basis,
-                          weight_decay=parsed.weight_decay, schedule=parsed.schedule)
+    return emulator_config(build_parser().parse_args(["emulator-fit", "--grid", "x", "--out", "x",
+                                                      *shlex.split(args)]))
 
 
 def measure(name: str, args: str, grids: list[str], folder: Path) -> dict:

@@ -184,14 +184,12 @@ def leave_one_star_out(rows: list[dict], parameters: tuple[str, ...] = BIAS_PARA
                     after[p].append(row["after"][p])
             entry["rows"].append(row)
         if fits is not None:
-            entry["coefficients"] = {p: {"a": f.a, "b": f.b, "a_err": f.a_err, "b_err": f.b_err, "n": f.n}
-                                     for p, f in fits.items()}
+            entry["coefficients"] = {p: f.as_dict() for p, f in fits.items()}
         held_out.append(entry)
     in_sample = {}
     for p in parameters:
         try:
-            f = _fit(rows, p)
-            in_sample[p] = {"a": f.a, "b": f.b, "a_err": f.a_err, "b_err": f.b_err, "n": f.n}
+            in_sample[p] = _fit(rows, p).as_dict()
         except ValueError:
             in_sample[p] = None
     return {"held_out": held_out, "in_sample": in_sample,

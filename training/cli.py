@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from spectra.common.cliargs import run_command, use_help_formatter
 from spectra.contracts.masks import INPUT_MASKS
+
+if TYPE_CHECKING:
+    from .emulator import EmulatorConfig
 
 __all__ = ["main"]
 
@@ -85,13 +89,20 @@ def _cmd_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_emulator_fit(args: argparse.Namespace) -> int:
-    from .emulator import EmulatorConfig, fit_emulator
+def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
+    """The ``EmulatorConfig`` of parsed ``emulator-fit`` options (also what ``benchmarks/emulator_study.py``
+    builds its recipes with, so a recipe means what the command means)."""
+    from .emulator import EmulatorConfig
 
-    config = EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
-                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, basis=args.basis,
-                            weight_decay=args.weight_decay, schedule=args.schedule)
-    record = fit_emulator(args.grid, args.out, config, progress=not args.quiet)
+    return EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, basis=args.basis,
+                          weight_decay=args.weight_decay, schedule=args.schedule)
+
+
+def _cmd_emulator_fit(args: argparse.Namespace) -> int:
+    from .emulator import fit_emulator
+
+    record = fit_emulator(args.grid, args.out, emulator_config(args), progress=not args.quiet)
     print(f"{args.out}: emulator trained on {record['n_train']} spectra in {record['cpu_seconds']:.0f} s; "
           f"validation rms (median) {100 * record['val_rms_median']:.3f} %")
     return 0
