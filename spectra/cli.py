@@ -18,6 +18,7 @@ import numpy as np
 
 from .common.cliargs import run_command, use_help_formatter
 from .contracts.conventions import KNOT_SPACING
+from .prior import FOCUS_REGIONS
 from .synth.linelists import PACKAGED_LINELISTS
 from .wavegrid import GRID_MARGIN
 
@@ -29,7 +30,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
 
     settings = MakerSettings(linelist=args.linelist, margin=args.margin)
     report = build_grid(args.out, args.n, args.seed, workers=args.workers, progress=not args.quiet,
-                        extend=args.extend, rotated=not args.unrotated, settings=settings)
+                        extend=args.extend, rotated=not args.unrotated, settings=settings, focus=args.focus)
     per_core = report.spectra_per_second_per_core
     print(f"{report.path}: {report.n} rows, {report.written} written now, {report.skipped} already done, "
           f"{len(report.failed)} failed; {report.seconds:.1f} s with {report.workers} worker(s)"
@@ -430,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.0,
                    help=f"Å of spectrum kept beyond each window edge (multiple of 0.05; {GRID_MARGIN:g} for new "
                         "unrotated grids: rotation then sees real spectrum at the edges)")
+    p.add_argument("--focus", choices=FOCUS_REGIONS,
+                   help="draw the labels from this region of the prior only (more training spectra where an "
+                        "emulator is worst; spectra.prior)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_grid)
 

@@ -20,6 +20,17 @@ Each Sobol coordinate is mapped through an inverse CDF:
   sixth of their range. Everything clipped to ``schema`` bounds.
 * **Li**: A(Li) uniform in -0.5...3.3 (depleted to meteoritic), [Li/Fe] = A(Li) - 1.05 - [Fe/H]
   (Asplund et al. 2009 solar A(Li) = 1.05), clipped to the bounds.
+
+**Focus regions** (``draw_labels(..., focus=...)``, ``spectra grid --focus``): the same prior restricted to a part
+of the Kiel diagram where an emulator needs more training spectra than the prior's share gives it (its held-out
+errors say where: the cool giants' TiO forest). Each is a separate Sobol sequence mapped through the same inverse
+CDFs with one coordinate's range narrowed, recorded as ``prior = "kiel-fgk-v1+<focus>"`` in the grid; such grids
+feed an emulator (a map from labels to spectra, indifferent to how the labels were drawn), never a posterior
+network, whose prior they would not be.
+
+* ``cool-giants``: every star a giant, log g uniform in 1.0-2.6 (the cool end of the branch: 3650-4950 K at
+  solar [Fe/H]).
+* ``metal-rich``: [Fe/H] uniform in 0.0-0.5, dwarfs and giants as in the prior.
 """
 
 from __future__ import annotations
@@ -32,9 +43,10 @@ from scipy.stats import norm, qmc
 from . import schema
 from .contracts.conventions import vbroad_from_uniform
 
-__all__ = ["PRIOR_VERSION", "draw_labels", "label_trends"]
+__all__ = ["FOCUS_REGIONS", "PRIOR_VERSION", "draw_labels", "label_trends", "prior_name"]
 
 PRIOR_VERSION = "kiel-fgk-v1"
+FOCUS_REGIONS = ("cool-giants", "metal-rich")
 A_LI_SUN = 1.05
 _ALPHA = ("O", "Mg", "Si", "Ca", "Ti")
 
@@ -72,10 +84,17 @@ def label_trends() -> dict[str, list[float]]:
     return trends
 
 
-def draw_labels(n: int, seed: int) -> np.ndarray:
-    """(n, K) labels in ``schema.ALL_LABELS`` order, deterministic in (n-prefix, seed)."""
+def prior_name(focus: str | None = None) -> str:
+    """The ``prior`` a grid records: the prior's version, with its focus region if it has one."""
+    return PRIOR_VERSION if focus is None else f"{PRIOR_VERSION}+{focus}"
+
+
+def draw_labels(n: int, seed: int, focus: str | None = None) -> np.ndarray:
+    """(n, K) labels in ``schema.ALL_LABELS`` order, deterministic in (n-prefix, seed, focus)."""
     if n < 1:
         raise ValueError(f"--n must be a positive number of spectra, got {n}")
+    if focus is not None and focus not in FOCUS_REGIONS:
+        raise ValueError(f"focus {focus!r} is not a region of the prior; choose one of {', '.join(FOCUS_REGIONS)}")
     names = schema.label_names()
     dims = 7 + len(schema.ABUNDANCE_ELEMENTS)
     with warnings.catch_warnings():
@@ -85,11 +104,11 @@ def draw_labels(n: int, seed: int) -> np.ndarray:
     out = np.zeros((n, len(names)))
     col = {name: i for i, name in enumerate(names)}
 
-    feh = _feh_ppf(u[:, 3])
-    dwarf = u[:, 0] < 0.55
+    feh = 0.5 * u[:, 3] if focus == "metal-rich" else _feh_ppf(u[:, 3])
+    dwarf = np.zeros(n, dtype=bool) if focus == "cool-giants" else u[:, 0] < 0.55
     teff_d = 4000.0 + 3000.0 * u[:, 1]
     logg_d = np.minimum(4.6 - 0.35 * (teff_d - 4000.0) / 3000.0 - 0.9 * u[:, 2], 5.0)
-    logg_g = 1.0 + 2.4 * u[:, 1]
+    logg_g = 1.0 + (1.6 if focus == "cool-giants" else 2.4) * u[:, 1]
     teff_g = 4000.0 + 450.0 * (logg_g - 1.0) - 250.0 * np.maximum(feh, -2.5) + 700.0 * (u[:, 2] - 0.5)
     out[:, col["teff"]] = np.where(dwarf, teff_d, teff_g)
     out[:, col["logg"]] = np.where(dwarf, logg_d, logg_g)

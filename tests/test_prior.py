@@ -49,3 +49,29 @@ def test_every_prior_point_has_an_atmosphere():
 def test_bad_n():
     with pytest.raises(ValueError, match="positive"):
         draw_labels(0, seed=1)
+
+
+def test_focus_regions_narrow_one_range_and_stay_in_the_prior():
+    """``focus``: the same prior restricted to a region of the Kiel diagram (more emulator training spectra where it
+    is worst): cool giants are all giants of log g 1.0-2.6, metal-rich stars all have [Fe/H] 0-0.5; both extend by
+    prefix like the prior, differ from its draw, and stay in bounds."""
+    from spectra.prior import prior_name
+
+    names = schema.label_names()
+    full = draw_labels(2048, seed=3)
+    for focus in ("cool-giants", "metal-rich"):
+        labels = draw_labels(2048, seed=3, focus=focus)
+        np.testing.assert_array_equal(labels[:50], draw_labels(50, seed=3, focus=focus))
+        assert not np.allclose(labels, full)
+        for j, p in enumerate(schema.ALL_LABELS):
+            assert labels[:, j].min() >= p.lower and labels[:, j].max() <= p.upper, (focus, p.name)
+        assert prior_name(focus) == f"kiel-fgk-v1+{focus}"
+    giants = draw_labels(2048, seed=3, focus="cool-giants")
+    logg, teff = giants[:, names.index("logg")], giants[:, names.index("teff")]
+    assert logg.min() >= 1.0 and logg.max() <= 2.6
+    assert np.median(teff) < np.median(full[full[:, names.index("logg")] < 3.4, names.index("teff")])
+    feh = draw_labels(2048, seed=3, focus="metal-rich")[:, names.index("fe_h")]
+    assert feh.min() >= 0.0 and feh.max() <= 0.5
+    assert prior_name() == "kiel-fgk-v1"
+    with pytest.raises(ValueError, match="cool-giants"):
+        draw_labels(10, seed=3, focus="hot-dwarfs")

@@ -59,6 +59,35 @@ def test_batches_depend_on_their_seed_only_and_workers_change_nothing(emulator):
     assert not np.array_equal(flux[0], flux[1])  # copies of one star differ by their noise
 
 
+def test_reused_stars_serve_consecutive_batches_with_fresh_noise(emulator):
+    """``reuse`` = r: batches [e, b] with the same b // r share their stars and differ in S/N and noise; the next
+    group has stars of its own; a batch is the same whether asked alone, with its group or by two workers."""
+    spec = StreamSpec(str(emulator), stars=4, copies=3, seed=7, reuse=2)
+    one = EmulatedData(spec, workers=1)
+    a = list(one.batches([[0, 0], [0, 1], [0, 2], [0, 3]]))
+    alone = next(one.batches([[0, 1]]))
+    one.close()
+    two = EmulatedData(spec, workers=2)
+    b = list(two.batches([[0, 0], [0, 1], [0, 2], [0, 3]]))
+    two.close()
+    for batch_a, batch_b in zip(a, b, strict=True):
+        for x, y in zip(batch_a, batch_b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    for x, y in zip(a[1], alone, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a[0][2], a[1][2])  # the same stars in both batches of a group ...
+    assert not np.array_equal(a[0][1], a[1][1]) and not np.allclose(a[0][0], a[1][0])  # ... with new S/N and noise
+    assert not any(np.allclose(r, s) for r in a[1][2] for s in a[2][2])  # the next group: new stars
+    plain = EmulatedData(StreamSpec(str(emulator), stars=4, copies=3, seed=7), workers=1)
+    assert not np.array_equal(next(plain.batches([[0, 0]]))[2], a[0][2])  # not the stars of an unshared batch
+    plain.close()
+
+
+def test_stream_reuse_must_divide_the_epoch(emulator, tmp_path):
+    with pytest.raises(ValueError, match="stream_reuse"):
+        fit(emulator, _config(stream_reuse=3), tmp_path / "bad", device="cpu", progress=False)
+
+
 def test_compressed_model_projects_pixels_like_the_workers(emulator):
     spec = StreamSpec(str(emulator), stars=4, copies=3)
     mean, basis, _ = pca_basis(spec, 32, 8, progress=False)

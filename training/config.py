@@ -59,6 +59,8 @@ class Config:
     data: str = "grid"
     stream_stars: int = 64  # stream: new stars per batch (batch_size = stream_stars x stream_copies)
     stream_copies: int = 8  # stream: noisy copies of each star (independent S/N and noise)
+    # stream: each set of new stars serves this many consecutive batches with fresh S/N and noise (StreamSpec.reuse)
+    stream_reuse: int = 1
     pca_stars: int = 3072  # stream + compression: noiseless emulated stars the principal components come from
     model_error: bool = False  # stream: add the emulator's validation-star residuals (random one per star)
     # stream + model_error: draw each star's residual from the k validation stars nearest to it in T_eff, log g and

@@ -152,7 +152,10 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
             np.save(out / "model_error_labels.npy", labels)
     spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed,
                       str(model_error) if model_error else None, config.input_mask,
-                      config.model_error_neighbours if model_error else 0)
+                      config.model_error_neighbours if model_error else 0, config.stream_reuse)
+    if config.stream_reuse < 1 or config.batches_per_epoch % config.stream_reuse:
+        raise ValueError(f"stream_reuse must be a positive divisor of batches_per_epoch ({config.batches_per_epoch}),"
+                         f" got {config.stream_reuse}")
     if config.batch_size != spec.batch_size:
         raise ValueError(f"stream runs need batch_size = stream_stars x stream_copies = {spec.batch_size}, "
                          f"got {config.batch_size}")
@@ -215,8 +218,8 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
     # checkpoints saved before these fields existed: no mask, no affine base. The name is a label, not a setting:
     # a recipe renamed (an experiment promoted to the default) resumes or leaves its finished run as it is.
-    if state is not None and ({"input_mask": None, "affine_base": False, **state["config"], "name": config.name}
-                              != asdict(config)):
+    defaults = {"input_mask": None, "affine_base": False, "stream_reuse": 1}
+    if state is not None and {**defaults, **state["config"], "name": config.name} != asdict(config):
         raise ValueError(f"{out} holds a run with another config; use --restart or another --out")
     if config.data == "stream":
         data, model = _stream_model(grid, config, out, workers, progress, state)
@@ -251,7 +254,8 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
             "torch": torch.__version__}
     if config.data == "stream":
         meta["stream"] = {"emulator": str(Path(grid).resolve()), "stars_per_batch": config.stream_stars,
-                          "copies": config.stream_copies}
+                          "copies": config.stream_copies,
+                          "reuse": config.stream_reuse}
     else:
         meta["split_sizes"] = {k: int(getattr(data.split, k).size) for k in ("train", "test", "val")}
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -50,6 +50,7 @@ __all__ = ["EmulatedData", "StreamSpec", "pca_basis"]
 
 CONTINUUM_SNR = 1000.0  # per Å, of the copy each star's pseudo-continuum is fitted on
 STREAM_TAG = 0x5354524D  # "STRM": this module's streams never coincide with survey or posterior streams
+REUSE_TAG = 0x52455553  # "REUS": the stars a group of batches shares (StreamSpec.reuse)
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -65,6 +66,10 @@ class StreamSpec:
     # > 0: each star's residual comes from the k validation stars nearest in T_eff, log g, [Fe/H]
     # (``model_error_labels.npy`` beside ``model_error``); 0: from any of them
     model_error_neighbours: int = 0
+    # each set of new stars serves this many consecutive batches, every one with its own S/N and noise draws: the
+    # stars (emulator, rotation, continuum fit) are ~2/3 of a batch's cost and the optimiser's step ~1/10, so
+    # reuse buys optimiser steps on 2 cores; 1: every batch has stars of its own (the earlier recipes)
+    reuse: int = 1
 
     @property
     def batch_size(self) -> int:
@@ -148,13 +153,15 @@ class _Generator:
         continuum = self.normaliser.continuum(add_noise(flux, CONTINUUM_SNR, self.pixel, rng))
         return labels, flux, continuum
 
-    def batch(self, seed: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(self, seed: list[int], stars: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input (B, n) coefficients or (B, P) flux, float32; S/N per Å (B, 1); physical targets (B, 13)).
 
         Examples are made a star at a time in float32 (a (copies, P) block stays in cache): noise of paper Eq. 1,
-        f + |f| n / (S/N per pixel), divided by the star's continuum, projected."""
+        f + |f| n / (S/N per pixel), divided by the star's continuum, projected. ``stars``: the output of
+        :meth:`stars` to reuse (``StreamSpec.reuse``); by default the batch's own, from ``seed``."""
         spec = self.spec
-        labels, flux, continuum = self.stars([*seed, 0], spec.stars)
+        labels, flux, continuum = stars if stars is not None else self.stars([*seed, 0], spec.stars)
         rng = np.random.default_rng(np.random.SeedSequence([*seed, 1]))
         star = np.repeat(np.arange(spec.stars), spec.copies)
         lo, hi = np.log(spec.snr_range[0]), np.log(spec.snr_range[1])
@@ -187,6 +194,15 @@ def _init(spec: StreamSpec, projection) -> None:
 
 def _batch(seed: list[int], state: _Generator | None = None):
     return (state or _STATE).batch(seed)
+
+
+def _batch_group(job: tuple[list[int], list[list[int]]], state: _Generator | None = None):
+    """Consecutive batches that share one set of stars (``StreamSpec.reuse``): the stars come from the group's own
+    seed (with a tag no single batch's seed has), each batch's S/N and noise from its own seed."""
+    group, seeds = job
+    state = state or _STATE
+    stars = state.stars([*group, REUSE_TAG, state.spec.reuse], state.spec.stars)
+    return [state.batch(seed, stars) for seed in seeds]
 
 
 def _stars(args, state: _Generator | None = None):
@@ -270,7 +286,8 @@ class EmulatedData:
         self.x_mean, self.x_std = transformed.mean(axis=0), transformed.std(axis=0) + 1e-8
         self.grid_attrs = {"engine": "emulator", "engine_version": str(Path(spec.emulator).resolve()),
                            "prior": PRIOR_VERSION, "continuum": ContinuumOptions().describe(),
-                           "stream": f"fresh: {spec.stars} stars x {spec.copies} copies per batch"}
+                           "stream": f"fresh: {spec.stars} stars x {spec.copies} copies per batch"
+                           + (f", each set of stars in {spec.reuse} consecutive batches" if spec.reuse > 1 else "")}
         self._pool = _Pool(spec, projection, workers).__enter__()
 
     n_params = property(lambda self: len(self.target_names))
@@ -284,8 +301,20 @@ class EmulatedData:
         return (self.transform(labels) - self.x_mean) / self.x_std
 
     def batches(self, seeds: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(inputs, S/N, standardised targets) float32 for each seed, in order, computed ahead by the workers."""
-        for inputs, snr, labels in self._pool.imap(_batch, [[self.spec.seed, STREAM_TAG, *s] for s in seeds]):
+        """(inputs, S/N, standardised targets) float32 for each seed, in order, computed ahead by the workers.
+
+        With ``spec.reuse`` = r > 1, seeds [e, b] with the same b // r share their stars (a group is one worker's
+        job), so a batch depends on (seed, e, b, r) alone, whatever the workers and the order they finish in."""
+        full = [[self.spec.seed, STREAM_TAG, *s] for s in seeds]
+        if self.spec.reuse <= 1:
+            made = self._pool.imap(_batch, full)
+        else:
+            groups: dict[tuple, list[list[int]]] = {}
+            for s, f in zip(seeds, full, strict=True):
+                groups.setdefault((self.spec.seed, STREAM_TAG, *s[:-1], s[-1] // self.spec.reuse), []).append(f)
+            jobs = [(list(key), members) for key, members in groups.items()]
+            made = (b for group in self._pool.imap(_batch_group, jobs) for b in group)
+        for inputs, snr, labels in made:
             yield inputs, snr, self.standardise(labels).astype(np.float32)
 
     def close(self) -> None:

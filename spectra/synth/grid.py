@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import __version__, schema
-from ..prior import PRIOR_VERSION, draw_labels
+from ..prior import draw_labels, prior_name
 from ..stores.gridstore import GridWriter
 from ..wavegrid import HR_RESOLUTION, WORKING_PIXEL, WORKING_RESOLUTION, hr_grid
 from .linelists import linelist_from_option
@@ -121,7 +121,7 @@ def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool, 
 
 def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: bool = True,
                on_row: Callable[[int], None] | None = None, extend: str | Path | None = None,
-               rotated: bool = True, settings: MakerSettings = MakerSettings()) -> GridReport:
+               rotated: bool = True, settings: MakerSettings = MakerSettings(), focus: str | None = None) -> GridReport:
     """Make (or resume) an ``n``-row grid at ``out``; see the module docstring.
 
     ``workers`` > 1 uses a Dask ``LocalCluster``; 1 runs in this process (no cluster start-up).
@@ -129,12 +129,13 @@ def build_grid(out: str | Path, n: int, seed: int, workers: int = 1, progress: b
     (the Sobol prior is prefix-stable, so row i has the same labels in both).
     ``rotated=False`` stores spectra without rotational broadening (see :func:`grid_attrs`).
     ``settings``: the line list and the margin beyond each window (:class:`MakerSettings`).
+    ``focus``: a region of the prior (``spectra.prior.FOCUS_REGIONS``) to draw the labels from instead of all of it.
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    labels = draw_labels(n, seed)
+    labels = draw_labels(n, seed, focus)
     maker = settings.maker()
-    attrs = grid_attrs(maker, seed, PRIOR_VERSION, rotated)
+    attrs = grid_attrs(maker, seed, prior_name(focus), rotated)
     start = time.perf_counter()
     failed: dict[int, str] = {}
     with GridWriter(out, n, maker.hr, attrs) as writer:
