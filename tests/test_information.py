@@ -154,3 +154,25 @@ def test_information_limit_script_on_two_shipped_stars(tmp_path):
     per_snr = {"250": {"params": {"teff": {"bias": 0.0, "sigma": teff250}}}}
     assert efficiency(per_snr, bound)["250"]["teff"] == pytest.approx(1.0)
     assert "## Headline parameters" in (tmp_path / "report.md").read_text()
+
+
+def test_estimator_study_reads_each_rows_own_bound(tmp_path):
+    """The median star's σ / own bound needs each survey row's bound: ``per_star.json`` rows are grid rows, the
+    survey's ``base_index`` says which grid row a row is (three S/N per star, any order); a row without a bound
+    gives no such figure rather than someone else's bound."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from estimator_study import MEDIAN_ABS_NORMAL, _star_bounds
+
+    (tmp_path / "bound.json").write_text("{}")
+    (tmp_path / "per_star.json").write_text(json.dumps(
+        {"rows": [4, 7], "parameters": ["teff", "logg"], "bound_at_snr1": [[1000.0, 2.0], [3000.0, 5.0]]}))
+    got = _star_bounds(tmp_path / "bound.json", np.array([7, 7, 4, 7]))
+    np.testing.assert_array_equal(got["teff"], [3000.0, 3000.0, 1000.0, 3000.0])
+    np.testing.assert_array_equal(got["logg"], [5.0, 5.0, 2.0, 5.0])
+    assert _star_bounds(tmp_path / "bound.json", np.array([4, 5])) is None
+    assert _star_bounds(tmp_path / "missing" / "bound.json", np.array([4])) is None
+    # a normal error at each star's own bound has median |error| / bound = 0.6745: the figure is then 1
+    rng = np.random.default_rng(0)
+    bounds = rng.uniform(1.0, 100.0, 200_000)
+    assert np.median(np.abs(rng.standard_normal(bounds.size) * bounds) / bounds) / MEDIAN_ABS_NORMAL \
+        == pytest.approx(1.0, abs=0.01)
