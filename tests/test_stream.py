@@ -66,7 +66,11 @@ def test_reused_stars_serve_consecutive_batches_with_fresh_noise(emulator):
     one = EmulatedData(spec, workers=1)
     a = list(one.batches([[0, 0], [0, 1], [0, 2], [0, 3]]))
     alone = next(one.batches([[0, 1]]))
+    mixed = list(one.batches([[0, 1], [0, 2], [0, 0]]))  # asked out of order: given back in the order asked
     one.close()
+    for got, want in zip(mixed, (a[1], a[2], a[0]), strict=True):
+        for x, y in zip(got, want, strict=True):
+            np.testing.assert_array_equal(x, y)
     two = EmulatedData(spec, workers=2)
     b = list(two.batches([[0, 0], [0, 1], [0, 2], [0, 3]]))
     two.close()

@@ -216,8 +216,8 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
     checkpoint_path = out / "checkpoint.pt"
     resume = checkpoint_path.exists() and not restart
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
-    # checkpoints saved before these fields existed: no mask, no affine base. The name is a label, not a setting:
-    # a recipe renamed (an experiment promoted to the default) resumes or leaves its finished run as it is.
+    # checkpoints saved before these fields existed: no mask, no affine base, no star reuse. The name is a label,
+    # not a setting: a recipe renamed (an experiment promoted to the default) resumes or leaves its finished run.
     defaults = {"input_mask": None, "affine_base": False, "stream_reuse": 1}
     if state is not None and {**defaults, **state["config"], "name": config.name} != asdict(config):
         raise ValueError(f"{out} holds a run with another config; use --restart or another --out")

@@ -35,6 +35,7 @@ sees exactly the same data.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
@@ -309,10 +310,12 @@ class EmulatedData:
         if self.spec.reuse <= 1:
             made = self._pool.imap(_batch, full)
         else:
-            groups: dict[tuple, list[list[int]]] = {}
-            for s, f in zip(seeds, full, strict=True):
-                groups.setdefault((self.spec.seed, STREAM_TAG, *s[:-1], s[-1] // self.spec.reuse), []).append(f)
-            jobs = [(list(key), members) for key, members in groups.items()]
+            # runs of consecutive seeds of one group (never merged across others: the batches stay in order)
+            def group_of(pair):
+                return (self.spec.seed, STREAM_TAG, *pair[0][:-1], pair[0][-1] // self.spec.reuse)
+
+            jobs = [(list(key), [f for _, f in run])
+                    for key, run in itertools.groupby(zip(seeds, full, strict=True), key=group_of)]
             made = (b for group in self._pool.imap(_batch_group, jobs) for b in group)
         for inputs, snr, labels in made:
             yield inputs, snr, self.standardise(labels).astype(np.float32)
