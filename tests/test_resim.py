@@ -15,7 +15,7 @@ from test_emulator import _grid
 from catalog.writers import CatalogueStore
 from runtime.bundle import BundleError, load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
-from runtime.resim import Resimulator, _grid_of, reduced_chi2
+from runtime.resim import RESIM_DV, Resimulator, _grid_of, reduced_chi2
 from spectra import schema
 from spectra.contracts.flags import Flag
 from spectra.forward.degrade import add_noise
@@ -108,8 +108,8 @@ def test_reduced_chi2_counts_only_finite_pixels():
     flux = model + 0.1
     flux[1, :50] = np.nan
     chi2, rms = reduced_chi2(flux, model, np.array([10.0, 10.0]))
-    np.testing.assert_allclose(chi2, [1.0, 1.0])
-    np.testing.assert_allclose(rms, [0.1, 0.1])
+    np.testing.assert_allclose(chi2, [1.0, 1.0], rtol=1e-6)  # float32 residuals (reduced_chi2)
+    np.testing.assert_allclose(rms, [0.1, 0.1], rtol=1e-6)
 
 
 def test_runtime_writes_chi2_and_flags_poor_fits_after_calibration(resim_bundle, tmp_path):
@@ -180,7 +180,8 @@ def _emulator_output(bundle_path, labels: np.ndarray) -> np.ndarray:
 
 def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundle):
     """No margin: no ``margin`` key in the entry, and the model is the emulator's output rotated on the bundle's own
-    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop; in float32)."""
+    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop; in float32, at the check's
+    ln λ step ``RESIM_DV``)."""
     bundle_path, _, entry = resim_bundle
     assert "margin" not in entry
     bundle = load_bundle(bundle_path)
@@ -188,7 +189,8 @@ def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundl
     assert resim.margin == 0.0 and resim.n_output == bundle.wavelength.size
     params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = Rotator(_grid_of(bundle.wavelength), dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
+    expected = Rotator(_grid_of(bundle.wavelength), dv=RESIM_DV, dtype=np.float32)(
+        raw, params[:, resim.names.index("vbroad")])
     np.testing.assert_array_equal(resim.model_flux(params), expected)
 
 
@@ -210,7 +212,7 @@ def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pi
     params[0, resim.names.index("vbroad")] = 0.0  # no rotation: the crop alone
     model = resim.model_flux(params)
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = hr_rotator(wide.wave, dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
+    expected = hr_rotator(wide.wave, dv=RESIM_DV, dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
     assert model.shape == (5, 25_200)
     np.testing.assert_array_equal(model, expected)
     np.testing.assert_allclose(model[0], raw[0, hr_rotator(wide.wave).keep], rtol=0, atol=1e-5)
