@@ -18,9 +18,11 @@ step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 step "kept PySME spectra with the calibrated survey-sun list: training (unrotated) and the fixed held-out test set"
 [ -f "$work/train.h5" ] || spectra unpack-grid training/grids/train-sun-s7001-*.h5 --out "$work/train.h5"
 [ -f "$work/test.h5" ] || spectra unpack-grid training/grids/test-sun-s9001-*.h5 --out "$work/test.h5"
+# cool giants (spectra grid --focus cool-giants), where the emulator is worst: for the emulator only, never the cINN
+[ -f "$work/cool.h5" ] || spectra unpack-grid training/grids/train-cool-s7101-*.h5 --out "$work/cool.h5"
 
 step "emulator: labels -> unrotated spectrum (PCA output basis, long training), errors on the held-out set"
-[ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" --out "$work/emu" $EMULATOR_RECIPE --quiet
+[ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" "$work/cool.h5" --out "$work/emu" $EMULATOR_RECIPE --quiet
 training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out benchmarks/results/emulator --overwrite
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors benchmarks/results/emulator/emulator_errors.json
