@@ -196,3 +196,27 @@ def test_api_and_resimulation_run_on_openvino(verified):
     np.testing.assert_allclose(ov["teff_p50"], ort["teff_p50"], rtol=1e-4)
     if "chi2_resim" in ort.colnames:
         np.testing.assert_allclose(ov["chi2_resim"], ort["chi2_resim"], rtol=1e-3)
+
+
+def test_a_static_session_compiles_once_per_shape_and_agrees_with_the_dynamic_graph(tiny_bundle):
+    """``OpenVinoSession(static=True)`` compiles the graph for each new set of input shapes and reuses it; its
+    results are those of the dynamic-shape graph to fp32 rounding."""
+    from spectra.contracts.manifest import HOISTED
+
+    _, _, _, bundle_path = tiny_bundle
+    bundle = load_bundle(bundle_path)
+    path = bundle.path / HOISTED["flow"]
+    static, dynamic = engines.OpenVinoSession(path, static=True), engines.OpenVinoSession(path)
+    width = int(dynamic.compiled.input("cond_proj").get_partial_shape()[1].get_length())
+    rng = np.random.default_rng(0)
+    feeds = {"z": rng.standard_normal((1, 256, bundle.manifest.n_params)).astype(np.float32),
+             "cond_proj": rng.standard_normal((1, width)).astype(np.float32)}
+    first = static.run(None, feeds)
+    again = static.run(None, {k: v.copy() for k, v in feeds.items()})
+    assert len(static._by_shape) == 1
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first, dynamic.run(None, feeds), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    static.run(None, {"z": feeds["z"][:, :128], "cond_proj": feeds["cond_proj"]})
+    assert len(static._by_shape) == 2
