@@ -246,8 +246,7 @@ def _bf16_verified_here(bundle_path: Path, grid: str | None, tmp: Path) -> tuple
     from export.variants import quantize_engine
 
     copy = tmp / "bundle_bf16_here"
-    if not copy.exists():
-        shutil.copytree(bundle_path, copy)
+    shutil.copytree(bundle_path, copy)
     print("verifying OpenVINO bf16 on this CPU (a copy of the bundle) ...", flush=True)
     entry = quantize_engine(copy, "openvino", ["bf16"], grid=grid, overwrite=True, log=lambda *_: None)
     return copy, entry["bf16"]

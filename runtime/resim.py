@@ -119,8 +119,7 @@ def reduced_chi2(flux: np.ndarray, model: np.ndarray, snr_per_pixel: np.ndarray,
     n = np.maximum(good.sum(axis=1), 1)
     residual[~good] = 0.0
     square = residual * residual
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = np.where(good, square / (model * model), 0.0)
+    relative = square / np.where(good, model * model, 1.0)  # 0 wherever not good
     chi2 = relative.sum(axis=1, dtype=np.float64) / n / np.where(variance > 0, variance, np.inf)
     rms = np.sqrt(square.sum(axis=1, dtype=np.float64) / n)
     return chi2, rms

@@ -210,16 +210,18 @@ class OnnxPosterior:
         """Features (N, F) of flux (N, P) at S/N per Å (N, 1), the bundle's masked pixels set to its fill first."""
         flux = np.ascontiguousarray(self.bundle.mask_input(np.asarray(flux, dtype=np.float32)))
         snr = np.asarray(snr, dtype=np.float32).reshape(-1, 1)
-        if self.engine == "openvino":  # one spectrum per call (module docstring)
-            return np.concatenate([self.features_session.run(None, {"flux": flux[i:i + 1], "snr": snr[i:i + 1]})[0]
-                                   for i in range(flux.shape[0])])
-        return self.features_session.run(None, {"flux": flux, "snr": snr})[0]
+        return self._run_once_per_spectrum(self.features_session, {"flux": flux, "snr": snr})
 
     def projection(self, features: np.ndarray) -> np.ndarray:
-        if self.engine == "openvino":  # one spectrum per call, like the features: one fixed shape, one kernel choice
-            return np.concatenate([self.projection_session.run(None, {"features": features[i:i + 1]})[0]
-                                   for i in range(features.shape[0])])
-        return self.projection_session.run(None, {"features": features})[0]
+        return self._run_once_per_spectrum(self.projection_session, {"features": features})
+
+    def _run_once_per_spectrum(self, session, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output of a graph taken once per spectrum: for all rows of ``feeds`` in one call, or under
+        OpenVINO one spectrum per call (module docstring: one fixed shape, one kernel choice, whatever the batch)."""
+        if self.engine != "openvino":
+            return session.run(None, feeds)[0]
+        n = next(iter(feeds.values())).shape[0]
+        return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(n)])
 
     def flow(self, z: np.ndarray, features: np.ndarray, rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """x and log|det dx/dz| for rows of z with their (already repeated) features: the plain fp32 graph,
