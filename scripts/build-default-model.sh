@@ -6,7 +6,8 @@
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
 #   bash scripts/build-default-model.sh [WORK_DIR]
-#   SHIP=0 bash scripts/build-default-model.sh WORK_DIR   # build and report, but leave runtime/ as it is
+#   SHIP=0 bash scripts/build-default-model.sh WORK_DIR   # a candidate: runtime/ and the shipped model's reports
+#                                                         # left as they are, its reports in WORK_DIR/results
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,6 +15,8 @@ work="${1:-build-default}"
 # The emulator's recipe (benchmarks/results/emulator/: chosen on its own validation stars, never the held-out set)
 EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4"
 mkdir -p "$work"
+# the reports describe the shipped model, so a candidate (SHIP=0) writes its own beside its bundle
+if [ "${SHIP:-1}" = 0 ]; then results="$work/results"; else results=benchmarks/results; fi
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 
 step "kept PySME spectra with the calibrated survey-sun list: training (unrotated) and the fixed held-out test set"
@@ -25,9 +28,9 @@ step "kept PySME spectra with the calibrated survey-sun list: training (unrotate
 # (the cool giants lowered the held-out rms p95 3.10 -> 2.28 %: benchmarks/results/emulator_cool_giants/, session 14)
 step "emulator: labels -> unrotated spectrum (PCA output basis, long training), errors on the held-out set"
 [ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" "$work/cool.h5" --out "$work/emu" $EMULATOR_RECIPE --quiet
-training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out benchmarks/results/emulator --overwrite
+training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$results"/emulator --overwrite
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
-  --weights fp16 --errors benchmarks/results/emulator/emulator_errors.json
+  --weights fp16 --errors "$results"/emulator/emulator_errors.json
 
 step "cINN on fresh emulated stars every batch carrying the emulator's own errors (training/estimator_model.json, ~25 min)"
 # (resumes an interrupted run; a finished one is left as it is)
@@ -60,24 +63,24 @@ python -m export verify --bundle "$work/bundle" --run "$work/run" --samples 1024
 
 step "the information limit of this emulator on the held-out stars"
 python benchmarks/information_limit.py --emulator "$work/emu" --grid "$work/test.h5" --snr 20,50,250 \
-  --out benchmarks/results/information_limit --quiet
+  --out "$results"/information_limit --quiet
 
 step "accuracy on the held-out set: PySME spectra, and the emulator's own (no emulator mismatch)"
 training evaluate --run "$work/run" --grid "$work/test_rot.h5" --split all --snr 20,50,250 --normalise-after-noise \
-  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model --quiet --overwrite
+  --bound "$results"/information_limit/bound.json --out "$results"/default_model --quiet --overwrite
 [ -f "$work/test_emu.h5" ] || training emulate-grid --run "$work/emu" --labels-from "$work/test.h5" \
   --out "$work/test_emu.h5" --quiet
 training evaluate --run "$work/run" --grid "$work/test_emu.h5" --split all --snr 20,50,250 --normalise-after-noise \
-  --bound benchmarks/results/information_limit/bound.json --out benchmarks/results/default_model_emulated --quiet --overwrite
+  --bound "$results"/information_limit/bound.json --out "$results"/default_model_emulated --quiet --overwrite
 [ -d "$work/emu_survey.zarr" ] || spectra survey --grid "$work/test_emu.h5" --snr 20,50,250 --continuum pseudo \
   --out "$work/emu_survey.zarr" --seed 9 --quiet
 for world in emu test; do  # the same through runtime process (ONNX, the shipped precision), for the study table
   python benchmarks/estimator_study.py measure --bundle "$work/bundle" --survey "$work/${world}_survey.zarr" \
-    --bound benchmarks/results/information_limit/bound.json --label "default model / $world" \
+    --bound "$results"/information_limit/bound.json --label "default model / $world" \
     --out "$work/study_$world.json"
 done
 
-if [ "${SHIP:-1}" = 0 ]; then echo "SHIP=0: built in $work, runtime/ left as it is"; exit 0; fi
+if [ "${SHIP:-1}" = 0 ]; then echo "SHIP=0: built in $work (reports in $results), runtime/ left as it is"; exit 0; fi
 step "ship: runtime/default_bundle and runtime/examples"
 rm -rf runtime/default_bundle
 cp -r "$work/bundle" runtime/default_bundle
