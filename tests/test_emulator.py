@@ -87,3 +87,36 @@ def test_pca_basis_emulator_learns_round_trips_and_exports_with_parity(tmp_path)
     assert onnx_parity(tmp_path / "emu", export_emulator(tmp_path / "emu", tmp_path / "onnx"), labels) < 1e-5
     half = export_emulator(tmp_path / "emu", tmp_path / "onnx16", weights="fp16")
     assert onnx_parity(tmp_path / "emu", half, labels) < 1e-3
+
+
+def test_ensemble_averages_its_members_reloads_exports_and_reads_one_network_emulators(tmp_path):
+    """``members`` > 1: independently trained networks on one split and basis, whose average is the output; the
+    first member is the one-network emulator of the same seed (same initialisation and batches); an emulator saved
+    before ensembles existed (one MLP as ``body`` and ``head``) still loads."""
+    from export.emulator import export_emulator, onnx_parity
+    from training.emulator import Emulator, load_emulator
+
+    train = _grid(tmp_path / "train.h5", 48, seed=3)
+    config = EmulatorConfig(hidden=(16, 16), steps=120, log_every=60, basis=6, schedule="onecycle")
+    single = fit_emulator([train], tmp_path / "one", config, progress=False)
+    record = fit_emulator([train], tmp_path / "ens", EmulatorConfig(**{**config.__dict__, "members": 3}),
+                          progress=False)
+    assert len(record["member_val_rms_median"]) == 3 and record["n_val"] == single["n_val"]
+    assert record["member_val_rms_median"][0] == pytest.approx(single["val_rms_median"], rel=1e-6)
+    assert len(set(record["member_val_rms_median"])) == 3  # the members differ
+    model, _, _ = load_emulator(tmp_path / "ens")
+    labels = torch.from_numpy(draw_labels(5, seed=9)[:, [schema.label_names().index(n) for n in EMULATOR_INPUTS]])
+    labels = labels.float()
+    with torch.no_grad():
+        members = torch.stack([model.mean_flux + model.coefficients(labels, k) @ model.basis for k in range(3)])
+        assert torch.allclose(model(labels), members.mean(dim=0), atol=1e-6)
+    assert onnx_parity(tmp_path / "ens", export_emulator(tmp_path / "ens", tmp_path / "onnx"), labels.numpy()) < 1e-5
+
+    one, _, _ = load_emulator(tmp_path / "one")
+    old_format = {k.replace("nets.0.0.", "body.").replace("nets.0.1.", "head."): v for k, v in one.state_dict().items()}
+    reread = Emulator(one.mean_flux.numel(), (16, 16), n_basis=6)
+    reread.load_state_dict(old_format)
+    with torch.no_grad():
+        assert torch.equal(reread(labels), one(labels))
+    with pytest.raises(ValueError, match="at least one network"):
+        Emulator(10, (4,), members=0)

@@ -96,7 +96,7 @@ def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
 
     return EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, basis=args.basis,
-                          weight_decay=args.weight_decay, schedule=args.schedule)
+                          weight_decay=args.weight_decay, schedule=args.schedule, members=args.members)
 
 
 def _cmd_emulator_fit(args: argparse.Namespace) -> int:
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basis", type=int, default=0, help="principal components of the training spectra as the "
                    "output basis (0: one output weight per pixel); 384 rebuilds held-out spectra to 0.03 %%")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--members", type=int, default=1, help="networks trained with independent seeds on the same "
+                   "split and averaged (an ensemble; training costs this many times one network)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_emulator_fit)

@@ -68,6 +68,13 @@ class EmulatorConfig:
     val_fraction: float = 0.1
     seed: int = 0
     log_every: int = 100
+    members: int = 1  # networks averaged (an ensemble), each trained alone on the same split and basis
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Batch-order seed of ensemble member ``member``: ``seed`` itself for the first (a one-member emulator is
+    the same network as before ensembles existed), an independent stream of (seed, member) for the others."""
+    return seed if member == 0 else int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
 
 
 class Emulator(nn.Module):
@@ -75,10 +82,15 @@ class Emulator(nn.Module):
 
     ``n_basis`` > 0: the MLP gives that many coefficients of the buffer ``basis`` (n_basis, P), the principal
     components of the training spectra scaled by :func:`pca_basis` (filled in by :func:`fit_emulator`, or by
-    ``load_state_dict``)."""
+    ``load_state_dict``).
+
+    ``members`` > 1: that many MLPs (``nets``) whose outputs are averaged. With a few thousand PySME spectra in a
+    25-label space the emulator's error is mostly variance (its training error is half its validation error), and
+    independently trained networks err differently where the data are thin; one averaged output is still one
+    graph for export and for every consumer."""
 
     def __init__(self, n_pixels: int, hidden: tuple[int, ...] = (256, 256, 512),
-                 mean_flux: np.ndarray | None = None, n_basis: int = 0):
+                 mean_flux: np.ndarray | None = None, n_basis: int = 0, members: int = 1):
         super().__init__()
         params = [schema.parameter(n) for n in EMULATOR_INPUTS]
         lower = np.array([float(p.to_network(p.lower)) for p in params])
@@ -88,29 +100,48 @@ class Emulator(nn.Module):
         self.register_buffer("log10_mask", torch.from_numpy(log10_mask([p.transform for p in params])))
         mean = np.ones(n_pixels) if mean_flux is None else np.asarray(mean_flux, dtype=float)
         self.register_buffer("mean_flux", torch.tensor(mean, dtype=torch.float32))
-        sizes = [len(EMULATOR_INPUTS), *hidden]
-        layers: list[nn.Module] = []
-        for n_in, n_out in itertools.pairwise(sizes):
-            layers += [nn.Linear(n_in, n_out), nn.SiLU()]
-        self.body = nn.Sequential(*layers)
         self.n_basis = int(n_basis)
         if self.n_basis:
             self.register_buffer("basis", torch.zeros(self.n_basis, n_pixels))
-        self.head = nn.Linear(sizes[-1], self.n_basis or n_pixels)
-        nn.init.zeros_(self.head.weight)  # start at the mean spectrum
-        nn.init.zeros_(self.head.bias)
+        if members < 1:
+            raise ValueError(f"members = {members}; an emulator has at least one network")
+        self.nets = nn.ModuleList(_mlp([len(EMULATOR_INPUTS), *hidden], self.n_basis or n_pixels)
+                                  for _ in range(members))
 
     def scale(self, labels: torch.Tensor) -> torch.Tensor:
         x = torch.where(self.log10_mask, torch.log10(torch.clamp(labels, min=1e-6)), labels)
         return (x - self.centre) / self.half_range
 
-    def coefficients(self, labels: torch.Tensor) -> torch.Tensor:
-        """The MLP's output: per-pixel corrections, or the basis coefficients when ``n_basis`` > 0."""
-        return self.head(self.body(self.scale(labels)))
+    def coefficients(self, labels: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """The MLPs' output: per-pixel corrections, or the basis coefficients when ``n_basis`` > 0; averaged over
+        the members, or of one ``member`` (what training fits)."""
+        x = self.scale(labels)
+        if member is not None:
+            return self.nets[member](x)
+        return torch.stack([net(x) for net in self.nets]).mean(dim=0)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also reads emulators saved before ensembles (one MLP as ``body`` and ``head``)."""
+        renamed = {k.replace("body.", "nets.0.0.", 1) if k.startswith("body.") else
+                   k.replace("head.", "nets.0.1.", 1) if k.startswith("head.") else k: v
+                   for k, v in state_dict.items()}
+        return super().load_state_dict(renamed, strict=strict, assign=assign)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         correction = self.coefficients(labels)
         return self.mean_flux + (correction @ self.basis if self.n_basis else correction)
+
+
+def _mlp(sizes: list[int], n_out: int) -> nn.Sequential:
+    """SiLU MLP (``sizes`` = inputs and hidden widths) with a zero-initialised output layer: it starts at the mean
+    spectrum."""
+    layers: list[nn.Module] = []
+    for n_in, n_hidden in itertools.pairwise(sizes):
+        layers += [nn.Linear(n_in, n_hidden), nn.SiLU()]
+    head = nn.Linear(sizes[-1], n_out)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(nn.Sequential(*layers), head)
 
 
 def pca_basis(flux: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
@@ -166,7 +197,7 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
         raise ValueError(f"{labels.shape[0]} spectra are too few to train an emulator")
     torch.manual_seed(config.seed)
     mean = flux[train].mean(axis=0)
-    model = Emulator(flux.shape[1], tuple(config.hidden), mean, n_basis=config.basis)
+    model = Emulator(flux.shape[1], tuple(config.hidden), mean, n_basis=config.basis, members=config.members)
     x_train, y_train = torch.from_numpy(labels[train]).float(), torch.from_numpy(flux[train])
     if config.basis:  # targets: the training spectra's coefficients (the loss never touches the pixels)
         basis = pca_basis(flux[train], mean, config.basis)
@@ -174,24 +205,35 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
         norm2 = float(np.sum(basis[0].astype(float) ** 2))
         y_train = torch.from_numpy(((flux[train] - mean) @ basis.T / norm2).astype(np.float32))
     x_val, y_val = torch.from_numpy(labels[val]).float(), torch.from_numpy(flux[val])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = _lr_schedule(optimiser, config)
+
+    def val_rms(member: int | None) -> torch.Tensor:
+        with torch.no_grad():
+            coefficients = model.coefficients(x_val, member)
+            predicted = model.mean_flux + (coefficients @ model.basis if config.basis else coefficients)
+            return torch.sqrt(torch.mean((predicted - y_val) ** 2, dim=1))
+
     history, start = [], time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
-    for step in tqdm(range(config.steps), desc=f"emulator {out.name}", disable=not progress):
-        batch = torch.randint(0, train.size, (min(config.batch_size, train.size),), generator=generator)
-        predicted = model.coefficients(x_train[batch]) if config.basis else model(x_train[batch])
-        loss = torch.mean((predicted - y_train[batch]) ** 2)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            with torch.no_grad():
-                val_rms = torch.sqrt(torch.mean((model(x_val) - y_val) ** 2, dim=1))
-            history.append({"step": step + 1, "train_mse": float(loss.detach()),
-                            "val_rms_median": float(val_rms.median()),
-                            "seconds": round(time.perf_counter() - start, 1)})
+    for member in range(config.members):
+        optimiser = torch.optim.AdamW(model.nets[member].parameters(), lr=config.lr,
+                                      weight_decay=config.weight_decay)
+        schedule = _lr_schedule(optimiser, config)
+        generator = torch.Generator().manual_seed(member_seed(config.seed, member))
+        desc = f"emulator {out.name}" + (f" {member + 1}/{config.members}" if config.members > 1 else "")
+        for step in tqdm(range(config.steps), desc=desc, disable=not progress):
+            batch = torch.randint(0, train.size, (min(config.batch_size, train.size),), generator=generator)
+            predicted = model.coefficients(x_train[batch], member)
+            if not config.basis:
+                predicted = model.mean_flux + predicted
+            loss = torch.mean((predicted - y_train[batch]) ** 2)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                history.append({"member": member, "step": step + 1, "train_mse": float(loss.detach()),
+                                "val_rms_median": float(val_rms(member).median()),
+                                "seconds": round(time.perf_counter() - start, 1)})
+    ensemble_val = float(val_rms(None).median())
     torch.save({"model": model.state_dict(), "config": asdict(config), "n_pixels": flux.shape[1]},
                out / "emulator.pt")
     np.save(out / "wavelength.npy", wave)
@@ -199,7 +241,9 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
               "bounds": [[schema.parameter(n).lower, schema.parameter(n).upper] for n in EMULATOR_INPUTS],
               "rotation": "none (apply v_broad with spectra.forward.rotation.Rotator)", "config": asdict(config),
               "grids": provenance, "n_train": int(train.size), "n_val": int(val.size),
-              "val_rms_median": history[-1]["val_rms_median"], "cpu_seconds": round(time.perf_counter() - start, 1),
+              "val_rms_median": ensemble_val,
+              "member_val_rms_median": [h["val_rms_median"] for h in history if h["step"] == config.steps],
+              "cpu_seconds": round(time.perf_counter() - start, 1),
               "parameters": int(sum(p.numel() for p in model.parameters())), "history": history}
     (out / "emulator.json").write_text(json.dumps(record, indent=1))
     return record
@@ -222,7 +266,7 @@ def load_emulator(run: str | Path) -> tuple[Emulator, dict, np.ndarray]:
         raise FileNotFoundError(f"{path} not found: is {run} an emulator folder (training emulator-fit --out)?")
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = Emulator(int(state["n_pixels"]), tuple(state["config"]["hidden"]),
-                     n_basis=int(state["config"].get("basis", 0)))
+                     n_basis=int(state["config"].get("basis", 0)), members=int(state["config"].get("members", 1)))
     model.load_state_dict(state["model"])
     model.eval()
     return model, json.loads((run / "emulator.json").read_text()), np.load(run / "wavelength.npy")
