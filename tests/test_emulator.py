@@ -109,6 +109,7 @@ def test_ensemble_averages_its_members_reloads_exports_and_reads_one_network_emu
     labels = labels.float()
     with torch.no_grad():
         members = torch.stack([model.mean_flux + model.coefficients(labels, k) @ model.basis for k in range(3)])
+        assert torch.equal(model(labels, 1), model.mean_flux + model.coefficients(labels, 1) @ model.basis)
         assert torch.allclose(model(labels), members.mean(dim=0), atol=1e-6)
     assert onnx_parity(tmp_path / "ens", export_emulator(tmp_path / "ens", tmp_path / "onnx"), labels.numpy()) < 1e-5
 

@@ -127,8 +127,9 @@ class Emulator(nn.Module):
                    for k, v in state_dict.items()}
         return super().load_state_dict(renamed, strict=strict, assign=assign)
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        correction = self.coefficients(labels)
+    def forward(self, labels: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """Flux of the ensemble (or of one ``member``)."""
+        correction = self.coefficients(labels, member)
         return self.mean_flux + (correction @ self.basis if self.n_basis else correction)
 
 
@@ -208,9 +209,7 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
 
     def val_rms(member: int | None) -> torch.Tensor:
         with torch.no_grad():
-            coefficients = model.coefficients(x_val, member)
-            predicted = model.mean_flux + (coefficients @ model.basis if config.basis else coefficients)
-            return torch.sqrt(torch.mean((predicted - y_val) ** 2, dim=1))
+            return torch.sqrt(torch.mean((model(x_val, member) - y_val) ** 2, dim=1))
 
     history, start = [], time.perf_counter()
     for member in range(config.members):
@@ -221,9 +220,7 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
         desc = f"emulator {out.name}" + (f" {member + 1}/{config.members}" if config.members > 1 else "")
         for step in tqdm(range(config.steps), desc=desc, disable=not progress):
             batch = torch.randint(0, train.size, (min(config.batch_size, train.size),), generator=generator)
-            predicted = model.coefficients(x_train[batch], member)
-            if not config.basis:
-                predicted = model.mean_flux + predicted
+            predicted = (model.coefficients if config.basis else model)(x_train[batch], member)
             loss = torch.mean((predicted - y_train[batch]) ** 2)
             optimiser.zero_grad()
             loss.backward()
