@@ -1,6 +1,7 @@
 """The spectral emulator: trains on unrotated grids only, learns a learnable grid, exports to ONNX with parity."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,9 +115,13 @@ def test_ensemble_averages_its_members_reloads_exports_and_reads_one_network_emu
     assert onnx_parity(tmp_path / "ens", export_emulator(tmp_path / "ens", tmp_path / "onnx"), labels.numpy()) < 1e-5
 
     one, _, _ = load_emulator(tmp_path / "one")
-    old_format = {k.replace("nets.0.0.", "body.").replace("nets.0.1.", "head."): v for k, v in one.state_dict().items()}
-    reread = Emulator(one.mean_flux.numel(), (16, 16), n_basis=6)
-    reread.load_state_dict(old_format)
+    shutil.copytree(tmp_path / "one", tmp_path / "old")
+    state = torch.load(tmp_path / "old" / "emulator.pt", weights_only=False)
+    state["model"] = {k.replace("nets.0.0.", "body.").replace("nets.0.1.", "head."): v
+                      for k, v in state["model"].items()}
+    state["config"].pop("members")
+    torch.save(state, tmp_path / "old" / "emulator.pt")
+    reread, _, _ = load_emulator(tmp_path / "old")
     with torch.no_grad():
         assert torch.equal(reread(labels), one(labels))
     with pytest.raises(ValueError, match="at least one network"):

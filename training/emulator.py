@@ -120,13 +120,6 @@ class Emulator(nn.Module):
             return self.nets[member](x)
         return torch.stack([net(x) for net in self.nets]).mean(dim=0)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Also reads emulators saved before ensembles (one MLP as ``body`` and ``head``)."""
-        renamed = {k.replace("body.", "nets.0.0.", 1) if k.startswith("body.") else
-                   k.replace("head.", "nets.0.1.", 1) if k.startswith("head.") else k: v
-                   for k, v in state_dict.items()}
-        return super().load_state_dict(renamed, strict=strict, assign=assign)
-
     def forward(self, labels: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """Flux of the ensemble (or of one ``member``)."""
         correction = self.coefficients(labels, member)
@@ -264,9 +257,17 @@ def load_emulator(run: str | Path) -> tuple[Emulator, dict, np.ndarray]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = Emulator(int(state["n_pixels"]), tuple(state["config"]["hidden"]),
                      n_basis=int(state["config"].get("basis", 0)), members=int(state["config"].get("members", 1)))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(_ensemble_names(state["model"]))
     model.eval()
     return model, json.loads((run / "emulator.json").read_text()), np.load(run / "wavelength.npy")
+
+
+def _ensemble_names(state: dict) -> dict:
+    """An ``emulator.pt`` saved before ensembles existed holds its one MLP as ``body`` and ``head``: the names of
+    ``nets[0]`` now (a file, not the module, is what is old, so :func:`load_emulator` translates it)."""
+    prefixes = {"body.": "nets.0.0.", "head.": "nets.0.1."}
+    return {next((new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)), k): v
+            for k, v in state.items()}
 
 
 def emulate(model: Emulator, labels: np.ndarray, batch: int = 256) -> np.ndarray:
