@@ -182,9 +182,19 @@ def test_model_error_neighbours_draw_residuals_from_similar_stars(emulator, tmp_
     rng = np.random.default_rng(0)
     nearest = _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy"),
                                     model_error_neighbours=1), None)
-    np.testing.assert_array_equal(nearest._error_index(stars, rng), np.arange(labels.shape[0]))
+    np.testing.assert_allclose(np.abs(nearest._model_errors(stars, rng)), np.abs(residuals))
     anyone = _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy")), None)
     assert anyone.error_position is None  # the default: any validation star, as before
     with pytest.raises(ValueError, match="validation stars"):
         _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy"),
                               model_error_neighbours=labels.shape[0] + 1), None)
+
+    # model_error_amplitude_neighbours = 1: the pattern of any validation star, the size of the star's nearest one
+    sized = _Generator(StreamSpec(str(emulator), model_error=str(tmp_path / "model_error.npy"),
+                                  model_error_amplitude_neighbours=1), None)
+    errors = sized._model_errors(stars, np.random.default_rng(1))
+    np.testing.assert_allclose(np.sqrt(np.mean(errors**2, axis=1)), np.sqrt(np.mean(residuals**2, axis=1)),
+                               rtol=1e-6)
+    drawn = anyone._model_errors(stars, np.random.default_rng(1))  # same draws: same patterns, other sizes
+    cosine = np.sum(errors * drawn, axis=1) / np.sqrt(np.sum(errors**2, axis=1) * np.sum(drawn**2, axis=1))
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-6)

@@ -152,7 +152,8 @@ def _stream_model(emulator: str | Path, config: Config, out: Path, workers: int,
             np.save(out / "model_error_labels.npy", labels)
     spec = StreamSpec(str(Path(emulator).resolve()), config.stream_stars, config.stream_copies, SNR_RANGE, config.seed,
                       str(model_error) if model_error else None, config.input_mask,
-                      config.model_error_neighbours if model_error else 0, config.stream_reuse)
+                      config.model_error_neighbours if model_error else 0, config.stream_reuse,
+                      config.model_error_amplitude_neighbours if model_error else 0)
     if config.stream_reuse < 1 or config.batches_per_epoch % config.stream_reuse:
         raise ValueError(f"stream_reuse must be a positive divisor of batches_per_epoch ({config.batches_per_epoch}),"
                          f" got {config.stream_reuse}")

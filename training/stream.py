@@ -71,6 +71,9 @@ class StreamSpec:
     # stars (emulator, rotation, continuum fit) are ~2/3 of a batch's cost and the optimiser's step ~1/10, so
     # reuse buys optimiser steps on 2 cores; 1: every batch has stars of its own (the earlier recipes)
     reuse: int = 1
+    # > 0: each drawn residual is rescaled to the median rms of the k validation stars nearest to its star (the
+    # pattern stays any star's; ``training.config.TrainConfig.model_error_amplitude_neighbours``)
+    model_error_amplitude_neighbours: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -102,12 +105,15 @@ class _Generator:
         self.projection = None if projection is None else tuple(np.asarray(a, dtype=np.float32) for a in projection)
         self.model_error = np.load(spec.model_error) if spec.model_error else None
         self.error_position = None
-        if self.model_error is not None and spec.model_error_neighbours > 0:
+        neighbours = {"model_error_neighbours": spec.model_error_neighbours,
+                      "model_error_amplitude_neighbours": spec.model_error_amplitude_neighbours}
+        if self.model_error is not None and any(neighbours.values()):
             error_labels = np.load(Path(spec.model_error).with_name("model_error_labels.npy"))
             self.error_position = self._position(error_labels, list(EMULATOR_INPUTS))
-            if not 0 < spec.model_error_neighbours <= self.error_position.shape[0]:
-                raise ValueError(f"model_error_neighbours = {spec.model_error_neighbours}; the emulator has "
-                                 f"{self.error_position.shape[0]} validation stars")
+            for name, k in neighbours.items():
+                if not 0 <= k <= self.error_position.shape[0]:
+                    raise ValueError(f"{name} = {k}; the emulator has {self.error_position.shape[0]} validation stars")
+        self.error_rms = None if self.model_error is None else np.sqrt(np.mean(self.model_error**2, axis=1))
         # the mask on the generator's own pixels (the HR ones), from the one definition (spectra.contracts.masks)
         self.mask = input_mask(self.wave, spec.input_mask)[0] if spec.input_mask else None
 
@@ -120,16 +126,29 @@ class _Generator:
             columns.append((labels[:, names.index(name)] - p.lower) / (p.upper - p.lower))
         return np.stack(columns, axis=1)
 
-    def _error_index(self, labels: np.ndarray, pick: np.random.Generator) -> np.ndarray:
-        """Which residual each star gets: any validation star, or one of the k nearest to it."""
-        n = labels.shape[0]
-        if self.error_position is None:
-            return pick.integers(self.model_error.shape[0], size=n)
+    def _nearest_errors(self, labels: np.ndarray, k: int) -> np.ndarray:
+        """(n, k) indices of the validation stars nearest to each star in scaled T_eff, log g, [Fe/H]."""
+        assert self.error_position is not None
         where = self._position(labels, schema.label_names())
         distance = ((where[:, None, :] - self.error_position[None, :, :]) ** 2).sum(axis=2)
+        return np.argsort(distance, axis=1, kind="stable")[:, :k]
+
+    def _model_errors(self, labels: np.ndarray, pick: np.random.Generator) -> np.ndarray:
+        """(n, pixels) the emulator error realisation each star carries, random sign: the residual of any
+        validation star, or of one of the k nearest to it; optionally rescaled to its neighbours' typical size."""
+        assert self.model_error is not None and self.error_rms is not None
+        n = labels.shape[0]
         k = self.spec.model_error_neighbours
-        nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
-        return nearest[np.arange(n), pick.integers(k, size=n)]
+        if k:
+            index = self._nearest_errors(labels, k)[np.arange(n), pick.integers(k, size=n)]
+        else:
+            index = pick.integers(self.model_error.shape[0], size=n)
+        scale = pick.choice([-1.0, 1.0], size=n)
+        k = self.spec.model_error_amplitude_neighbours
+        if k:
+            typical = np.median(self.error_rms[self._nearest_errors(labels, k)], axis=1)
+            scale = scale * typical / np.maximum(self.error_rms[index], 1e-12)
+        return scale[:, None] * self.model_error[index]
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels (n, all labels), noiseless rotated pseudo-continuum-normalised flux (n, P), continuum (n, P))."""
@@ -144,9 +163,7 @@ class _Generator:
             flux = self.model(torch.from_numpy(labels[:, self.emulator_columns].astype(np.float32))).numpy()
         flux = flux.astype(float)
         if self.model_error is not None:  # a real error realisation of the emulator (another star's), random sign
-            pick = np.random.default_rng(np.random.SeedSequence([*seed, 3]))
-            index = self._error_index(labels, pick)
-            flux += pick.choice([-1.0, 1.0], size=(n, 1)) * self.model_error[index]
+            flux += self._model_errors(labels, np.random.default_rng(np.random.SeedSequence([*seed, 3])))
         flux = self.rotator(flux, labels[:, self.vbroad_column])
         # the continuum is fitted with S/N 1000 noise: on a noiseless spectrum with many pure-continuum pixels
         # (hot stars) the clipping sigma is ~1e-16 and the fit chaotic, as no observed spectrum is
