@@ -66,9 +66,9 @@ class Config:
     # stream + model_error: draw each star's residual from the k validation stars nearest to it in T_eff, log g and
     # [Fe/H] (scaled by the prior's ranges), so a dwarf does not carry a cool giant's TiO error; 0: from any star
     model_error_neighbours: int = 0
-    # stream + model_error: rescale each drawn residual (its pattern from any validation star) to the median rms of
-    # the k validation stars nearest to the star it is added to: a warm dwarf gets a dwarf-sized error (~0.1 %), a
-    # cool giant a giant-sized one (~3 %), instead of a random star's (0.06-15 %); 0: the residual as drawn
+    # stream + model_error: shrink each drawn residual (its pattern from any validation star) to the median rms of
+    # the k validation stars nearest to the star it is added to, where that is smaller: a warm dwarf no longer
+    # carries a cool giant's 3-15 % TiO error, only errors of its neighbours' size (~0.1 %); 0: the residual as drawn
     model_error_amplitude_neighbours: int = 0
     lr_schedule: str = "exponential"  # "exponential" (lr x lr_decay per epoch) or "onecycle" (over all epochs)
     # pixels set to the continuum before the network sees them (spectra.contracts.masks.INPUT_MASKS), or None

@@ -71,8 +71,8 @@ class StreamSpec:
     # stars (emulator, rotation, continuum fit) are ~2/3 of a batch's cost and the optimiser's step ~1/10, so
     # reuse buys optimiser steps on 2 cores; 1: every batch has stars of its own (the earlier recipes)
     reuse: int = 1
-    # > 0: each drawn residual is rescaled to the median rms of the k validation stars nearest to its star (the
-    # pattern stays any star's; ``training.config.TrainConfig.model_error_amplitude_neighbours``)
+    # > 0: each drawn residual is shrunk to the median rms of the k validation stars nearest to its star where that
+    # is smaller (the pattern stays any star's; ``training.config.TrainConfig.model_error_amplitude_neighbours``)
     model_error_amplitude_neighbours: int = 0
 
     @property
@@ -146,8 +146,10 @@ class _Generator:
         scale = pick.choice([-1.0, 1.0], size=n)
         k = self.spec.model_error_amplitude_neighbours
         if k:
+            # shrunk to the neighbours' size, never grown: a metal-poor star's few-line residual grown 50x to a cool
+            # giant's size is no error an emulator makes (and such spikes made the first training diverge)
             typical = np.median(self.error_rms[self._nearest_errors(labels, k)], axis=1)
-            scale = scale * typical / np.maximum(self.error_rms[index], 1e-12)
+            scale = scale * np.minimum(1.0, typical / np.maximum(self.error_rms[index], 1e-12))
         return scale[:, None] * self.model_error[index]
 
     def stars(self, seed: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
