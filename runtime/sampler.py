@@ -23,8 +23,9 @@ int8 variants quantize activations dynamically (one scale per call), so the int8
 at a time: a spectrum's result must not depend on which other spectra share its call.
 
 ``engine="openvino"`` (``runtime.engines``): the same graphs, latent draws and numpy summary, computed by OpenVINO
-on the CPU in fp32 or bf16 (its precision hint on the fp32 graphs); every graph is called one spectrum at a time,
-for the same reason as int8 (OpenVINO's kernels may depend on the batch shape). In bf16 the densities carry
+on the CPU in fp32 or bf16 (its precision hint on the fp32 graphs); every graph is called with one fixed shape, for
+the same reason as int8 (OpenVINO's kernels may depend on the batch shape): the flow one spectrum at a time, the
+once-per-spectrum graphs in blocks of ``OPENVINO_BLOCK`` spectra. In bf16 the densities carry
 errors of ~0.01 in log p, enough to swap the highest-density sample (the MAP) with a neighbour of nearly equal
 density far away in parameter space; and a sample within the bf16 error of a training bound may be rejected in
 one precision and kept in the other, which shifts every quantile of that parameter by a rank (most posteriors of
@@ -64,6 +65,11 @@ EXACT_TOP = 32
 #: arithmetic itself). 0.002 recomputes a fifth of the samples 0.01 did (session 17; 0.01 cost 40 % of the paper-size
 #: flow's time), and the verification of each bundle on each CPU still decides whether bf16 is used at all
 EXACT_MARGIN = 0.002
+#: rows per OpenVINO call of the once-per-spectrum graphs (features, condition projection). The shape is fixed, so a
+#: spectrum's features do not depend on its batch-mates or on where it sits in a block (tested), and the feature
+#: network's weights (206 MB in fp32 at the paper's size, read from memory at every call) are read once per block:
+#: one spectrum per call spent ~18 ms per spectrum on that alone, 15 % of the paper-size bf16 sampling
+OPENVINO_BLOCK = 8
 
 
 def latent_draws(seed: int, source_id: int, n_samples: int, n_params: int) -> np.ndarray:
@@ -220,11 +226,17 @@ class OnnxPosterior:
 
     def _run_once_per_spectrum(self, session, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output of a graph taken once per spectrum: for all rows of ``feeds`` in one call, or under
-        OpenVINO one spectrum per call (module docstring: one fixed shape, one kernel choice, whatever the batch)."""
+        OpenVINO in blocks of ``OPENVINO_BLOCK`` rows (module docstring: one fixed shape, one kernel choice, whatever
+        the batch), the last block filled up with copies of its last row."""
         if self.engine != "openvino":
             return session.run(None, feeds)[0]
         n = next(iter(feeds.values())).shape[0]
-        return np.concatenate([session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0] for i in range(n)])
+        out = []
+        for start in range(0, n, OPENVINO_BLOCK):
+            rows = np.arange(start, min(start + OPENVINO_BLOCK, n))
+            block = np.concatenate([rows, np.full(OPENVINO_BLOCK - rows.size, rows[-1])])
+            out.append(session.run(None, {k: v[block] for k, v in feeds.items()})[0][:rows.size])
+        return np.concatenate(out)
 
     def flow(self, z: np.ndarray, features: np.ndarray, rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """x and log|det dx/dz| for rows of z with their (already repeated) features: the plain fp32 graph,

@@ -100,6 +100,26 @@ def test_determinism_over_chunks_batches_and_workers(verified, tmp_path):
         np.testing.assert_array_equal(a.column(name), c.column(name), err_msg=f"{name} a-c")
 
 
+def test_openvino_features_do_not_depend_on_block_mates_or_position(verified):
+    """Under OpenVINO the once-per-spectrum graphs run in fixed blocks of OPENVINO_BLOCK spectra: a spectrum's
+    features are the same bits alone (a block of copies of itself), at any place in a block, and beside others."""
+    from runtime.sampler import OPENVINO_BLOCK
+
+    bundle, _, grid = verified
+    n = OPENVINO_BLOCK + 3
+    flux = np.resize(_flux(grid), (n, 25_200))
+    flux[6:] *= np.linspace(0.97, 1.0, n - 6, dtype=np.float32)[:, None]  # other spectra, not repeats
+    snr = np.linspace(30.0, 300.0, n)
+    posterior = OnnxPosterior(load_bundle(bundle), threads=1, summary="host", engine="openvino", precision="bf16")
+    together = posterior.features(flux, snr)
+    shifted = posterior.features(flux[3:], snr[3:])
+    np.testing.assert_array_equal(shifted, together[3:])
+    for i in (0, 5, n - 1):
+        np.testing.assert_array_equal(posterior.features(flux[i:i + 1], snr[i:i + 1])[0], together[i])
+    projected = posterior.projection(together)
+    np.testing.assert_array_equal(posterior.projection(together[2:3])[0], projected[2])
+
+
 def test_catalogue_records_engine_and_resume_insists_on_it(verified, tmp_path):
     bundle, survey, _ = verified
     out = tmp_path / "c.zarr"
