@@ -38,7 +38,7 @@ from runtime.bundle import load_bundle
 from runtime.engines import bf16_hardware, cpu_features, engine_version, openvino_available
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.posterior import summarize
-from runtime.sampler import OnnxPosterior
+from runtime.sampler import EXACT_MARGIN, EXACT_TOP, OnnxPosterior
 from training.config import CONFIGS
 from training.fit import load_run, save_untrained_run
 from training.model import CINN
@@ -280,7 +280,8 @@ def main() -> None:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None]
     report = {"cpu": cpu_info(), "core": args.core, "date": time.strftime("%Y-%m-%d"), "samples": SAMPLES,
               "load_average_at_start": os.getloadavg()[0],
-              "command": "python benchmarks/throughput.py " + " ".join(flags)}
+              "command": "python benchmarks/throughput.py " + " ".join(flags),
+              "exact_top": EXACT_TOP, "exact_margin": EXACT_MARGIN}
     report["matmul_peak_gflops"] = matmul_peak()
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -347,8 +348,10 @@ def _recompute_lines(r: dict) -> list[str]:
              for k in s.get("fraction_recomputed_fp32", {})]
     if not parts:
         return []
-    return [f"OpenVINO bf16 recomputes in fp32 the 32 samples of highest density of each spectrum and every sample "
-            f"within 0.01 standardised units of a training bound: {' and '.join(parts)} of the samples drawn here "
+    top, margin = r.get("exact_top", 32), r.get("exact_margin", 0.01)  # reports before session 17: 32, 0.01
+    return [f"OpenVINO bf16 recomputes in fp32 the {top} samples of highest density of each spectrum and every sample "
+            f"within {margin:g} standardised units of a training bound: {' and '.join(parts)} of the samples drawn "
+            "here "
             "(an untrained flow is the identity, x = z, so its standard-normal samples crowd the bounds that lie "
             "within a few units of the centre; trained posteriors are narrower).", ""]
 
