@@ -9,9 +9,9 @@ correct but never fast, which is why ``--engine auto`` looks at the CPU's flags 
 
 :class:`OpenVinoSession` puts an OpenVINO compiled model behind the one ONNX Runtime session method the sampler
 and the re-simulation use (``run``), so that the rest of the runtime does not care which engine computes.
-Each OpenVINO call is made for one spectrum at a time by the callers (``runtime.sampler``): OpenVINO may pick
-other kernels (another accumulation order) for other batch shapes, and a spectrum's result must not depend on
-its batch-mates.
+The callers (``runtime.sampler``) make every OpenVINO call with one fixed shape (the flow one spectrum at a time,
+the once-per-spectrum graphs in blocks of ``OPENVINO_BLOCK`` spectra): OpenVINO may pick other kernels (another
+accumulation order) for other batch shapes, and a spectrum's result must not depend on its batch-mates.
 """
 
 from __future__ import annotations
