@@ -62,8 +62,9 @@ EXACT_TOP = 32
 #: flip moves a quantile by one rank, which matters only where many samples crowd a bound. Measured on the default
 #: model (the bundle verification, 24 spectra x 3 S/N, AMX Xeon), largest quantile error in fp32 half-widths by margin:
 #: 0 -> 0.045, 0.0005 -> 0.044, 0.001 -> 0.037, 0.002 -> 0.024, 0.004 and 0.01 -> 0.024 (what is left is the bf16
-#: arithmetic itself). 0.002 recomputes a fifth of the samples 0.01 did (session 17; 0.01 cost 40 % of the paper-size
-#: flow's time), and the verification of each bundle on each CPU still decides whether bf16 is used at all
+#: arithmetic itself). 0.002 recomputes a fifth of the samples 0.01 did (session 17; at 0.01 the recomputation took
+#: 40 % of the paper-size stage's time on AMX), and each bundle's verification on each CPU still decides whether bf16
+#: is used at all
 EXACT_MARGIN = 0.002
 #: rows per OpenVINO call of the once-per-spectrum graphs (features, condition projection). The shape is fixed, so a
 #: spectrum's features do not depend on its batch-mates or on where it sits in a block (tested), and the feature

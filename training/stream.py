@@ -72,7 +72,7 @@ class StreamSpec:
     # reuse buys optimiser steps on 2 cores; 1: every batch has stars of its own (the earlier recipes)
     reuse: int = 1
     # > 0: each drawn residual is shrunk to the median rms of the k validation stars nearest to its star where that
-    # is smaller (the pattern stays any star's; ``training.config.TrainConfig.model_error_amplitude_neighbours``)
+    # is smaller (the pattern stays any star's; ``training.config.Config.model_error_amplitude_neighbours``)
     model_error_amplitude_neighbours: int = 0
 
     @property
@@ -135,7 +135,7 @@ class _Generator:
 
     def _model_errors(self, labels: np.ndarray, pick: np.random.Generator) -> np.ndarray:
         """(n, pixels) the emulator error realisation each star carries, random sign: the residual of any
-        validation star, or of one of the k nearest to it; optionally rescaled to its neighbours' typical size."""
+        validation star, or of one of the k nearest to it; optionally shrunk to its neighbours' typical size."""
         assert self.model_error is not None and self.error_rms is not None
         n = labels.shape[0]
         k = self.spec.model_error_neighbours
