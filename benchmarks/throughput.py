@@ -351,8 +351,7 @@ def _recompute_lines(r: dict) -> list[str]:
     top, margin = r.get("exact_top", 32), r.get("exact_margin", 0.01)  # reports before session 17: 32, 0.01
     return [f"OpenVINO bf16 recomputes in fp32 the {top} samples of highest density of each spectrum and every sample "
             f"within {margin:g} standardised units of a training bound: {' and '.join(parts)} of the samples drawn "
-            "here "
-            "(an untrained flow is the identity, x = z, so its standard-normal samples crowd the bounds that lie "
+            "here (an untrained flow is the identity, x = z, so its standard-normal samples crowd the bounds that lie "
             "within a few units of the centre; trained posteriors are narrower).", ""]
 
 
