@@ -17,6 +17,14 @@ linearised likelihood fit δ = F⁻¹ Jᵀ diag(σ⁻²) (PySME − emulator), b
 run folder (``training emulator-fit --out``; torch). ``--grid``: an unrotated PySME grid file, or packed shards
 (``spectra pack-grid``; unpacked into a temporary folder); default the shipped held-out shards.
 
+What a trained estimator can reach is less than the bound, because its spectra hold less than Eq. 1 says; the
+report adds two bounds of the training setup (``training.information.nuisance_bound``, one per S/N): *normalised*,
+the network's input pixels (the input mask's pixels left out) with the pseudo-continuum's B-spline coefficients
+(``spectra.forward.continuum.BatchNormaliser``'s basis) free and marginalised; and, with ``--model-error`` (a cINN
+run's ``model_error.npy``: the emulator residuals its training stars carry, one at random with a random sign), that
+plus Gaussian noise of those residuals' covariance (each rotated with the star). The cINN sees exactly these
+nuisances in training, so they, not the bound, are its best case on the emulator's own spectra.
+
 Pixels: the emulator's output and the PySME spectra may each be stored with a wavelength margin beyond the HR
 windows (``spectra.wavegrid.hr_grid(margin)``, not necessarily the same); each is rotated on its own pixels and
 cropped to the 25 200 HR pixels (``spectra.forward.rotation.hr_rotator``), where the bound and the floor are taken.
@@ -37,11 +45,12 @@ from _common import machine
 from tqdm.auto import tqdm
 
 from spectra import schema
+from spectra.contracts.masks import input_mask
 from spectra.forward.degrade import noise_sigma
 from spectra.forward.rotation import hr_rotator
 from spectra.stores.gridstore import GridReader
 from spectra.wavegrid import hr_grid
-from training.information import central_jacobian, cramer_rao_bound, fit_shift
+from training.information import central_jacobian, cramer_rao_bound, fit_shift, nuisance_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "information_limit"
@@ -138,6 +147,20 @@ def steps_for(names: list[str], labels: np.ndarray) -> np.ndarray:
     return h
 
 
+def continuum_columns(wave: np.ndarray) -> np.ndarray:
+    """(P, K) the B-spline basis of the pseudo-continuum fit (``BatchNormaliser``: its knots, each stretch's
+    basis placed on its pixels): a normalised spectrum keeps nothing that these functions times it can absorb."""
+    from spectra.forward.continuum import BatchNormaliser
+
+    stretches = BatchNormaliser(wave).stretches
+    out = np.zeros((wave.size, sum(s.basis.shape[1] for s in stretches)))
+    col = 0
+    for s in stretches:
+        out[s.part, col:col + s.basis.shape[1]] = s.basis
+        col += s.basis.shape[1]
+    return out
+
+
 def summarise(values: np.ndarray) -> dict:
     """rms and median over stars of one parameter's bound (or |floor|)."""
     return {"rms": float(np.sqrt(np.mean(values**2))), "median": float(np.median(values))}
@@ -145,6 +168,33 @@ def summarise(values: np.ndarray) -> dict:
 
 def fmt(x: float) -> str:
     return "∞" if np.isinf(x) else "nan" if not np.isfinite(x) else f"{x:.3g}"
+
+
+def setup_tables(result: dict, units: dict) -> list[str]:
+    """The bounds of the training setup (module docstring), headline parameters, against the plain bound."""
+    setups = result.get("setup_bound") or {}
+    if not setups:
+        return []
+    m = result["meta"]
+    lines = ["## What the network's input holds (the bounds of the training setup)", "",
+             f"Normalised: the pixels outside the input mask `{m['input_mask']}`, the pseudo-continuum's B-spline "
+             "coefficients free and marginalised." + (
+                 f" + model error: and Gaussian noise of the covariance of the {m['model_error_residuals']} emulator "
+                 f"residuals in `{m['model_error']}` (one of them with a random sign, rotated with the star), as in "
+                 "the cINN's training." if m.get("model_error") else ""),
+             "rms over the stars (median star in brackets); in brackets after the setup, × the plain bound's rms.", "",
+             "| S/N per Å | setup | " + " | ".join(f"{n} [{units[n]}]" for n in HEADLINE) + " |",
+             "|---|---" + "|---" * len(HEADLINE) + "|"]
+    for key in result["bound"]:
+        plain = result["bound"][key]
+        lines.append(f"| {key} | Eq. 1 bound | " + " | ".join(
+            f"{fmt(plain[n]['rms'])} ({fmt(plain[n]['median'])})" for n in HEADLINE) + " |")
+        for setup, per_snr in setups.items():
+            b = per_snr[key]
+            lines.append(f"| {key} | {setup} | " + " | ".join(
+                f"{fmt(b[n]['rms'])} ({fmt(b[n]['median'])}; {b[n]['rms'] / plain[n]['rms']:.2f}×)"
+                for n in HEADLINE) + " |")
+    return [*lines, ""]
 
 
 def render(result: dict) -> str:
@@ -180,6 +230,7 @@ def render(result: dict) -> str:
              "rms over the stars (median |shift| in brackets) — the error left at infinite S/N for anything trained "
              "on this emulator's spectra and tested on PySME's.", "",
              "## Headline parameters", "", *table(HEADLINE), "",
+             *setup_tables(result, units),
              "## All 13 network targets", "", *table(targets), "",
              "## The 13 nuisance abundances (not inferred, marginalised above)", "", *table(nuisance), "",
              "An accuracy report is put against this with `training evaluate --bound "
@@ -201,6 +252,11 @@ def main() -> None:
     parser.add_argument("--stars", type=int, help="only the first N stars")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--model-error", help="a cINN run's model_error.npy (the emulator residuals its training "
+                        "stars carry): adds the bound with them as correlated noise")
+    parser.add_argument("--input-mask", default="model-invalid",
+                        help="the input mask of the normalised bound (spectra.contracts.masks.INPUT_MASKS; 'none': no "
+                        "mask)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     snrs = [float(s) for s in args.snr.split(",") if s.strip()]
@@ -226,6 +282,11 @@ def main() -> None:
     iv = names.index("vbroad")
     n, d = len(rows), len(names)
     bound1, floor, emu_rms = np.empty((n, d)), np.empty((n, d)), np.empty(n)
+    setups = ["normalised"] + (["normalised + model error"] if args.model_error else [])
+    setup_bound = {k: np.empty((len(snrs), n, d)) for k in setups}
+    continuum_basis = continuum_columns(grid.wave)
+    masked = np.zeros(grid.size, dtype=bool) if args.input_mask == "none" else input_mask(grid.wave, args.input_mask)[0]
+    residuals = np.load(args.model_error).astype(np.float64) if args.model_error else None
     for i in tqdm(range(n), desc="information limit", unit="star", disable=args.quiet):
         theta = labels[i]
         emulated = model(theta[None])[0]
@@ -235,6 +296,16 @@ def main() -> None:
         residual = pysme_rotator(pysme[i], theta[iv]) - emulated
         floor[i] = fit_shift(jacobian, sigma, residual)
         emu_rms[i] = np.sqrt(np.mean(residual**2))
+        free = emulated[:, None] * continuum_basis
+        correlated = None
+        if residuals is not None:  # one of K residuals with a random sign: covariance (1/K) sum r r^T
+            correlated = model.rotator(residuals, theta[iv]).T / np.sqrt(len(residuals))
+        for k, snr in enumerate(snrs):
+            s_input = np.where(masked, np.nan, sigma / snr)
+            setup_bound["normalised"][k, i] = nuisance_bound(jacobian, s_input, free=free)
+            if correlated is not None:
+                setup_bound["normalised + model error"][k, i] = nuisance_bound(jacobian, s_input, free=free,
+                                                                               correlated=correlated)
     seconds = time.perf_counter() - start
 
     result = {
@@ -243,9 +314,13 @@ def main() -> None:
                  "n_stars": int(n), "steps": STEPS, "abundance_step": ABUNDANCE_STEP, "pixel_width": grid.step,
                  "noise": "paper Eq. 1: sigma_i = f_i / (S/N per A * sqrt(pixel width)), f = emulated, rotated",
                  "emulator_rms_vs_pysme_median": float(np.median(emu_rms)), "seconds": round(seconds, 1),
+                 "input_mask": args.input_mask, "model_error": shown(args.model_error) if args.model_error else None,
+                 "model_error_residuals": None if residuals is None else len(residuals),
                  "machine": machine()},
         "parameters": names,
         "bound": {f"{s:g}": {name: summarise(bound1[:, k] / s) for k, name in enumerate(names)} for s in snrs},
+        "setup_bound": {setup: {f"{s:g}": {name: summarise(values[j, :, k]) for k, name in enumerate(names)}
+                                for j, s in enumerate(snrs)} for setup, values in setup_bound.items()},
         "floor": {name: {"rms": float(np.sqrt(np.mean(floor[:, k] ** 2))),
                          "median_abs": float(np.median(np.abs(floor[:, k]))), "mean": float(np.mean(floor[:, k]))}
                   for k, name in enumerate(names)},

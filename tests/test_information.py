@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.information import central_jacobian, covariance, cramer_rao_bound, fisher_information, fit_shift
+from training.information import (
+    central_jacobian,
+    covariance,
+    cramer_rao_bound,
+    fisher_information,
+    fit_shift,
+    nuisance_bound,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +30,27 @@ def _linear_model(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     a = base * np.array([1e-4, 0.3, 1.0, 2.0])
     sigma = 0.05 * rng.uniform(0.5, 1.5, 300)
     return a, sigma
+
+
+def test_nuisance_bound_equals_the_dense_formula_and_the_plain_bound_without_nuisance():
+    """Free parameters appended and marginalised, correlated noise by Woodbury: the same as inverting the dense
+    (P x P) covariance; with neither, the plain bound; an extra noise along a label's own signature widens it by
+    exactly sqrt(1 + a^2 |j|^2 / sigma^2)-type factors the dense formula gives."""
+    a, sigma = _linear_model(3)
+    rng = np.random.default_rng(4)
+    free = rng.standard_normal((300, 3)) * 0.02
+    u = rng.standard_normal((300, 5)) * 0.03
+    u[:, 0] = 0.5 * a[:, 2]  # a residual that looks like a change of label 2
+    np.testing.assert_allclose(nuisance_bound(a, sigma), cramer_rao_bound(a, sigma)[0], rtol=1e-10)
+    full = np.concatenate([a, free], axis=1)
+    noise = np.diag(sigma**2) + u @ u.T
+    dense = np.sqrt(np.diag(np.linalg.inv(full.T @ np.linalg.solve(noise, full)))[:4])
+    np.testing.assert_allclose(nuisance_bound(a, sigma, free=free, correlated=u), dense, rtol=1e-7)
+    only_free = np.sqrt(np.diag(np.linalg.inv(full.T @ np.diag(sigma**-2) @ full))[:4])
+    np.testing.assert_allclose(nuisance_bound(a, sigma, free=free), only_free, rtol=1e-8)
+    plain = cramer_rao_bound(a, sigma)[0]
+    widened = nuisance_bound(a, sigma, correlated=u)
+    assert np.all(widened >= plain * (1 - 1e-12)) and widened[2] > 1.5 * plain[2]
 
 
 def test_linear_gaussian_model_jacobian_bound_and_monte_carlo():

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["central_jacobian", "covariance", "cramer_rao_bound", "fisher_information", "fit_shift"]
+__all__ = ["central_jacobian", "covariance", "cramer_rao_bound", "fisher_information", "fit_shift", "nuisance_bound"]
 
 # Singular values below this fraction of the largest are treated as exact zeros (directions with no information).
 _RCOND = 1e-12
@@ -144,3 +144,38 @@ def fit_shift(jacobian: np.ndarray, sigma: np.ndarray, residual: np.ndarray) -> 
     if not good_r.all():  # a pixel with an unknown residual takes no part in the fit
         return fit_shift(np.asarray(jacobian, dtype=float)[good][good_r], s[good][good_r], r[good][good_r])
     return _Solver(a).solve(r[good] / s[good])
+
+
+def _decorrelated(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a`` whitened once more for extra Gaussian noise of covariance W Wᵀ (both already divided by σ): the rows
+    of (I + W Wᵀ)^(-1/2) a. With W Wᵀ = Q diag(λ) Qᵀ (Q orthonormal, from the small K x K eigenproblem of WᵀW),
+    (I + W Wᵀ)^(-1/2) = I − Q diag(1 − (1 + λ)^(-1/2)) Qᵀ: no P x P matrix is formed."""
+    lam, v = np.linalg.eigh(w.T @ w)
+    keep = lam > _RCOND * max(float(lam.max(initial=0.0)), 1e-300)
+    q = (w @ v[:, keep]) / np.sqrt(lam[keep])
+    shrink = 1.0 - 1.0 / np.sqrt(1.0 + lam[keep])
+    return a - q @ (shrink[:, None] * (q.T @ a))
+
+
+def nuisance_bound(jacobian: np.ndarray, sigma: np.ndarray, free: np.ndarray | None = None,
+                   correlated: np.ndarray | None = None) -> np.ndarray:
+    """The Cramér–Rao bound (D,) of the labels when the data also carry what the estimator cannot know.
+
+    ``free`` (P, M): the columns ∂flux/∂a of M extra parameters that are fitted and marginalised too (e.g. the
+    B-spline coefficients of a pseudo-continuum: a normalised spectrum keeps no information on scales longer than
+    its knot spacing). ``correlated`` (P, K): a factor U of extra Gaussian noise with covariance U Uᵀ on top of the
+    independent pixel noise ``sigma`` (e.g. the emulator's residuals on its validation stars, each scaled by
+    1/√K: the covariance of "one of them, with a random sign"). Without either, :func:`cramer_rao_bound`'s bound.
+    Unlike the white-noise bound this does not scale as 1/(S/N): call it once per S/N.
+    """
+    j = np.asarray(jacobian, dtype=float)
+    d = j.shape[1]
+    columns = j if free is None else np.concatenate([j, np.asarray(free, dtype=float)], axis=1)
+    a, good = _whitened(columns, sigma)
+    if correlated is not None:
+        s = np.broadcast_to(np.asarray(sigma, dtype=float), good.shape)
+        u = np.asarray(correlated, dtype=float)
+        if u.ndim != 2 or u.shape[0] != good.size:
+            raise ValueError(f"correlated must be (P, K) with P = {good.size}, got shape {u.shape}")
+        a = _decorrelated(a, np.nan_to_num(u[good]) / s[good, None])
+    return np.sqrt(np.diag(_Solver(a).covariance())[:d])
