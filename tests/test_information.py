@@ -181,7 +181,15 @@ def test_information_limit_script_on_two_shipped_stars(tmp_path):
     assert np.isfinite(bound["floor"]["fe_h"]["rms"])
     per_snr = {"250": {"params": {"teff": {"bias": 0.0, "sigma": teff250}}}}
     assert efficiency(per_snr, bound)["250"]["teff"] == pytest.approx(1.0)
-    assert "## Headline parameters" in (tmp_path / "report.md").read_text()
+    # the normalised input (pseudo-continuum free, input mask left out) holds less than Eq. 1 says
+    setup = bound["setup_bound"]["normalised"]
+    for key in ("50", "250"):
+        for name in ("teff", "logg", "fe_h"):
+            assert setup[key][name]["rms"] > bound["bound"][key][name]["rms"]
+    ratio = efficiency(per_snr, bound, "normalised")["250"]["teff"]
+    assert ratio == pytest.approx(teff250 / setup["250"]["teff"]["rms"])
+    report = (tmp_path / "report.md").read_text()
+    assert "## Headline parameters" in report and "| 250 | normalised |" in report
 
 
 def test_estimator_study_reads_each_rows_own_bound(tmp_path):

@@ -99,11 +99,13 @@ def load_bound(path: str | Path) -> dict:
     return raw
 
 
-def efficiency(per_snr: dict, bound: dict) -> dict[str, dict[str, float | None]]:
+def efficiency(per_snr: dict, bound: dict, setup: str | None = None) -> dict[str, dict[str, float | None]]:
     """σ / bound per S/N key of ``per_snr`` and parameter: rms(MAP - truth) / rms bound at the same S/N, both
     over stars of the grid prior (the bound file's stars need not be these ones). None where the bound file has no
-    such S/N (matched by value, so "250" and "250.0" agree; "continuous" never matches) or no such parameter."""
-    table = {float(k): v for k, v in bound["bound"].items()}
+    such S/N (matched by value, so "250" and "250.0" agree; "continuous" never matches) or no such parameter.
+    ``setup``: against that bound of the training setup (the file's ``setup_bound``) instead of the Eq. 1 one."""
+    source = bound["bound"] if setup is None else bound["setup_bound"][setup]
+    table = {float(k): v for k, v in source.items()}
     out: dict[str, dict[str, float | None]] = {}
     for key, result in per_snr.items():
         try:
@@ -205,9 +207,14 @@ def evaluate(run: str | Path, grid: str | Path, out: str | Path, split: str = "t
         for key, per in ratios.items():
             for name, ratio in per.items():
                 metrics["per_snr"][key]["params"][name]["sigma_over_bound"] = ratio
+        setups = list(bound_table.get("setup_bound") or {})
+        for setup in setups:
+            for key, per in efficiency(metrics["per_snr"], bound_table, setup).items():
+                for name, ratio in per.items():
+                    metrics["per_snr"][key]["params"][name].setdefault("sigma_over_setup_bound", {})[setup] = ratio
         metrics["bound"] = {"file": str(Path(bound).resolve()), "snr": list(bound_table["bound"]),
                             "emulator": bound_table.get("meta", {}).get("emulator"),
-                            "n_stars": bound_table.get("meta", {}).get("n_stars")}
+                            "n_stars": bound_table.get("meta", {}).get("n_stars"), "setups": setups}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     _save_arrays(out / "evaluation.npz", results, rows, names)
     _plots(results, names, {p["name"]: f"{p['label']} [{p['unit']}]" for p in targets}, out)
@@ -347,6 +354,12 @@ def _render(m: dict, units: dict[str, str]) -> str:
         for key, r in m["per_snr"].items():
             cells = [_ratio(r["params"][n].get("sigma_over_bound")) for n in names]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        for setup in b.get("setups", []):
+            lines += ["", f"σ / the bound of the training setup \"{setup}\" (what the network's input holds: "
+                      "`benchmarks/information_limit.py`):", "", head, sep]
+            for key, r in m["per_snr"].items():
+                cells = [_ratio(r["params"][n].get("sigma_over_setup_bound", {}).get(setup)) for n in names]
+                lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "![MAP vs truth](predicted_vs_true.png)", "", "![SBC](sbc.png)", ""]
     if len(m["per_snr"]) > 1:
         lines += ["![residuals vs S/N](residuals_vs_snr.png)", ""]
