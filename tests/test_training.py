@@ -243,3 +243,17 @@ def test_saliency_maps_and_line_enrichment(tmp_path, labelled_grid):
     far = np.min(np.abs(wave[:, None] - mg[None, :]), axis=1) > 1.0
     off_lines = np.where(far, np.random.default_rng(0).random(wave.size), 0.0)
     assert line_enrichment(wave, off_lines, mg, n_peaks=50)["enrichment"] == 0
+
+
+def test_step_guard_skips_spikes_and_non_finite_batches():
+    """A batch far above the recent gradient norms, or not finite, moves nothing; ordinary ones do; the count of
+    skipped batches in a row is what ends a fit."""
+    from training.fit import SPIKE_FACTOR, SPIKE_WARMUP, StepGuard
+
+    guard = StepGuard()
+    assert all(guard.accept(1.0, 10.0 * (1 + 0.01 * k)) for k in range(SPIKE_WARMUP))
+    assert not guard.accept(1.0, 10.0 * SPIKE_FACTOR * 1.5)  # a spike
+    assert not guard.accept(float("inf"), float("nan")) and guard.in_a_row == 2
+    assert guard.accept(-3.0, 25.0) and guard.in_a_row == 0  # a few times the median is ordinary
+    resumed = StepGuard(list(guard.norms))  # the checkpoint's recent norms: the same decisions after a resume
+    assert not resumed.accept(1.0, 10.0 * SPIKE_FACTOR * 1.5)

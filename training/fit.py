@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,11 +42,46 @@ from .config import Config
 from .data import SNR_RANGE, GridData
 from .model import CINN, count_parameters
 
-__all__ = ["DivergenceError", "FitResult", "fit", "load_run", "resolve_device", "save_untrained_run"]
+__all__ = ["DivergenceError", "FitResult", "StepGuard", "fit", "load_run", "resolve_device", "save_untrained_run"]
 
 
 class DivergenceError(RuntimeError):
     """The loss or the gradients became NaN/inf: training stops with the last good checkpoint kept."""
+
+
+#: a batch whose gradient norm exceeds this many times the median of the last ``SPIKE_WINDOW`` accepted ones (once
+#: ``SPIKE_WARMUP`` are known), or whose loss or gradient is not finite, is skipped: no optimiser step
+SPIKE_FACTOR = 50.0
+SPIKE_WINDOW = 64
+SPIKE_WARMUP = 16
+#: this many skipped batches in a row (or an epoch's worth, if fewer) end the fit (DivergenceError): the model itself
+#: has gone bad, not one batch
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class StepGuard:
+    """Which batches may move the weights.
+
+    Why: a rare training example (a fresh emulated star whose features land where the affine base's scale is tiny)
+    gives its batch a loss of 1e4-1e13 nats. Clipped to norm 1e3, its gradient still fills Adam's second-moment
+    estimates, and at a higher learning rate one such batch went to an infinite gradient norm (epoch 3 of a
+    56-epoch run, session 18) where the 24-epoch runs had only survived theirs. Skipping such a batch costs 512
+    examples of an unlimited stream. The recent norms are part of the checkpoint, so a resumed fit decides as an
+    uninterrupted one does."""
+
+    def __init__(self, norms: list[float] | None = None):
+        self.norms: deque[float] = deque(norms or [], maxlen=SPIKE_WINDOW)
+        self.in_a_row = 0
+
+    def accept(self, loss: float, norm: float) -> bool:
+        ok = math.isfinite(loss) and math.isfinite(norm) and (
+            len(self.norms) < SPIKE_WARMUP or norm <= SPIKE_FACTOR * statistics.median(self.norms))
+        if ok:
+            self.norms.append(norm)
+            self.in_a_row = 0
+        else:
+            self.in_a_row += 1
+        return ok
 
 
 @dataclass
@@ -249,6 +286,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         scheduler.load_state_dict(state["scheduler"])
         history, best_val, best_epoch = state["history"], state["best_val"], state["best_epoch"]
         bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+    guard = StepGuard(state.get("guard_norms") if state is not None else None)
     (out / "config.json").write_text(config.to_json())
     meta = {"grid": str(Path(grid).resolve()), "grid_attrs": _plain(data.grid_attrs), "software": software_version(),
             "schema": run_schema(config, data.grid_attrs), "input_mask": mask_record,
@@ -271,30 +309,36 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         rng = np.random.default_rng(_epoch_seed(config.seed, epoch))
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         train_nll = train_rev = 0.0
+        skipped = 0
         model.train()
         for batch, arrays in enumerate(_train_batches(data, config, epoch, rng)):
             flux, snr, x = (torch.from_numpy(a).to(dev) for a in arrays)
             nll, rev = _batch_loss(model, flux, snr, x, config, gen)
             loss = nll + config.reverse_loss_weight * rev
-            if not torch.isfinite(loss):
-                raise DivergenceError(
-                    f"loss became {float(loss)} at epoch {epoch}, batch {batch} (lr {scheduler.get_last_lr()[0]:.3g});"
-                    f" the last good state is in {checkpoint_path}. Lower the learning rate or check the grid.")
             optimiser.zero_grad()
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e3)
-            if not torch.isfinite(norm):
-                raise DivergenceError(f"gradient norm became {float(norm)} at epoch {epoch}, batch {batch}")
-            optimiser.step()
-            if per_batch:
+            norm = math.nan
+            if torch.isfinite(loss):
+                loss.backward()
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e3))
+            if guard.accept(float(loss), norm):
+                optimiser.step()
+                train_nll += float(nll.detach())
+                train_rev += float(rev.detach())
+            else:
+                skipped += 1
+                if guard.in_a_row >= min(MAX_SKIPPED_IN_A_ROW, config.batches_per_epoch):  # or a whole epoch
+                    raise DivergenceError(
+                        f"loss became {float(loss)} (gradient norm {norm:.3g}) at epoch {epoch}, batch {batch}, the "
+                        f"{guard.in_a_row}th skipped batch in a row (lr {scheduler.get_last_lr()[0]:.3g}); the last "
+                        f"good state is in {checkpoint_path}. Lower the learning rate or check the grid.")
+            if per_batch:  # the schedule follows the batches, taken or skipped: the run's length is fixed
                 scheduler.step()
-            train_nll += float(nll.detach())
-            train_rev += float(rev.detach())
         if not per_batch:
             scheduler.step()
         val = _validation_loss(model, val_batches, config, dev)
-        record = {"epoch": epoch, "train_nll": train_nll / config.batches_per_epoch,
-                  "train_rev": train_rev / config.batches_per_epoch, "val_loss": val,
+        taken = max(config.batches_per_epoch - skipped, 1)
+        record = {"epoch": epoch, "train_nll": train_nll / taken, "train_rev": train_rev / taken,
+                  "skipped_batches": skipped, "val_loss": val,
                   "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}
         history.append(record)
         if val < best_val - config.min_delta:
@@ -307,9 +351,10 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
         _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                       "scheduler": scheduler.state_dict(), "history": history, "best_val": best_val,
                       "best_epoch": best_epoch, "bad_epochs": bad_epochs, "epoch": epoch,
+                      "guard_norms": list(guard.norms),
                       "config": asdict(config)}, checkpoint_path)
         (out / "history.json").write_text(json.dumps(history, indent=1))
-        bar.set_postfix(train=f"{record['train_nll']:.3f}", val=f"{val:.3f}", best=best_epoch)
+        bar.set_postfix(train=f"{record['train_nll']:.3f}", val=f"{val:.3f}", best=best_epoch, skipped=skipped)
         bar.update(1)
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
