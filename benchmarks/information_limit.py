@@ -300,12 +300,11 @@ def main() -> None:
         correlated = None
         if residuals is not None:  # one of K residuals with a random sign: covariance (1/K) sum r r^T
             correlated = model.rotator(residuals, theta[iv]).T / np.sqrt(len(residuals))
-        for k, snr in enumerate(snrs):
-            s_input = np.where(masked, np.nan, sigma / snr)
-            setup_bound["normalised"][k, i] = nuisance_bound(jacobian, s_input, free=free)
-            if correlated is not None:
-                setup_bound["normalised + model error"][k, i] = nuisance_bound(jacobian, s_input, free=free,
-                                                                               correlated=correlated)
+        s_input = np.where(masked, np.nan, sigma)  # the network's input pixels, S/N 1
+        setup_bound["normalised"][:, i] = nuisance_bound(jacobian, s_input, free=free, snr=snrs)
+        if correlated is not None:
+            setup_bound["normalised + model error"][:, i] = nuisance_bound(jacobian, s_input, free=free,
+                                                                           correlated=correlated, snr=snrs)
     seconds = time.perf_counter() - start
 
     result = {

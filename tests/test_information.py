@@ -51,6 +51,12 @@ def test_nuisance_bound_equals_the_dense_formula_and_the_plain_bound_without_nui
     plain = cramer_rao_bound(a, sigma)[0]
     widened = nuisance_bound(a, sigma, correlated=u)
     assert np.all(widened >= plain * (1 - 1e-12)) and widened[2] > 1.5 * plain[2]
+    # several S/N at once: the pixel noise scales as 1/(S/N), the extra noise does not
+    many = nuisance_bound(a, sigma, free=free, correlated=u, snr=[1.0, 4.0])
+    at4 = np.linalg.inv(full.T @ np.linalg.solve(np.diag((sigma / 4.0) ** 2) + u @ u.T, full))
+    np.testing.assert_allclose(many[0], dense, rtol=1e-7)
+    np.testing.assert_allclose(many[1], np.sqrt(np.diag(at4)[:4]), rtol=1e-7)
+    np.testing.assert_allclose(nuisance_bound(a, sigma, snr=[4.0])[0], plain / 4.0, rtol=1e-8)
 
 
 def test_linear_gaussian_model_jacobian_bound_and_monte_carlo():

@@ -146,36 +146,45 @@ def fit_shift(jacobian: np.ndarray, sigma: np.ndarray, residual: np.ndarray) -> 
     return _Solver(a).solve(r[good] / s[good])
 
 
-def _decorrelated(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``a`` whitened once more for extra Gaussian noise of covariance W Wᵀ (both already divided by σ): the rows
-    of (I + W Wᵀ)^(-1/2) a. With W Wᵀ = Q diag(λ) Qᵀ (Q orthonormal, from the small K x K eigenproblem of WᵀW),
-    (I + W Wᵀ)^(-1/2) = I − Q diag(1 − (1 + λ)^(-1/2)) Qᵀ: no P x P matrix is formed."""
+def _decorrelation(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, λ) with W Wᵀ = Q diag(λ) Qᵀ, Q (P, K') orthonormal, from the small K x K eigenproblem of WᵀW: extra
+    Gaussian noise of covariance W Wᵀ (W already divided by σ) is whitened by (I + W Wᵀ)^(-1/2) =
+    I − Q diag(1 − (1 + λ)^(-1/2)) Qᵀ, and no P x P matrix is ever formed."""
     lam, v = np.linalg.eigh(w.T @ w)
     keep = lam > _RCOND * max(float(lam.max(initial=0.0)), 1e-300)
-    q = (w @ v[:, keep]) / np.sqrt(lam[keep])
-    shrink = 1.0 - 1.0 / np.sqrt(1.0 + lam[keep])
-    return a - q @ (shrink[:, None] * (q.T @ a))
+    return (w @ v[:, keep]) / np.sqrt(lam[keep]), lam[keep]
 
 
 def nuisance_bound(jacobian: np.ndarray, sigma: np.ndarray, free: np.ndarray | None = None,
-                   correlated: np.ndarray | None = None) -> np.ndarray:
+                   correlated: np.ndarray | None = None, snr: float | list[float] = 1.0) -> np.ndarray:
     """The Cramér–Rao bound (D,) of the labels when the data also carry what the estimator cannot know.
 
     ``free`` (P, M): the columns ∂flux/∂a of M extra parameters that are fitted and marginalised too (e.g. the
     B-spline coefficients of a pseudo-continuum: a normalised spectrum keeps no information on scales longer than
     its knot spacing). ``correlated`` (P, K): a factor U of extra Gaussian noise with covariance U Uᵀ on top of the
-    independent pixel noise ``sigma`` (e.g. the emulator's residuals on its validation stars, each scaled by
-    1/√K: the covariance of "one of them, with a random sign"). Without either, :func:`cramer_rao_bound`'s bound.
-    Unlike the white-noise bound this does not scale as 1/(S/N): call it once per S/N.
+    independent pixel noise (e.g. the emulator's residuals on its validation stars, each scaled by 1/√K: the
+    covariance of "one of them, with a random sign"). Without either, :func:`cramer_rao_bound`'s bound.
+
+    ``sigma`` is the pixel noise at S/N 1 and ``snr`` one S/N or a list of them (then the result is (S, D)): the
+    pixel noise scales as 1/(S/N), the extra noise does not, so unlike the plain bound this one does not scale as
+    1/(S/N); the eigenproblem of U is solved once for all of them.
     """
     j = np.asarray(jacobian, dtype=float)
     d = j.shape[1]
     columns = j if free is None else np.concatenate([j, np.asarray(free, dtype=float)], axis=1)
     a, good = _whitened(columns, sigma)
+    values = np.atleast_1d(np.asarray(snr, dtype=float))
+    q = lam = qa = None
     if correlated is not None:
         s = np.broadcast_to(np.asarray(sigma, dtype=float), good.shape)
         u = np.asarray(correlated, dtype=float)
         if u.ndim != 2 or u.shape[0] != good.size:
             raise ValueError(f"correlated must be (P, K) with P = {good.size}, got shape {u.shape}")
-        a = _decorrelated(a, np.nan_to_num(u[good]) / s[good, None])
-    return np.sqrt(np.diag(_Solver(a).covariance())[:d])
+        q, lam = _decorrelation(np.nan_to_num(u[good]) / s[good, None])
+        qa = q.T @ a
+    out = np.empty((values.size, d))
+    for k, value in enumerate(values):
+        # whitened at this S/N: pixel noise σ/snr, extra noise unchanged, so W scales by snr (λ by snr²)
+        scaled = a if q is None else a - q @ ((1.0 - 1.0 / np.sqrt(1.0 + value**2 * lam))[:, None] * qa)
+        out[k] = np.sqrt(np.diag(_Solver(value * scaled).covariance())[:d])
+    return out if np.ndim(snr) else out[0]
