@@ -6,14 +6,17 @@ star:
 
 1. labels: the MAP of the cINN's parameters; the emulator's other inputs (abundances the cINN does not infer)
    from the prior's [Fe/H] trend recorded in the bundle (``emulator.fill``);
-2. the emulator's unrotated spectrum, rotated by the MAP v_broad (``spectra.forward.rotation.Rotator``); an
-   emulator trained on grids stored with a wavelength margin outputs ``spectra.wavegrid.hr_grid(margin)``
-   (``emulator.margin`` in the bundle, ``export attach-emulator``): it is rotated on that grid, so that the window
-   edges see real spectrum, and then cropped to the bundle's pixels, the HR ones (``hr_rotator``); for a
-   pseudo-continuum bundle the model is brought to the input's continuum level by a smooth factor, the ratio
-   input / model averaged over ``CONTINUUM_WINDOW`` Å with two 3-sigma clipping passes (:func:`match_continuum`):
-   the input's pseudo-continuum differs from the model's true continuum only on the scale of the spline knots
-   (``KNOT_SPACING``, 40 Å), and this costs 1 ms where refitting the model's pseudo-continuum costs 100 ms;
+2. the emulator's unrotated spectrum, rotated by the MAP v_broad on its pixels
+   (``spectra.forward.rotation.PixelRotator``, float32: the training spectra's rotation without its ln λ grid,
+   within 3e-4 rms of it, where the per-pixel noise is 1.8e-2 at S/N 250 per Å and the emulator's own error 3e-3;
+   ``Rotator`` at ``RESIM_DV`` only for pixels not uniform in λ); an emulator trained on grids stored with a
+   wavelength margin outputs ``spectra.wavegrid.hr_grid(margin)`` (``emulator.margin`` in the bundle, ``export
+   attach-emulator``): it is rotated on that grid, so that the window edges see real spectrum, and then cropped to
+   the bundle's pixels, the HR ones (``hr_pixel_rotator``); for a pseudo-continuum bundle the model is brought to
+   the input's continuum level by a smooth factor, the ratio input / model averaged over ``CONTINUUM_WINDOW`` Å
+   with two 3-sigma clipping passes (:func:`match_continuum`): the input's pseudo-continuum differs from the
+   model's true continuum only on the scale of the spline knots (``KNOT_SPACING``, 40 Å), and this costs 0.3 ms
+   where refitting the model's pseudo-continuum costs 100 ms;
 3. ``chi2_resim`` = mean over pixels of (input - model)^2 / sigma^2 with sigma^2 = (model / S/N_pix)^2 (the
    noise model of the training spectra, paper Eq. 1) + (model_error x model)^2 (the emulator's own error on
    held-out PySME spectra, recorded in the bundle), so that a good fit gives about 1 at any S/N;
@@ -22,6 +25,18 @@ star:
 The pixels of the bundle's input mask (manifest ``input_mask``: telluric O₂, the Hα core, what the forward model
 cannot make and the network never sees) are left out of both numbers and of the continuum match; a bundle without
 the entry uses every pixel, bit for bit as before.
+
+Cost per spectrum on one core (CPU time), in the runtime's batches of 16, 25 200 pixels, the default model: emulator
+0.33-0.35 ms, rotation 0.19-0.25, continuum match 0.29-0.32, chi2 0.08, 0.89-1.0 ms in all, 2.5-2.6 times less than
+with the ln λ rotation at 1 km/s and the per-pixel box filters this replaced (2.3-2.5 ms: 0.34-0.36, 0.83-0.95,
+0.94-1.05, 0.17-0.19). Against
+those, on 1024 MAPs drawn within the bundle's bounds at S/N 20, 50 and 250: chi2_resim moved by 5e-5 (median) and
+1e-3 at most for good fits whose model stays above 0, by 3e-4 (median) for poor fits, and the POOR_FIT threshold
+calibrated on 600 held-out spectra by 0-1.2 %. Where the emulator's model crosses 0 (4-7 % of such MAPs, none
+physical), chi2 is set by the pixels where the model is near 0 (sigma ∝ model) and moves by any amount with any
+change of the model or of the continuum match, the old ones included. Every number of a spectrum is the same bits
+alone as in any batch (``tests/test_resim.py``): the rotation's method and blocks, the continuum's bins and the
+sums all follow from the spectrum alone.
 
 POOR_FIT is set above the threshold recorded in the bundle (``emulator.poor_fit_chi2``), calibrated on held-out
 synthetic spectra by ``python -m export calibrate-poor-fit``. No torch here: the emulator is an ONNX graph, run in
@@ -35,6 +50,7 @@ batch the stars of a chunk, and ONNX Runtime's CPU kernels give every row of a b
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,17 +58,19 @@ from spectra.contracts.conventions import KNOT_SPACING
 
 from .bundle import Bundle
 
+if TYPE_CHECKING:
+    from spectra.forward.rotation import PixelRotator, Rotator
+    from spectra.wavegrid import WavelengthGrid
+
 __all__ = ["CONTINUUM_WINDOW", "Resimulator", "match_continuum", "reduced_chi2"]
 
 CONTINUUM_WINDOW = KNOT_SPACING  # Å: the input's pseudo-continuum follows the model's on this scale
-#: km/s, the step of the rotation's ln λ grid here: twice the training spectra's 0.5 km/s. Against a 0.25 km/s
-#: rotation of 64 emulated spectra (v_broad 1-100 km/s) the model differs by 6e-5 rms, 0.25 % at most, against
-#: per-pixel noise of 1.8 % at S/N 250 per Å, and the rotation (the check's largest cost) takes half the time
-#: (float32: 2.2 against 4.4 ms per spectrum on one AMX Xeon core)
+#: km/s, the step of the rotation's ln λ grid for a bundle whose pixels are not uniform in λ (``Rotator``); the HR
+#: grid of every bundle so far is uniform and rotated on its pixels (``PixelRotator``)
 RESIM_DV = 1.0
 
 
-def _grid_of(wavelength: np.ndarray):
+def _grid_of(wavelength: np.ndarray) -> WavelengthGrid:
     """A ``spectra.wavegrid.WavelengthGrid`` for a bundle's pixel grid (windows split at gaps > 1 A)."""
     from spectra.wavegrid import WavelengthGrid
 
@@ -64,65 +82,196 @@ def _grid_of(wavelength: np.ndarray):
                           float(np.median(np.diff(wavelength))), "the bundle's pixel grid")
 
 
+def _rotator_for(grid: WavelengthGrid) -> PixelRotator | Rotator:
+    """The rotation of the model on ``grid`` (float32: a model for a noisy spectrum): on its pixels
+    (``spectra.forward.rotation.PixelRotator``) when each window is uniform in λ, else through a ln λ grid of
+    ``RESIM_DV`` (``Rotator``)."""
+    from spectra.forward.rotation import PixelRotator, Rotator
+
+    try:
+        return PixelRotator(grid, dtype=np.float32)
+    except ValueError:
+        return Rotator(grid, dv=RESIM_DV, dtype=np.float32)
+
+
 def match_continuum(flux: np.ndarray, model: np.ndarray, segments, width: int,
                     exclude: np.ndarray | None = None) -> np.ndarray:
     """``model`` (N, P) times a smooth factor that brings it to the continuum level of ``flux``: per window, the
     ratio flux / model averaged over ``width`` pixels, twice more with pixels beyond 3 sigma of that average
-    (lines the model gets wrong) left out. Sigma is the robust scatter (1.4826 x median absolute deviation) of the
-    pixels still in, taken on every ``SCATTER_STRIDE``-th pixel: a few thousand pixels per window give it to ~2 %,
-    at a quarter of the cost. Pixels of ``exclude`` (P,) are left out from the start, like non-finite ratios (the
-    factor there is interpolated from their neighbours, or 0 deep inside a band wider than ``width``)."""
-    from scipy.ndimage import uniform_filter1d
-
-    out = np.array(model, dtype=np.result_type(model, np.float32))  # float32 models stay float32
+    (lines the model gets wrong) left out (:func:`continuum_factor`). Pixels of ``exclude`` (P,) are left out from
+    the start, like non-finite ratios (the factor there is interpolated from their neighbours, or 0 deep inside a
+    band wider than ``width``)."""
+    out = np.empty(model.shape, dtype=np.result_type(model, np.float32))  # float32 models stay float32
+    covered = np.zeros(model.shape[1], dtype=bool)
     for segment in segments:
-        f, m = flux[:, segment], model[:, segment]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = (f / m).astype(np.float32)  # a smooth factor to ~1e-7: float32 halves the time
-        weight = np.isfinite(ratio).astype(np.float32)
-        if exclude is not None:
-            weight[:, exclude[segment]] = 0.0
-        ratio[weight == 0] = 0.0
-        size = min(width, f.shape[1])
-        for _ in range(3):
-            norm = uniform_filter1d(weight, size, axis=1, mode="nearest")
-            smooth = uniform_filter1d(ratio * weight, size, axis=1, mode="nearest") / np.maximum(norm, 1e-9)
-            deviation = np.abs(ratio - smooth)
-            sample = np.where(weight[:, ::SCATTER_STRIDE] > 0, deviation[:, ::SCATTER_STRIDE], np.nan)
-            scatter = 1.4826 * np.array([_median_of_finite(row) for row in sample])[:, None]
-            weight *= deviation <= 3.0 * scatter
-        out[:, segment] = m * smooth
+        np.multiply(model[:, segment], continuum_factor(flux[:, segment], model[:, segment], width,
+                                                        None if exclude is None else exclude[segment]),
+                    out=out[:, segment])
+        covered[segment] = True
+    out[:, ~covered] = model[:, ~covered]  # pixels in no window (none in a bundle's grid) as they are
     return out
 
 
-SCATTER_STRIDE = 4  # match_continuum: the scatter of every 4th pixel
+#: match_continuum: the box sums are taken at every CONTINUUM_BIN-th pixel (from sums over bins of that many
+#: pixels) and interpolated linearly between: the factor is smooth on ``width`` (800 pixels). 8 (40) makes the whole
+#: check 9 % slower (2 % faster) and follows the per-pixel filter slightly closer (less close) on poor fits
+CONTINUUM_BIN = 20
+#: match_continuum: the scatter of every SCATTER_STRIDE-th pixel (a divisor or multiple of CONTINUUM_BIN): every
+#: 4th, as before; every 16th moved a poor fit's chi2 by 16 % (its clipping depends on sigma)
+SCATTER_STRIDE = 4
 
 
-def _median_of_finite(values: np.ndarray) -> float:
-    """The median of the finite values, +inf when there are none (then nothing is clipped)."""
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if finite.size else np.inf
+def continuum_factor(flux: np.ndarray, model: np.ndarray, width: int,
+                     exclude: np.ndarray | None = None) -> np.ndarray:
+    """The smooth factor (N, P) float32 of :func:`match_continuum` for one window: the mean of flux / model over
+    the ``width`` pixels around each pixel (``scipy.ndimage.uniform_filter1d``'s box, its ``mode="nearest"`` edges:
+    the edge pixel repeated), the pixels of ``exclude`` (P,) and non-finite ratios left out, then twice more with
+    the pixels beyond 3 sigma of that mean left out too (sigma: 1.4826 x the lower median absolute deviation of
+    every ``SCATTER_STRIDE``-th pixel still in).
+
+    Computed on sums over bins of ``CONTINUUM_BIN`` pixels instead of per pixel: the box is a whole number of bins
+    wide, so its sums at every bin edge are the per-pixel ones, and the mean in between is interpolated linearly
+    (it moves by 1/``width`` of a pixel's scatter per pixel; :func:`_interpolate_mean`); the clipping compares each
+    pixel with the mean at its bin's centre. Against the per-pixel box filter it replaces, the factor differs by a
+    tenth of the box mean's own noise (rms; half of it at most, ``tests/test_resim.py``), at less than a third of the
+    cost."""
+    p = flux.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.divide(flux, model, dtype=np.float32)  # a smooth factor to ~1e-7: float32 halves the time
+    good = np.isfinite(ratio)
+    if exclude is not None:
+        good &= ~exclude
+    np.copyto(ratio, 0.0, where=~good)
+    bins = -(-p // CONTINUUM_BIN)
+    ratio_t, good_t = _bin_major(ratio, bins), _bin_major(good, bins)
+    half = max(1, round(min(width, p) / (2 * CONTINUUM_BIN)))  # the box: 2 half bins
+    inside = good_t  # still in the mean: good and not clipped
+    ends = (slice(None), 0, 0), (slice(None), (p - 1) % CONTINUUM_BIN, (p - 1) // CONTINUUM_BIN)
+    kept = ratio_t  # ratio where inside, 0 elsewhere (ratio is 0 where not good)
+    for clip in (True, True, False):
+        # per bin: float32 sums of CONTINUUM_BIN ratios, uint8 counts, each bin from its pixels alone
+        sums = kept.sum(axis=1), inside.view(np.uint8).sum(axis=1, dtype=np.uint8)
+        edges = [(kept[end], inside[end]) for end in ends]
+        total, weight = _box_sums(*sums, half, *edges)
+        if not clip:
+            break
+        # the mean at each bin's centre: sums halfway between its edges
+        centre = (total[:, 1:] + total[:, :-1]) / np.maximum(weight[:, 1:] + weight[:, :-1], 1e-9)
+        inside = inside & ~_outliers(ratio_t, inside, centre.astype(np.float32))
+        kept = ratio_t * inside
+    return _interpolate_mean(total, weight, p)
+
+
+def _bin_major(values: np.ndarray, bins: int) -> np.ndarray:
+    """(N, P) -> (N, CONTINUUM_BIN, bins) with [n, r, b] = values[n, b x CONTINUUM_BIN + r] (0 past P): bin sums
+    and per-bin comparisons become operations on long contiguous rows instead of CONTINUUM_BIN-element ones."""
+    n, p = values.shape
+    if p < bins * CONTINUUM_BIN:
+        values = np.concatenate([values, np.zeros((n, bins * CONTINUUM_BIN - p), dtype=values.dtype)], axis=1)
+    return np.ascontiguousarray(values.reshape(n, bins, CONTINUUM_BIN).transpose(0, 2, 1))
+
+
+def _box_sums(sum_ratio: np.ndarray, sum_weight: np.ndarray, half: int, first: tuple[np.ndarray, np.ndarray],
+              last: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of ratio x weight, sum of weight), each (N, bins + 1), over the 2 ``half`` bins around each bin edge,
+    from the bin sums (N, bins); beyond the window's ends, bins of CONTINUUM_BIN copies of its first and last pixel
+    (``first``/``last``: their (ratio x weight, weight)), as ``uniform_filter1d(mode="nearest")``."""
+    n, bins = sum_ratio.shape
+    pair = np.empty((n, bins + 2 * half + 1, 2))  # [..., 0]: ratio x weight, [..., 1]: weight
+    pair[:, 0] = 0.0
+    for k in range(2):
+        pair[:, 1:half + 1, k] = CONTINUUM_BIN * first[k][:, None]
+        pair[:, half + 1:half + 1 + bins, k] = (sum_ratio, sum_weight)[k]
+        pair[:, half + 1 + bins:, k] = CONTINUUM_BIN * last[k][:, None]
+    # both prefix sums in one complex cumsum: numpy's is bound by the latency of each addition, and a complex one
+    # makes two at a time (half the time of two real ones)
+    both = pair.view(np.complex128)[..., 0]
+    np.cumsum(both, axis=1, out=both)
+    box = pair[:, 2 * half:2 * half + bins + 1] - pair[:, :bins + 1]
+    return box[..., 0], box[..., 1]
+
+
+def _outliers(ratio_t: np.ndarray, inside: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The pixels of ``inside`` (bin-major, as ``ratio_t``) beyond 3 sigma of ``centre`` (N, bins), the box mean at
+    their bin's centre; sigma from every ``SCATTER_STRIDE``-th pixel of ``inside`` (none: +inf, nothing clipped)."""
+    n = ratio_t.shape[0]
+    if SCATTER_STRIDE <= CONTINUUM_BIN:  # every SCATTER_STRIDE-th pixel of every bin
+        offsets, columns = slice(None, None, SCATTER_STRIDE), slice(None)
+    else:  # the first pixel of every (SCATTER_STRIDE / CONTINUUM_BIN)-th bin
+        offsets, columns = slice(0, 1), slice(None, None, SCATTER_STRIDE // CONTINUUM_BIN)
+    deviation = np.abs(ratio_t[:, offsets, columns] - centre[:, None, columns]).reshape(n, -1)
+    sigma = 1.4826 * _lower_median(deviation, inside[:, offsets, columns].reshape(n, -1))
+    limit = (3.0 * sigma).astype(np.float32)[:, None]
+    out = ratio_t > (centre + limit)[:, None, :]
+    out |= ratio_t < (centre - limit)[:, None, :]
+    out &= inside
+    return out
+
+
+def _lower_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (N, S), the lower median of its ``valid`` entries; +inf for a row with none."""
+    ranked = np.where(valid, values, np.float32(np.inf))  # the invalid ones sort last
+    middle = (np.count_nonzero(valid, axis=1) - 1) // 2
+    out = np.full(values.shape[0], np.inf)
+    for i, k in enumerate(middle.tolist()):
+        if k >= 0:
+            ranked[i].partition(k)
+            out[i] = ranked[i, k]
+    return out
+
+
+def _interpolate_mean(total: np.ndarray, weight: np.ndarray, p: int) -> np.ndarray:
+    """The box means (N, P) at every pixel from their sums ``total`` and ``weight`` (N, bins + 1) at every
+    CONTINUUM_BIN-th pixel: the means interpolated linearly, except in the bins where the weight halves or more
+    between their edges (beside a stretch of pixels all left out: a masked band, a region a poor fit loses to the
+    clipping, where an edge's mean is 0), which interpolate the sums and divide. Built bin-major, on long rows,
+    then transposed: faster than rows of CONTINUUM_BIN elements."""
+    n, bins = total.shape[0], total.shape[1] - 1
+    fraction = np.arange(CONTINUUM_BIN, dtype=np.float32) / CONTINUUM_BIN
+    knots = (total / np.maximum(weight, 1e-9)).astype(np.float32)  # 0 where no weight is left
+    out = np.empty((n, CONTINUUM_BIN, bins), dtype=np.float32)
+    np.multiply((knots[:, 1:] - knots[:, :-1])[:, None, :], fraction[None, :, None], out=out)
+    out += knots[:, None, :-1]
+    low, high = np.minimum(weight[:, :-1], weight[:, 1:]), np.maximum(weight[:, :-1], weight[:, 1:])
+    row, col = np.nonzero(low < 0.5 * high)
+    if row.size:
+        sums = [(s[row, col, None] + (s[row, col + 1] - s[row, col])[:, None] * fraction).astype(np.float32)
+                for s in (total, weight)]
+        out[row, :, col] = sums[0] / np.maximum(sums[1], np.float32(1e-9))
+    return out.transpose(0, 2, 1).reshape(n, bins * CONTINUUM_BIN)[:, :p]
 
 
 def reduced_chi2(flux: np.ndarray, model: np.ndarray, snr_per_pixel: np.ndarray, model_error: float = 0.0,
                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(chi2 per spectrum, rms per spectrum) of ``flux`` against ``model`` (N, P) with per-pixel S/N (N,), over the
-    finite pixels not in ``exclude`` (P,) (the bundle's input mask; None: every pixel)."""
+    pixels not in ``exclude`` (P,) (the bundle's input mask; None: every pixel) where (flux - model) / model is
+    finite (model 0 or non-finite flux or model: left out)."""
     # sigma^2 = model^2 (1/snr^2 + model_error^2): a factor per spectrum times model^2, so chi2 is a sum of squared
-    # relative residuals (float32 arrays, float64 sums: a third of the float64 version's time)
+    # relative residuals (float32 arrays masked in place, pairwise float32 sums of each row, to ~1e-6 like the
+    # float32 catalogue columns: 0.08 against 0.19 ms per spectrum for float64 sums of fresh arrays)
     variance = 1.0 / np.asarray(snr_per_pixel, dtype=float) ** 2 + model_error**2
     model = np.asarray(model, dtype=np.float32)
-    residual = np.asarray(flux, dtype=np.float32) - model
-    good = np.isfinite(residual) & (model != 0) & (variance[:, None] > 0)
+    residual = np.subtract(flux, model, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.divide(residual, model)
+    good = np.isfinite(relative)
     if exclude is not None:
         good &= ~exclude
-    n = np.maximum(good.sum(axis=1), 1)
-    residual[~good] = 0.0
-    square = residual * residual
-    relative = square / np.where(good, model * model, 1.0)  # 0 wherever not good
-    chi2 = relative.sum(axis=1, dtype=np.float64) / n / np.where(variance > 0, variance, np.inf)
-    rms = np.sqrt(square.sum(axis=1, dtype=np.float64) / n)
+    good &= (variance > 0)[:, None]
+    bad = ~good
+    np.copyto(residual, 0.0, where=bad)
+    np.copyto(relative, 0.0, where=bad)
+    n = np.maximum([np.count_nonzero(row) for row in good], 1)  # row by row: 6x faster than axis=1
+    chi2 = _sum_of_squares(relative) / n / np.where(variance > 0, variance, np.inf)
+    rms = np.sqrt(_sum_of_squares(residual) / n)
     return chi2, rms
+
+
+def _sum_of_squares(values: np.ndarray) -> np.ndarray:
+    """Per row of (N, P) float32 ``values`` (overwritten), the sum of squares as float64 (a pairwise float32 sum
+    of each row alone: the same bits whatever the batch)."""
+    np.multiply(values, values, out=values)
+    return values.sum(axis=1).astype(np.float64)
 
 
 class Resimulator:
@@ -130,7 +279,7 @@ class Resimulator:
     normalisation; see the module docstring."""
 
     def __init__(self, bundle: Bundle, threads: int = 0):
-        from spectra.forward.rotation import Rotator, hr_rotator
+        from spectra.forward.rotation import hr_pixel_rotator
         from spectra.wavegrid import hr_grid, wavelength_sha256
 
         entry = bundle.emulator
@@ -156,14 +305,15 @@ class Resimulator:
         grid = _grid_of(bundle.wavelength)
         #: the emulator's output pixels: the bundle's, or the HR grid with ``emulator.margin`` around them
         self.margin = float(entry.get("margin", 0.0))
+        self.rotator: PixelRotator | Rotator
         if self.margin:
             # rotate on the margin, return the HR pixels
-            self.rotator = hr_rotator(hr_grid(self.margin).wave, dv=RESIM_DV, dtype=np.float32)
+            self.rotator = hr_pixel_rotator(hr_grid(self.margin).wave, dtype=np.float32)
             if wavelength_sha256(self.rotator.wave) != wavelength_sha256(bundle.wavelength):
                 raise ValueError(f"{bundle.path}: emulator.margin = {self.margin:g} A, but the bundle's pixel grid is "
                                  "not the 4MOST HR grid such an emulator's output is cropped to")
         else:
-            self.rotator = Rotator(grid, dv=RESIM_DV, dtype=np.float32)  # a model for a noisy spectrum
+            self.rotator = _rotator_for(grid)
         self.n_output = self.rotator.grid.size
         self.segments = grid.segments
         self.window = max(3, round(CONTINUUM_WINDOW / grid.step))

@@ -15,11 +15,11 @@ from test_emulator import _grid
 from catalog.writers import CatalogueStore
 from runtime.bundle import BundleError, load_bundle
 from runtime.pipeline import ProcessOptions, process_survey
-from runtime.resim import RESIM_DV, Resimulator, _grid_of, reduced_chi2
+from runtime.resim import RESIM_DV, Resimulator, _grid_of, _rotator_for, continuum_factor, match_continuum, reduced_chi2
 from spectra import schema
 from spectra.contracts.flags import Flag
 from spectra.forward.degrade import add_noise
-from spectra.forward.rotation import Rotator, hr_rotator
+from spectra.forward.rotation import PixelRotator, Rotator, hr_pixel_rotator, hr_rotator
 from spectra.prior import draw_labels
 from spectra.stores.survey import make_survey, parse_snr
 from spectra.wavegrid import GRID_MARGIN, hr_grid
@@ -170,6 +170,89 @@ def test_pseudo_continuum_inputs_are_matched_by_a_smooth_factor(resim_bundle):
     assert np.all(raw > 2) and np.all(np.abs(matched - 1) < 0.05), (raw, matched)
 
 
+def _reference_factor(flux: np.ndarray, model: np.ndarray, width: int, exclude: np.ndarray) -> np.ndarray:
+    """The continuum factor as first written, pixel by pixel: box means by ``uniform_filter1d`` (mode "nearest"),
+    twice more without the pixels beyond 3 sigma (1.4826 x the median absolute deviation of every 4th pixel)."""
+    from scipy.ndimage import uniform_filter1d
+
+    ratio = flux / model
+    weight = (np.isfinite(ratio) & ~exclude).astype(float)
+    ratio = np.where(weight > 0, ratio, 0.0)
+    for clip in (True, True, False):
+        norm = uniform_filter1d(weight, width, axis=1, mode="nearest")
+        smooth = uniform_filter1d(ratio * weight, width, axis=1, mode="nearest") / np.maximum(norm, 1e-9)
+        if not clip:
+            return smooth
+        deviation = np.abs(ratio - smooth)
+        sample = np.where(weight[:, ::4] > 0, deviation[:, ::4], np.nan)
+        weight *= deviation <= 3.0 * 1.4826 * np.nanmedian(sample, axis=1)[:, None]
+    raise AssertionError("unreachable")
+
+
+def test_continuum_factor_equals_the_per_pixel_box_filter():
+    """On a known smooth factor times a line spectrum, with noise, a line the model lacks and masked bands (one wider
+    than the 800-pixel box): the binned factor is the per-pixel one (the box filter it replaced) to 0.15 of the box
+    mean's own noise, 1 / (S/N x sqrt(800)), rms (0.1 measured) and twice that noise at most (0.55 measured), at S/N
+    200 and 20 per pixel (the trained range: 2-220), and at S/N 200 it finds the true factor to 1e-3 away from the
+    edges."""
+    rng = np.random.default_rng(7)
+    wave = hr_grid().wave[hr_grid().segments[1]]
+    model = np.stack([1.0 - 0.5 * np.exp(-0.5 * ((wave[:, None] - rng.uniform(wave[0], wave[-1], 300)) / 0.1) ** 2
+                                         ).max(axis=1) for _ in range(4)])
+    true = 1.0 + 0.05 * np.sin(wave / 150.0) + 0.1 * (wave - wave.mean()) / np.ptp(wave)
+    exclude = ((wave > 6280.0) & (wave < 6300.0)) | ((wave > 6500.0) & (wave < 6560.0))
+    flux = model * true
+    flux[:, 5000:5010] *= 0.5  # a line the model gets wrong
+    interior = (wave - wave[0] > 40.0) & (wave[-1] - wave > 40.0)
+    for low, high in ((6280.0, 6300.0), (6500.0, 6560.0)):  # where the box is all on one side of a band
+        interior &= (wave < low - 40.0) | (wave > high + 40.0)
+    for snr in (200.0, 20.0):
+        noisy = flux * (1.0 + rng.normal(0.0, 1.0 / snr, flux.shape))
+        factor = continuum_factor(noisy.astype(np.float32), model.astype(np.float32), 800, exclude)
+        relative = (factor / _reference_factor(noisy, model, 800, exclude) - 1)[:, ~exclude]
+        box_noise = 1.0 / (snr * np.sqrt(800))
+        assert np.sqrt(np.mean(relative**2)) < 0.15 * box_noise and np.abs(relative).max() < 2 * box_noise, snr
+        if snr == 200.0:
+            assert np.abs(factor / true - 1)[:, interior].max() < 1e-3
+    matched = match_continuum(noisy, model, (slice(0, wave.size),), 800, exclude)
+    np.testing.assert_allclose(matched, model * factor, rtol=1e-6)
+
+
+def test_beside_pixels_all_left_out_the_mean_is_that_of_the_pixels_left():
+    """Where the box sums at one bin edge hold no weight (a stretch wider than the box masked, or lost to the
+    clipping) the mean in the bin beside it is that of the few pixels the box still holds, as per pixel, not a
+    blend with the empty edge's 0; elsewhere the means are interpolated."""
+    from runtime.resim import CONTINUUM_BIN, _interpolate_mean
+
+    weight = np.array([[0.0, CONTINUUM_BIN, 2 * CONTINUUM_BIN, 2 * CONTINUUM_BIN]])  # the box fills up, then stays
+    total = weight * np.array([[1.0, 1.0, 1.0, 1.2]])  # mean 1, then a slope
+    mean = _interpolate_mean(total, weight, 3 * CONTINUUM_BIN)[0]
+    assert mean[0] == 0.0 and np.allclose(mean[1:2 * CONTINUUM_BIN], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mean[2 * CONTINUUM_BIN:], 1.0 + 0.2 * np.arange(CONTINUUM_BIN) / CONTINUUM_BIN,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("pseudo", [True, False])
+def test_a_spectrum_gets_the_same_check_alone_as_in_a_batch(resim_bundle, pseudo):
+    """chi2_resim and resim_rms of a spectrum are the same bits alone, in a batch of 16 (the runtime's) and in
+    another order: rotation, continuum match and sums are all per spectrum."""
+    bundle_path, _, _ = resim_bundle
+    resim = Resimulator(load_bundle(bundle_path))
+    resim.pseudo = pseudo
+    params = draw_labels(16, seed=21)[:, [schema.label_names().index(n) for n in resim.names]]
+    params[:4, resim.names.index("vbroad")] = [0.0, 0.5, 3.0, 80.0]  # as is, shifted sums, FFT
+    rng = np.random.default_rng(5)
+    model = resim.model_flux(params[::-1])  # another star's model: a poor fit for most
+    snr = rng.uniform(20.0, 300.0, 16)
+    flux = add_noise(model * (1.0 + 0.03 * np.sin(resim.wavelength / 90.0)), snr, 0.05, rng).astype(np.float32)
+    chi2, rms = resim.check(flux, snr, params)
+    for i in range(16):
+        alone = resim.check(flux[i:i + 1], snr[i:i + 1], params[i:i + 1])
+        assert alone[0][0] == chi2[i] and alone[1][0] == rms[i], i
+    order = rng.permutation(16)
+    np.testing.assert_array_equal(resim.check(flux[order], snr[order], params[order]), (chi2[order], rms[order]))
+
+
 def _emulator_output(bundle_path, labels: np.ndarray) -> np.ndarray:
     """The bundle's emulator graph run directly by ONNX Runtime (float64): what the re-simulation rotates."""
     import onnxruntime as ort
@@ -178,26 +261,39 @@ def _emulator_output(bundle_path, labels: np.ndarray) -> np.ndarray:
     return session.run(None, {"labels": labels})[0].astype(np.float64)
 
 
-def test_a_bundle_without_margin_rotates_on_its_own_pixels_as_before(resim_bundle):
+def test_a_bundle_without_margin_rotates_on_its_own_pixels(resim_bundle):
     """No margin: no ``margin`` key in the entry, and the model is the emulator's output rotated on the bundle's own
-    pixels exactly as before margins existed (``Rotator`` on the bundle's grid, no crop; in float32, at the check's
-    ln λ step ``RESIM_DV``)."""
+    pixels (``PixelRotator`` on the bundle's grid, no crop, float32), within 5e-3 of the ln λ rotation at the old
+    check's ``RESIM_DV`` (1 km/s: the two differ by that ln grid's own error, ``tests/test_rotation.py``)."""
     bundle_path, _, entry = resim_bundle
     assert "margin" not in entry
     bundle = load_bundle(bundle_path)
     resim = Resimulator(bundle)
     assert resim.margin == 0.0 and resim.n_output == bundle.wavelength.size
+    assert isinstance(resim.rotator, PixelRotator)
     params = draw_labels(5, seed=13)[:, [schema.label_names().index(n) for n in resim.names]]
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = Rotator(_grid_of(bundle.wavelength), dv=RESIM_DV, dtype=np.float32)(
-        raw, params[:, resim.names.index("vbroad")])
-    np.testing.assert_array_equal(resim.model_flux(params), expected)
+    vbroad = params[:, resim.names.index("vbroad")]
+    expected = PixelRotator(_grid_of(bundle.wavelength), dtype=np.float32)(raw, vbroad)
+    model = resim.model_flux(params)
+    np.testing.assert_array_equal(model, expected)
+    ln_grid = Rotator(_grid_of(bundle.wavelength), dv=RESIM_DV, dtype=np.float32)(raw, vbroad)
+    assert np.abs(model - ln_grid).max() < 5e-3
+
+
+def test_a_grid_not_uniform_in_wavelength_is_rotated_through_a_ln_grid():
+    """``PixelRotator`` needs windows uniform in λ; a bundle on other pixels gets ``Rotator`` at ``RESIM_DV``."""
+    uniform = _grid_of(hr_grid().wave)
+    assert isinstance(_rotator_for(uniform), PixelRotator)
+    logarithmic = _grid_of(np.geomspace(5000.0, 5600.0, 6000))
+    rotator = _rotator_for(logarithmic)
+    assert isinstance(rotator, Rotator) and rotator.dv == RESIM_DV and rotator.dtype == np.float32
 
 
 def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pixels(margin_bundle):
     """The exported emulator records its margin and HR pixels; attached to a bundle on the HR pixels the entry keeps
     the margin, and the model is the emulator's 25 360-pixel output rotated on the margin grid, then cropped to the
-    bundle's 25 200 pixels."""
+    bundle's 25 200 pixels (``hr_pixel_rotator``)."""
     bundle_path, exported, entry = margin_bundle
     output = json.loads((exported / "emulator.json").read_text())["output"]
     wide = hr_grid(GRID_MARGIN)
@@ -212,10 +308,12 @@ def test_a_margin_emulator_is_rotated_on_its_margin_and_cropped_to_the_bundle_pi
     params[0, resim.names.index("vbroad")] = 0.0  # no rotation: the crop alone
     model = resim.model_flux(params)
     raw = _emulator_output(bundle_path, resim.labels(params))
-    expected = hr_rotator(wide.wave, dv=RESIM_DV, dtype=np.float32)(raw, params[:, resim.names.index("vbroad")])
+    vbroad = params[:, resim.names.index("vbroad")]
+    expected = hr_pixel_rotator(wide.wave, dtype=np.float32)(raw, vbroad)
     assert model.shape == (5, 25_200)
     np.testing.assert_array_equal(model, expected)
     np.testing.assert_allclose(model[0], raw[0, hr_rotator(wide.wave).keep], rtol=0, atol=1e-5)
+    assert np.abs(model - hr_rotator(wide.wave, dv=RESIM_DV, dtype=np.float32)(raw, vbroad)).max() < 5e-3
 
 
 def test_a_margin_bundle_runs_end_to_end_and_calibrates(margin_bundle, resim_bundle, tmp_path):
