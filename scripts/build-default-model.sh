@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 70 minutes on 2 CPU cores (the emulator ~12, the cINN on its fresh stream ~25, reports ~25). Needs the
+# About 100 minutes on 2 CPU cores (the emulator ~12, the cINN on its fresh stream ~40, reports ~45). Needs the
 # train, cpu and test extras (the test venv has them: bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
@@ -35,7 +35,7 @@ training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$resu
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$results"/emulator/emulator_errors.json
 
-step "cINN on fresh emulated stars every batch carrying the emulator's own errors (training/estimator_model.json, ~25 min)"
+step "cINN on fresh emulated stars every batch carrying the emulator's own errors (training/estimator_model.json, 56 epochs, ~40 min)"
 # (resumes an interrupted run; a finished one is left as it is)
 training fit --emulator "$work/emu" --config training/estimator_model.json --out "$work/run" --device cpu --workers 2
 
@@ -65,8 +65,12 @@ python -m export verify --bundle "$work/bundle" --run "$work/run" --samples 1024
   || echo "export verify: see above (a variant above the tolerance fails it; the fp32 graphs must not)"
 
 step "the information limit of this emulator on the held-out stars"
-python benchmarks/information_limit.py --emulator "$work/emu" --grid "$work/test.h5" --snr 20,50,250 \
-  --out "$results"/information_limit --quiet
+# (+ the bounds of the training setup: normalised input, and the model-error residuals the cINN's stars carry, as
+# correlated noise; ~30 min on 2 busy cores, so computed once per work folder and copied to the reports)
+[ -f "$work/information_limit/bound.json" ] || python benchmarks/information_limit.py --emulator "$work/emu" \
+  --grid "$work/test.h5" --snr 20,50,250 --model-error "$work/run/model_error.npy" --out "$work/information_limit" --quiet
+mkdir -p "$results"/information_limit
+cp "$work"/information_limit/{bound.json,per_star.json,report.md} "$results"/information_limit/
 
 step "accuracy on the held-out set: PySME spectra, and the emulator's own (no emulator mismatch)"
 training evaluate --run "$work/run" --grid "$work/test_rot.h5" --split all --snr 20,50,250 --normalise-after-noise \
