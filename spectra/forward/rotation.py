@@ -84,6 +84,21 @@ def _interpolation(left: np.ndarray, weight: np.ndarray, n_columns: int, dtype: 
                      shape=(left.size, n_columns))
 
 
+def _checked_batch(flux: np.ndarray, vbroad: np.ndarray | float, grid: WavelengthGrid,
+                   dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(spectra (B, P) in ``dtype``, one v_broad per spectrum (B,), whether a single spectrum (P,) was given), with
+    the pixel count and the speeds checked: what both rotators take."""
+    flux = np.asarray(flux, dtype=dtype)
+    single = flux.ndim == 1
+    batch = flux[None] if single else flux
+    if batch.shape[1] != grid.size:
+        raise ValueError(f"flux has {batch.shape[1]} pixels; the grid {grid.name} has {grid.size}")
+    v = np.broadcast_to(np.asarray(vbroad, dtype=np.float64), (batch.shape[0],))
+    if np.any(~np.isfinite(v)) or np.any(v < 0):
+        raise ValueError("v_broad must be finite and >= 0 km/s")
+    return batch, v, single
+
+
 class Rotator:
     """Rotational broadening of batches of spectra on ``grid`` (see the module docstring).
 
@@ -134,14 +149,7 @@ class Rotator:
 
     def _rotate(self, flux: np.ndarray, vbroad: np.ndarray | float) -> np.ndarray:
         """The rotation on every pixel of ``grid``."""
-        flux = np.asarray(flux, dtype=self.dtype)
-        single = flux.ndim == 1
-        batch = flux[None] if single else flux
-        if batch.shape[1] != self.grid.size:
-            raise ValueError(f"flux has {batch.shape[1]} pixels; the grid {self.grid.name} has {self.grid.size}")
-        v = np.broadcast_to(np.asarray(vbroad, dtype=np.float64), (batch.shape[0],))
-        if np.any(~np.isfinite(v)) or np.any(v < 0):
-            raise ValueError("v_broad must be finite and >= 0 km/s")
+        batch, v, single = _checked_batch(flux, vbroad, self.grid, self.dtype)
         out = batch.copy()
         moving = np.flatnonzero(v > 0)  # v_broad = 0 rows stay exactly as they are
         if moving.size == 0:
@@ -326,14 +334,7 @@ class PixelRotator:
     def __call__(self, flux: np.ndarray, vbroad: np.ndarray | float) -> np.ndarray:
         """Spectra (B, P) or (P,) on ``grid`` broadened by ``vbroad`` km/s (one value, or one per spectrum), on the
         pixels ``keep`` (all of them by default); v_broad = 0 returns the spectrum's pixels as they are."""
-        flux = np.asarray(flux, dtype=self.dtype)
-        single = flux.ndim == 1
-        batch = flux[None] if single else flux
-        if batch.shape[1] != self.grid.size:
-            raise ValueError(f"flux has {batch.shape[1]} pixels; the grid {self.grid.name} has {self.grid.size}")
-        v = np.broadcast_to(np.asarray(vbroad, dtype=np.float64), (batch.shape[0],))
-        if np.any(~np.isfinite(v)) or np.any(v < 0):
-            raise ValueError("v_broad must be finite and >= 0 km/s")
+        batch, v, single = _checked_batch(flux, vbroad, self.grid, self.dtype)
         half = self.half_widths(v)
         # one group per half-width (FFT ones rounded up to HALF_QUANTUM): a function of each row's own v_broad
         group = np.where(half > DIRECT_HALF, -(-half // HALF_QUANTUM) * HALF_QUANTUM, half)
