@@ -84,6 +84,13 @@ def _interpolation(left: np.ndarray, weight: np.ndarray, n_columns: int, dtype: 
                      shape=(left.size, n_columns))
 
 
+def _arithmetic(dtype: type | np.dtype) -> np.dtype:
+    """The rotators' arithmetic: float32 or float64, anything else a ValueError."""
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return np.dtype(dtype)
+
+
 def _checked_batch(flux: np.ndarray, vbroad: np.ndarray | float, grid: WavelengthGrid,
                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, bool]:
     """(spectra (B, P) in ``dtype``, one v_broad per spectrum (B,), whether a single spectrum (P,) was given), with
@@ -115,9 +122,7 @@ class Rotator:
 
     def __init__(self, grid: WavelengthGrid, dv: float = 0.5, epsilon: float = LIMB_DARKENING,
                  keep: np.ndarray | None = None, dtype: type = np.float64):
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.grid, self.dv, self.epsilon, self.keep, self.dtype = grid, dv, epsilon, keep, np.dtype(dtype)
+        self.grid, self.dv, self.epsilon, self.keep, self.dtype = grid, dv, epsilon, keep, _arithmetic(dtype)
         self.windows = [(s, _Window(grid.wave[s], dv, self._first_kept(s), self.dtype)) for s in grid.segments]
 
     def _first_kept(self, segment: slice) -> int:
@@ -308,9 +313,7 @@ class PixelRotator:
 
     def __init__(self, grid: WavelengthGrid, epsilon: float = LIMB_DARKENING, keep: np.ndarray | None = None,
                  dtype: type = np.float64):
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.grid, self.epsilon, self.keep, self.dtype = grid, epsilon, keep, np.dtype(dtype)
+        self.grid, self.epsilon, self.keep, self.dtype = grid, epsilon, keep, _arithmetic(dtype)
         self.windows: list[_PixelWindow] = []
         start = 0
         for segment in grid.segments:
