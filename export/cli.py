@@ -1,8 +1,7 @@
 """``export``: turn a training run into a model bundle, and verify a bundle against its run.
 
 Subcommands: ``onnx``, ``quantize``, ``verify``, ``emulator``, ``attach-emulator``, ``calibrate-poor-fit``,
-``bias-correction``. Errors become one line on
-stderr and exit status 2; a failed
+``calibrate-intervals``, ``bias-correction``. Errors become one line on stderr and exit status 2; a failed
 verification exits with status 1.
 """
 
@@ -91,6 +90,18 @@ def _cmd_calibrate_poor_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_intervals(args: argparse.Namespace) -> int:
+    from .intervals import calibrate_intervals
+
+    entry = calibrate_intervals(args.bundle, args.catalog, args.survey)
+    print(f"{args.bundle}: interval factors at S/N {', '.join(f'{v:g}' for v in entry['snr'])} fitted on "
+          f"{sum(entry['fitted_on']['rows_per_snr'])} rows; 68 % coverage per S/N (min-max over parameters):")
+    for snr, flow in entry["coverage68_flow"].items():
+        after = entry["coverage68_calibrated"][snr]
+        print(f"  S/N {snr}: {min(flow):.2f}-{max(flow):.2f} -> {min(after):.2f}-{max(after):.2f}")
+    return 0
+
+
 def _cmd_bias_correction(args: argparse.Namespace) -> int:
     from runtime.bundle import store_bias_correction
 
@@ -151,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="catalogue of held-out synthetic spectra made with this bundle")
     p.add_argument("--percentile", type=float, default=99.0, help="percentile of chi2_resim used as threshold")
     p.set_defaults(func=_cmd_calibrate_poor_fit)
+    p = sub.add_parser("calibrate-intervals", help="fit the factors that make the 68 % intervals hold 68 % of the "
+                       "truths, per parameter and S/N (runtime.intervals), from a synthetic survey with labels")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--catalog", required=True, help="catalogue of --survey made with this bundle (runtime process)")
+    p.add_argument("--survey", required=True, help="the synthetic survey (with truth) at a few S/N values: spectra "
+                   "the model will not be judged on")
+    p.set_defaults(func=_cmd_calibrate_intervals)
     p = sub.add_parser("bias-correction", help="store Eq. B.1 coefficients (catalog calibrate, or 'paper') in a bundle")
     p.add_argument("--bundle", required=True)
     p.add_argument("--coefficients", required=True, help="coefficients JSON from `catalog calibrate`, or 'paper'")

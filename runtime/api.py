@@ -132,7 +132,10 @@ def load_model(bundle: str | Path | None = None, *, precision: str = "auto", dev
 class Posterior:
     """One spectrum's posterior samples (physical units, the model's parameter order) and their log densities
     (network space: log N(z; 0, I) - log|det dx/dz|, the density the MAP maximises; log10 for T_eff and v_broad).
-    ``valid``: samples inside the training bounds, the ones the catalogue's MAP and quantiles use."""
+    ``valid``: samples inside the training bounds, the ones the catalogue's MAP and quantiles use.
+    ``interval_scale`` (D,): the bundle's interval calibration at this S/N (``runtime.intervals``; ones without
+    one): :meth:`quantiles` and :meth:`corner` spread the valid samples about their median by it, as the catalogue
+    does; ``samples`` are the flow's own draws."""
 
     names: tuple[str, ...]
     units: tuple[str, ...]
@@ -143,6 +146,7 @@ class Posterior:
     source_id: int
     seed: int
     snr: float  # the S/N the posterior was conditioned on (capped with snr_cap)
+    interval_scale: np.ndarray  # (D,)
 
     def _index(self, params: Sequence[str] | None) -> list[int]:
         params = list(self.names if params is None else params)
@@ -164,7 +168,16 @@ class Posterior:
         catalogue's levels, ``spectra.contracts.quantiles.QUANTILES``)."""
         if not self.valid.any():
             return np.full((len(levels), len(self.names)), np.nan)
-        return np.quantile(self.samples[self.valid], list(levels), axis=0)
+        return np.quantile(self.calibrated_samples(), list(levels), axis=0)
+
+    def calibrated_samples(self) -> np.ndarray:
+        """(n_valid, D) the valid samples spread about their median by ``interval_scale`` (the flow's own valid
+        samples when it is all ones): the distribution whose quantiles the catalogue reports."""
+        valid = self.samples[self.valid]
+        if not valid.size or np.all(self.interval_scale == 1):
+            return valid
+        median = np.quantile(valid, 0.5, axis=0)
+        return median + self.interval_scale * (valid - median)
 
     def table(self) -> Table:
         """The samples as an astropy Table (one column per parameter with its unit, ``log_density``, ``valid``)."""
@@ -188,7 +201,7 @@ class Posterior:
         marks = {"MAP": self.map[index]}
         if truth is not None:
             marks["truth"] = np.asarray(truth, dtype=float)
-        return corner_figure(self.samples[self.valid][:, index],
+        return corner_figure(self.calibrated_samples()[:, index],
                              [axis_text(self.labels[j], self.units[j]) for j in index], marks,
                              f"source_id {self.source_id}, seed {self.seed}, S/N {self.snr:.0f}: "
                              f"{int(self.valid.sum())} of {self.valid.size} samples inside the training bounds")
@@ -312,8 +325,10 @@ class Model:
         valid = np.all((draws[0] >= manifest.lower) & (draws[0] <= manifest.upper), axis=1) & np.isfinite(
             log_density[0])
         labels = tuple(p.get("label", p["name"]) for p in manifest.raw["parameters"])
+        calibration = manifest.interval_calibration
+        scale = np.ones(manifest.n_params) if calibration is None else calibration.factors(np.array([used]))[0]
         return Posterior(tuple(manifest.names), tuple(manifest.units), labels, draws[0], log_density[0], valid,
-                         int(ids[0]), seed, used)
+                         int(ids[0]), seed, used, scale)
 
     def _inputs(self, flux: Any, snr: Any, source_id: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(flux (N, P) float32, snr (N,) float64, source ids (N,) int64), or one line naming what is wrong."""

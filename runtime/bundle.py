@@ -26,6 +26,11 @@ pixels to the fill before the feature extractor (:meth:`Bundle.mask_input`), lea
 (:meth:`Bundle.used_pixels`) and out of the re-simulation chi2 (``runtime.resim``). Bundles exported before the field
 existed (``runtime/default_bundle``) lack it: no mask, every pixel used, as before.
 
+``interval_calibration`` (optional; ``runtime.intervals``): per-parameter factors, at a list of S/N values, by which
+the reported quantiles' distances from the median are multiplied so that the 68 % intervals hold 68 % of the truths;
+``{"snr": [increasing S/N], "scale": {parameter: [factor per S/N]}, ...}`` with every parameter present. Bundles
+without it report the flow's quantiles as they are.
+
 ``export`` writes bundles with :func:`write_manifest` (so writer and reader cannot drift apart);
 ``runtime`` reads them with :func:`load_bundle`, which validates everything it can before a survey
 starts and names the file and field of any problem.
@@ -39,6 +44,7 @@ manifest together with those file hashes, so no graph the sampler may run can ch
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -54,6 +60,8 @@ from spectra.contracts.manifest import FORMAT_VERSION, GRAPHS, HOISTED, REQUIRED
 from spectra.contracts.masks import fill_masked, mask_from_record
 from spectra.contracts.parameters import TRANSFORMS, to_physical
 from spectra.contracts.quantiles import check_levels
+
+from .intervals import SCALE_LIMITS, IntervalCalibration
 
 __all__ = [
     "VARIANT_TOLERANCE",
@@ -137,6 +145,17 @@ class Manifest:
     @property
     def bias_correction(self) -> dict | None:
         return self.raw.get("bias_correction")
+
+    @property
+    def interval_calibration(self) -> IntervalCalibration | None:
+        """The quantiles' rescaling (``runtime.intervals``), None when the bundle carries none."""
+        return IntervalCalibration.from_manifest(self.raw.get("interval_calibration"), self.names)
+
+    def calibrated_quantiles(self, quantiles: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """Quantiles (N, Q, D) as the catalogue reports them at the S/N (N,) the posteriors were conditioned on:
+        rescaled by the bundle's interval calibration, or unchanged without one."""
+        calibration = self.interval_calibration
+        return quantiles if calibration is None else calibration.apply(quantiles, snr)
 
     @property
     def random_streams(self) -> dict | None:
@@ -405,6 +424,7 @@ def _validate(raw: dict, where: Path) -> None:
     _validate_engine_precisions(raw.get("engine_precisions"), where)
     _validate_emulator(raw.get("emulator"), where)
     _validate_random_streams(raw.get("random_streams"), where)
+    _validate_interval_calibration(raw.get("interval_calibration"), seen, where)
     files = raw["files"]
     if not isinstance(files, dict):
         raise BundleError(f"{where}: files must map file name -> sha256")
@@ -424,6 +444,29 @@ def _validate(raw: dict, where: Path) -> None:
                 raise BundleError(f"{where}: bias_correction for {name!r}, which is not a parameter")
             if not isinstance(c, dict) or not all(_is_number(c.get(k)) for k in ("a", "b")):
                 raise BundleError(f"{where}: bias_correction.coefficients[{name!r}] needs finite numbers a and b")
+
+
+def _validate_interval_calibration(entry, names, where: Path) -> None:
+    """``interval_calibration``: increasing positive ``snr`` values and, for every parameter, one factor per value
+    within ``runtime.intervals.SCALE_LIMITS``."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise BundleError(f"{where}: interval_calibration must be an object or null")
+    snr = entry.get("snr")
+    if not (isinstance(snr, list) and snr and all(_is_number(v) and v > 0 for v in snr)
+            and all(a < b for a, b in itertools.pairwise(snr))):
+        raise BundleError(f"{where}: interval_calibration.snr must be a non-empty list of increasing S/N values > 0")
+    scale = entry.get("scale")
+    if not isinstance(scale, dict) or set(scale) != set(names):
+        raise BundleError(f"{where}: interval_calibration.scale must give a list of factors for every parameter "
+                          f"({', '.join(sorted(names))})")
+    low, high = SCALE_LIMITS
+    for name, values in scale.items():
+        if not (isinstance(values, list) and len(values) == len(snr)
+                and all(_is_number(v) and low <= v <= high for v in values)):
+            raise BundleError(f"{where}: interval_calibration.scale[{name!r}] must be {len(snr)} numbers in "
+                              f"{low}-{high}, one per S/N value")
 
 
 def _validate_precisions(precisions, where: Path) -> None:

@@ -177,7 +177,7 @@ def catalogue_rows(posterior: OnnxPosterior, flux: np.ndarray, snr: np.ndarray, 
     for b in range(0, usable.size, settings.batch):
         rows = usable[b:b + settings.batch]
         summary = _summaries(posterior, flux[rows], snr_used[rows], source_id[rows], settings, timings)
-        maps[rows], quants[rows] = summary.map, summary.quantiles
+        maps[rows], quants[rows] = summary.map, manifest.calibrated_quantiles(summary.quantiles, snr_used[rows])
         n_valid[rows], f_reject[rows] = summary.n_valid, summary.f_reject
         if resim is not None:
             t = clock()
