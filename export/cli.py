@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate-intervals", help="fit the factors that make the 68 % intervals hold 68 % of the "
                        "truths, per parameter and S/N (runtime.intervals), from a synthetic survey with labels")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--catalog", required=True, help="catalogue of --survey made with this bundle (runtime process)")
-    p.add_argument("--survey", required=True, help="the synthetic survey (with truth) at a few S/N values: spectra "
-                   "the model will not be judged on")
+    p.add_argument("--catalog", required=True, nargs="+",
+                   help="catalogue(s) of the --survey(s), in the same order, made with this bundle (runtime process)")
+    p.add_argument("--survey", required=True, nargs="+", help="synthetic survey(s) (with truth) at a few S/N values, "
+                   "e.g. noise draws of the same stars: spectra the model will not be judged on")
     p.set_defaults(func=_cmd_calibrate_intervals)
     p = sub.add_parser("bias-correction", help="store Eq. B.1 coefficients (catalog calibrate, or 'paper') in a bundle")
     p.add_argument("--bundle", required=True)

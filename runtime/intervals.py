@@ -13,9 +13,10 @@ The MAP, the median, the rejected fraction and the samples themselves are untouc
 the flow's spread is from the spread of its errors, not a better posterior. s is interpolated linearly in
 log S/N between the S/N values it was fitted at (``snr``) and held constant beyond them.
 
-Fitting (``python -m export calibrate-intervals``): on a catalogue of spectra with known labels at each of those
+Fitting (``python -m export calibrate-intervals``): on catalogues of spectra with known labels at each of those
 S/N values, s is the 68.27th percentile over the rows of u = |truth - p50| / (p84 - p50 or p50 - p16, the half on
-the truth's side); then exactly 68.27 % of those rows have their truth inside the rescaled 68 % interval. The
+the truth's side), so that 68.27 % of those rows have their truth inside the rescaled 68 % interval; these
+per-S/N values are then smoothed by a quadratic in log S/N (:func:`smooth_in_log_snr`). The
 spectra must not be the held-out set the model is judged on: the default model's are the PySME *training*
 spectra, i.e. the emulator's own training stars with their own emulator residuals, which is the distribution the
 cINN was trained on. A catalogue made with an already calibrated bundle refits on top of it (the factors
@@ -31,11 +32,12 @@ import numpy as np
 
 from spectra.contracts.quantiles import index
 
-__all__ = ["COVERAGE", "IntervalCalibration", "fit_scales", "side_ratio"]
+__all__ = ["COVERAGE", "IntervalCalibration", "fit_scales", "side_ratio", "smooth_in_log_snr"]
 
 COVERAGE = 0.6827  # the probability of a 1-sigma Gaussian interval, the level p16-p84 stands for
 SCALE_LIMITS = (0.2, 5.0)  # a factor outside these is a broken fit or a broken model, not a calibration
 MIN_ROWS = 50  # rows per S/N value below which a percentile-68 estimate is too noisy to ship
+SMOOTH_DEGREE = 2  # of the polynomial in log S/N through the per-S/N factors (with at least SMOOTH_DEGREE + 2 of them)
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,13 @@ def fit_scales(truth: np.ndarray, quantiles: np.ndarray, snr: np.ndarray, nodes:
         raise ValueError(f"interval factor {scales[k, j]:.3g} for parameter {j} at S/N {node_snr[k]:g} is outside "
                          f"{low}-{high}: the catalogue's intervals or truths are not what they should be")
     return scales
+
+
+def smooth_in_log_snr(nodes: Sequence[float], scales: np.ndarray, degree: int = SMOOTH_DEGREE) -> np.ndarray:
+    """The factors (K, D) replaced by a least-squares polynomial of ``degree`` in log S/N per parameter, evaluated at
+    the same ``nodes``: each per-S/N percentile carries a sampling error of a few per cent (~1000 stars), while the
+    miscalibration itself changes smoothly with S/N. Fewer than ``degree + 2`` nodes are returned as they are."""
+    x = np.log(np.asarray(nodes, dtype=float))
+    if x.size < degree + 2:
+        return scales
+    return np.stack([np.polyval(np.polyfit(x, scales[:, j], degree), x) for j in range(scales.shape[1])], axis=1)

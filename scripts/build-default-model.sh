@@ -54,6 +54,20 @@ if python -c "import openvino" 2>/dev/null; then
     --precision bf16 --engine openvino --grid "$work/train.h5" || echo "OpenVINO bf16 not within the tolerance"
 fi
 
+step "interval calibration (runtime.intervals) on the PySME training stars, never the held-out set: S/N 10-1000"
+# (the emulator's own training stars carry the residuals the cINN was trained with: its training distribution)
+[ -f "$work/train_rot.h5" ] || spectra rotate-grid "$work/train.h5" --out "$work/train_rot.h5" --quiet
+if ! has "m.get('interval_calibration')"; then  # three noise draws of the 1025 stars at 7 S/N values, ~35 min
+  for seed in 1 2 3; do
+    [ -d "$work/train_survey_$seed.zarr" ] || spectra survey --grid "$work/train_rot.h5" \
+      --snr 10,20,50,100,250,500,1000 --continuum pseudo --out "$work/train_survey_$seed.zarr" --seed $seed --quiet
+    runtime process --survey "$work/train_survey_$seed.zarr" --bundle "$work/bundle" \
+      --out "$work/train_catalog_$seed.zarr" --precision fp32 --workers 2 --quiet --overwrite
+  done
+  python -m export calibrate-intervals --bundle "$work/bundle" --catalog "$work"/train_catalog_{1,2,3}.zarr \
+    --survey "$work"/train_survey_{1,2,3}.zarr
+fi
+
 step "held-out test survey (S/N 20, 50, 250; pseudo-continuum after noise, like observed spectra)"
 spectra rotate-grid "$work/test.h5" --out "$work/test_rot.h5" --quiet
 [ -d "$work/test_survey.zarr" ] || spectra survey --grid "$work/test_rot.h5" --snr 20,50,250 --continuum pseudo \
@@ -81,6 +95,9 @@ training evaluate --run "$work/run" --grid "$work/test_emu.h5" --split all --snr
   --bound "$results"/information_limit/bound.json --out "$results"/default_model_emulated --quiet --overwrite
 [ -d "$work/emu_survey.zarr" ] || spectra survey --grid "$work/test_emu.h5" --snr 20,50,250 --continuum pseudo \
   --out "$work/emu_survey.zarr" --seed 9 --quiet
+# coverage and σ over 8 noise draws (one draw's coverage has a standard error of 0.033), the calibration undone too
+python benchmarks/coverage.py --bundle "$work/bundle" --grid "$work/test_rot.h5" --draws 8 --snr 20,50,250 \
+  --work "$work/coverage" --out "$results"/coverage
 for world in emu test; do  # the same through runtime process (ONNX, the shipped precision), for the study table
   python benchmarks/estimator_study.py measure --bundle "$work/bundle" --survey "$work/${world}_survey.zarr" \
     --bound "$results"/information_limit/bound.json --label "default model / $world" \

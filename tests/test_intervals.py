@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from runtime.intervals import COVERAGE, IntervalCalibration, fit_scales, side_ratio
+from runtime.intervals import COVERAGE, IntervalCalibration, fit_scales, side_ratio, smooth_in_log_snr
 from spectra.contracts.quantiles import QUANTILES, index
 
 
@@ -51,6 +51,17 @@ def test_factors_are_linear_in_log_snr_and_constant_beyond_the_nodes():
     assert np.isnan(calibration.apply(np.full((1, 5, 2), np.nan), np.array([50.0]))).all()
 
 
+def test_smoothing_keeps_a_quadratic_in_log_snr_and_averages_out_scatter():
+    nodes = np.array([10.0, 20, 50, 100, 250, 500, 1000])
+    x = np.log(nodes)
+    smooth = np.stack([1.3 - 0.08 * x, 1.0 + 0.01 * (x - 4) ** 2], axis=1)
+    np.testing.assert_allclose(smooth_in_log_snr(nodes, smooth), smooth, atol=1e-12)
+    noisy = smooth + np.random.default_rng(0).normal(scale=0.03, size=smooth.shape)
+    assert np.abs(smooth_in_log_snr(nodes, noisy) - smooth).max() < np.abs(noisy - smooth).max()
+    few = np.array([[1.1, 0.9], [1.0, 1.0], [0.9, 1.2]])
+    np.testing.assert_array_equal(smooth_in_log_snr(nodes[:3], few), few)  # too few nodes for a quadratic
+
+
 def test_fit_refuses_rows_off_the_nodes_and_too_few_rows():
     rng = np.random.default_rng(1)
     truth, quantiles, snr = _gaussian_rows(rng, 200, 20, np.ones(2), np.ones(2))
@@ -75,7 +86,7 @@ def calibrated(tiny_bundle, tmp_path_factory):
     survey = make_survey(grid, parse_snr("30,300"), tmp / "survey.zarr", seed=5, chunk=32, progress=False)
     options = ProcessOptions(samples=256, seed=2, device="cpu")
     process_survey(survey, copy, tmp / "before.zarr", options, progress=False)
-    entry = calibrate_intervals(copy, tmp / "before.zarr", survey)
+    entry = calibrate_intervals(copy, [tmp / "before.zarr"], [survey])
     process_survey(survey, copy, tmp / "after.zarr", options, progress=False)
     return copy, survey, tmp / "before.zarr", entry, tmp / "after.zarr", options
 
@@ -139,13 +150,13 @@ def test_refit_on_a_calibrated_catalogue_keeps_the_factors_and_needs_the_same_bu
     from export.intervals import calibrate_intervals
     from runtime.pipeline import process_survey
 
-    bundle, survey, before, entry, after, options = calibrated
+    bundle, survey, before, entry, _, options = calibrated
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     with pytest.raises(ValueError, match="not made with"):
-        calibrate_intervals(copy, before, survey)  # made before the calibration changed the manifest
+        calibrate_intervals(copy, [before], [survey])  # made before the calibration changed the manifest
     process_survey(survey, copy, tmp_path / "again.zarr", replace(options), progress=False)
-    second = calibrate_intervals(copy, tmp_path / "again.zarr", survey)
+    second = calibrate_intervals(copy, [tmp_path / "again.zarr"], [survey])
     for p, values in entry["scale"].items():
         np.testing.assert_allclose(second["scale"][p], values, rtol=0.08, err_msg=p)
 
@@ -157,8 +168,9 @@ def test_refit_on_a_calibrated_catalogue_keeps_the_factors_and_needs_the_same_bu
     (lambda e: e["scale"].update(teff=[1.0]), "one per S/N"),
 ])
 def test_bad_calibration_entries_are_refused(calibrated, tmp_path, change, message):
-    from conftest import rehash_bundle
     from runtime.bundle import BundleError, load_bundle
+
+    from conftest import rehash_bundle
 
     bundle = calibrated[0]
     copy = tmp_path / "bundle"
