@@ -65,7 +65,7 @@ def main() -> None:
             best = None
             for vbroad in VBROAD_SCAN:
                 model = np.where(cover, rotate(flux[None, :], vbroad)[0], np.nan)
-                if not prepared.continuum_method.startswith("input already normalised"):
+                if prepared.continuum_method != "input already normalised: kept":  # ingestion before session 19
                     model = normalise(hr.wave, model)  # the pseudo-continuum the observation got
                 ok = usable & np.isfinite(model)
                 resid = model - prepared.flux

@@ -27,6 +27,7 @@ from runtime.bundle import BundleError, load_bundle  # noqa: E402
 from runtime.pipeline import ProcessOptions, process_survey  # noqa: E402
 from spectra import cli as spectra_cli  # noqa: E402
 from spectra.contracts.flags import FLAGS, Flag, flags_markdown  # noqa: E402
+from spectra.forward.continuum import pseudo_continuum  # noqa: E402
 from spectra.forward.degrade import gaussian_broaden, rebin  # noqa: E402
 from spectra.observed.examples import fourmost_l1_from_grid  # noqa: E402
 from spectra.observed.ingest import IngestFlag, IngestOptions, ingest  # noqa: E402
@@ -479,9 +480,11 @@ def test_every_set_flag_has_a_message(tmp_path):
     assert "DER_SNR" in message and "air assumed" in message and "inferred from the range" in message
 
 
-def test_already_normalised_input_is_kept_and_a_bad_continuum_is_flagged(tmp_path):
+def test_already_normalised_input_gets_the_pseudo_continuum_too_and_a_bad_continuum_is_flagged(tmp_path):
+    """The survey is pseudo-continuum normalised, every row of it: input its provider normalised already is divided
+    by its fitted pseudo-continuum exactly like the training spectra (normalised by the synthesis, then fitted)."""
     wave = np.arange(5100.0, 6850.0, 0.02)
-    flux = line_spectrum(wave, seed=4, n_lines=900)
+    flux = line_spectrum(wave, seed=4, n_lines=2000)  # crowded enough for the pseudo-continuum to dip below 1
     np.savetxt(tmp_path / "norm.txt", np.column_stack([wave, flux]))
     humps = np.where(np.mod(wave, 60.0) < 8.0, 1.4, 1.0)  # 8 A humps every 60 A: no 40 A spline follows them
     bumpy = flux * humps * (1.0 + 0.3 * np.sin(wave / 40.0))
@@ -489,22 +492,24 @@ def test_already_normalised_input_is_kept_and_a_bad_continuum_is_flagged(tmp_pat
     report = ingest([tmp_path / "norm.txt", tmp_path / "bumpy.txt"], tmp_path / "a.zarr",
                     IngestOptions(rv=0.0, resolution=TRAINING_RESOLUTION, snr=500), progress=False)
     survey = zarr.open_group(str(report.output), mode="r")
-    direct = resample_to_grid(wave, flux, hr_grid())  # the same rebin as ingestion, without any continuum step
-    assert str(survey["continuum_method"][0]) == "input already normalised: kept"
-    np.testing.assert_allclose(survey["flux"][0], direct, atol=2e-6)
+    grid = hr_grid()
+    direct = resample_to_grid(wave, flux, grid)  # the same rebin as ingestion, without any continuum step
+    assert str(survey["continuum_method"][0]) == "pseudo-continuum fitted (input already normalised)"
+    np.testing.assert_allclose(survey["flux"][0], direct / pseudo_continuum(grid.wave, direct), atol=2e-6)
+    assert np.abs(survey["flux"][0] - direct).max() > 0.01  # the fit did move it (kept input would fail)
     assert not survey["ingest_flags"][0] & IngestFlag.CONTINUUM_POOR
     assert str(survey["continuum_method"][1]) == "pseudo-continuum fitted"
     assert survey["ingest_flags"][1] & IngestFlag.CONTINUUM_POOR and survey["continuum_excess"][1] > 0.02
     assert "pseudo-continuum fit poor" in str(survey["message"][1])
 
 
-def test_shared_uves_sun_is_recognised_as_normalised():
+def test_shared_uves_sun_is_recognised_as_normalised_and_fitted_like_any_input():
     uves = shared_file("spectra", "UVES_Sun-1_cleaned_norm.txt")
     from spectra.observed.ingest import prepare
 
     obs = read_spectra(uves)[0]
     prepared = prepare(obs, IngestOptions(rv=0.0, resolution=47_000, medium="air"))
-    assert prepared.continuum_method == "input already normalised: kept"
+    assert prepared.continuum_method == "pseudo-continuum fitted (input already normalised)"
 
 
 def test_catalogue_carries_ingestion_provenance_and_flags_continuum_mismatch(setup, tmp_path, capsys):

@@ -127,6 +127,9 @@ def mask_no_data(flux: np.ndarray, min_run: int = 3) -> np.ndarray:
     return out
 
 
+FITTED = "pseudo-continuum fitted"
+
+
 def failed(source: str, message: str, n_pixels: int, flags: int = 0, **known) -> PreparedSpectrum:
     return PreparedSpectrum(flux=np.full(n_pixels, np.nan, dtype=np.float32), snr=float("nan"), source=source,
                             flags=int(IngestFlag.READ_FAILED) | flags, message=message, **known)
@@ -135,7 +138,8 @@ def failed(source: str, message: str, n_pixels: int, flags: int = 0, **known) ->
 def already_normalised(flux: np.ndarray, block: int = 800, tolerance: float = 0.03) -> bool:
     """True if the spectrum (finite pixels on the HR grid) is already continuum-normalised: in every 40 Å block
     with data, the 95th percentile (the upper envelope, robust to noise) lies within ``tolerance`` of 1.
-    Such input is kept as it is: fitting a pseudo-continuum again moves it (+3 % near Mg b)."""
+    Recorded in ``continuum_method``; such input is pseudo-continuum normalised like any other (:func:`prepare`).
+    (Until session 19 it was kept as it was: a true-continuum row in a pseudo-continuum survey.)"""
     good = flux[np.isfinite(flux)]
     if good.size < block:
         return False
@@ -223,11 +227,13 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     coverage = float(covered.mean())
     if coverage < 0.05:
         return failed(obs.source, f"only {100 * coverage:.1f} % of the HR pixels have data", grid.size, **sky)
-    if already_normalised(pixels):
-        normalised, method = np.where(covered, pixels, 1.0), "input already normalised: kept"
-    else:
-        continuum = pseudo_continuum(grid.wave, pixels, options.continuum)
-        normalised, method = np.where(covered, pixels / continuum, 1.0), "pseudo-continuum fitted"
+    # Every row of the survey is pseudo-continuum normalised (its continuum_kind), as the training spectra of pseudo
+    # models were: normalised to their true continuum by the synthesis, then divided by the fitted pseudo-continuum.
+    # Input already normalised by its provider gets the same fit (it moves it by up to ~3 % near Mg b, as it moved
+    # the training spectra); `continuum_method` records that it was normalised already.
+    continuum = pseudo_continuum(grid.wave, pixels, options.continuum)
+    normalised = np.where(covered, pixels / continuum, 1.0)
+    method = f"{FITTED} (input already normalised)" if already_normalised(pixels) else FITTED
     if not np.isfinite(normalised).all():
         # a whole window without data has no continuum either: fill it too
         normalised = np.where(np.isfinite(normalised), normalised, 1.0)
