@@ -74,6 +74,9 @@ def measure(bundle: Path, pairs: list[tuple[Path, Path]]) -> dict:
     assert snr is not None
     result: dict = {"bundle": str(bundle), "draws": len(pairs), "parameters": names, "machine": machine(),
                     "interval_calibration": calibration is not None, "per_snr": {}}
+    if calibration is not None:
+        fitted = manifest.raw["interval_calibration"].get("fitted_on", {})
+        result["calibration_fitted_on"] = {"rows_per_snr": fitted.get("rows_per_snr"), "surveys": fitted.get("surveys")}
     for value in np.unique(snr):
         rows = snr == value
         cell: dict = {}
@@ -86,6 +89,8 @@ def measure(bundle: Path, pairs: list[tuple[Path, Path]]) -> dict:
         rms = np.array([np.sqrt(np.nanmean(e[rows] ** 2, axis=0)) for e in errors])  # (draws, D)
         cell["rms_mean"], cell["rms_spread"] = rms.mean(axis=0).tolist(), rms.std(axis=0).tolist()
         cell["stars"] = int(rows.sum())
+        if calibration is not None:
+            cell["interval_factors"] = calibration.factors(np.array([value]))[0].round(4).tolist()
         result["per_snr"][f"{value:g}"] = cell
     return result
 
@@ -113,6 +118,15 @@ def report(result: dict) -> str:
                 cells.append(f"**{v:.3f}**±{s:.3f}" if off else f"{v:.3f}±{s:.3f}")
             lines.append(f"| {snr} | " + " | ".join(cells) + " |")
         lines += ["", f"{outside} of {len(names) * len(result['per_snr'])} cells outside the band.", ""]
+    if result["interval_calibration"]:
+        fitted = result.get("calibration_fitted_on") or {}
+        lines += ["## The bundle's interval factors at these S/N (`runtime.intervals`)", "",
+                  f"Fitted on {sum(fitted.get('rows_per_snr') or [])} rows of {len(fitted.get('surveys') or [])} "
+                  "synthetic survey(s) named in the manifest (never these held-out stars).", "",
+                  "| S/N | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {snr} | " + " | ".join(f"{v:.3f}" for v in cell["interval_factors"]) + " |"
+                  for snr, cell in result["per_snr"].items()]
+        lines.append("")
     lines += ["## σ: rms of MAP − truth, mean over draws ± their spread", "",
               "| S/N | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
     for snr, cell in result["per_snr"].items():
