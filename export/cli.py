@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="catalogue of held-out synthetic spectra made with this bundle")
     p.add_argument("--percentile", type=float, default=99.0, help="percentile of chi2_resim used as threshold")
     p.set_defaults(func=_cmd_calibrate_poor_fit)
-    p = sub.add_parser("calibrate-intervals", help="fit the factors that make the 68 % intervals hold 68 % of the "
+    p = sub.add_parser("calibrate-intervals", help="fit the factors that make the 68 %% intervals hold 68 %% of the "
                        "truths, per parameter and S/N (runtime.intervals), from a synthetic survey with labels")
     p.add_argument("--bundle", required=True)
     p.add_argument("--catalog", required=True, nargs="+",
