@@ -3,8 +3,10 @@
 One row per input spectrum, in input order. Column names follow what survey astronomers read
 (SDSS-V Astra, GALAH, Gaia): ``teff``, ``logg``, ``fe_h``, ``mg_fe``, ... hold the **MAP** (highest-
 density valid posterior sample); ``<p>_p2_5``, ``<p>_p16``, ``<p>_p50``, ``<p>_p84``, ``<p>_p97_5`` are
-quantiles of the valid samples; ``<p>_corr`` is the MAP after the T_eff-linear bias correction of the
-paper's Eq. B.1, present only when a run applied one (the ``bias_correction`` attribute says which).
+quantiles of the valid samples, spread about the median by the bundle's interval calibration where it has one
+(``runtime.intervals``; the catalogue's ``bundle_sha256`` names the bundle); ``<p>_corr`` is the MAP after the
+T_eff-linear bias correction of the paper's Eq. B.1, present only when a run applied one (the ``bias_correction``
+attribute says which).
 
 Flags (``flags`` bitmask, set by ``runtime process``; ``ingest_flags``, set by ``spectra ingest``) are defined
 once, in ``spectra.contracts.flags`` (bit, name, threshold, description); the runtime, the catalogue attributes,
@@ -80,8 +82,8 @@ def catalogue_columns(parameters: list[dict], corrected: list[str] = (), provena
         unit = p["unit"]
         cols.append(Column(p["name"], "float32", unit, f"{p['label']}: MAP (highest-density valid sample)", np.nan))
         for q in QUANTILE_LEVELS:
-            cols.append(Column(p["name"] + q.suffix, "float32", unit, f"{p['label']}: {100 * q.level:g} % quantile",
-                               np.nan))
+            cols.append(Column(p["name"] + q.suffix, "float32", unit, f"{p['label']}: {100 * q.level:g} % quantile "
+                               "(of the valid samples; with the bundle's interval calibration, if any)", np.nan))
         cols.append(Column("e_" + p["name"], "float32", unit, f"{p['label']}: symmetric error, half the 16-84 % "
                            "width ((p84 - p16) / 2; the interval itself need not be symmetric about the MAP)", np.nan))
         if p["name"] in corrected:
