@@ -5,9 +5,8 @@
 noise draws of the same stars are pooled) with this very bundle, at a few S/N values spanning the trained range
 (every row at one of them, the same values in each). The factors are fitted per parameter at each of those S/N
 values, smoothed in log S/N, and stored in the manifest with what they were fitted on, the unsmoothed values, and
-the coverage before and after. Fit on spectra
-the model is not judged on: ``scripts/build-default-model.sh`` uses the PySME training spectra, never the held-out
-set.
+the coverage before and after. Fit on spectra the model is not judged on: ``scripts/build-default-model.sh`` uses
+the PySME training spectra, never the held-out set.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def calibrate_intervals(bundle_path: str | Path, catalogs: Sequence[str | Path],
     flow = quantiles if current is None else IntervalCalibration(nodes, 1 / current.factors(nodes),
                                                                  new.names).apply(quantiles, snr)
     before = _coverage(truth[ok], flow[ok], snr[ok], nodes)
-    after = _coverage(truth[ok], new.apply(flow[ok], snr[ok]), snr[ok], nodes)
+    after = _coverage(truth[ok], new.apply(flow[ok], snr[ok], manifest.lower, manifest.upper), snr[ok], nodes)
     entry = {"definition": DEFINITION, "coverage": COVERAGE, "snr": [float(v) for v in nodes],
              "scale": {p: [round(float(v), 4) for v in scales[:, j]] for j, p in enumerate(manifest.names)},
              "scale_unsmoothed": {p: [round(float(v), 4) for v in raw_scales[:, j]]

@@ -36,6 +36,7 @@ from spectra.contracts.streams import scheme as random_stream_scheme
 
 from .bundle import Bundle, load_bundle
 from .inference import InferenceSettings, catalogue_rows, check_samples, validate_flux
+from .intervals import rescale_about
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -134,8 +135,8 @@ class Posterior:
     (network space: log N(z; 0, I) - log|det dx/dz|, the density the MAP maximises; log10 for T_eff and v_broad).
     ``valid``: samples inside the training bounds, the ones the catalogue's MAP and quantiles use.
     ``interval_scale`` (D,): the bundle's interval calibration at this S/N (``runtime.intervals``; ones without
-    one): :meth:`quantiles` and :meth:`corner` spread the valid samples about their median by it, as the catalogue
-    does; ``samples`` are the flow's own draws."""
+    one): :meth:`quantiles` and :meth:`corner` spread the valid samples about their median by it, within the
+    training ``bounds``, as the catalogue does; ``samples`` are the flow's own draws."""
 
     names: tuple[str, ...]
     units: tuple[str, ...]
@@ -147,6 +148,7 @@ class Posterior:
     seed: int
     snr: float  # the S/N the posterior was conditioned on (capped with snr_cap)
     interval_scale: np.ndarray  # (D,)
+    bounds: tuple[np.ndarray, np.ndarray]  # the training bounds (lower, upper), (D,) each: what `valid` means
 
     def _index(self, params: Sequence[str] | None) -> list[int]:
         params = list(self.names if params is None else params)
@@ -168,16 +170,20 @@ class Posterior:
         catalogue's levels, ``spectra.contracts.quantiles.QUANTILES``)."""
         if not self.valid.any():
             return np.full((len(levels), len(self.names)), np.nan)
-        return np.quantile(self.calibrated_samples(), list(levels), axis=0)
+        valid = self.samples[self.valid]
+        return self._calibrated(np.quantile(valid, list(levels), axis=0), valid)
 
     def calibrated_samples(self) -> np.ndarray:
         """(n_valid, D) the valid samples spread about their median by ``interval_scale`` (the flow's own valid
-        samples when it is all ones): the distribution whose quantiles the catalogue reports."""
+        samples when it is all ones), kept within the training bounds: what :meth:`corner` draws."""
         valid = self.samples[self.valid]
-        if not valid.size or np.all(self.interval_scale == 1):
-            return valid
-        median = np.quantile(valid, 0.5, axis=0)
-        return median + self.interval_scale * (valid - median)
+        return self._calibrated(valid, valid) if valid.size else valid
+
+    def _calibrated(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """``values`` (…, D) rescaled about the median of ``valid`` as the catalogue's quantiles are."""
+        if np.all(self.interval_scale == 1):
+            return values
+        return rescale_about(values, np.quantile(valid, 0.5, axis=0), self.interval_scale, *self.bounds)
 
     def table(self) -> Table:
         """The samples as an astropy Table (one column per parameter with its unit, ``log_density``, ``valid``)."""
@@ -328,7 +334,7 @@ class Model:
         calibration = manifest.interval_calibration
         scale = np.ones(manifest.n_params) if calibration is None else calibration.factors(np.array([used]))[0]
         return Posterior(tuple(manifest.names), tuple(manifest.units), labels, draws[0], log_density[0], valid,
-                         int(ids[0]), seed, used, scale)
+                         int(ids[0]), seed, used, scale, (manifest.lower, manifest.upper))
 
     def _inputs(self, flux: Any, snr: Any, source_id: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(flux (N, P) float32, snr (N,) float64, source ids (N,) int64), or one line naming what is wrong."""

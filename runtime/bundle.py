@@ -153,9 +153,9 @@ class Manifest:
 
     def calibrated_quantiles(self, quantiles: np.ndarray, snr: np.ndarray) -> np.ndarray:
         """Quantiles (N, Q, D) as the catalogue reports them at the S/N (N,) the posteriors were conditioned on:
-        rescaled by the bundle's interval calibration, or unchanged without one."""
+        rescaled by the bundle's interval calibration within the training bounds, or unchanged without one."""
         calibration = self.interval_calibration
-        return quantiles if calibration is None else calibration.apply(quantiles, snr)
+        return quantiles if calibration is None else calibration.apply(quantiles, snr, self.lower, self.upper)
 
     @property
     def random_streams(self) -> dict | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from spectra.contracts.quantiles import index
 
-__all__ = ["COVERAGE", "IntervalCalibration", "fit_scales", "side_ratio", "smooth_in_log_snr"]
+__all__ = ["COVERAGE", "IntervalCalibration", "fit_scales", "rescale_about", "side_ratio", "smooth_in_log_snr"]
 
 COVERAGE = 0.6827  # the probability of a 1-sigma Gaussian interval, the level p16-p84 stands for
 SCALE_LIMITS = (0.2, 5.0)  # a factor outside these is a broken fit or a broken model, not a calibration
@@ -63,11 +63,25 @@ class IntervalCalibration:
         nodes = np.log(self.snr)
         return np.stack([np.interp(log_snr, nodes, self.scale[:, j]) for j in range(self.scale.shape[1])], axis=1)
 
-    def apply(self, quantiles: np.ndarray, snr: np.ndarray) -> np.ndarray:
+    def apply(self, quantiles: np.ndarray, snr: np.ndarray, lower: np.ndarray | None = None,
+              upper: np.ndarray | None = None) -> np.ndarray:
         """Quantiles (N, Q, D) in the order of ``spectra.contracts.quantiles.QUANTILES`` rescaled about their median
-        (module docstring); a new array, NaN rows stay NaN."""
+        (module docstring), then kept within the training bounds ``lower``/``upper`` (D,) if given (a widened
+        interval of a posterior leaning on a bound would reach past it, where no sample can be); a new array, NaN
+        rows stay NaN."""
         median = quantiles[:, index("p50")][:, None, :]
-        return median + self.factors(snr)[:, None, :] * (quantiles - median)
+        return rescale_about(quantiles, median, self.factors(snr)[:, None, :], lower, upper)
+
+
+def rescale_about(values: np.ndarray, median: np.ndarray, scale: np.ndarray, lower: np.ndarray | None = None,
+                  upper: np.ndarray | None = None) -> np.ndarray:
+    """median + scale * (values - median), within ``lower``/``upper`` where given (all broadcast over the last axis,
+    the parameters): the one formula the catalogue's quantiles and ``runtime.api.Posterior`` use."""
+    rescaled = median + scale * (values - median)
+    if lower is not None or upper is not None:
+        with np.errstate(invalid="ignore"):
+            rescaled = np.clip(rescaled, lower, upper)
+    return rescaled
 
 
 def side_ratio(truth: np.ndarray, quantiles: np.ndarray) -> np.ndarray:

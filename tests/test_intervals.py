@@ -49,6 +49,9 @@ def test_factors_are_linear_in_log_snr_and_constant_beyond_the_nodes():
     np.testing.assert_allclose(out[0, :, 0], [-2.4, -1.2, 0, 1.2, 2.4])
     np.testing.assert_allclose(out[0, :, 1], 10 + 0.9 * np.array([-2.0, -1, 0, 1, 2]))
     assert np.isnan(calibration.apply(np.full((1, 5, 2), np.nan), np.array([50.0]))).all()
+    # widened intervals stop at the training bounds, where the samples do
+    clipped = calibration.apply(q, np.array([20.0]), lower=np.array([-2.2, 0.0]), upper=np.array([2.2, 20.0]))
+    np.testing.assert_allclose(clipped[0, :, 0], [-2.2, -1.2, 0, 1.2, 2.2])
 
 
 def test_smoothing_keeps_a_quadratic_in_log_snr_and_averages_out_scatter():
@@ -111,7 +114,8 @@ def test_calibrated_catalogue_rescales_only_the_intervals(calibrated):
         np.testing.assert_array_equal(a[p], b[p])  # MAP
         np.testing.assert_array_equal(a[f"{p}_p50"], b[f"{p}_p50"])
         for q in ("p2_5", "p16", "p84", "p97_5"):
-            expected = a[f"{p}_p50"] + factors[:, j] * (a[f"{p}_{q}"].astype(float) - a[f"{p}_p50"])
+            expected = np.clip(a[f"{p}_p50"] + factors[:, j] * (a[f"{p}_{q}"].astype(float) - a[f"{p}_p50"]),
+                               manifest.lower[j], manifest.upper[j])  # widened intervals stop at the bounds
             np.testing.assert_allclose(b[f"{p}_{q}"], expected, rtol=1e-5, atol=1e-4 * np.abs(expected).max())
     # on the rows it was fitted on, every parameter's 68 % interval now holds 68 % of the truths at each S/N
     import zarr
@@ -141,6 +145,8 @@ def test_python_api_reports_the_catalogues_calibrated_quantiles(calibrated):
     post = model.posterior(root["flux"][row], float(root["snr"][row]), int(root["source_id"][row]),
                            seed=options.seed, samples=options.samples)
     q = post.quantiles()
+    samples = post.calibrated_samples()
+    assert np.all(samples >= post.bounds[0]) and np.all(samples <= post.bounds[1])
     for j, p in enumerate(model.names):
         np.testing.assert_allclose(q[index("p16"), j], b[f"{p}_p16"][row], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(q[index("p97_5"), j], b[f"{p}_p97_5"][row], rtol=1e-5, atol=1e-5)
