@@ -2,8 +2,8 @@
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
 # About 2.5 hours on 2 CPU cores (the emulator ~12 min, the cINN on its fresh stream ~40, the interval calibration
-# ~35, reports ~60). Needs the
-# train, cpu and test extras (the test venv has them: bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
+# ~35, reports ~60). Needs the train, cpu and test extras (the test venv has them:
+# bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
 #   bash scripts/build-default-model.sh [WORK_DIR]
