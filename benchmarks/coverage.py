@@ -45,32 +45,23 @@ def run_draws(bundle: Path, grid: Path, draws: int, snr: str, work: Path, precis
 
 
 def measure(bundle: Path, pairs: list[tuple[Path, Path]]) -> dict:
-    import zarr
-
-    from catalog.writers import CatalogueStore
+    from export.intervals import labelled_rows
     from runtime.bundle import load_bundle
-    from runtime.intervals import IntervalCalibration, side_ratio
-    from spectra.contracts.quantiles import QUANTILE_LEVELS
+    from runtime.intervals import side_ratio
 
-    manifest = load_bundle(bundle, check_graphs=False).manifest
+    loaded = load_bundle(bundle, check_graphs=False)
+    manifest = loaded.manifest
     names = manifest.names
     calibration = manifest.interval_calibration
     inside: dict[str, list] = {"calibrated": [], "flow": []}
     errors, snr = [], None
     for survey, catalogue in pairs:
-        root, store = zarr.open_group(str(survey), mode="r"), CatalogueStore.open(catalogue)
-        if store.attrs.get("bundle_sha256") != load_bundle(bundle, check_graphs=False).sha256:
-            raise ValueError(f"{catalogue} was made with another bundle; remove the work folder's catalogues")
-        truth_names = list(root["truth"].attrs["names"])
-        truth = np.asarray(root["truth"][:])[:, [truth_names.index(p) for p in names]]
-        quantiles = np.stack([np.stack([store.column(p + q.suffix) for p in names], axis=1)
-                              for q in QUANTILE_LEVELS], axis=1).astype(float)
-        snr = np.round(store.column("snr").astype(float), 3)
+        truth, estimates, quantiles, snr = labelled_rows(loaded, catalogue, survey)
+        snr = np.round(snr, 3)
         inside["calibrated"].append(side_ratio(truth, quantiles) <= 1)
         if calibration is not None:
-            undo = IntervalCalibration(calibration.snr, 1 / calibration.scale, calibration.names)
-            inside["flow"].append(side_ratio(truth, undo.apply(quantiles, snr)) <= 1)
-        errors.append(np.stack([store.column(p) for p in names], axis=1) - truth)
+            inside["flow"].append(side_ratio(truth, calibration.undo(quantiles, snr)) <= 1)
+        errors.append(estimates - truth)
     assert snr is not None
     result: dict = {"bundle": str(bundle), "draws": len(pairs), "parameters": names, "machine": machine(),
                     "interval_calibration": calibration is not None, "per_snr": {}}

@@ -20,7 +20,7 @@ from runtime.bundle import Bundle, hash_files, load_bundle, write_manifest
 from runtime.intervals import COVERAGE, IntervalCalibration, fit_scales, side_ratio, smooth_in_log_snr
 from spectra.contracts.quantiles import QUANTILE_LEVELS
 
-__all__ = ["calibrate_intervals"]
+__all__ = ["calibrate_intervals", "labelled_rows"]
 
 DEFINITION = ("reported quantile q = p50 + s(S/N) * (q_flow - p50) per parameter; s linear in log S/N between the "
               "listed S/N values, constant beyond; MAP and p50 unchanged (runtime.intervals)")
@@ -33,8 +33,8 @@ def calibrate_intervals(bundle_path: str | Path, catalogs: Sequence[str | Path],
     manifest = bundle.manifest
     if len(catalogs) != len(surveys) or not catalogs:
         raise ValueError(f"{len(catalogs)} catalogue(s) for {len(surveys)} survey(s): give one survey per catalogue")
-    parts = [_labelled_rows(bundle, Path(c), Path(s)) for c, s in zip(catalogs, surveys, strict=True)]
-    truth, quantiles, snr = (np.concatenate(x) for x in zip(*parts, strict=True))
+    parts = [labelled_rows(bundle, Path(c), Path(s)) for c, s in zip(catalogs, surveys, strict=True)]
+    truth, _, quantiles, snr = (np.concatenate(x) for x in zip(*parts, strict=True))
     nodes = np.unique(np.round(snr[np.isfinite(snr)], 3))
     current = manifest.interval_calibration
     raw_scales = fit_scales(truth, quantiles, snr, nodes, current)
@@ -42,8 +42,7 @@ def calibrate_intervals(bundle_path: str | Path, catalogs: Sequence[str | Path],
     ok = np.isfinite(quantiles).all(axis=(1, 2))
     new = IntervalCalibration(nodes, scales, tuple(manifest.names))
     # the catalogues' quantiles carry `current`: undo it, then apply the new factors, to report before and after
-    flow = quantiles if current is None else IntervalCalibration(nodes, 1 / current.factors(nodes),
-                                                                 new.names).apply(quantiles, snr)
+    flow = quantiles if current is None else current.undo(quantiles, snr)
     before = _coverage(truth[ok], flow[ok], snr[ok], nodes)
     after = _coverage(truth[ok], new.apply(flow[ok], snr[ok], manifest.lower, manifest.upper), snr[ok], nodes)
     entry = {"definition": DEFINITION, "coverage": COVERAGE, "snr": [float(v) for v in nodes],
@@ -61,8 +60,10 @@ def calibrate_intervals(bundle_path: str | Path, catalogs: Sequence[str | Path],
     return entry
 
 
-def _labelled_rows(bundle: Bundle, catalog: Path, survey: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(truth (N, D), quantiles (N, Q, D), S/N (N,)) of a catalogue made with ``bundle`` from ``survey``."""
+def labelled_rows(bundle: Bundle, catalog: Path, survey: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                         np.ndarray]:
+    """(truth (N, D), MAP (N, D), quantiles (N, Q, D), S/N (N,)) in the bundle's parameter order, from a catalogue
+    made with ``bundle`` (as it is now) from the synthetic ``survey``; one line naming what does not fit."""
     import zarr
 
     from catalog.writers import CatalogueStore
@@ -85,7 +86,8 @@ def _labelled_rows(bundle: Bundle, catalog: Path, survey: Path) -> tuple[np.ndar
     truth = np.asarray(root["truth"][:])[:, [truth_names.index(p) for p in names]]
     quantiles = np.stack([np.stack([store.column(p + q.suffix) for p in names], axis=1)
                           for q in QUANTILE_LEVELS], axis=1).astype(float)
-    return truth, quantiles, store.column("snr").astype(float)
+    estimates = np.stack([store.column(p) for p in names], axis=1).astype(float)
+    return truth, estimates, quantiles, store.column("snr").astype(float)
 
 
 def _coverage(truth: np.ndarray, quantiles: np.ndarray, snr: np.ndarray, nodes: np.ndarray) -> dict[str, list]:

@@ -73,6 +73,13 @@ class IntervalCalibration:
         return rescale_about(quantiles, median, self.factors(snr)[:, None, :], lower, upper)
 
 
+    def undo(self, quantiles: np.ndarray, snr: np.ndarray) -> np.ndarray:
+        """The flow's own quantiles back from calibrated ones (exact wherever no bound clipped them): for refitting
+        and for reporting the flow's coverage beside the calibrated one."""
+        median = quantiles[:, index("p50")][:, None, :]
+        return rescale_about(quantiles, median, 1.0 / self.factors(snr)[:, None, :])
+
+
 def rescale_about(values: np.ndarray, median: np.ndarray, scale: np.ndarray, lower: np.ndarray | None = None,
                   upper: np.ndarray | None = None) -> np.ndarray:
     """median + scale * (values - median), within ``lower``/``upper`` where given (all broadcast over the last axis,

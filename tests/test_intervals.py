@@ -48,6 +48,7 @@ def test_factors_are_linear_in_log_snr_and_constant_beyond_the_nodes():
     out = calibration.apply(q, np.array([20.0]))
     np.testing.assert_allclose(out[0, :, 0], [-2.4, -1.2, 0, 1.2, 2.4])
     np.testing.assert_allclose(out[0, :, 1], 10 + 0.9 * np.array([-2.0, -1, 0, 1, 2]))
+    np.testing.assert_allclose(calibration.undo(out, np.array([20.0])), q)  # the flow's own quantiles back
     assert np.isnan(calibration.apply(np.full((1, 5, 2), np.nan), np.array([50.0]))).all()
     # widened intervals stop at the training bounds, where the samples do
     clipped = calibration.apply(q, np.array([20.0]), lower=np.array([-2.2, 0.0]), upper=np.array([2.2, 20.0]))
