@@ -17,9 +17,10 @@ Fitting (``python -m export calibrate-intervals``): on catalogues of spectra wit
 S/N values, s is the 68.27th percentile over the rows of u = |truth - p50| / (p84 - p50 or p50 - p16, the half on
 the truth's side), so that 68.27 % of those rows have their truth inside the rescaled 68 % interval; these
 per-S/N values are then smoothed by a quadratic in log S/N (:func:`smooth_in_log_snr`). The
-spectra must not be the held-out set the model is judged on: the default model's are the PySME *training*
-spectra, i.e. the emulator's own training stars with their own emulator residuals, which is the distribution the
-cINN was trained on. A catalogue made with an already calibrated bundle refits on top of it (the factors
+spectra must not be the held-out set the model is judged on: the default model's are the 1025 PySME *training*
+stars drawn from the grid prior. Caveat: 90 % of them were fitted by the emulator, so they sit closer to it than a
+new star does (the cINN was trained with the residuals of the emulator's *validation* stars), and the factors at
+high S/N, where that mismatch matters, may come out a little small. A catalogue made with an already calibrated bundle refits on top of it (the factors
 multiply), so fitting twice converges instead of compounding.
 """
 
