@@ -20,8 +20,8 @@ per-S/N values are then smoothed by a quadratic in log S/N (:func:`smooth_in_log
 spectra must not be the held-out set the model is judged on: the default model's are the 1025 PySME *training*
 stars drawn from the grid prior. Caveat: 90 % of them were fitted by the emulator, so they sit closer to it than a
 new star does (the cINN was trained with the residuals of the emulator's *validation* stars), and the factors at
-high S/N, where that mismatch matters, may come out a little small. A catalogue made with an already calibrated bundle refits on top of it (the factors
-multiply), so fitting twice converges instead of compounding.
+high S/N, where that mismatch matters, may come out a little small. A catalogue made with an already calibrated
+bundle refits on top of it (the factors multiply), so fitting twice converges instead of compounding.
 """
 
 from __future__ import annotations
