@@ -163,3 +163,12 @@ def test_margin_grid_packs_and_unpacks_on_its_own_pixels(tmp_path):
     narrow = pack_grid(make(tmp_path / "narrow.h5", hr_grid()), tmp_path / "packed2", "narrow")
     with pytest.raises(ValueError, match="hr_grid"):
         unpack_grid([tmp_path / "packed" / "wide-0000.h5", *narrow], tmp_path / "mixed.h5")
+
+
+def test_committed_data_and_models_stay_within_the_repository_budget():
+    """Issue 20: at most 150 MB of committed data and models (the kept PySME grids, the default bundle, its example
+    surveys and the packaged line lists), so that a new grid has to make room rather than grow the clone unseen."""
+    root = Path(__file__).resolve().parents[1]
+    folders = ["training/grids", "runtime/default_bundle", "runtime/examples", "spectra/data"]
+    total = sum(f.stat().st_size for d in folders for f in (root / d).rglob("*") if f.is_file())
+    assert total <= 150e6, f"{total / 1e6:.1f} MB of data and models in {', '.join(folders)}"
