@@ -1,7 +1,7 @@
 """68 % coverage and σ of a bundle on the fixed held-out set over several noise draws, with their standard errors.
 
     python benchmarks/coverage.py --bundle B --grid test_rot.h5 --draws 8 --snr 20,50,250 --work W \
-        --out benchmarks/results/coverage [--precision fp32]
+        --out benchmarks/results/coverage [--precision fp32] [--bound information_limit/per_star.json]
 
 One noise draw of 200 stars gives each coverage a standard error of 0.033, so a perfectly calibrated model has
 about one (parameter, S/N) cell in eight outside 0.63-0.73 by chance. Here each draw is ``spectra survey --seed
@@ -11,6 +11,11 @@ fraction of draws inside, its standard error the spread of that per-star fractio
 (the stars are the independent units, not the draws). σ is the rms of MAP - truth per draw, reported as the mean
 over draws and their spread. Where the bundle carries an interval calibration the flow's own coverage is reported
 too: the calibration is undone exactly (MAP and median are unchanged by it, ``runtime.intervals``).
+
+``--bound``: the per-star Cramér–Rao bounds of the same stars (``benchmarks/information_limit.py``) split σ by
+[Fe/H] against the bound, and give the σ an estimator would reach if every star above its bound came down to it: at
+S/N 20 the extremely metal-poor stars, whose spectra hold almost no lines, carry half the mean square error while
+already below their bound (the prior's doing), so that figure says how much a better estimator can still win.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def run_draws(bundle: Path, grid: Path, draws: int, snr: str, work: Path, precis
     return pairs
 
 
-def measure(bundle: Path, pairs: list[tuple[Path, Path]]) -> dict:
+def measure(bundle: Path, pairs: list[tuple[Path, Path]], bound_per_star: Path | None = None) -> dict:
     from export.intervals import labelled_rows
     from runtime.bundle import load_bundle
     from runtime.intervals import side_ratio
@@ -83,7 +88,46 @@ def measure(bundle: Path, pairs: list[tuple[Path, Path]]) -> dict:
         if calibration is not None:
             cell["interval_factors"] = calibration.factors(np.array([value]))[0].round(4).tolist()
         result["per_snr"][f"{value:g}"] = cell
+    if bound_per_star is not None:  # the same rows (and truth) in every draw
+        result["against_bound"] = against_bound(names, truth, np.array(errors), snr, bound_per_star)
     return result
+
+
+FEH_BINS = ((-5.0, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 0.6))
+
+
+def against_bound(names: list[str], truth: np.ndarray, errors: np.ndarray, snr: np.ndarray, per_star: Path) -> dict:
+    """σ against the Cramér–Rao bound by [Fe/H], per S/N: where the remaining error sits, and how far an estimator
+    at the bound would take it. ``per_star``: ``benchmarks/information_limit.py``'s per_star.json of the same stars
+    (matched on their T_eff, log g, [Fe/H]); ``errors`` (draws, N, D)."""
+    stars = json.loads(per_star.read_text())
+    labels, bound1 = np.asarray(stars["labels"], dtype=float), np.asarray(stars["bound_at_snr1"], dtype=float)
+    key = [stars["parameters"].index(p) for p in ("teff", "logg", "fe_h")]
+    mine = [names.index(p) for p in ("teff", "logg", "fe_h")]
+    scale = np.array([1000.0, 1.0, 1.0])
+    distance = np.abs(truth[:, None, mine] / scale - labels[None, :, key] / scale).max(axis=2)
+    star = distance.argmin(axis=1)
+    if distance[np.arange(len(star)), star].max() > 1e-3:
+        raise SystemExit(f"{per_star}: not the stars of this survey (no star matches a row's T_eff, log g, [Fe/H])")
+    out: dict = {"per_star": str(per_star), "bins": [list(b) for b in FEH_BINS], "per_snr": {}}
+    feh = labels[star, key[2]]
+    for value in np.unique(snr):
+        rows = snr == value
+        cell: dict = {}
+        for p in HEADLINE:
+            j, b = names.index(p), stars["parameters"].index(p)
+            ms = np.nanmean(errors[:, rows, j] ** 2, axis=0)  # per row, over draws
+            bound = bound1[star[rows], b] / value
+            entry = {"sigma": float(np.sqrt(ms.mean())), "rms_bound": float(np.sqrt(np.mean(bound**2))),
+                     "sigma_if_at_bound": float(np.sqrt(np.mean(np.minimum(ms, bound**2)))), "bins": []}
+            for lo, hi in FEH_BINS:
+                m = (feh[rows] >= lo) & (feh[rows] < hi)
+                entry["bins"].append({"stars": int(m.sum()), "sigma": float(np.sqrt(ms[m].mean())),
+                                      "rms_bound": float(np.sqrt(np.mean(bound[m] ** 2))),
+                                      "share_of_ms": float(ms[m].sum() / ms.sum())})
+            cell[p] = entry
+        out["per_snr"][f"{value:g}"] = cell
+    return out
 
 
 def report(result: dict) -> str:
@@ -124,6 +168,23 @@ def report(result: dict) -> str:
         j = [names.index(p) for p in HEADLINE]
         lines.append(f"| {snr} | " + " | ".join(f"{cell['rms_mean'][i]:.3g} ± {cell['rms_spread'][i]:.2g}"
                                                   for i in j) + " |")
+    if "against_bound" in result:
+        bound = result["against_bound"]
+        lines += ["", "## σ against the Cramér–Rao bound, by [Fe/H]", "",
+                  f"Bound per star from `{bound['per_star']}` (this bundle's emulator, S/N 1 scaled by 1/(S/N)). Per "
+                  "bin: σ / rms bound (its share of the mean square error). Last column: σ if every star whose error "
+                  "exceeds its bound reached it (the others as they are): what a better estimator could still gain.",
+                  "", "| S/N | parameter | σ | rms bound | " + " | ".join(f"[Fe/H] {lo:g}..{hi:g}"
+                                                                      for lo, hi in bound["bins"])
+                  + " | σ with every star at most at its bound |",
+                  "|---|---|---|---|" + "---|" * (len(bound["bins"]) + 1)]
+        for snr, cell in bound["per_snr"].items():
+            for p in ("teff", "logg", "fe_h"):
+                e = cell[p]
+                bins = " | ".join(f"{b['sigma']:.3g} / {b['rms_bound']:.3g} ({100 * b['share_of_ms']:.0f} %, "
+                                  f"{b['stars']})" for b in e["bins"])
+                lines.append(f"| {snr} | {p} | {e['sigma']:.3g} | {e['rms_bound']:.3g} | {bins} | "
+                             f"{e['sigma_if_at_bound']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--work", required=True, type=Path, help="folder for the surveys and catalogues (reused)")
     parser.add_argument("--out", required=True, type=Path, help="report folder (coverage.json, coverage.md)")
+    parser.add_argument("--bound", type=Path, help="information_limit.py's per_star.json of the same stars: adds σ "
+                        "against the Cramér–Rao bound by [Fe/H]")
     args = parser.parse_args(argv)
     pairs = run_draws(args.bundle, args.grid, args.draws, args.snr, args.work, args.precision)
-    result = measure(args.bundle, pairs)
+    result = measure(args.bundle, pairs, args.bound)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coverage.json").write_text(json.dumps(result, indent=1))
     text = report(result)

@@ -101,6 +101,7 @@ training evaluate --run "$work/run" --grid "$work/test_emu.h5" --split all --snr
   --out "$work/emu_survey.zarr" --seed 9 --quiet
 # coverage and σ over 8 noise draws (one draw's coverage has a standard error of 0.033), the calibration undone too
 python benchmarks/coverage.py --bundle "$work/bundle" --grid "$work/test_rot.h5" --draws 8 --snr 20,50,250 \
+  --bound "$results"/information_limit/per_star.json \
   --work "$work/coverage" --out "$results"/coverage
 for world in emu test; do  # the same through runtime process (ONNX, the shipped precision), for the study table
   python benchmarks/estimator_study.py measure --bundle "$work/bundle" --survey "$work/${world}_survey.zarr" \
