@@ -218,3 +218,37 @@ def test_estimator_study_reads_each_rows_own_bound(tmp_path):
     bounds = rng.uniform(1.0, 100.0, 200_000)
     assert np.median(np.abs(rng.standard_normal(bounds.size) * bounds) / bounds) / MEDIAN_ABS_NORMAL \
         == pytest.approx(1.0, abs=0.01)
+
+
+def test_coverage_against_bound_splits_sigma_by_metallicity_and_caps_at_the_bound(tmp_path, monkeypatch):
+    """benchmarks/coverage.py --bound: rows are matched to their stars, σ per [Fe/H] bin is the rms over draws and
+    stars, the shares add up to one, and 'every star at most at its bound' replaces only the stars above it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("coverage_bench", ROOT / "benchmarks" / "coverage.py")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # for its `_common` import
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = ["teff", "logg", "fe_h", "mg_fe", "ca_fe"]
+    labels = np.array([[5000.0, 2.0, -4.0, 0.3, 0.3], [5800.0, 4.4, 0.0, 0.0, 0.0], [6200.0, 4.0, -0.5, 0.1, 0.1]])
+    bound1 = np.array([[8000.0, 20.0, 15.0, 5.0, 5.0], [1000.0, 2.0, 1.0, 1.0, 1.0], [2000.0, 4.0, 2.0, 2.0, 2.0]])
+    per_star = tmp_path / "per_star.json"
+    per_star.write_text(json.dumps({"parameters": names, "labels": labels[::-1].tolist(),
+                                    "bound_at_snr1": bound1[::-1].tolist()}))  # another star order than the rows
+    truth = labels.copy()
+    snr = np.full(3, 20.0)
+    errors = np.zeros((2, 3, 5))
+    errors[:, 0, 0] = [300.0, -300.0]  # below its bound (400 K at S/N 20)
+    errors[:, 1, 0] = [100.0, 100.0]  # above its bound (50 K)
+    errors[:, 2, 0] = [0.0, 0.0]
+    out = module.against_bound(names, truth, errors, snr, per_star)["per_snr"]["20"]["teff"]
+    assert out["sigma"] == pytest.approx(np.sqrt((300.0**2 + 100.0**2) / 3))
+    assert out["sigma_if_at_bound"] == pytest.approx(np.sqrt((300.0**2 + 50.0**2) / 3))
+    assert out["rms_bound"] == pytest.approx(np.sqrt((400.0**2 + 50.0**2 + 100.0**2) / 3))
+    poor, rich = out["bins"][0], out["bins"][3]
+    assert (poor["stars"], rich["stars"]) == (1, 2)
+    assert poor["sigma"] == pytest.approx(300.0) and poor["rms_bound"] == pytest.approx(400.0)
+    assert sum(b["share_of_ms"] for b in out["bins"]) == pytest.approx(1.0)
+    truth[1, 0] += 100.0  # a row of no star
+    with pytest.raises(SystemExit, match="not the stars of this survey"):
+        module.against_bound(names, truth, errors, snr, per_star)
