@@ -122,8 +122,8 @@ def against_bound(names: list[str], truth: np.ndarray, errors: np.ndarray, snr: 
                      "sigma_if_at_bound": float(np.sqrt(np.mean(np.minimum(ms, bound**2)))), "bins": []}
             for lo, hi in FEH_BINS:
                 m = (feh[rows] >= lo) & (feh[rows] < hi)
-                entry["bins"].append({"stars": int(m.sum()), "sigma": float(np.sqrt(ms[m].mean())),
-                                      "rms_bound": float(np.sqrt(np.mean(bound[m] ** 2))),
+                entry["bins"].append({"stars": int(m.sum()), "sigma": float(np.sqrt(ms[m].mean())) if m.any() else None,
+                                      "rms_bound": float(np.sqrt(np.mean(bound[m] ** 2))) if m.any() else None,
                                       "share_of_ms": float(ms[m].sum() / ms.sum())})
             cell[p] = entry
         out["per_snr"][f"{value:g}"] = cell
@@ -182,7 +182,7 @@ def report(result: dict) -> str:
             for p in ("teff", "logg", "fe_h"):
                 e = cell[p]
                 bins = " | ".join(f"{b['sigma']:.3g} / {b['rms_bound']:.3g} ({100 * b['share_of_ms']:.0f} %, "
-                                  f"{b['stars']})" for b in e["bins"])
+                                  f"{b['stars']})" if b["stars"] else "no stars" for b in e["bins"])
                 lines.append(f"| {snr} | {p} | {e['sigma']:.3g} | {e['rms_bound']:.3g} | {bins} | "
                              f"{e['sigma_if_at_bound']:.3g} |")
     return "\n".join(lines) + "\n"

@@ -246,7 +246,8 @@ def test_coverage_against_bound_splits_sigma_by_metallicity_and_caps_at_the_boun
     assert out["sigma_if_at_bound"] == pytest.approx(np.sqrt((300.0**2 + 50.0**2) / 3))
     assert out["rms_bound"] == pytest.approx(np.sqrt((400.0**2 + 50.0**2 + 100.0**2) / 3))
     poor, rich = out["bins"][0], out["bins"][3]
-    assert (poor["stars"], rich["stars"]) == (1, 2)
+    assert (poor["stars"], rich["stars"]) == (1, 2) and out["bins"][1] == {"stars": 0, "sigma": None, "rms_bound": None,
+                                                                           "share_of_ms": 0.0}
     assert poor["sigma"] == pytest.approx(300.0) and poor["rms_bound"] == pytest.approx(400.0)
     assert sum(b["share_of_ms"] for b in out["bins"]) == pytest.approx(1.0)
     truth[1, 0] += 100.0  # a row of no star
