@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,16 @@ def run_draws(bundle: Path, grid: Path, draws: int, snr: str, work: Path, precis
     pairs = []
     for k in range(draws):
         survey, catalogue = work / f"survey_{9 + k}.zarr", work / f"catalog_{9 + k}.zarr"
-        if not (survey / "zarr.json").exists():
+        if not survey.exists():  # written under a temporary name: an interrupted survey is never taken as made
+            partial = survey.with_name(survey.name + ".partial")
+            if partial.exists():
+                shutil.rmtree(partial)  # this script's own unfinished output
             subprocess.run(["spectra", "survey", "--grid", str(grid), "--snr", snr, "--continuum", "pseudo",
-                            "--out", str(survey), "--seed", str(9 + k), "--quiet"], check=True)
-        if not (catalogue / "zarr.json").exists():
-            subprocess.run(["runtime", "process", "--survey", str(survey), "--bundle", str(bundle), "--out",
-                            str(catalogue), "--precision", precision, "--workers", "2", "--quiet"], check=True)
+                            "--out", str(partial), "--seed", str(9 + k), "--quiet"], check=True)
+            partial.rename(survey)
+        resume = ["--resume"] if catalogue.exists() else []  # the runtime completes an interrupted catalogue
+        subprocess.run(["runtime", "process", "--survey", str(survey), "--bundle", str(bundle), "--out",
+                        str(catalogue), "--precision", precision, "--workers", "2", "--quiet", *resume], check=True)
         pairs.append((survey, catalogue))
     return pairs
 
