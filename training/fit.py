@@ -320,7 +320,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
             if torch.isfinite(loss):
                 loss.backward()
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e3))
-            if guard.accept(float(loss), norm):
+            if guard.accept(loss.item(), norm):
                 optimiser.step()
                 train_nll += float(nll.detach())
                 train_rev += float(rev.detach())
