@@ -12,10 +12,11 @@ fraction of draws inside, its standard error the spread of that per-star fractio
 over draws and their spread. Where the bundle carries an interval calibration the flow's own coverage is reported
 too: the calibration is undone exactly (MAP and median are unchanged by it, ``runtime.intervals``).
 
-``--bound``: the per-star Cramér–Rao bounds of the same stars (``benchmarks/information_limit.py``) split σ by
-[Fe/H] against the bound, and give the σ an estimator would reach if every star above its bound came down to it: at
-S/N 20 the extremely metal-poor stars, whose spectra hold almost no lines, carry half the mean square error while
-already below their bound (the prior's doing), so that figure says how much a better estimator can still win.
+``--bound``: the per-star Cramér–Rao bounds and emulator floors of the same stars (``benchmarks/information_limit.py``)
+split σ by [Fe/H] against the limit √(bound² + floor²), and give the σ an estimator would reach if every [Fe/H] bin
+above its limit came down to it: at S/N 20 the extremely metal-poor stars, whose spectra hold almost no lines, carry
+half the mean square error while already below their bound (the prior's doing), so that figure says how much a
+better estimator can still win.
 """
 
 from __future__ import annotations
@@ -101,12 +102,37 @@ def measure(bundle: Path, pairs: list[tuple[Path, Path]], bound_per_star: Path |
 FEH_BINS = ((-5.0, -3.0), (-3.0, -2.0), (-2.0, -1.0), (-1.0, 0.6))
 
 
+def _per_star_file(per_star: Path) -> dict:
+    """information_limit.py's per_star.json, or a one-line exit naming the file and what is missing."""
+    try:
+        stars = json.loads(per_star.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{per_star}: cannot read the per-star bounds ({error})") from None
+    missing = [k for k in ("parameters", "labels", "bound_at_snr1", "floor") if k not in stars]
+    absent = [p for p in (*HEADLINE, "teff", "logg", "fe_h") if p not in stars.get("parameters", [])]
+    if missing or absent:
+        raise SystemExit(f"{per_star}: not a per_star.json of benchmarks/information_limit.py (missing "
+                         f"{', '.join(missing + sorted(set(absent)))})")
+    return stars
+
+
+def _rms(values: np.ndarray) -> float | None:
+    return float(np.sqrt(np.mean(values))) if values.size else None
+
+
 def against_bound(names: list[str], truth: np.ndarray, errors: np.ndarray, snr: np.ndarray, per_star: Path) -> dict:
     """σ against the Cramér–Rao bound by [Fe/H], per S/N: where the remaining error sits, and how far an estimator
-    at the bound would take it. ``per_star``: ``benchmarks/information_limit.py``'s per_star.json of the same stars
-    (matched on their T_eff, log g, [Fe/H]); ``errors`` (draws, N, D)."""
-    stars = json.loads(per_star.read_text())
-    labels, bound1 = np.asarray(stars["labels"], dtype=float), np.asarray(stars["bound_at_snr1"], dtype=float)
+    at the information limit would take it. ``per_star``: ``benchmarks/information_limit.py``'s per_star.json of the
+    same stars (matched on their T_eff, log g, [Fe/H]); ``errors`` (draws, N, D).
+
+    The limit of a star on PySME spectra is its bound ⊕ the emulator floor (a likelihood fit with this emulator
+    has rms error √(bound² + floor²); the network inherits the floor too). "σ at the limit" caps each [Fe/H] bin's
+    mean square at its stars' mean limit² and leaves bins below it as they are: capped per bin, not per star,
+    because a star's mean square over a few draws scatters (χ² with `draws` degrees of freedom), and a per-star
+    min() would count that scatter as gain (a star exactly at its bound would read 0.9x it over 8 draws)."""
+    stars = _per_star_file(per_star)
+    labels = np.asarray(stars["labels"], dtype=float)
+    bound1, floor = np.asarray(stars["bound_at_snr1"], dtype=float), np.asarray(stars["floor"], dtype=float)
     key = [stars["parameters"].index(p) for p in ("teff", "logg", "fe_h")]
     mine = [names.index(p) for p in ("teff", "logg", "fe_h")]
     scale = np.array([1000.0, 1.0, 1.0])
@@ -121,15 +147,24 @@ def against_bound(names: list[str], truth: np.ndarray, errors: np.ndarray, snr: 
         cell: dict = {}
         for p in HEADLINE:
             j, b = names.index(p), stars["parameters"].index(p)
-            ms = np.nanmean(errors[:, rows, j] ** 2, axis=0)  # per row, over draws
-            bound = bound1[star[rows], b] / value
-            entry = {"sigma": float(np.sqrt(ms.mean())), "rms_bound": float(np.sqrt(np.mean(bound**2))),
-                     "sigma_if_at_bound": float(np.sqrt(np.mean(np.minimum(ms, bound**2)))), "bins": []}
+            squares = errors[:, rows, j] ** 2
+            drawn = np.isfinite(squares).sum(axis=0)
+            seen = drawn > 0  # a row with no finite MAP in any draw is left out (it has no error to place)
+            ms = np.where(seen, np.nansum(squares, axis=0) / np.maximum(drawn, 1), np.nan)  # per row, over draws
+            bound2 = (bound1[star[rows], b] / value) ** 2
+            limit2 = bound2 + floor[star[rows], b] ** 2
+            total = ms[seen].sum()
+            entry: dict = {"sigma": _rms(ms[seen]), "rms_bound": _rms(bound2), "rms_floor": _rms(limit2 - bound2),
+                           "rows_without_map": int((~seen).sum()), "bins": []}
+            capped = 0.0
             for lo, hi in FEH_BINS:
                 m = (feh[rows] >= lo) & (feh[rows] < hi)
-                entry["bins"].append({"stars": int(m.sum()), "sigma": float(np.sqrt(ms[m].mean())) if m.any() else None,
-                                      "rms_bound": float(np.sqrt(np.mean(bound[m] ** 2))) if m.any() else None,
-                                      "share_of_ms": float(ms[m].sum() / ms.sum())})
+                ms_bin, limit_bin = ms[m & seen], limit2[m & seen]
+                capped += min(ms_bin.sum(), limit_bin.sum())
+                entry["bins"].append({"stars": int(m.sum()), "sigma": _rms(ms_bin), "rms_bound": _rms(bound2[m]),
+                                      "rms_limit": _rms(limit_bin),
+                                      "share_of_ms": float(ms_bin.sum() / total) if total > 0 else None})
+            entry["sigma_at_limit"] = float(np.sqrt(capped / seen.sum())) if seen.any() else None
             cell[p] = entry
         out["per_snr"][f"{value:g}"] = cell
     return out
@@ -175,21 +210,25 @@ def report(result: dict) -> str:
                                                   for i in j) + " |")
     if "against_bound" in result:
         bound = result["against_bound"]
-        lines += ["", "## σ against the Cramér–Rao bound, by [Fe/H]", "",
-                  f"Bound per star from `{bound['per_star']}` (this bundle's emulator, S/N 1 scaled by 1/(S/N)). Per "
-                  "bin: σ / rms bound (its share of the mean square error). Last column: σ if every star whose error "
-                  "exceeds its bound reached it (the others as they are): what a better estimator could still gain.",
-                  "", "| S/N | parameter | σ | rms bound | " + " | ".join(f"[Fe/H] {lo:g}..{hi:g}"
-                                                                      for lo, hi in bound["bins"])
-                  + " | σ with every star at most at its bound |",
-                  "|---|---|---|---|" + "---|" * (len(bound["bins"]) + 1)]
+        fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+        lines += ["", "## σ against the information limit, by [Fe/H]", "",
+                  f"Bound per star from `{bound['per_star']}` (this bundle's emulator, S/N 1 scaled by 1/(S/N)); the "
+                  "floor is the shift the emulator's error alone causes in a fit (independent of S/N), so on PySME "
+                  "spectra a star's limit is √(bound² + floor²). Per [Fe/H] bin: σ / rms bound / rms limit (the bin's "
+                  "share of the mean square error, its stars). Last column: σ if every bin above its limit came down "
+                  "to it (the others as they are): what a better estimator could still gain on these spectra.",
+                  "", "| S/N | parameter | σ | rms bound | rms floor | " + " | ".join(f"[Fe/H] {lo:g}..{hi:g}"
+                                                                                  for lo, hi in bound["bins"])
+                  + " | σ with every bin at most at its limit |",
+                  "|---|---|---|---|---|" + "---|" * (len(bound["bins"]) + 1)]
         for snr, cell in bound["per_snr"].items():
             for p in ("teff", "logg", "fe_h"):
                 e = cell[p]
-                bins = " | ".join(f"{b['sigma']:.3g} / {b['rms_bound']:.3g} ({100 * b['share_of_ms']:.0f} %, "
-                                  f"{b['stars']})" if b["stars"] else "no stars" for b in e["bins"])
-                lines.append(f"| {snr} | {p} | {e['sigma']:.3g} | {e['rms_bound']:.3g} | {bins} | "
-                             f"{e['sigma_if_at_bound']:.3g} |")
+                bins = " | ".join(f"{fmt(b['sigma'])} / {fmt(b['rms_bound'])} / {fmt(b['rms_limit'])} "
+                                  f"({100 * (b['share_of_ms'] or 0):.0f} %, {b['stars']})" if b["stars"]
+                                  else "no stars" for b in e["bins"])
+                lines.append(f"| {snr} | {p} | {fmt(e['sigma'])} | {fmt(e['rms_bound'])} | {fmt(e['rms_floor'])} | "
+                             f"{bins} | {fmt(e['sigma_at_limit'])} |")
     return "\n".join(lines) + "\n"
 
 

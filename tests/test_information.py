@@ -220,36 +220,80 @@ def test_estimator_study_reads_each_rows_own_bound(tmp_path):
         == pytest.approx(1.0, abs=0.01)
 
 
-def test_coverage_against_bound_splits_sigma_by_metallicity_and_caps_at_the_bound(tmp_path, monkeypatch):
-    """benchmarks/coverage.py --bound: rows are matched to their stars, σ per [Fe/H] bin is the rms over draws and
-    stars, the shares add up to one, and 'every star at most at its bound' replaces only the stars above it."""
+def _coverage_module(monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("coverage_bench", ROOT / "benchmarks" / "coverage.py")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # for its `_common` import
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    names = ["teff", "logg", "fe_h", "mg_fe", "ca_fe"]
-    labels = np.array([[5000.0, 2.0, -4.0, 0.3, 0.3], [5800.0, 4.4, 0.0, 0.0, 0.0], [6200.0, 4.0, -0.5, 0.1, 0.1]])
-    bound1 = np.array([[8000.0, 20.0, 15.0, 5.0, 5.0], [1000.0, 2.0, 1.0, 1.0, 1.0], [2000.0, 4.0, 2.0, 2.0, 2.0]])
+    return module
+
+
+def test_coverage_against_bound_splits_sigma_by_metallicity_and_caps_each_bin_at_its_limit(tmp_path, monkeypatch):
+    """benchmarks/coverage.py --bound: rows (two S/N interleaved, as in a survey) are matched to their stars in a
+    per-star file with its own parameter order and an extra parameter; σ per [Fe/H] bin is the rms over draws and
+    stars, the limit is bound ⊕ floor, the shares add up to one, only a bin above its limit is capped, and a row
+    without a MAP is left out and counted."""
+    module = _coverage_module(monkeypatch)
+    names = ["teff", "logg", "fe_h", "mg_fe", "ca_fe"]  # the catalogue's order
+    order = ["fe_h", "vmic", "teff", "ca_fe", "logg", "mg_fe"]  # the per-star file's order, one extra parameter
+    stars = {"A": {"teff": 5000.0, "logg": 2.0, "fe_h": -4.0}, "B": {"teff": 5800.0, "logg": 4.4, "fe_h": 0.0},
+             "C": {"teff": 6200.0, "logg": 4.0, "fe_h": -0.5}}
+    bound = {"A": {"teff": 8000.0, "logg": 20.0}, "B": {"teff": 1000.0, "logg": 2.0},
+             "C": {"teff": 2000.0, "logg": 6.0}}
+    floor = {"A": {"teff": 0.0}, "B": {"teff": 30.0}, "C": {"teff": 0.0}}
+
+    def row(table, star, fill):
+        return [table[star].get(p, fill) for p in order]
+
+    keys = ["C", "A", "B"]  # another star order than the rows
     per_star = tmp_path / "per_star.json"
-    per_star.write_text(json.dumps({"parameters": names, "labels": labels[::-1].tolist(),
-                                    "bound_at_snr1": bound1[::-1].tolist()}))  # another star order than the rows
-    truth = labels.copy()
-    snr = np.full(3, 20.0)
-    errors = np.zeros((2, 3, 5))
-    errors[:, 0, 0] = [300.0, -300.0]  # below its bound (400 K at S/N 20)
-    errors[:, 1, 0] = [100.0, 100.0]  # above its bound (50 K)
-    errors[:, 2, 0] = [0.0, 0.0]
-    out = module.against_bound(names, truth, errors, snr, per_star)["per_snr"]["20"]["teff"]
-    assert out["sigma"] == pytest.approx(np.sqrt((300.0**2 + 100.0**2) / 3))
-    assert out["sigma_if_at_bound"] == pytest.approx(np.sqrt((300.0**2 + 50.0**2) / 3))
-    assert out["rms_bound"] == pytest.approx(np.sqrt((400.0**2 + 50.0**2 + 100.0**2) / 3))
-    poor, rich = out["bins"][0], out["bins"][3]
-    assert (poor["stars"], rich["stars"]) == (1, 2) and out["bins"][1] == {"stars": 0, "sigma": None, "rms_bound": None,
-                                                                           "share_of_ms": 0.0}
-    assert poor["sigma"] == pytest.approx(300.0) and poor["rms_bound"] == pytest.approx(400.0)
-    assert sum(b["share_of_ms"] for b in out["bins"]) == pytest.approx(1.0)
-    truth[1, 0] += 100.0  # a row of no star
+    per_star.write_text(json.dumps({"parameters": order, "labels": [row(stars, k, 0.1) for k in keys],
+                                    "bound_at_snr1": [row(bound, k, 7.0) for k in keys],
+                                    "floor": [row(floor, k, 0.0) for k in keys]}))
+    survey = ["A", "A", "B", "B", "C", "C"]
+    snr = np.array([20.0, 250.0] * 3)
+    truth = np.array([[stars[k].get(p, 0.1) for p in names] for k in survey])
+    errors = np.zeros((2, 6, 5))
+    errors[:, 0, 0] = [300.0, -300.0]  # A at S/N 20: below its limit (400 K)
+    errors[:, 2, 0] = [100.0, 100.0]  # B: above its limit (√(50² + 30²) K)
+    errors[:, 4, 0] = [150.0, -150.0]  # C: above its limit (100 K), so the rich bin is above its summed limit too
+    errors[:, 1, 0], errors[:, 3, 0], errors[:, 5, 0] = 10.0, 4.0, np.nan  # S/N 250; C has no MAP in any draw
+    result = module.against_bound(names, truth, errors, snr, per_star)["per_snr"]
+    low, high = result["20"]["teff"], result["250"]["teff"]
+    assert low["sigma"] == pytest.approx(np.sqrt((300.0**2 + 100.0**2 + 150.0**2) / 3))
+    assert low["rms_bound"] == pytest.approx(np.sqrt((400.0**2 + 50.0**2 + 100.0**2) / 3))
+    assert low["rms_floor"] == pytest.approx(np.sqrt(30.0**2 / 3))
+    rich_limit = 50.0**2 + 30.0**2 + 100.0**2
+    assert low["sigma_at_limit"] == pytest.approx(np.sqrt((300.0**2 + rich_limit) / 3))
+    poor, rich = low["bins"][0], low["bins"][3]
+    assert (poor["stars"], rich["stars"]) == (1, 2)
+    assert low["bins"][1] == {"stars": 0, "sigma": None, "rms_bound": None, "rms_limit": None, "share_of_ms": 0.0}
+    assert poor["sigma"] == pytest.approx(300.0) and poor["rms_limit"] == pytest.approx(400.0)
+    assert rich["rms_limit"] == pytest.approx(np.sqrt(rich_limit / 2))
+    assert sum(b["share_of_ms"] for b in low["bins"]) == pytest.approx(1.0)
+    assert result["20"]["logg"]["rms_bound"] == pytest.approx(np.sqrt((1.0**2 + 0.1**2 + 0.3**2) / 3))
+    assert high["rows_without_map"] == 1 and low["rows_without_map"] == 0
+    assert high["sigma"] == pytest.approx(np.sqrt((10.0**2 + 4.0**2) / 2))
+    assert high["rms_bound"] == pytest.approx(np.sqrt(((8000 / 250) ** 2 + 4.0**2 + 8.0**2) / 3))
+    assert sum(b["share_of_ms"] for b in high["bins"]) == pytest.approx(1.0)
+    truth[2, 0] += 100.0  # a row of no star
     with pytest.raises(SystemExit, match="not the stars of this survey"):
         module.against_bound(names, truth, errors, snr, per_star)
+
+
+def test_coverage_against_bound_refuses_a_file_that_is_not_a_per_star_file(tmp_path, monkeypatch):
+    module = _coverage_module(monkeypatch)
+    names, truth, errors, snr = ["teff", "logg", "fe_h", "mg_fe", "ca_fe"], np.zeros((1, 5)), np.zeros((1, 1, 5)), \
+        np.array([20.0])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(SystemExit, match=r"broken\.json: cannot read"):
+        module.against_bound(names, truth, errors, snr, broken)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"parameters": names, "labels": [[0.0] * 5], "bound_at_snr1": [[1.0] * 5]}))
+    with pytest.raises(SystemExit, match=r"old\.json: not a per_star\.json .*missing floor"):
+        module.against_bound(names, truth, errors, snr, old)
+    with pytest.raises(SystemExit, match=r"missing\.json: cannot read"):
+        module.against_bound(names, truth, errors, snr, tmp_path / "missing.json")
