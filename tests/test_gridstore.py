@@ -168,7 +168,15 @@ def test_margin_grid_packs_and_unpacks_on_its_own_pixels(tmp_path):
 def test_committed_data_and_models_stay_within_the_repository_budget():
     """Issue 20: at most 150 MB of committed data and models (the kept PySME grids, the default bundle, its example
     surveys and the packaged line lists), so that a new grid has to make room rather than grow the clone unseen."""
+    import subprocess
+
     root = Path(__file__).resolve().parents[1]
     folders = ["training/grids", "runtime/default_bundle", "runtime/examples", "spectra/data"]
-    total = sum(f.stat().st_size for d in folders for f in (root / d).rglob("*") if f.is_file())
+    assert all((root / d).is_dir() for d in folders), "a budgeted folder was renamed: update this test"
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", *folders], capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the budget is on what is committed")
+    files = [root / name for name in listed.stdout.decode().split("\0") if name]
+    assert len(files) > 10, "git lists almost nothing in the budgeted folders"
+    total = sum(f.stat().st_size for f in files if f.is_file())  # tracked files as they are in the work tree
     assert total <= 150e6, f"{total / 1e6:.1f} MB of data and models in {', '.join(folders)}"

@@ -328,7 +328,7 @@ def fit(grid: str | Path, config: Config, out: str | Path, device: str = "auto",
                 skipped += 1
                 if guard.in_a_row >= min(MAX_SKIPPED_IN_A_ROW, config.batches_per_epoch):  # or a whole epoch
                     raise DivergenceError(
-                        f"loss became {float(loss)} (gradient norm {norm:.3g}) at epoch {epoch}, batch {batch}, the "
+                        f"loss became {loss.item()} (gradient norm {norm:.3g}) at epoch {epoch}, batch {batch}, the "
                         f"{guard.in_a_row}th skipped batch in a row (lr {scheduler.get_last_lr()[0]:.3g}); the last "
                         f"good state is in {checkpoint_path}. Lower the learning rate or check the grid.")
             if per_batch:  # the schedule follows the batches, taken or skipped: the run's length is fixed
