@@ -267,7 +267,10 @@ def main() -> None:
     continuum = ContinuumOptions()
     sun_labels = labels_from_values(5772.0, 4.44, 0.0, vmic=1.0, vbroad=3.5)
     names = [c for c in catalogues["own"] if c + "_p84" in catalogues["own"]]
-    results = {"machine": machine(), "bundle": str(Path(args.bundle).resolve()), "samples": args.samples,
+    from runtime.bundle import load_bundle
+
+    results = {"machine": machine(), "bundle": str(Path(args.bundle).resolve()),
+               "bundle_sha256": load_bundle(args.bundle, check_graphs=False).sha256, "samples": args.samples,
                "name_option": (f" --name {args.name}" if args.name != "real_stars" else "")
                + (" --snr-cap" if args.snr_cap else "")
                + (f" --linelist {args.linelist}" if args.linelist != "survey-sun" else ""),

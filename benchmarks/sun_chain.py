@@ -12,18 +12,25 @@ single difference to the one before:
 2. **PySME's Sun**: the same labels synthesised with the model's line list (the training grids' setting: unrotated,
    2 Å margin, survey-sun), which adds the emulator's error at the Sun. Its linearised effect, the floor of
    `benchmarks/information_limit.py` at this one star (F⁻¹ Jᵀ Σ⁻¹ (PySME − emulator)), is reported beside it;
-3. **the real Sun** (UVES, from the committed `real_stars_default.json`): adds everything PySME's Sun lacks (line
-   data, NLTE, 3D convection, the instrument, the reduction).
+3. **the real Sun** (UVES, from the committed `real_stars_default.json`, used only if it was made with this very
+   bundle): adds everything PySME's Sun lacks (line data, NLTE, 3D convection, the instrument, the reduction). That
+   row is **one** noise draw (the spectrum degraded to this S/N by `real_stars.py`), so it scatters by about
+   √draws × the standard error of step 2.
 
 Each synthetic Sun is rotated at 3.5 km/s, given ``--draws`` independent noise draws at ``--snr`` per Å, pseudo-
 continuum normalised after the noise (as observed spectra are) and run through ``runtime process`` at the bundle's
 default precision: MAP mean over the draws with its standard error.
+
+Intermediate files go to ``--work``, in a folder named by the settings (draws, S/N, the bundle's hash), each written
+under a temporary name and renamed when complete, so a rerun with other settings, or after an interruption, never
+reuses what does not belong to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,15 +41,37 @@ from _common import machine
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 HEADLINE = ("teff", "logg", "fe_h", "vmic", "mg_fe", "ca_fe")
-TRUE_SUN = {"teff": 5772.0, "logg": 4.44, "fe_h": 0.0}
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written until it is complete; an earlier unfinished attempt there (this script's) goes."""
+    partial = path.with_name(path.name + ".partial")
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    elif partial.exists():
+        partial.unlink()
+    return partial
+
+
+def _write_repeated(path: Path, draws: int, flux: np.ndarray, labels: np.ndarray, attrs: dict, method: str,
+                    seconds: float) -> None:
+    """A grid of ``draws`` identical rows (each gets its own noise in a survey), renamed into place when complete."""
+    from spectra.stores.gridstore import GridWriter
+    from spectra.wavegrid import hr_grid
+
+    partial = _partial(path)
+    with GridWriter(partial, draws, hr_grid(2.0), attrs) as writer:
+        for i in range(draws):
+            writer.write_row(i, flux, labels, method, seconds)
+    partial.rename(path)
 
 
 def sun_grids(bundle: Path, work: Path, draws: int) -> dict[str, Path]:
-    """Unrotated grids of ``draws`` identical rows of the Sun (each row gets its own noise in a survey)."""
+    """Unrotated grids of ``draws`` identical rows of the Sun: PySME's (in ``work``'s parent: it does not depend on
+    the bundle) and the bundle's emulator's (in ``work``)."""
     from information_limit import RotatedEmulator
 
     from spectra import schema
-    from spectra.stores.gridstore import GridWriter
     from spectra.synth.grid import MakerSettings, grid_attrs, synthesize_row
     from spectra.synth.linecal import SUN
     from spectra.synth.synthesis import labels_from_values
@@ -52,28 +81,25 @@ def sun_grids(bundle: Path, work: Path, draws: int) -> dict[str, Path]:
     named = labels_from_values(*SUN)
     labels = np.array([named[n] for n in names])
     settings = MakerSettings(linelist="survey-sun", margin=2.0)
-    grids = {"pysme": work / "sun_pysme.h5", "emulator": work / "sun_emulator.h5"}
+    grids = {"pysme": work.parent / f"sun_pysme_{draws}.h5", "emulator": work / "sun_emulator.h5"}
     if not grids["pysme"].exists():
         _, flux, method, seconds, error = synthesize_row(0, labels, rotated=False, settings=settings)
         if flux is None:
             raise SystemExit(f"PySME could not synthesise the Sun: {error}")
         attrs = grid_attrs(settings.maker(), None, "the Sun, repeated", rotated=False)
-        with GridWriter(grids["pysme"], draws, hr_grid(2.0), attrs) as writer:
-            for i in range(draws):
-                writer.write_row(i, flux, labels, method, seconds)
+        _write_repeated(grids["pysme"], draws, flux, labels, attrs, method, seconds)
     if not grids["emulator"].exists():
         emulator = RotatedEmulator(bundle, names)
         flux = emulator.unrotated(labels[None])[0]
         if flux.size != hr_grid(2.0).wave.size:
             raise SystemExit(f"{bundle}: its emulator does not output the 2 Å margin grid of the training spectra")
-        with GridWriter(grids["emulator"], draws, hr_grid(2.0), {**attrs_of(grids["pysme"]), "engine": "emulator",
-                                                                 "engine_version": emulator.description}) as writer:
-            for i in range(draws):
-                writer.write_row(i, flux.astype(np.float32), labels, "emulator", 0.0)
+        attrs = {**attrs_of(grids["pysme"]), "engine": "emulator", "engine_version": emulator.description}
+        _write_repeated(grids["emulator"], draws, flux.astype(np.float32), labels, attrs, "emulator", 0.0)
     return grids
 
 
 def attrs_of(grid: Path) -> dict:
+    """A grid's scalar attributes (its provenance), to describe another grid made from the same settings."""
     from spectra.stores.gridstore import GridReader
 
     with GridReader(grid) as reader:
@@ -96,9 +122,13 @@ def estimates(bundle: Path, grid: Path, snr: float, work: Path) -> dict:
         (catalogue, ["runtime", "process", "--survey", str(survey), "--bundle", str(bundle), "--out",
                      str(catalogue), "--workers", "1", "--quiet"]),
     ]
-    for output, command in steps:
+    for output, command in steps[:2]:
         if not output.exists():
-            subprocess.run(command, check=True)
+            partial = _partial(output)
+            subprocess.run([str(partial) if arg == str(output) else arg for arg in command], check=True)
+            partial.rename(output)
+    resume = ["--resume"] if catalogue.exists() else []  # the runtime completes an interrupted catalogue
+    subprocess.run(steps[2][1] + resume, check=True)
     loaded = load_bundle(bundle, check_graphs=False)
     truth, maps, quantiles, _ = labelled_rows(loaded, catalogue, survey)
     names = loaded.manifest.names
@@ -118,24 +148,32 @@ def floor_at_sun(bundle: Path, grid: Path, work: Path) -> dict:
     """The signed linearised shift F⁻¹ Jᵀ Σ⁻¹ (PySME − emulator) at the Sun (information_limit.py, one star)."""
     out = work / "floor"
     if not (out / "bound.json").exists():
+        partial = _partial(out)
         subprocess.run([sys.executable, str(Path(__file__).parent / "information_limit.py"), "--emulator", str(bundle),
-                        "--grid", str(grid), "--stars", "1", "--snr", "250", "--out", str(out), "--quiet"],
+                        "--grid", str(grid), "--stars", "1", "--snr", "250", "--out", str(partial), "--quiet"],
                        check=True)
+        partial.rename(out)
     result = json.loads((out / "bound.json").read_text())
     return {name: result["floor"][name]["mean"] for name in HEADLINE if name in result["floor"]}
 
 
-def real_sun(snr: float) -> dict:
-    """The UVES Sun's MAP at this S/N cap in the committed real-star report of the default model."""
+def real_sun(snr: float, bundle_sha256: str) -> tuple[dict | None, str]:
+    """(the UVES Sun's MAP at this S/N in the committed real-star report, or None; why not) — taken only from a
+    report made with this very bundle, so that the table never mixes two models."""
     report = json.loads((RESULTS / "real_stars_default.json").read_text())
+    made_with = report.get("bundle_sha256")
+    if made_with != bundle_sha256:
+        return None, ("real_stars_default.json was made with another bundle" if made_with else
+                      "real_stars_default.json does not record its bundle's hash (made before it did)")
     key = f"s{snr:g}"
     for star in report["stars"]:
         if star["star"] == "UVES Sun" and key in star:
-            return {name: star[key][name]["map"] for name in HEADLINE if name in star[key]}
-    raise SystemExit(f"real_stars_default.json has no UVES Sun row at S/N {snr:g} ({key})")
+            return {name: star[key][name]["map"] for name in HEADLINE if name in star[key]}, ""
+    return None, f"real_stars_default.json has no UVES Sun row at S/N {snr:g} ({key})"
 
 
 def render(result: dict) -> str:
+    """The markdown table: each step's MAP offset from the Sun's labels (± its standard error where it has one)."""
     fmt = {"teff": "{:+.0f}", "logg": "{:+.3f}", "fe_h": "{:+.3f}", "vmic": "{:+.2f}", "mg_fe": "{:+.3f}",
            "ca_fe": "{:+.3f}"}
     names = [n for n in HEADLINE if n in result["emulator"]]
@@ -159,42 +197,50 @@ def render(result: dict) -> str:
     lines.append("| 2′. the emulator's error alone, linearised (floor at the Sun) | " + " | ".join(
         fmt[n].format(result["floor"][n]) if n in result["floor"] else "" for n in names) + " |")
     if result.get("real"):
-        offsets("3. UVES Sun → cINN (+ PySME vs the real Sun)", result["real"])
+        offsets("3. UVES Sun → cINN (+ PySME vs the real Sun; one noise draw)", result["real"])
+    elif result.get("real_missing"):
+        lines.append(f"| 3. UVES Sun: not shown ({result['real_missing']}) |" + " |" * len(names))
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the three steps and write the report (``--out`` .md and .json)."""
+    from runtime.bundle import load_bundle
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "runtime" / "default_bundle")
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--snr", type=float, default=250.0)
-    parser.add_argument("--work", type=Path, default=Path("sun_chain_work"))
+    parser.add_argument("--work", type=Path, required=True, help="folder for the intermediate grids and catalogues")
     parser.add_argument("--out", type=Path, default=RESULTS / "sun_chain")
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    grids = sun_grids(args.bundle, args.work, args.draws)
+    args = parser.parse_args(argv)
+    sha = load_bundle(args.bundle, check_graphs=False).sha256
+    work = args.work / f"draws{args.draws}_snr{args.snr:g}_{sha[:12]}"
+    work.mkdir(parents=True, exist_ok=True)
+    grids = sun_grids(args.bundle, work, args.draws)
     bundle = args.bundle.resolve()
     shown = str(bundle.relative_to(ROOT)) if bundle.is_relative_to(ROOT) else str(bundle)
-    result: dict = {"bundle": shown, "draws": args.draws, "snr": args.snr, "machine": machine()}
+    result: dict = {"bundle": shown, "bundle_sha256": sha, "draws": args.draws, "snr": args.snr, "machine": machine()}
     for key, grid in grids.items():
-        result[key] = estimates(args.bundle, grid, args.snr, args.work)
+        result[key] = estimates(args.bundle, grid, args.snr, work)
     result["truth"] = {n: v["truth"] for n, v in result["emulator"].items()}
-    result["floor"] = floor_at_sun(args.bundle, grids["pysme"], args.work)
-    result["real"] = real_sun(args.snr) if args.bundle.resolve() == (ROOT / "runtime" / "default_bundle").resolve() \
-        else None
+    result["floor"] = floor_at_sun(args.bundle, grids["pysme"], work)
+    result["real"], result["real_missing"] = real_sun(args.snr, sha)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     table = render(result)
     print(table)
     args.out.with_suffix(".md").write_text(
         "# The Sun through the default model, one difference at a time (issue 20)\n\n"
-        f"Made by `python benchmarks/sun_chain.py --draws {args.draws} --snr {args.snr:g}` · bundle "
+        f"Made by `python benchmarks/sun_chain.py --draws {args.draws} --snr {args.snr:g} --work W` · bundle "
         f"`{shown}` (`runtime process`, its default precision) · {result['machine']}. "
         "Offsets from the Sun's labels (5772 K, 4.44, 0.00, v_mic 1.0, "
         f"[X/Fe] 0), MAP mean over {args.draws} noise draws at S/N {args.snr:g} per Å ± its standard error; the real "
-        "Sun's row is the committed `real_stars_default.json` (one spectrum at its S/N capped to this value).\n\n"
+        "Sun's row is the committed `real_stars_default.json` of the same bundle: one noise draw of the UVES spectrum "
+        "degraded to this S/N, so it scatters by about √draws × the standard errors above.\n\n"
         + table + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
