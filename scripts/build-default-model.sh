@@ -25,7 +25,7 @@ step "kept PySME spectra with the calibrated survey-sun list: training (unrotate
 [ -f "$work/train.h5" ] || spectra unpack-grid training/grids/train-sun-s7001-*.h5 --out "$work/train.h5"
 [ -f "$work/test.h5" ] || spectra unpack-grid training/grids/test-sun-s9001-*.h5 --out "$work/test.h5"
 # cool giants (log g 1.0-2.6), where the emulator was worst: for the emulator only (the cINN draws from the prior);
-# two grids of them (seeds 7101 and 7102: the second lowered the held-out rms p95 1.58 -> 1.02 %, session 20)
+# two grids of them (seeds 7101 and 7102: with the 4-network recipe the second lowered the held-out rms p95 1.54 -> 0.93 %, session 20)
 [ -f "$work/cool.h5" ] || spectra unpack-grid training/grids/train-cool-s7101-*.h5 --out "$work/cool.h5"
 [ -f "$work/cool2.h5" ] || spectra unpack-grid training/grids/train-cool-s7102-*.h5 --out "$work/cool2.h5"
 # metal-poor stars ([Fe/H] < -2), whose weak lines make small emulator errors cost most in a fit: emulator only too
