@@ -7,8 +7,8 @@ hidden MatMuls of chosen coupling layers kept in fp32 too, verified exactly as t
 
 Each ``--keep A-B`` is one variant: the hidden MatMuls of ``/layers.A`` .. ``/layers.B`` stay fp32 (layer 0 is the
 last the sampler runs, next to x). Without ``--keep`` only the bundle's own recipe (no extra layer) is measured.
-Used in session 21 (``benchmarks/results/candidate_s21/README.md``): the largest quantile error is set by a few
-fragile posteriors, not by one layer.
+Used in session 21 (``benchmarks/results/candidate_s21/README.md``): the largest quantile error does not come from
+one layer; it sits in the tails of a few S/N 250 posteriors.
 """
 
 from __future__ import annotations
