@@ -3,10 +3,13 @@
 hidden MatMuls of chosen coupling layers kept in fp32 too, verified exactly as the bundle's variant is
 (``export.variants.variant_errors``: quantile and MAP differences in fp32 half-widths).
 
-    python benchmarks/int8_exclusions.py --bundle B --grid train.h5 [--seed 0] [--keep 0-3 --keep 0-7 ...]
+    python benchmarks/int8_exclusions.py --bundle B --grid train.h5 [--seed 0] [--keep 0-3 --keep 0-7 ...] [--where]
 
 Each ``--keep A-B`` is one variant: the hidden MatMuls of ``/layers.A`` .. ``/layers.B`` stay fp32 (layer 0 is the
 last the sampler runs, next to x). Without ``--keep`` only the bundle's own recipe (no extra layer) is measured.
+``--where`` also lists, per variant, the largest errors (spectrum, S/N, parameter, quantile, and the fp32 posterior's
+quantiles in half-widths from its median, to tell a Gaussian tail from a multi-modal posterior), the maximum and 99th
+percentile per quantile level, and the 99th / 99.9th percentiles over all entries.
 Used in session 21 (``benchmarks/results/candidate_s21/README.md``): the largest quantile error does not come from
 one layer; it sits in the tails of a few S/N 250 posteriors.
 """
@@ -25,6 +28,39 @@ def _layer(name: str) -> int:
     return int(name.split(".")[1])
 
 
+def where(bundle: Path, graph: Path, grid: Path, seed: int, top: int = 12) -> list[str]:
+    """Lines describing where the variant ``graph`` differs most from fp32, on the verification spectra of
+    ``export.variants.variant_errors`` (same spectra, noise, latent draws and units)."""
+    import numpy as np
+
+    from export.variants import _test_spectra
+    from runtime.bundle import load_bundle
+    from runtime.sampler import OnnxPosterior
+    from spectra.contracts import quantiles as levels
+
+    loaded = load_bundle(bundle, check_graphs=False)
+    flux, snr, n_rows = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
+    ids = np.arange(flux.shape[0]) + 1
+    reference = OnnxPosterior(loaded, threads=1, summary="host").posterior(flux, snr, ids, seed, 4096).quantiles
+    other = OnnxPosterior(loaded, threads=1, summary="host", precision="int8", flow_graph=graph).posterior(
+        flux, snr, ids, seed, 4096).quantiles
+    half = 0.5 * (reference[:, levels.index("p84")] - reference[:, levels.index("p16")])
+    error = np.abs(other - reference) / np.where(half > 0, half, np.nan)[:, None, :]  # (spectra, quantile, parameter)
+    names, quantile_names = loaded.manifest.names, [q.name for q in levels.QUANTILE_LEVELS]
+    lines = []
+    for flat in np.argsort(np.nan_to_num(error, nan=-1.0).ravel())[::-1][:top]:
+        i, q, d = np.unravel_index(flat, error.shape)
+        shape = (reference[i, :, d] - reference[i, levels.index("p50"), d]) / half[i, d]
+        lines.append(f"  {error[i, q, d]:.4f}: star {i % n_rows}, S/N {snr[i]:g}, {names[d]} {quantile_names[q]}; fp32 "
+                     f"quantiles at {' '.join(f'{v:+.2f}' for v in shape)} half-widths from the median")
+    for q, name in enumerate(quantile_names):
+        at = error[:, q]
+        lines.append(f"  {name}: max {np.nanmax(at):.4f}, 99th percentile {np.nanpercentile(at, 99):.4f}")
+    p99, p999 = np.nanpercentile(error, [99, 99.9])
+    lines.append(f"  all {np.isfinite(error).sum()} entries: 99th percentile {p99:.4f}, 99.9th {p999:.4f}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Quantize and verify one variant per ``--keep``; print one line each."""
     import onnx
@@ -38,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the verification spectra")
     parser.add_argument("--keep", action="append", default=[], help="A-B: coupling layers whose hidden MatMuls "
                         "stay fp32 (repeat for more variants)")
+    parser.add_argument("--where", action="store_true", help="also list where each variant's largest errors sit")
     args = parser.parse_args(argv)
     source = args.bundle / "hoisted_flow.onnx"
     model = onnx.load(str(source))
@@ -55,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fp32 also in layers {spec or '(none)'}: {len(hidden) - len(kept)} of {len(hidden)} hidden MatMuls "
                   f"int8; quantile error max {e['quantile_error']:.4f}, median {e['quantile_error_median']:.4f}; "
                   f"MAP p95 {e['map_error']:.4f} (tolerance {e['tolerance']})", flush=True)
+            if args.where:
+                print("\n".join(where(args.bundle, graph, args.grid, args.seed)), flush=True)
     return 0
 
 
