@@ -9,7 +9,9 @@ Each ``--keep A-B`` is one variant: the hidden MatMuls of ``/layers.A`` .. ``/la
 last the sampler runs, next to x). Without ``--keep`` only the bundle's own recipe (no extra layer) is measured.
 ``--where`` also lists, per variant, the largest errors (spectrum, S/N, parameter, quantile, and the fp32 posterior's
 quantiles in half-widths from its median, to tell a Gaussian tail from a multi-modal posterior), the maximum and 99th
-percentile per quantile level, and the 99th / 99.9th percentiles over all entries.
+percentile per quantile level, and the 99th / 99.9th percentiles over all entries. ``--fp32-seeds`` measures, in
+the same units, how far the fp32 quantiles themselves move when only the latent seed changes (0 → 1): the Monte-Carlo
+error of 4 096 samples, the scale against which a variant's error is invisible.
 Used in session 21 (``benchmarks/results/candidate_s21/README.md``): the largest quantile error does not come from
 one layer; it sits in the tails of a few S/N 250 posteriors.
 """
@@ -61,6 +63,29 @@ def where(bundle: Path, graph: Path, grid: Path, seed: int, top: int = 12) -> li
     return lines
 
 
+def fp32_seed_to_seed(bundle: Path, grid: Path, seed: int) -> str:
+    """One line: how much the fp32 quantiles move between latent seeds ``seed`` and ``seed + 1`` (same spectra and
+    noise as the verification), in fp32 half-widths: median, 99th, 99.9th percentile and maximum over the entries."""
+    import numpy as np
+
+    from export.variants import _test_spectra
+    from runtime.bundle import load_bundle
+    from runtime.sampler import OnnxPosterior
+    from spectra.contracts import quantiles as levels
+
+    loaded = load_bundle(bundle, check_graphs=False)
+    flux, snr, _ = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
+    ids = np.arange(flux.shape[0]) + 1
+    posterior = OnnxPosterior(loaded, threads=1, summary="host")
+    first = posterior.posterior(flux, snr, ids, seed, 4096).quantiles
+    second = posterior.posterior(flux, snr, ids, seed + 1, 4096).quantiles
+    half = 0.5 * (first[:, levels.index("p84")] - first[:, levels.index("p16")])
+    moved = np.abs(second - first) / np.where(half > 0, half, np.nan)[:, None, :]
+    median, p99, p999, top = np.nanpercentile(moved, [50, 99, 99.9, 100])
+    return (f"fp32, latent seed {seed} vs {seed + 1}: quantiles move by median {median:.4f}, "
+            f"99th percentile {p99:.4f}, 99.9th {p999:.4f}, max {top:.4f} half-widths")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Quantize and verify one variant per ``--keep``; print one line each."""
     import onnx
@@ -75,12 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="append", default=[], help="A-B: coupling layers whose hidden MatMuls "
                         "stay fp32 (repeat for more variants)")
     parser.add_argument("--where", action="store_true", help="also list where each variant's largest errors sit")
+    parser.add_argument("--fp32-seeds", action="store_true", help="first, how much fp32 quantiles move between two "
+                        "latent seeds (their Monte-Carlo error)")
     args = parser.parse_args(argv)
     source = args.bundle / "hoisted_flow.onnx"
     model = onnx.load(str(source))
     thin = thin_matmuls(model)
     hidden = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in thin]
     logging.getLogger().setLevel(logging.ERROR)
+    if args.fp32_seeds:
+        print(fp32_seed_to_seed(args.bundle, args.grid, args.seed), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in ["", *args.keep]:
             low, high = (int(v) for v in spec.split("-")) if spec else (1, 0)
