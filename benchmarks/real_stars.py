@@ -296,14 +296,17 @@ def main() -> None:
                 star[variant]["chi2_resim"] = float(cat["chi2_resim"][i])
                 star[variant]["resim_rms"] = float(cat["resim_rms"][i])
         m = star["own"]
-        xfe = {p.split("_")[0].capitalize(): m[p]["map"] for p in names if p.endswith("_fe")}
-        labels = labels_from_values(m["teff"]["map"], m["logg"]["map"], m["fe_h"]["map"], m["vmic"]["map"],
-                                    m["vbroad"]["map"], xfe)
-        model = synthesize_normalised(maker, labels, cover[i], continuum)
-        ok = cover[i] & np.isfinite(model)
-        dev = (observed[i] - model)[ok]
-        star["resimulation"] = {"median_abs_dev_percent": float(100 * np.median(np.abs(dev))),
-                                "rms_percent": float(100 * np.sqrt(np.mean(dev**2))), "pixels": int(ok.sum())}
+        model = None
+        star["resimulation"], star["plot"] = None, None  # no MAP (every sample outside the bounds): nothing to make
+        if all(np.isfinite(m[p]["map"]) for p in names):
+            xfe = {p.split("_")[0].capitalize(): m[p]["map"] for p in names if p.endswith("_fe")}
+            labels = labels_from_values(m["teff"]["map"], m["logg"]["map"], m["fe_h"]["map"], m["vmic"]["map"],
+                                        m["vbroad"]["map"], xfe)
+            model = synthesize_normalised(maker, labels, cover[i], continuum)
+            ok = cover[i] & np.isfinite(model)
+            dev = (observed[i] - model)[ok]
+            star["resimulation"] = {"median_abs_dev_percent": float(100 * np.median(np.abs(dev))),
+                                    "rms_percent": float(100 * np.sqrt(np.mean(dev**2))), "pixels": int(ok.sum())}
         if "Sun" in key:
             sun = synthesize_normalised(maker, sun_labels, cover[i], continuum)
             d = observed[i] - sun
@@ -313,6 +316,8 @@ def main() -> None:
                 sel[s] = True
                 sel &= cover[i] & np.isfinite(sun)
                 star["vs_synthetic_sun"][name] = float(100 * np.sqrt(np.mean(d[sel] ** 2)))
+        if model is None:
+            continue
         fig, axes = plt.subplots(len(ZOOMS), 1, figsize=(10, 7))
         for ax, (lo, hi) in zip(axes, ZOOMS, strict=True):
             sel = (wave >= lo) & (wave <= hi)
@@ -465,6 +470,10 @@ def render(r: dict) -> str:
         own = s["own"]
         chi2 = f"{own['chi2_resim']:.2f}" if "chi2_resim" in own else "-"
         rms = f"{100 * own['resim_rms']:.2f} %" if "resim_rms" in own else "-"
+        if x is None:
+            lines.append(f"| {s['star']} | no MAP (f_reject {own['f_reject']:.2f}: every sample outside the bounds) "
+                         f"| - | - | {chi2} | {rms} | - |")
+            continue
         lines.append(f"| {s['star']} | {x['median_abs_dev_percent']:.2f} % | {x['rms_percent']:.2f} % | "
                      f"{x['pixels']} | {chi2} | {rms} | ![{s['star']}]({s['plot']}) |")
     lines += ["", "Paper (its Sect. 4.3): median deviation 0.69 %.", "",
