@@ -275,11 +275,6 @@ def main() -> None:
                + (" --snr-cap" if args.snr_cap else "")
                + (f" --linelist {args.linelist}" if args.linelist != "survey-sun" else ""),
                "ingest_seconds": ingest_seconds, "ingest_flag_counts": report.flag_counts, "stars": []}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     for i, (key, fname, _, literature, ref) in enumerate(ALL_STARS):
         star = {"star": key, "file": fname, "reference": ref, "literature": literature,
                 "rv": float(prov["rv"][i]), "rv_error": float(prov["rv_error"][i]),
@@ -316,23 +311,9 @@ def main() -> None:
                 sel[s] = True
                 sel &= cover[i] & np.isfinite(sun)
                 star["vs_synthetic_sun"][name] = float(100 * np.sqrt(np.mean(d[sel] ** 2)))
-        if model is None:
-            continue
-        fig, axes = plt.subplots(len(ZOOMS), 1, figsize=(10, 7))
-        for ax, (lo, hi) in zip(axes, ZOOMS, strict=True):
-            sel = (wave >= lo) & (wave <= hi)
-            ax.plot(wave[sel], observed[i][sel], "k-", lw=0.8, label=f"{key} (ingested)")
-            ax.plot(wave[sel], model[sel], "r-", lw=0.8, label="PySME at the MAP")
-            ax.set_xlim(lo, hi)
-            ax.set_ylabel("normalised flux")
-        axes[0].legend(fontsize=8, loc="lower left")
-        axes[0].set_title(f"{key}: re-simulation, median |dev| {star['resimulation']['median_abs_dev_percent']:.2f} %")
-        axes[-1].set_xlabel("air wavelength [Å]")
-        fig.tight_layout()
-        png = out / f"{args.name}_resim_{i}.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
-        star["plot"] = png.name
+        if model is not None:
+            star["plot"] = plot_resimulation(out / f"{args.name}_resim_{i}.png", key, wave, observed[i], model,
+                                             star["resimulation"]["median_abs_dev_percent"])
         results["stars"].append(star)
         print(f"{key}: done", file=sys.stderr)
 
@@ -340,6 +321,30 @@ def main() -> None:
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     (out / f"{args.name}.md").write_text(render(results))
     print(out / f"{args.name}.md")
+
+
+def plot_resimulation(png: Path, key: str, wave: np.ndarray, observed: np.ndarray, model: np.ndarray,
+                      median_abs_dev: float) -> str:
+    """The ingested spectrum and PySME at its MAP in the zoom windows; returns the file name written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(ZOOMS), 1, figsize=(10, 7))
+    for ax, (lo, hi) in zip(axes, ZOOMS, strict=True):
+        sel = (wave >= lo) & (wave <= hi)
+        ax.plot(wave[sel], observed[sel], "k-", lw=0.8, label=f"{key} (ingested)")
+        ax.plot(wave[sel], model[sel], "r-", lw=0.8, label="PySME at the MAP")
+        ax.set_xlim(lo, hi)
+        ax.set_ylabel("normalised flux")
+    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set_title(f"{key}: re-simulation, median |dev| {median_abs_dev:.2f} %")
+    axes[-1].set_xlabel("air wavelength [Å]")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png.name
 
 
 def _fmt(p: str, v: float) -> str:

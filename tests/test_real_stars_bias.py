@@ -75,3 +75,28 @@ def test_too_few_rows_and_bad_rows(real_stars):
     assert b["rms"]["teff"]["rows"] == 0 and np.isnan(b["rms"]["teff"]["after"])
     assert b["in_sample"]["teff"]["n"] == 3
     assert "Bias correction" in "\n".join(real_stars.render_bias(b))
+
+
+def test_a_star_without_a_map_is_reported_not_a_crash(real_stars):
+    """A spectrum whose every posterior sample fell outside the bounds has no MAP: the report says so in the
+    re-simulation table and still lists the star everywhere else (it once ended the benchmark)."""
+    params = real_stars.SHOWN
+
+    def variant(value: float) -> dict:
+        return {**{p: {"map": value, "p16": value, "p84": value} for p in params}, "flags": 0, "f_reject": 0.0}
+
+    def star(name: str, value: float, resimulation: dict | None) -> dict:
+        return {"star": name, "file": f"{name}.fits", "reference": "test", "rv": 0.0, "rv_error": 0.1,
+                "rv_template": "sun", "snr": 300.0, "snr_source": "DER_SNR", "coverage": 1.0,
+                "input_resolution": 50000.0, "ingest_flags": [],
+                "literature": {"teff": (5000.0, 50.0), "logg": (4.0, 0.1), "fe_h": (0.0, 0.1)},
+                "own": {**variant(value), "chi2_resim": 2.0, "resim_rms": 0.01}, "s250": variant(value),
+                "resimulation": resimulation, "plot": None if resimulation is None else f"{name}.png"}
+
+    empty = star("Empty", float("nan"), None)
+    empty["own"]["f_reject"] = 1.0
+    good = star("Good", 5000.0, {"median_abs_dev_percent": 0.3, "rms_percent": 1.0, "pixels": 100})
+    text = real_stars.render({"bundle": "B", "name_option": "", "machine": "M", "samples": 64, "ingest_seconds": 1.0,
+                              "stars": [good, empty]})
+    assert "| Empty | no MAP (f_reject 1.00: every sample outside the bounds) |" in text
+    assert "| Good | 0.30 % | 1.00 % | 100 |" in text and "![Good](Good.png)" in text
