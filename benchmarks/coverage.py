@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from _common import machine
+
+from spectra.common.scratch import written_atomically
 
 HEADLINE = ("teff", "logg", "fe_h", "mg_fe", "ca_fe")
 BAND = (0.63, 0.73)
@@ -41,13 +42,10 @@ def run_draws(bundle: Path, grid: Path, draws: int, snr: str, work: Path, precis
     pairs = []
     for k in range(draws):
         survey, catalogue = work / f"survey_{9 + k}.zarr", work / f"catalog_{9 + k}.zarr"
-        if not survey.exists():  # written under a temporary name: an interrupted survey is never taken as made
-            partial = survey.with_name(survey.name + ".partial")
-            if partial.exists():
-                shutil.rmtree(partial)  # this script's own unfinished output
-            subprocess.run(["spectra", "survey", "--grid", str(grid), "--snr", snr, "--continuum", "pseudo",
-                            "--out", str(partial), "--seed", str(9 + k), "--quiet"], check=True)
-            partial.rename(survey)
+        if not survey.exists():  # built under a scratch name: an interrupted survey is never taken as made
+            with written_atomically(survey) as scratch:
+                subprocess.run(["spectra", "survey", "--grid", str(grid), "--snr", snr, "--continuum", "pseudo",
+                                "--out", str(scratch), "--seed", str(9 + k), "--quiet"], check=True)
         resume = ["--resume"] if catalogue.exists() else []  # the runtime completes an interrupted catalogue
         subprocess.run(["runtime", "process", "--survey", str(survey), "--bundle", str(bundle), "--out",
                         str(catalogue), "--precision", precision, "--workers", "2", "--quiet", *resume], check=True)
@@ -90,10 +88,10 @@ def measure(bundle: Path, pairs: list[tuple[Path, Path]], bound_per_star: Path |
             per_star = np.mean([f[rows] for f in flags], axis=0)  # (stars, D): fraction of draws inside
             cell[f"coverage68_{kind}"] = per_star.mean(axis=0).round(4).tolist()
             cell[f"coverage68_{kind}_se"] = (per_star.std(axis=0) / np.sqrt(rows.sum())).round(4).tolist()
-        rms = np.array([np.sqrt(np.nanmean(e[rows] ** 2, axis=0)) for e in errors])  # (draws, D)
-        cell["rms_mean"], cell["rms_spread"] = rms.mean(axis=0).tolist(), rms.std(axis=0).tolist()
-        rms = np.array([np.sqrt(np.nanmean(e[rows] ** 2, axis=0)) for e in median_errors])
-        cell["rms_median_mean"], cell["rms_median_spread"] = rms.mean(axis=0).tolist(), rms.std(axis=0).tolist()
+        for estimate, draws in (("", errors), ("_median", median_errors)):
+            rms = np.array([np.sqrt(np.nanmean(e[rows] ** 2, axis=0)) for e in draws])  # (draws, D)
+            cell[f"rms{estimate}_mean"] = rms.mean(axis=0).tolist()
+            cell[f"rms{estimate}_spread"] = rms.std(axis=0).tolist()
         cell["stars"] = int(rows.sum())
         if calibration is not None:
             cell["interval_factors"] = calibration.factors(np.array([value]))[0].round(4).tolist()
@@ -206,20 +204,17 @@ def report(result: dict) -> str:
         lines += [f"| {snr} | " + " | ".join(f"{v:.3f}" for v in cell["interval_factors"]) + " |"
                   for snr, cell in result["per_snr"].items()]
         lines.append("")
-    lines += ["## σ: rms of MAP − truth, mean over draws ± their spread", "",
-              "| S/N | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
-    for snr, cell in result["per_snr"].items():
-        j = [names.index(p) for p in HEADLINE]
-        lines.append(f"| {snr} | " + " | ".join(f"{cell['rms_mean'][i]:.3g} ± {cell['rms_spread'][i]:.2g}"
-                                                  for i in j) + " |")
-    if all("rms_median_mean" in cell for cell in result["per_snr"].values()):
-        lines += ["", "The same with the posterior median (p50) as the point estimate instead of the MAP (at low S/N "
-                  "a broad, skewed posterior's MAP sits at its mode, the median nearer its mass):", "",
-                  "| S/N | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
-        for snr, cell in result["per_snr"].items():
-            j = [names.index(p) for p in HEADLINE]
-            lines.append(f"| {snr} | " + " | ".join(
-                f"{cell['rms_median_mean'][i]:.3g} ± {cell['rms_median_spread'][i]:.2g}" for i in j) + " |")
+    j = [names.index(p) for p in HEADLINE]
+    for estimate, intro in (("", ["## σ: rms of MAP − truth, mean over draws ± their spread"]),
+                            ("_median", ["", "The same with the posterior median (p50) as the point estimate instead "
+                                         "of the MAP (at low S/N a broad, skewed posterior's MAP sits at its mode, "
+                                         "the median nearer its mass):"])):
+        if not all(f"rms{estimate}_mean" in cell for cell in result["per_snr"].values()):
+            continue  # a report written before the median was measured
+        lines += [*intro, "", "| S/N | " + " | ".join(HEADLINE) + " |", "|---|" + "---|" * len(HEADLINE)]
+        lines += [f"| {snr} | " + " | ".join(f"{cell[f'rms{estimate}_mean'][i]:.3g} ± "
+                                             f"{cell[f'rms{estimate}_spread'][i]:.2g}" for i in j) + " |"
+                  for snr, cell in result["per_snr"].items()]
     if "against_bound" in result:
         bound = result["against_bound"]
         fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731

@@ -21,16 +21,15 @@ Each synthetic Sun is rotated at 3.5 km/s, given ``--draws`` independent noise d
 continuum normalised after the noise (as observed spectra are) and run through ``runtime process`` at the bundle's
 default precision: MAP mean over the draws with its standard error.
 
-Intermediate files go to ``--work``, in a folder named by the settings (draws, S/N, the bundle's hash), each written
-under a temporary name and renamed when complete, so a rerun with other settings, or after an interruption, never
-reuses what does not belong to it.
+Intermediate files go to ``--work``, in a folder named by the settings (draws, S/N, the bundle's hash), each built
+under a scratch name and renamed when complete (``spectra.common.scratch.written_atomically``), so a rerun with
+other settings, or after an interruption, never reuses what does not belong to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,19 +37,11 @@ from pathlib import Path
 import numpy as np
 from _common import machine
 
+from spectra.common.scratch import written_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 HEADLINE = ("teff", "logg", "fe_h", "vmic", "mg_fe", "ca_fe")
-
-
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written until it is complete; an earlier unfinished attempt there (this script's) goes."""
-    partial = path.with_name(path.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    elif partial.exists():
-        partial.unlink()
-    return partial
 
 
 def _write_repeated(path: Path, draws: int, flux: np.ndarray, labels: np.ndarray, attrs: dict, method: str,
@@ -59,11 +50,9 @@ def _write_repeated(path: Path, draws: int, flux: np.ndarray, labels: np.ndarray
     from spectra.stores.gridstore import GridWriter
     from spectra.wavegrid import hr_grid
 
-    partial = _partial(path)
-    with GridWriter(partial, draws, hr_grid(2.0), attrs) as writer:
+    with written_atomically(path) as scratch, GridWriter(scratch, draws, hr_grid(2.0), attrs) as writer:
         for i in range(draws):
             writer.write_row(i, flux, labels, method, seconds)
-    partial.rename(path)
 
 
 def sun_grids(bundle: Path, work: Path, draws: int) -> dict[str, Path]:
@@ -124,9 +113,8 @@ def estimates(bundle: Path, grid: Path, snr: float, work: Path) -> dict:
     ]
     for output, command in steps[:2]:
         if not output.exists():
-            partial = _partial(output)
-            subprocess.run([str(partial) if arg == str(output) else arg for arg in command], check=True)
-            partial.rename(output)
+            with written_atomically(output) as scratch:
+                subprocess.run([str(scratch) if arg == str(output) else arg for arg in command], check=True)
     resume = ["--resume"] if catalogue.exists() else []  # the runtime completes an interrupted catalogue
     subprocess.run(steps[2][1] + resume, check=True)
     loaded = load_bundle(bundle, check_graphs=False)
@@ -148,11 +136,10 @@ def floor_at_sun(bundle: Path, grid: Path, work: Path) -> dict:
     """The signed linearised shift F⁻¹ Jᵀ Σ⁻¹ (PySME − emulator) at the Sun (information_limit.py, one star)."""
     out = work / "floor"
     if not (out / "bound.json").exists():
-        partial = _partial(out)
-        subprocess.run([sys.executable, str(Path(__file__).parent / "information_limit.py"), "--emulator", str(bundle),
-                        "--grid", str(grid), "--stars", "1", "--snr", "250", "--out", str(partial), "--quiet"],
-                       check=True)
-        partial.rename(out)
+        with written_atomically(out) as scratch:
+            subprocess.run([sys.executable, str(Path(__file__).parent / "information_limit.py"), "--emulator",
+                            str(bundle), "--grid", str(grid), "--stars", "1", "--snr", "250", "--out", str(scratch),
+                            "--quiet"], check=True)
     result = json.loads((out / "bound.json").read_text())
     return {name: result["floor"][name]["mean"] for name in HEADLINE if name in result["floor"]}
 
