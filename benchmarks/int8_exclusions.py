@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from export.variants import thin_matmuls, variant_errors
+    from runtime.precision import describe_check, within_tolerance
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, type=Path)
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                              nodes_to_exclude=thin + kept)
             e = variant_errors(args.bundle, "int8", graph, args.grid, seed=args.seed)
             print(f"fp32 also in layers {spec or '(none)'}: {len(hidden) - len(kept)} of {len(hidden)} hidden MatMuls "
-                  f"int8; quantile error max {e['quantile_error']:.4f}, median {e['quantile_error_median']:.4f}; "
-                  f"MAP p95 {e['map_error']:.4f} (tolerance {e['tolerance']})", flush=True)
+                  f"int8; {describe_check(e)}; median {e['quantile_error_median']:.4f}: "
+                  f"{'passes' if within_tolerance(e) else 'fails'}", flush=True)
             if args.where:
                 print("\n".join(where(args.bundle, graph, args.grid, args.seed)), flush=True)
     return 0

@@ -38,6 +38,7 @@ from runtime.bundle import load_bundle
 from runtime.engines import bf16_hardware, cpu_features, engine_version, openvino_available
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.posterior import summarize
+from runtime.precision import describe_check
 from runtime.sampler import EXACT_MARGIN, EXACT_TOP, OnnxPosterior
 from training.config import CONFIGS
 from training.fit import load_run, save_untrained_run
@@ -337,9 +338,8 @@ def _check_line(what: str, v: dict | None) -> str:
     if not v:
         return f"{what}: not verified in this bundle."
     return (f"{what} ({v['spectra']} grid spectra x S/N {', '.join(str(int(s)) for s in v['snr'])}, {v['samples']} "
-            f"samples): posterior quantiles within {v['quantile_error']:.3f} of the fp32 68 % half-width (median "
-            f"{v['quantile_error_median']:.4f}), MAP {v['map_error']:.3f} ({v['map_statistic']}); tolerance "
-            f"{v['tolerance']}.")
+            f"samples, in fp32 68 % half-widths): {describe_check(v)}; median quantile difference "
+            f"{v['quantile_error_median']:.4f}.")
 
 
 def _recompute_lines(r: dict) -> list[str]:

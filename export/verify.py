@@ -12,7 +12,7 @@ Error measure: max over elements of |onnx - torch| / max(|torch|, 1) (relative f
 absolute below 1, which is the scale of the standardised outputs). fp32 must reach <= 1e-4.
 
 Every reduced-precision variant the bundle lists is measured again against fp32 on posteriors of real grid
-spectra (``export.variants.verify_variant``, in half-widths), and must be within its tolerance.
+spectra (``export.variants.verify_variant``, in half-widths), and must pass ``runtime.precision``'s rule.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from runtime.bundle import load_bundle
 from runtime.posterior import summarize
+from runtime.precision import describe_check
 from runtime.sampler import OnnxPosterior, latent_draws
 from spectra.contracts.density import log_density
 from training.fit import load_run
@@ -56,8 +57,7 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         out = [f"{k:<36s} {v:.2e}" for k, v in self.errors.items()]
-        out += [f"{name + ' variant':<36s} quantiles {v['quantile_error']:.4f}, MAP {v['map_error']:.4f} "
-                f"half-widths (tolerance {v['tolerance']}): {'ok' if v['passed'] else 'FAILED'}"
+        out += [f"{name + ' variant':<36s} {describe_check(v)}: {'ok' if v['passed'] else 'FAILED'}"
                 for name, v in self.variants.items()]
         out += [f"{k:<36s} {self.graph_bytes[k] / 1e6:.1f} MB, {self.graph_nodes[k]} nodes" for k in self.graph_bytes]
         return out

@@ -3,7 +3,18 @@
 A bundle always holds the fp32 graphs (the reference) and may hold reduced-precision variants of the hoisted
 flow, each with the error ``export quantize`` measured against fp32 on posterior quantiles and MAPs of real
 grid spectra, in units of the posterior's 68 % half-width. A variant is used only when its recorded error is
-within the tolerance (``runtime.bundle.VARIANT_TOLERANCE``), unless the user forces it.
+within the tolerance (:func:`within_tolerance`), unless the user forces it.
+
+**The rule** (:func:`variant_check` computes the statistics, :func:`within_tolerance` judges them; one definition
+for ``export quantize``, ``export verify``, the runtime and the tests): over every spectrum x parameter x quantile of
+the verification set, the 99th percentile of the quantile differences and the 95th percentile of the MAP differences
+are at most ``runtime.bundle.VARIANT_TOLERANCE`` (0.05 half-widths), and no single quantile difference exceeds
+``VARIANT_WORST_TOLERANCE`` (0.10). Until session 22 the single largest difference had to be within 0.05; that
+maximum over ~4700 differences sits in the tails of nearly Gaussian high-S/N posteriors, where the fp32 quantile's
+own Monte-Carlo error at 4096 samples is about as large, so it judged the sampling more than the arithmetic. The
+verification also records that Monte-Carlo scatter (``fp32_seed_scatter_*``: fp32 against fp32 with another latent
+stream) to put the variant's differences in scale. A record made before the rule (no ``quantile_error_p99``) is
+judged by the old, stricter one.
 
 ``auto``: int8 on the CPU (per-channel int8 weights through ONNX Runtime's integer kernels are 2-5x faster
 than fp32 there), fp16 on CUDA and TensorRT (tensor cores), each only if the bundle has that variant verified;
@@ -28,21 +39,64 @@ Lake Xeon, 1.26x on Zen 4); ``--engine openvino`` picks it where it pays.
 
 from __future__ import annotations
 
+import numpy as np
+
 from spectra.contracts.manifest import ENGINE_PRECISIONS, VARIANTS
 
-from .bundle import Bundle, BundleError
+from .bundle import VARIANT_TOLERANCE, VARIANT_WORST_TOLERANCE, Bundle, BundleError
 from .engines import amx_hardware, bf16_hardware, openvino_available, require_engine
 
-__all__ = ["PRECISIONS", "choose_engine", "choose_precision", "engine_verification", "variant_file",
-           "within_tolerance"]
+__all__ = ["MAP_PERCENTILE", "PRECISIONS", "QUANTILE_PERCENTILE", "RULE", "choose_engine", "choose_precision",
+           "describe_check", "engine_verification", "variant_check", "variant_file", "within_tolerance"]
 
 PRECISIONS = ("auto", "fp32", *VARIANTS)
 _AUTO = {"cpu": ("int8",), "cuda": ("fp16", "bf16"), "tensorrt": ("fp16", "bf16")}
 
 
+#: the percentile of a variant's quantile differences held to VARIANT_TOLERANCE
+QUANTILE_PERCENTILE = 99
+#: the percentile of its MAP differences held to VARIANT_TOLERANCE: the MAP is one sample out of 4096, and slightly
+#: different densities may pick a neighbouring sample of nearly equal density
+MAP_PERCENTILE = 95
+RULE = (f"{QUANTILE_PERCENTILE}th percentile of the quantile differences and {MAP_PERCENTILE}th percentile of the MAP "
+        f"differences <= tolerance, largest quantile difference <= worst_tolerance")
+
+
+def variant_check(quantile_errors, map_errors) -> dict:
+    """The verification statistics of a variant from its differences to fp32 in half-widths (any shape; entries
+    that are not finite, e.g. a spectrum without a usable fp32 posterior, are left out)."""
+    dq = np.asarray(quantile_errors, dtype=float).ravel()
+    dmap = np.asarray(map_errors, dtype=float).ravel()
+    dq, dmap = dq[np.isfinite(dq)], dmap[np.isfinite(dmap)]
+    if dq.size == 0 or dmap.size == 0:
+        raise ValueError("no finite difference to judge the variant by")
+    return {"quantile_error": float(dq.max()),
+            "quantile_error_p99": float(np.percentile(dq, QUANTILE_PERCENTILE)),
+            "quantile_error_median": float(np.median(dq)),
+            "map_error": float(np.percentile(dmap, MAP_PERCENTILE)), "map_error_max": float(dmap.max()),
+            "map_error_median": float(np.median(dmap)),
+            "tolerance": VARIANT_TOLERANCE, "worst_tolerance": VARIANT_WORST_TOLERANCE, "rule": RULE,
+            "map_statistic": f"{MAP_PERCENTILE}th percentile over spectra x parameters",
+            "unit": "fraction of the fp32 posterior's 68 % half-width"}
+
+
 def within_tolerance(check: dict) -> bool:
-    """A variant's measured quantile and MAP differences from fp32 are both within its tolerance."""
-    return max(check["quantile_error"], check["map_error"]) <= check["tolerance"]
+    """A variant's recorded differences from fp32 pass this runtime's rule (the module docstring). The tolerances
+    are this software's, not the ones the record names: a manifest cannot loosen them."""
+    if "quantile_error_p99" not in check:  # recorded before session 22: the largest difference had to pass
+        return max(check["quantile_error"], check["map_error"]) <= VARIANT_TOLERANCE
+    return (check["quantile_error_p99"] <= VARIANT_TOLERANCE and check["map_error"] <= VARIANT_TOLERANCE
+            and check["quantile_error"] <= VARIANT_WORST_TOLERANCE)
+
+
+def describe_check(check: dict) -> str:
+    """One line: a variant's recorded differences against the rule."""
+    if "quantile_error_p99" not in check:
+        return (f"quantiles differ from fp32 by at most {check['quantile_error']:.3f} half-widths, MAP "
+                f"{check['map_error']:.3f} (tolerance {VARIANT_TOLERANCE} on both)")
+    return (f"quantiles differ from fp32 by {check['quantile_error_p99']:.3f} half-widths at the "
+            f"{QUANTILE_PERCENTILE}th percentile (tolerance {VARIANT_TOLERANCE}), {check['quantile_error']:.3f} at "
+            f"most ({VARIANT_WORST_TOLERANCE}), MAP {check['map_error']:.3f} ({VARIANT_TOLERANCE})")
 
 
 def _verified(variant: dict) -> tuple[bool, str]:
@@ -51,8 +105,7 @@ def _verified(variant: dict) -> tuple[bool, str]:
         why = variant.get("unverified_reason", "no verification recorded")
         return False, f"it is unverified ({why})"
     if not within_tolerance(check):
-        return False, (f"its recorded error against fp32 is {check['quantile_error']:.3f} (quantiles) / "
-                       f"{check['map_error']:.3f} (MAP) half-widths, above the tolerance {check['tolerance']}")
+        return False, f"its recorded error is above the tolerance: {describe_check(check)}"
     return True, ""
 
 

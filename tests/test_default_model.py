@@ -45,7 +45,7 @@ def test_default_bundle_is_complete_and_verified(tmp_path):
     dynamic int8, so the runtime runs it in fp32)."""
     import hashlib
 
-    from runtime.bundle import VARIANT_TOLERANCE
+    from runtime.precision import describe_check, variant_check, within_tolerance
     from runtime.resim import Resimulator
     from spectra.wavegrid import hr_grid
 
@@ -85,8 +85,9 @@ def test_default_bundle_is_complete_and_verified(tmp_path):
         variant, *_ = _example_posteriors(bundle, tmp_path / name, 4096, summary="host", precision=name,
                                           force_precision=True)
         width = 0.5 * (reference.quantiles[:, 3] - reference.quantiles[:, 1])
-        error = np.nanmax(np.abs(variant.quantiles - reference.quantiles) / width[:, None, :])
-        assert error <= VARIANT_TOLERANCE, f"{name}: quantiles move by {error:.3f} half-widths"
+        check = variant_check(np.abs(variant.quantiles - reference.quantiles) / width[:, None, :],
+                              np.abs(variant.map - reference.map) / width)
+        assert within_tolerance(check), f"{name}: {describe_check(check)}"
 
 
 def test_runtime_process_without_bundle_works_from_a_fresh_install(tmp_path):
