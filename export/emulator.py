@@ -27,32 +27,11 @@ from spectra.wavegrid import wavelength_sha256
 from training.emulator import EMULATOR_INPUTS, load_emulator
 
 from .resim import output_pixels
+from .weights import half_weights
 
 __all__ = ["EMULATOR_FORMAT", "export_emulator", "onnx_parity"]
 
 EMULATOR_FORMAT = "cinn4most-emulator/1"
-
-
-def half_weights(path: Path, min_size: int = 1 << 20) -> int:
-    """Store the graph's large float32 weights (>= ``min_size`` values) as float16 with a Cast back to float32:
-    half the file, the same float32 arithmetic (ONNX Runtime folds the Cast when the session loads). Returns the
-    number of weights converted."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(path))
-    converted = 0
-    for init in list(model.graph.initializer):
-        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_size:
-            continue
-        half_name = f"{init.name}/fp16"
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), half_name)
-        model.graph.initializer.remove(init)
-        model.graph.initializer.append(half)
-        model.graph.node.insert(0, helper.make_node("Cast", [half_name], [init.name], to=TensorProto.FLOAT))
-        converted += 1
-    onnx.save(model, str(path))
-    return converted
 
 
 def export_emulator(run: str | Path, out: str | Path, errors: str | Path | None = None, opset: int = 17,

@@ -34,6 +34,7 @@ from training.fit import load_run, recorded_schema
 from training.model import CINN
 
 from .summary import export_summary
+from .weights import half_weights
 
 __all__ = ["DEFAULT_OPSET", "export_bundle"]
 
@@ -83,6 +84,9 @@ def export_graphs(model: CINN, out: Path, opset: int) -> None:
         dynamic = {name: {0: "batch"} for name in (*inputs, *outputs)}
         torch.onnx.export(module, args, str(out / filename), input_names=list(inputs), output_names=list(outputs),
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
+    # the PCA basis (most of the feature graph's bytes) in half the file when its values are float16 values already
+    # (lossless, so any size qualifies; ``training.stream.pca_basis`` rounds it so since session 22)
+    half_weights(out / GRAPHS["feature_extractor"][0], min_size=1 << 16, exact_only=True)
 
 
 def export_hoisted(model: CINN, out: Path, opset: int) -> dict:

@@ -126,3 +126,30 @@ def test_ensemble_averages_its_members_reloads_exports_and_reads_one_network_emu
         assert torch.equal(reread(labels), one(labels))
     with pytest.raises(ValueError, match="at least one network"):
         Emulator(10, (4,), members=0)
+
+
+def test_spike_guard_clips_a_rare_huge_gradient_and_leaves_ordinary_steps_alone():
+    """``clip_factor``: a step whose gradient norm is far above the recent median is clipped to factor x median;
+    ordinary steps are untouched, and a spike does not raise the level that judges the next one."""
+    from training.emulator import SPIKE_WINDOW, SpikeGuard
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    guard = SpikeGuard(5.0)
+    rng = np.random.default_rng(0)
+    for _ in range(SPIKE_WINDOW):
+        weight.grad = torch.as_tensor(rng.normal(1e-3, 1e-4, 4), dtype=torch.float32)
+        before = weight.grad.clone()
+        guard([weight])
+        assert torch.equal(weight.grad, before)  # ordinary steps pass unchanged
+    level = 5.0 * float(np.median(guard.norms[-SPIKE_WINDOW:]))
+    weight.grad = torch.full((4,), 0.13)  # norm 0.26, ~130x the usual, as measured on the cool giants' batches
+    guard([weight])
+    assert guard.clipped == 1 and float(weight.grad.norm()) == pytest.approx(level, rel=1e-3)
+    assert guard.norms[-1] == pytest.approx(level, rel=1e-6)
+    off = SpikeGuard(0.0)
+    for _ in range(SPIKE_WINDOW):
+        weight.grad = torch.full((4,), 0.13)
+        off([weight])
+    assert off.clipped == 0 and float(weight.grad[0]) == pytest.approx(0.13)
+    with pytest.raises(ValueError, match="clip-factor"):
+        EmulatorConfig(clip_factor=-1.0)

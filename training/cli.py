@@ -96,7 +96,8 @@ def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
 
     return EmulatorConfig(hidden=tuple(int(h) for h in args.hidden.split(",")), steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, basis=args.basis,
-                          weight_decay=args.weight_decay, schedule=args.schedule, members=args.members)
+                          weight_decay=args.weight_decay, schedule=args.schedule, members=args.members,
+                          clip_factor=args.clip_factor)
 
 
 def _cmd_emulator_fit(args: argparse.Namespace) -> int:
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--members", type=int, default=1, help="networks trained with independent seeds on the same "
                    "split and averaged (an ensemble; training costs this many times one network)")
+    p.add_argument("--clip-factor", type=float, default=0.0,
+                   help="clip a step's gradient norm to this many times the median of the last 200 steps' (a guard "
+                        "against the rare batch whose gradient is 100x the usual; 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_emulator_fit)
