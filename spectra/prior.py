@@ -31,6 +31,10 @@ network, whose prior they would not be.
 * ``cool-giants``: every star a giant, log g uniform in 1.0-2.6 (the cool end of the branch: 3650-4950 K at
   solar [Fe/H]).
 * ``metal-rich``: [Fe/H] uniform in 0.0-0.5, dwarfs and giants as in the prior.
+* ``cool-dwarfs``: every star a dwarf of T_eff 4000-4800 K (log g and everything else as the prior's dwarfs). After
+  the cool-giant grids, half of the held-out stars with the largest emulator error are such dwarfs (session 22:
+  T_eff 4000-4600 K, log g 4.0-4.4, rms 1-1.4 %; ``benchmarks/results/emulator/emulator_errors.md``), which the
+  prior's dwarf branch (4000-7000 K) gives a quarter of its stars.
 * ``metal-poor``: [Fe/H] uniform from the lower bound to -2.0, dwarfs and giants as in the prior. Their few weak
   lines hold little information, so an emulator error of 0.1 % there shifts a likelihood fit by 50-120 K: they
   carry a third of the emulator floor in T_eff and most of it in log g (``benchmarks/results/emulator/``).
@@ -46,10 +50,12 @@ from scipy.stats import norm, qmc
 from . import schema
 from .contracts.conventions import vbroad_from_uniform
 
-__all__ = ["FOCUS_REGIONS", "PRIOR_VERSION", "draw_labels", "label_trends", "prior_name"]
+__all__ = ["COOL_DWARF_TEFF", "FOCUS_REGIONS", "PRIOR_VERSION", "draw_labels", "label_trends", "prior_name"]
 
 PRIOR_VERSION = "kiel-fgk-v1"
-FOCUS_REGIONS = ("cool-giants", "metal-rich", "metal-poor")
+FOCUS_REGIONS = ("cool-giants", "metal-rich", "metal-poor", "cool-dwarfs")
+#: T_eff range [K] of the cool-dwarfs focus region
+COOL_DWARF_TEFF = (4000.0, 4800.0)
 #: [Fe/H] upper edge of the metal-poor focus region
 METAL_POOR_EDGE = -2.0
 A_LI_SUN = 1.05
@@ -117,7 +123,10 @@ def draw_labels(n: int, seed: int, focus: str | None = None) -> np.ndarray:
     else:
         feh = _feh_ppf(u[:, 3])
     dwarf = np.zeros(n, dtype=bool) if focus == "cool-giants" else u[:, 0] < 0.55
-    teff_d = 4000.0 + 3000.0 * u[:, 1]
+    if focus == "cool-dwarfs":
+        dwarf[:] = True
+    teff_lo, teff_hi = COOL_DWARF_TEFF if focus == "cool-dwarfs" else (4000.0, 7000.0)
+    teff_d = teff_lo + (teff_hi - teff_lo) * u[:, 1]
     logg_d = np.minimum(4.6 - 0.35 * (teff_d - 4000.0) / 3000.0 - 0.9 * u[:, 2], 5.0)
     logg_g = 1.0 + (1.6 if focus == "cool-giants" else 2.4) * u[:, 1]
     teff_g = 4000.0 + 450.0 * (logg_g - 1.0) - 250.0 * np.maximum(feh, -2.5) + 700.0 * (u[:, 2] - 0.5)

@@ -54,13 +54,14 @@ def test_bad_n():
 def test_focus_regions_narrow_one_range_and_stay_in_the_prior():
     """``focus``: the same prior restricted to a region of the Kiel diagram (more emulator training spectra where it
     is worst): cool giants are all giants of log g 1.0-2.6, metal-rich stars all have [Fe/H] 0-0.5, metal-poor ones
-    [Fe/H] from the lower bound to -2 (spread over it, with the alpha enhancement of their metallicity); all extend by
+    [Fe/H] from the lower bound to -2 (spread over it, with the alpha enhancement of their metallicity), cool dwarfs
+    all dwarfs of 4000-4800 K; all extend by
     prefix like the prior, differ from its draw, and stay in bounds."""
-    from spectra.prior import prior_name
+    from spectra.prior import FOCUS_REGIONS, prior_name
 
     names = schema.label_names()
     full = draw_labels(2048, seed=3)
-    for focus in ("cool-giants", "metal-rich", "metal-poor"):
+    for focus in FOCUS_REGIONS:
         labels = draw_labels(2048, seed=3, focus=focus)
         np.testing.assert_array_equal(labels[:50], draw_labels(50, seed=3, focus=focus))
         assert not np.allclose(labels, full)
@@ -78,6 +79,11 @@ def test_focus_regions_narrow_one_range_and_stay_in_the_prior():
     assert feh.max() <= -2.0 and feh.min() < schema.parameter("fe_h").lower + 0.1 and np.median(feh) < -3.0
     assert abs(np.median(poor[:, names.index("mg_fe")]) - 0.4) < 0.05  # alpha-enhanced around +0.4
     assert 0.4 < np.mean(poor[:, names.index("logg")] <= 3.4) < 0.95  # dwarfs and giants, as in the prior
+    dwarfs = draw_labels(2048, seed=3, focus="cool-dwarfs")
+    teff, logg = dwarfs[:, names.index("teff")], dwarfs[:, names.index("logg")]
+    assert teff.min() >= 4000.0 and teff.max() <= 4800.0 and logg.min() >= 3.6  # dwarfs of the prior's branch
+    prior_dwarfs = (full[:, names.index("logg")] > 3.6) & (full[:, names.index("teff")] <= 4800.0)
+    assert abs(np.median(logg) - np.median(full[prior_dwarfs, names.index("logg")])) < 0.1
     assert prior_name() == "kiel-fgk-v1"
     with pytest.raises(ValueError, match="cool-giants"):
         draw_labels(10, seed=3, focus="hot-dwarfs")
