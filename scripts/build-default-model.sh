@@ -9,13 +9,21 @@
 #   bash scripts/build-default-model.sh [WORK_DIR]
 #   SHIP=0 bash scripts/build-default-model.sh WORK_DIR   # a candidate: runtime/ and the shipped model's reports
 #                                                         # left as they are, its reports in WORK_DIR/results
+#
+# A candidate with another recipe, without editing this file (the defaults are the shipped model's recipe):
+#   ESTIMATOR_CONFIG=training/experiments/estimator-112ep.json  the cINN's config
+#   EMULATOR_CLIP=5                 the emulator's gradient spike guard (training emulator-fit --clip-factor)
+#   EXTRA_EMULATOR_GRIDS="train-rich-s7301 train-cooldw-s7401"   more kept grids (training/grids/NAME-*.h5) for the
+#                                   emulator only
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 work="${1:-build-default}"
 # The emulator's recipe (benchmarks/results/emulator/: chosen on its own validation stars, never the held-out set):
 # an ensemble of 4 networks (session 16: validation rms median 0.27 -> 0.24 %, held-out floor T_eff 26 -> 21 K)
-EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4 --members 4"
+EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4 --members 4 --clip-factor ${EMULATOR_CLIP:-0}"
+ESTIMATOR_CONFIG="${ESTIMATOR_CONFIG:-training/estimator_model.json}"
+[ -f "$ESTIMATOR_CONFIG" ] || { echo "ESTIMATOR_CONFIG: $ESTIMATOR_CONFIG is not a file" >&2; exit 2; }
 mkdir -p "$work"
 # the reports describe the shipped model, so a candidate (SHIP=0) writes its own beside its bundle
 if [ "${SHIP:-1}" = 0 ]; then results="$work/results"; else results=benchmarks/results; fi
@@ -30,17 +38,23 @@ step "kept PySME spectra with the calibrated survey-sun list: training (unrotate
 [ -f "$work/cool2.h5" ] || spectra unpack-grid training/grids/train-cool-s7102-*.h5 --out "$work/cool2.h5"
 # metal-poor stars ([Fe/H] < -2), whose weak lines make small emulator errors cost most in a fit: emulator only too
 [ -f "$work/poor.h5" ] || spectra unpack-grid training/grids/train-poor-s7201-*.h5 --out "$work/poor.h5"
+extra_grids=()
+for name in ${EXTRA_EMULATOR_GRIDS:-}; do
+  compgen -G "training/grids/$name-*.h5" > /dev/null || { echo "EXTRA_EMULATOR_GRIDS: no training/grids/$name-*.h5" >&2; exit 2; }
+  [ -f "$work/extra_$name.h5" ] || spectra unpack-grid training/grids/"$name"-*.h5 --out "$work/extra_$name.h5"
+  extra_grids+=("$work/extra_$name.h5")
+done
 
 # (the cool giants lowered the held-out rms p95 3.10 -> 2.28 %: benchmarks/results/emulator_cool_giants/, session 14)
 step "emulator: labels -> unrotated spectrum (PCA output basis, long training), errors on the held-out set"
-[ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" "$work/cool.h5" "$work/cool2.h5" "$work/poor.h5" --out "$work/emu" $EMULATOR_RECIPE --quiet
+[ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" "$work/cool.h5" "$work/cool2.h5" "$work/poor.h5" "${extra_grids[@]}" --out "$work/emu" $EMULATOR_RECIPE --quiet
 training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$results"/emulator --overwrite
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$results"/emulator/emulator_errors.json
 
-step "cINN on fresh emulated stars every batch carrying the emulator's own errors (training/estimator_model.json, 56 epochs, ~40 min)"
+step "cINN on fresh emulated stars every batch carrying the emulator's own errors ($ESTIMATOR_CONFIG; the shipped one: 56 epochs, ~40 min)"
 # (resumes an interrupted run; a finished one is left as it is)
-training fit --emulator "$work/emu" --config training/estimator_model.json --out "$work/run" --device cpu --workers 2
+training fit --emulator "$work/emu" --config "$ESTIMATOR_CONFIG" --out "$work/run" --device cpu --workers 2
 
 step "bundle: fp32, the verified int8 and OpenVINO bf16 variants, the emulator for the re-simulation check"
 [ -f "$work/bundle/manifest.json" ] || python -m export onnx --run "$work/run" --out "$work/bundle"
