@@ -208,7 +208,7 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: 
     errors.update({"fp32_seed_scatter_median": float(np.median(scatter)),
                    "fp32_seed_scatter_p99": float(np.percentile(scatter, 99)),
                    "fp32_seed_scatter_max": float(scatter.max()),
-                   "spectra": int(n_rows), "snr": list(snrs), "samples": n_samples, "grid": str(grid),
+                   "spectra": int(n_rows), "snr": list(snrs), "samples": n_samples, "grid": str(Path(grid).resolve()),
                    "provider": candidate.providers[0]})
     return errors
 
