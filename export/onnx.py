@@ -85,7 +85,8 @@ def export_graphs(model: CINN, out: Path, opset: int) -> None:
         torch.onnx.export(module, args, str(out / filename), input_names=list(inputs), output_names=list(outputs),
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
     # the PCA basis (most of the feature graph's bytes) in half the file when its values are float16 values already
-    # (lossless, so any size qualifies; ``training.stream.pca_basis`` rounds it so since session 22)
+    # (lossless, so a lower size threshold than the emulator's rounding export; ``training.stream.pca_basis`` rounds
+    # the basis so since session 22)
     half_weights(out / GRAPHS["feature_extractor"][0], min_size=1 << 16, exact_only=True)
 
 

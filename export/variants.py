@@ -40,8 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import hash_files, load_bundle, write_manifest
-from runtime.precision import describe_check, variant_check, within_tolerance
-from spectra.contracts import quantiles as quantile_levels
+from runtime.precision import describe_check, posterior_differences, variant_check, within_tolerance
 from spectra.contracts.manifest import HOISTED, VARIANTS
 
 __all__ = ["make_variant", "quantize_bundle", "quantize_engine", "thin_matmuls", "variant_errors",
@@ -200,10 +199,10 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: 
     candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph,
                               engine=engine)
     other = candidate.posterior(flux, snr, ids, seed, n_samples)
-    errors = variant_check(*_differences(reference, other))
+    errors = variant_check(*posterior_differences(reference.quantiles, reference.map, other.quantiles, other.map))
     # the scale: the same differences between fp32 and fp32 with an independent latent stream
     again = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, seed + 1, n_samples)
-    scatter = _differences(reference, again)[0]
+    scatter = posterior_differences(reference.quantiles, reference.map, again.quantiles, again.map)[0]
     scatter = scatter[np.isfinite(scatter)]
     errors.update({"fp32_seed_scatter_median": float(np.median(scatter)),
                    "fp32_seed_scatter_p99": float(np.percentile(scatter, 99)),
@@ -211,16 +210,6 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: 
                    "spectra": int(n_rows), "snr": list(snrs), "samples": n_samples, "grid": str(Path(grid).resolve()),
                    "provider": candidate.providers[0]})
     return errors
-
-
-def _differences(reference, other) -> tuple[np.ndarray, np.ndarray]:
-    """|other - reference| of the quantiles (N, Q, D) and MAPs (N, D) in the reference's 68 % half-widths; NaN
-    where the reference has no usable posterior or ``other`` no quantiles."""
-    q = reference.quantiles
-    half = 0.5 * (q[:, quantile_levels.index("p84")] - q[:, quantile_levels.index("p16")])  # shape (N, D)
-    ok = np.isfinite(half) & (half > 0) & np.isfinite(other.quantiles).all(axis=1)
-    half = np.where(ok, half, np.nan)
-    return np.abs(other.quantiles - q) / half[:, None, :], np.abs(other.map - reference.map) / half
 
 
 def verify_variant(bundle_path: Path, precision: str, graph: Path, grid: Path, n_spectra: int = 24) -> dict:

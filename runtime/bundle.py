@@ -493,7 +493,7 @@ def _validate_precisions(precisions, where: Path) -> None:
         check = variant.get("verification")
         if check is not None and not _is_check(check):
             raise BundleError(f"{where}: precisions.{name}.verification needs finite quantile_error, map_error "
-                              "and tolerance")
+                              "and tolerance (and quantile_error_p99 where recorded)")
 
 
 def _is_check(check) -> bool:
@@ -523,7 +523,7 @@ def _validate_engine_precisions(entries, where: Path) -> None:
             check = entry.get("verification") if isinstance(entry, dict) else None
             if not _is_check(check):
                 raise BundleError(f"{where}: engine_precisions.{engine}.{name}.verification needs finite "
-                                  "quantile_error, map_error and tolerance")
+                                  "quantile_error, map_error and tolerance (and quantile_error_p99 where recorded)")
 
 
 def _validate_emulator(emulator, where: Path) -> None:

@@ -47,7 +47,8 @@ from .bundle import VARIANT_TOLERANCE, VARIANT_WORST_TOLERANCE, Bundle, BundleEr
 from .engines import amx_hardware, bf16_hardware, openvino_available, require_engine
 
 __all__ = ["MAP_PERCENTILE", "PRECISIONS", "QUANTILE_PERCENTILE", "RULE", "choose_engine", "choose_precision",
-           "describe_check", "engine_verification", "variant_check", "variant_file", "within_tolerance"]
+           "describe_check", "engine_verification", "posterior_differences", "variant_check", "variant_file",
+           "within_tolerance"]
 
 PRECISIONS = ("auto", "fp32", *VARIANTS)
 _AUTO = {"cpu": ("int8",), "cuda": ("fp16", "bf16"), "tensorrt": ("fp16", "bf16")}
@@ -62,15 +63,37 @@ RULE = (f"{QUANTILE_PERCENTILE}th percentile of the quantile differences and {MA
         f"differences <= tolerance, largest quantile difference <= worst_tolerance")
 
 
+def posterior_differences(reference_quantiles, reference_map, quantiles, map_) -> tuple[np.ndarray, np.ndarray]:
+    """|variant - fp32| of the quantiles (N, Q, D) and MAPs (N, D), in units of the fp32 posterior's 68 % half-width
+    ((p84 - p16) / 2, quantile levels of ``spectra.contracts.quantiles``). NaN where fp32 has no usable posterior
+    (nothing to compare against); +inf where fp32 has one and the variant gives a value that is not finite (a
+    failure :func:`variant_check` counts, never drops)."""
+    from spectra.contracts import quantiles as levels
+
+    q, m = np.asarray(reference_quantiles, dtype=float), np.asarray(reference_map, dtype=float)
+    other_q, other_m = np.asarray(quantiles, dtype=float), np.asarray(map_, dtype=float)
+    half = 0.5 * (q[:, levels.index("p84")] - q[:, levels.index("p16")])  # (N, D)
+    usable = np.isfinite(half) & (half > 0) & np.isfinite(q).all(axis=1)
+    half = np.where(usable, half, np.nan)
+    dq = np.abs(other_q - q) / half[:, None, :]
+    dmap = np.abs(other_m - m) / half
+    dq[~np.isfinite(other_q) & usable[:, None, :]] = np.inf
+    dmap[~np.isfinite(other_m) & usable & np.isfinite(m)] = np.inf
+    return dq, dmap
+
+
 def variant_check(quantile_errors, map_errors) -> dict:
-    """The verification statistics of a variant from its differences to fp32 in half-widths (any shape; entries
-    that are not finite, e.g. a spectrum without a usable fp32 posterior, are left out)."""
-    dq = np.asarray(quantile_errors, dtype=float).ravel()
-    dmap = np.asarray(map_errors, dtype=float).ravel()
+    """The verification statistics of a variant from its differences to fp32 in half-widths (arrays of any shape,
+    or lists of them, e.g. from :func:`posterior_differences`). NaN entries (no usable fp32 posterior) are left
+    out; infinite ones (the variant gave no finite value where fp32 did) are counted in ``nonfinite``, and any
+    fails the rule."""
+    dq = np.concatenate([np.asarray(a, dtype=float).ravel() for a in _pieces(quantile_errors)])
+    dmap = np.concatenate([np.asarray(a, dtype=float).ravel() for a in _pieces(map_errors)])
+    nonfinite = int(np.isinf(dq).sum() + np.isinf(dmap).sum())
     dq, dmap = dq[np.isfinite(dq)], dmap[np.isfinite(dmap)]
     if dq.size == 0 or dmap.size == 0:
         raise ValueError("no finite difference to judge the variant by")
-    return {"quantile_error": float(dq.max()),
+    return {"quantile_error": float(dq.max()), "nonfinite": nonfinite,
             "quantile_error_p99": float(np.percentile(dq, QUANTILE_PERCENTILE)),
             "quantile_error_median": float(np.median(dq)),
             "map_error": float(np.percentile(dmap, MAP_PERCENTILE)), "map_error_max": float(dmap.max()),
@@ -80,13 +103,18 @@ def variant_check(quantile_errors, map_errors) -> dict:
             "unit": "fraction of the fp32 posterior's 68 % half-width"}
 
 
+def _pieces(values) -> list:
+    """``values`` as a list of arrays: a list or tuple of arrays of different shapes stays a list."""
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
 def within_tolerance(check: dict) -> bool:
     """A variant's recorded differences from fp32 pass this runtime's rule (the module docstring). The tolerances
     are this software's, not the ones the record names: a manifest cannot loosen them."""
     if "quantile_error_p99" not in check:  # recorded before session 22: the largest difference had to pass
         return max(check["quantile_error"], check["map_error"]) <= VARIANT_TOLERANCE
-    return (check["quantile_error_p99"] <= VARIANT_TOLERANCE and check["map_error"] <= VARIANT_TOLERANCE
-            and check["quantile_error"] <= VARIANT_WORST_TOLERANCE)
+    return (check.get("nonfinite", 0) == 0 and check["quantile_error_p99"] <= VARIANT_TOLERANCE
+            and check["map_error"] <= VARIANT_TOLERANCE and check["quantile_error"] <= VARIANT_WORST_TOLERANCE)
 
 
 def describe_check(check: dict) -> str:
@@ -94,7 +122,9 @@ def describe_check(check: dict) -> str:
     if "quantile_error_p99" not in check:
         return (f"quantiles differ from fp32 by at most {check['quantile_error']:.3f} half-widths, MAP "
                 f"{check['map_error']:.3f} (tolerance {VARIANT_TOLERANCE} on both)")
-    return (f"quantiles differ from fp32 by {check['quantile_error_p99']:.3f} half-widths at the "
+    failed = (f"{check['nonfinite']} values not finite where fp32's are; "
+              if check.get("nonfinite", 0) else "")
+    return (f"{failed}quantiles differ from fp32 by {check['quantile_error_p99']:.3f} half-widths at the "
             f"{QUANTILE_PERCENTILE}th percentile (tolerance {VARIANT_TOLERANCE}), {check['quantile_error']:.3f} at "
             f"most ({VARIANT_WORST_TOLERANCE}), MAP {check['map_error']:.3f} ({VARIANT_TOLERANCE})")
 

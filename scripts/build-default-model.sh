@@ -21,9 +21,16 @@ cd "$root"
 work="${1:-build-default}"
 # The emulator's recipe (benchmarks/results/emulator/: chosen on its own validation stars, never the held-out set):
 # an ensemble of 4 networks (session 16: validation rms median 0.27 -> 0.24 %, held-out floor T_eff 26 -> 21 K)
-EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4 --members 4 --clip-factor ${EMULATOR_CLIP:-0}"
+EMULATOR_CLIP="${EMULATOR_CLIP:-0}"
+[[ "$EMULATOR_CLIP" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "EMULATOR_CLIP: '$EMULATOR_CLIP' is not a number" >&2; exit 2; }
+EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4 --members 4 --clip-factor $EMULATOR_CLIP"
 ESTIMATOR_CONFIG="${ESTIMATOR_CONFIG:-training/estimator_model.json}"
-[ -f "$ESTIMATOR_CONFIG" ] || { echo "ESTIMATOR_CONFIG: $ESTIMATOR_CONFIG is not a file" >&2; exit 2; }
+[ -f "$ESTIMATOR_CONFIG" ] || { echo "ESTIMATOR_CONFIG: $ESTIMATOR_CONFIG is not a file (paths are relative to $root)" >&2; exit 2; }
+if [ "${SHIP:-1}" != 0 ] && { [ "$ESTIMATOR_CONFIG" != training/estimator_model.json ] || [ "$EMULATOR_CLIP" != 0 ] \
+     || [ -n "${EXTRA_EMULATOR_GRIDS:-}" ]; }; then
+  echo "a recipe other than this script's defaults builds a candidate (SHIP=0); to ship it, make it the defaults here" >&2
+  exit 2
+fi
 mkdir -p "$work"
 # the reports describe the shipped model, so a candidate (SHIP=0) writes its own beside its bundle
 if [ "${SHIP:-1}" = 0 ]; then results="$work/results"; else results=benchmarks/results; fi
@@ -47,6 +54,16 @@ done
 
 # (the cool giants lowered the held-out rms p95 3.10 -> 2.28 %: benchmarks/results/emulator_cool_giants/, session 14)
 step "emulator: labels -> unrotated spectrum (PCA output basis, long training), errors on the held-out set"
+if [ -f "$work/emu/emulator.json" ]; then  # an emulator made earlier in this work folder must be the one asked for
+  python - "$work/emu/emulator.json" "$EMULATOR_CLIP" "$(( ${#extra_grids[@]} + 4 ))" <<'PY' || exit 2
+import json, sys
+record = json.load(open(sys.argv[1]))
+clip, grids = float(record["config"].get("clip_factor", 0)), len(record["grids"])
+if clip != float(sys.argv[2]) or grids != int(sys.argv[3]):
+    sys.exit(f"{sys.argv[1]}: made with clip factor {clip:g} on {grids} grids, asked for {float(sys.argv[2]):g} on "
+             f"{sys.argv[3]}; use another work folder")
+PY
+fi
 [ -f "$work/emu/emulator.pt" ] || training emulator-fit --grid "$work/train.h5" "$work/cool.h5" "$work/cool2.h5" "$work/poor.h5" "${extra_grids[@]}" --out "$work/emu" $EMULATOR_RECIPE --quiet
 training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$results"/emulator --overwrite
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \

@@ -24,8 +24,9 @@ Each Sobol coordinate is mapped through an inverse CDF:
 **Focus regions** (``draw_labels(..., focus=...)``, ``spectra grid --focus``): the same prior restricted to a part
 of the Kiel diagram where an emulator needs more training spectra than the prior's share gives it (its held-out
 errors say where: the cool giants' TiO forest). Each is a separate Sobol sequence mapped through the same inverse
-CDFs with one coordinate's range narrowed, recorded as ``prior = "kiel-fgk-v1+<focus>"`` in the grid; such grids
-feed an emulator (a map from labels to spectra, indifferent to how the labels were drawn), never a posterior
+CDFs with one coordinate's range narrowed (and, for the giant or dwarf regions, every star on that branch),
+recorded as ``prior = "kiel-fgk-v1+<focus>"`` in the grid; such grids feed an emulator (a map from labels to
+spectra, indifferent to how the labels were drawn), never a posterior
 network, whose prior they would not be.
 
 * ``cool-giants``: every star a giant, log g uniform in 1.0-2.6 (the cool end of the branch: 3650-4950 K at
@@ -33,7 +34,7 @@ network, whose prior they would not be.
 * ``metal-rich``: [Fe/H] uniform in 0.0-0.5, dwarfs and giants as in the prior.
 * ``cool-dwarfs``: every star a dwarf of T_eff 4000-4800 K (log g and everything else as the prior's dwarfs). After
   the cool-giant grids, half of the held-out stars with the largest emulator error are such dwarfs (session 22:
-  T_eff 4000-4600 K, log g 4.0-4.4, rms 1-1.4 %; ``benchmarks/results/emulator/emulator_errors.md``), which the
+  T_eff 4000-4600 K, log g 4.0-4.4, rms 0.8-1.4 %; ``benchmarks/results/emulator/recipe_study.md``), which the
   prior's dwarf branch (4000-7000 K) gives a quarter of its stars.
 * ``metal-poor``: [Fe/H] uniform from the lower bound to -2.0, dwarfs and giants as in the prior. Their few weak
   lines hold little information, so an emulator error of 0.1 % there shifts a likelihood fit by 50-120 K: they

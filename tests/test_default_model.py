@@ -40,12 +40,11 @@ def _example_posteriors(bundle, tmp_path: Path, n_samples: int, **options):
 
 def test_default_bundle_is_complete_and_verified(tmp_path):
     """Re-measured here, not read back from the manifest: the files and their hashes, the accelerated graphs against
-    the plain flow they replace, the emulator's noise model against held-out spectra, and any precision variant
-    against fp32 (the session-5 model ships none: its sharp high-S/N posteriors move by up to 1.5 half-widths under
-    dynamic int8, so the runtime runs it in fp32)."""
+    the plain flow they replace, the emulator's noise model against held-out spectra, and every precision variant
+    it ships (int8 since session 12) against fp32 on the example survey, by ``runtime.precision``'s rule."""
     import hashlib
 
-    from runtime.precision import describe_check, variant_check, within_tolerance
+    from runtime.precision import describe_check, posterior_differences, variant_check, within_tolerance
     from runtime.resim import Resimulator
     from spectra.wavegrid import hr_grid
 
@@ -84,9 +83,8 @@ def test_default_bundle_is_complete_and_verified(tmp_path):
         reference, *_ = _example_posteriors(bundle, tmp_path / "fp32", 4096, summary="host")
         variant, *_ = _example_posteriors(bundle, tmp_path / name, 4096, summary="host", precision=name,
                                           force_precision=True)
-        width = 0.5 * (reference.quantiles[:, 3] - reference.quantiles[:, 1])
-        check = variant_check(np.abs(variant.quantiles - reference.quantiles) / width[:, None, :],
-                              np.abs(variant.map - reference.map) / width)
+        check = variant_check(*posterior_differences(reference.quantiles, reference.map, variant.quantiles,
+                                                     variant.map))
         assert within_tolerance(check), f"{name}: {describe_check(check)}"
 
 

@@ -76,8 +76,9 @@ def test_pca_basis_emulator_learns_round_trips_and_exports_with_parity(tmp_path)
     train = _grid(tmp_path / "train.h5", 48, seed=3)
     test = _grid(tmp_path / "test.h5", 12, seed=4)
     config = EmulatorConfig(hidden=(32, 32), steps=300, log_every=100, basis=8, schedule="onecycle",
-                            weight_decay=1e-5)
-    fit_emulator([train], tmp_path / "emu", config, progress=False)
+                            weight_decay=1e-5, clip_factor=5.0)
+    record = fit_emulator([train], tmp_path / "emu", config, progress=False)
+    assert record["config"]["clip_factor"] == 5.0 and "clipped_steps" in record["history"][-1]  # the guard ran
     table = evaluate_emulator(tmp_path / "emu", [test], tmp_path / "report")
     mean_only = np.sqrt(np.mean((1.0 - line_spectrum(hr_grid().wave, seed=10, n_lines=300)) ** 2)) * 0.1
     assert table["rms_median"] < mean_only
@@ -130,26 +131,34 @@ def test_ensemble_averages_its_members_reloads_exports_and_reads_one_network_emu
 
 def test_spike_guard_clips_a_rare_huge_gradient_and_leaves_ordinary_steps_alone():
     """``clip_factor``: a step whose gradient norm is far above the recent median is clipped to factor x median;
-    ordinary steps are untouched, and a spike does not raise the level that judges the next one."""
-    from training.emulator import SPIKE_WINDOW, SpikeGuard
+    ordinary steps and the first CLIP_WARMUP are untouched, a spike does not raise the level that judges the next
+    one, and a gradient that is not finite is not taken."""
+    from training.emulator import CLIP_WARMUP, CLIP_WINDOW, SpikeGuard
 
     weight = torch.nn.Parameter(torch.zeros(4))
     guard = SpikeGuard(5.0)
+    weight.grad = torch.full((4,), 0.13)  # a huge first step: nothing to judge it by yet
+    assert guard([weight]) and guard.clipped == 0 and float(weight.grad[0]) == pytest.approx(0.13)
+    guard.norms.clear()
     rng = np.random.default_rng(0)
-    for _ in range(SPIKE_WINDOW):
+    for _ in range(CLIP_WINDOW):
         weight.grad = torch.as_tensor(rng.normal(1e-3, 1e-4, 4), dtype=torch.float32)
         before = weight.grad.clone()
-        guard([weight])
+        assert guard([weight])
         assert torch.equal(weight.grad, before)  # ordinary steps pass unchanged
-    level = 5.0 * float(np.median(guard.norms[-SPIKE_WINDOW:]))
+    level = 5.0 * float(np.median(guard.norms[-CLIP_WINDOW:]))
     weight.grad = torch.full((4,), 0.13)  # norm 0.26, ~130x the usual, as measured on the cool giants' batches
-    guard([weight])
+    assert guard([weight])
     assert guard.clipped == 1 and float(weight.grad.norm()) == pytest.approx(level, rel=1e-3)
     assert guard.norms[-1] == pytest.approx(level, rel=1e-6)
+    weight.grad = torch.full((4,), float("nan"))
+    assert not guard([weight]) and guard.skipped == 1 and np.isfinite(guard.norms).all()
+    assert CLIP_WARMUP < CLIP_WINDOW
     off = SpikeGuard(0.0)
-    for _ in range(SPIKE_WINDOW):
+    for _ in range(CLIP_WINDOW):
         weight.grad = torch.full((4,), 0.13)
         off([weight])
     assert off.clipped == 0 and float(weight.grad[0]) == pytest.approx(0.13)
-    with pytest.raises(ValueError, match="clip-factor"):
-        EmulatorConfig(clip_factor=-1.0)
+    for bad in (-1.0, 0.5, 1.0):
+        with pytest.raises(ValueError, match="clip-factor"):
+            EmulatorConfig(clip_factor=bad)

@@ -17,8 +17,15 @@ from runtime.binding import BoundFlow
 from runtime.bundle import VARIANT_TOLERANCE, BundleError, load_bundle, write_manifest
 from runtime.pipeline import ProcessOptions, process_survey
 from runtime.posterior import summarize
-from runtime.precision import choose_precision, describe_check, variant_check, within_tolerance
+from runtime.precision import (
+    choose_precision,
+    describe_check,
+    posterior_differences,
+    variant_check,
+    within_tolerance,
+)
 from runtime.sampler import OnnxPosterior, latent_draws
+from spectra.contracts.quantiles import QUANTILE_LEVELS
 from spectra.stores.survey import make_survey, parse_snr
 
 OPTIONS = ProcessOptions(samples=512, seed=7, device="cpu")
@@ -104,9 +111,10 @@ def test_variants_recorded_with_error_and_hash(variants):
     for name in ("int8", "fp16", "bf16"):
         entry = bundle.manifest.precisions[name]
         check = entry["verification"]
-        assert check["tolerance"] == VARIANT_TOLERANCE and check["passed"] == within_tolerance(check)
-        assert 0 <= check["quantile_error_median"] <= check["quantile_error_p99"] <= check["quantile_error"]
-        assert check["fp32_seed_scatter_p99"] > 0  # the scale recorded beside the differences
+        assert check["tolerance"] == VARIANT_TOLERANCE and check["passed"] and within_tolerance(check)
+        assert check["nonfinite"] == 0 and 0 < check["quantile_error_p99"] <= VARIANT_TOLERANCE
+        # the scale recorded beside the differences: fp32's own sampling moves quantiles more than the variant
+        assert check["fp32_seed_scatter_p99"] > check["quantile_error_p99"]
         file = entry["files"]["hoisted_flow"]
         assert file == f"hoisted_flow.{name}.onnx" and len(bundle.manifest.raw["files"][file]) == 64
     assert "emulat" in bundle.manifest.precisions["bf16"]["verified_by"]
@@ -123,15 +131,14 @@ def test_int8_catalogue_within_tolerance_of_fp32(variants, tmp_path):
     fp32, int8 = CatalogueStore.open(tmp_path / "fp32.zarr"), CatalogueStore.open(tmp_path / "int8.zarr")
     assert fp32.attrs["precision"] == "fp32" and int8.attrs["precision"] == "int8"
     assert int8.attrs["precision_graph"] == "hoisted_flow.int8.onnx" and int8.attrs["precision_verification"]
-    quantile_errors, map_errors = [], []
-    for name in ("teff", "logg", "fe_h"):
-        half = 0.5 * (fp32.column(f"{name}_p84") - fp32.column(f"{name}_p16"))
-        map_errors.append(np.abs(int8.column(name) - fp32.column(name)) / half)  # the MAP column
-        for suffix in ("_p2_5", "_p16", "_p50", "_p84", "_p97_5"):
-            column = f"{name}{suffix}"
-            if column in fp32.columns:
-                quantile_errors.append(np.abs(int8.column(column) - fp32.column(column)) / half)
-    check = variant_check(quantile_errors, map_errors)
+    names = ("teff", "logg", "fe_h")
+    suffixes = [q.suffix for q in QUANTILE_LEVELS]  # the catalogue's quantile columns, in level order
+
+    def table(store):  # (N, 5, 3) quantiles and (N, 3) MAPs (the parameter's own column)
+        return (np.stack([np.stack([store.column(n + s) for n in names], axis=-1) for s in suffixes], axis=1),
+                np.stack([store.column(n) for n in names], axis=-1))
+
+    check = variant_check(*posterior_differences(*table(fp32), *table(int8)))
     assert check["quantile_error"] > 0  # int8 really ran (not bit-equal)
     assert within_tolerance(check), describe_check(check)  # and passes the rule it was verified by
 
@@ -256,8 +263,35 @@ def test_variant_rule_judges_percentiles_and_caps_the_worst():
     assert not within_tolerance(variant_check(typical, typical[:500] + 0.06))  # MAPs moved
     loose = dict(variant_check(shifted, typical[:500]), tolerance=1.0, worst_tolerance=1.0)
     assert not within_tolerance(loose)  # the software's tolerances, not the record's
-    # a record made before the percentile existed is judged by the old rule: its largest difference
+    one_tail[7] = 0.15
+    assert not within_tolerance(dict(variant_check(one_tail, typical[:500]), worst_tolerance=1.0))
+    # a record made before the percentile existed is judged by the old rule: its largest difference, against this
+    # software's tolerance whatever it names
     assert within_tolerance({"quantile_error": 0.049, "map_error": 0.01, "tolerance": 0.05})
     assert not within_tolerance({"quantile_error": 0.06, "map_error": 0.01, "tolerance": 0.05})
+    assert not within_tolerance({"quantile_error": 0.06, "map_error": 0.01, "tolerance": 0.1})
     with pytest.raises(ValueError, match="no finite difference"):
         variant_check([np.nan], [np.nan])
+    assert variant_check([typical[:10], typical[:7]], typical[:3])["quantile_error"] == typical[:10].max()  # ragged
+
+
+def test_posterior_differences_count_a_variants_non_finite_values_as_failures():
+    """NaN where fp32 has no posterior to compare against (left out); a variant's NaN or inf where fp32 has one is
+    +inf (counted in ``nonfinite``, and the variant fails however small the other differences)."""
+    rng = np.random.default_rng(1)
+    n, d = 6, 3
+    ref = np.sort(rng.normal(size=(n, 5, d)), axis=1)  # five increasing quantiles per parameter
+    ref_map = ref[:, 2]
+    other = ref + 1e-4
+    dq, dmap = posterior_differences(ref, ref_map, other, ref_map)
+    assert np.all(np.isfinite(dq)) and within_tolerance(variant_check(dq, dmap))
+    ref[0] = np.nan  # no fp32 posterior for spectrum 0: nothing to compare
+    other[0] = np.nan
+    other[3, 1, 2] = np.nan  # the variant fails one value where fp32 has a posterior
+    broken_map = ref_map.copy()
+    broken_map[4, 0] = np.inf
+    dq, dmap = posterior_differences(ref, ref[:, 2], other, broken_map)
+    assert np.all(np.isnan(dq[0])) and dq[3, 1, 2] == np.inf and dmap[4, 0] == np.inf
+    check = variant_check(dq, dmap)
+    assert check["nonfinite"] == 2 and check["quantile_error_p99"] < 1e-2
+    assert not within_tolerance(check) and "2 values not finite" in describe_check(check)

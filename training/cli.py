@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=int, default=1, help="networks trained with independent seeds on the same "
                    "split and averaged (an ensemble; training costs this many times one network)")
     p.add_argument("--clip-factor", type=float, default=0.0,
-                   help="clip a step's gradient norm to this many times the median of the last 200 steps' (a guard "
-                        "against the rare batch whose gradient is 100x the usual; 0: off)")
+                   help="> 1: clip a step's gradient norm to this many times the median of the recent steps' "
+                        "(training.emulator.SpikeGuard: a guard against the rare batch whose gradient is 100x the "
+                        "usual); 0: off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_emulator_fit)

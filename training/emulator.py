@@ -69,21 +69,25 @@ class EmulatorConfig:
     seed: int = 0
     log_every: int = 100
     members: int = 1  # networks averaged (an ensemble), each trained alone on the same split and basis
-    # > 0: a step's gradient norm is clipped to this many times the median of the previous SPIKE_WINDOW steps'
+    # > 1: a step's gradient norm is clipped to this many times the median of the previous CLIP_WINDOW steps'
     # (:class:`SpikeGuard`); 0: no clipping (the recipe up to session 21)
     clip_factor: float = 0.0
 
     def __post_init__(self):
-        if not self.clip_factor >= 0:
-            raise ValueError(f"--clip-factor = {self.clip_factor}; expected a factor >= 0 (0: no clipping)")
+        if not (self.clip_factor == 0 or self.clip_factor > 1):
+            raise ValueError(f"--clip-factor = {self.clip_factor}; expected 0 (no clipping) or a factor > 1 (at or "
+                             "below 1 every step would be clipped below the last and training would stall)")
 
 
 #: steps whose gradient norms set the clipping level of :class:`SpikeGuard`
-SPIKE_WINDOW = 200
+CLIP_WINDOW = 200
+#: steps at the start of a training that are never clipped (their norms start the window)
+CLIP_WARMUP = 50
 
 
 class SpikeGuard:
-    """Clips a gradient whose norm is more than ``factor`` times the median of the last :data:`SPIKE_WINDOW`.
+    """Clips a gradient whose norm is more than ``factor`` times the median of the last :data:`CLIP_WINDOW`
+    (nothing in the first :data:`CLIP_WARMUP` steps); a gradient that is not finite is not taken at all.
 
     Why: with the PCA targets, a batch now and then holds a spectrum the network fits badly (a cool giant's TiO
     forest) and its gradient is 50-100x the usual one (measured in session 22: median norm ~1e-3, such a step 0.26).
@@ -95,15 +99,21 @@ class SpikeGuard:
         self.factor = factor
         self.norms: list[float] = []
         self.clipped = 0
+        self.skipped = 0
 
-    def __call__(self, parameters) -> None:
+    def __call__(self, parameters) -> bool:
+        """Clip the gradients of ``parameters`` in place; False when the step must not be taken (not finite)."""
         parameters = list(parameters)
-        limit = (self.factor * float(np.median(self.norms[-SPIKE_WINDOW:]))
-                 if self.factor > 0 and len(self.norms) >= SPIKE_WINDOW // 4 else float("inf"))
+        limit = (self.factor * float(np.median(self.norms[-CLIP_WINDOW:]))
+                 if self.factor > 0 and len(self.norms) >= CLIP_WARMUP else float("inf"))
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+        if not np.isfinite(norm):
+            self.skipped += 1
+            return False
         if norm > limit:
             self.clipped += 1
         self.norms.append(min(norm, limit))  # a spike does not raise the level that judges the next one
+        return True
 
 
 def member_seed(seed: int, member: int) -> int:
@@ -253,13 +263,12 @@ def fit_emulator(grids: list[str | Path], out: str | Path, config: EmulatorConfi
             loss = torch.mean((predicted - y_train[batch]) ** 2)
             optimiser.zero_grad()
             loss.backward()
-            if config.clip_factor > 0:
-                guard(model.nets[member].parameters())
-            optimiser.step()
+            if config.clip_factor == 0 or guard(model.nets[member].parameters()):
+                optimiser.step()
             schedule.step()
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 history.append({"member": member, "step": step + 1, "train_mse": float(loss.detach()),
-                                "clipped_steps": guard.clipped,
+                                "clipped_steps": guard.clipped, "skipped_steps": guard.skipped,
                                 "val_rms_median": float(val_rms(member).median()),
                                 "seconds": round(time.perf_counter() - start, 1)})
     ensemble_val = float(val_rms(None).median())

@@ -238,8 +238,8 @@ def pca_basis(spec: StreamSpec, n_stars: int, n_components: int, workers: int = 
     """(mean spectrum (P,), basis (n_components, P) orthonormal rows, singular values) of ``n_stars`` noiseless
     normalised emulated spectra (their own prior stream, never a training batch).
 
-    The basis values are rounded to the nearest float16 (held as float32): the exported feature graph then stores
-    the basis, nearly all of its size, in half the bytes without changing a bit (``export.onnx.halve_exact_weights``;
+    The basis values are rounded to the nearest float16 (returned as float64): the exported feature graph then stores
+    the basis, nearly all of its size, in half the bytes without changing a bit (``export.weights.half_weights``;
     256 x 25 200 values: 26 -> 13 MB of the repository's budget per shipped model). The rounding (relative <= 2^-11)
     moves a coefficient by ~3e-5 for a spectrum deviating from the mean by 0.1 per pixel, against the pixel noise's
     0.018 per coefficient at S/N 250 per Å; the rows stay orthonormal to ~1e-5."""
