@@ -108,10 +108,21 @@ def _run_serial(tasks: Iterable[tuple[int, np.ndarray]], rotated: bool, settings
         yield synthesize_row(index, labels, rotated, settings)
 
 
+#: Dask settings of the synthesis cluster. ``worker-ttl``: by default the scheduler restarts a worker that has not
+#: sent a heartbeat for 5 minutes; a worker inside one long PySME call (a cool star's molecular forest) on a busy
+#: machine, at the lowest priority beside a training, misses its heartbeats for longer, so the spectrum it was
+#: making was thrown away and retried, again and again (session 22: 2 cool dwarfs in 40 minutes, log "failed to
+#: heartbeat for 441s; attempting restart"), until a task killed three times would end the run. Workers of this
+#: private cluster are never removed for silence; a crashed worker process is still replaced by its nanny.
+DASK_SETTINGS = {"distributed.scheduler.worker-ttl": None}
+
+
 def _run_dask(tasks: list[tuple[int, np.ndarray]], workers: int, rotated: bool, settings: MakerSettings):
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+    with dask.config.set(DASK_SETTINGS), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         futures = [client.submit(synthesize_row, i, lab, rotated, settings, pure=False) for i, lab in tasks]
         for future in as_completed(futures):
