@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 2.5 hours on 2 CPU cores (the emulator ~12 min, the cINN on its fresh stream ~40, the interval calibration
-# ~35, reports ~60). Needs the train, cpu and test extras (the test venv has them:
+# About 2.5 hours on 2 CPU cores (the emulator's four networks 12-22 min, the cINN on its fresh stream ~40 for the
+# shipped 56 epochs and ~52 for 112, the interval calibration ~35, reports ~60). Needs the train, cpu and test extras (the test venv has them:
 # bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
