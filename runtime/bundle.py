@@ -493,7 +493,7 @@ def _validate_precisions(precisions, where: Path) -> None:
         check = variant.get("verification")
         if check is not None and not _is_check(check):
             raise BundleError(f"{where}: precisions.{name}.verification needs finite quantile_error, map_error "
-                              "and tolerance (and quantile_error_p99 where recorded)")
+                              "and tolerance (and a quantile_error_p99 between 0 and quantile_error where recorded)")
 
 
 def _is_check(check) -> bool:
@@ -501,7 +501,9 @@ def _is_check(check) -> bool:
     since session 22, a finite 99th percentile of the quantile errors: ``runtime.precision``'s rule)."""
     return (isinstance(check, dict) and all(_is_number(check.get(k)) for k in ("quantile_error", "map_error",
                                                                                "tolerance"))
-            and ("quantile_error_p99" not in check or _is_number(check["quantile_error_p99"])))
+            and ("quantile_error_p99" not in check
+                 or (_is_number(check["quantile_error_p99"])
+                     and 0 <= check["quantile_error_p99"] <= check["quantile_error"])))
 
 
 def _validate_engine_precisions(entries, where: Path) -> None:
@@ -523,7 +525,8 @@ def _validate_engine_precisions(entries, where: Path) -> None:
             check = entry.get("verification") if isinstance(entry, dict) else None
             if not _is_check(check):
                 raise BundleError(f"{where}: engine_precisions.{engine}.{name}.verification needs finite "
-                                  "quantile_error, map_error and tolerance (and quantile_error_p99 where recorded)")
+                                  "quantile_error, map_error and tolerance (and a quantile_error_p99 between 0 and "
+                                  "quantile_error where recorded)")
 
 
 def _validate_emulator(emulator, where: Path) -> None:

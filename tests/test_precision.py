@@ -187,6 +187,10 @@ def test_variant_above_tolerance_refused_unless_forced(variants, tmp_path):
                    progress=False)
     store = CatalogueStore.open(tmp_path / "forced.zarr")
     assert store.attrs["precision"] == "int8" and store.attrs["precision_forced"] is True
+    raw["precisions"]["int8"]["verification"].update(quantile_error=0.01, quantile_error_p99=0.02)  # p99 above max
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"quantile_error_p99"):
+        load_bundle(copy)
 
 
 def test_missing_variant_and_resume_with_other_precision_are_clear_errors(tiny_bundle, variants, tmp_path):
