@@ -37,17 +37,19 @@ def where(bundle: Path, graph: Path, grid: Path, seed: int, top: int = 12) -> li
 
     from export.variants import _test_spectra
     from runtime.bundle import load_bundle
+    from runtime.precision import posterior_differences
     from runtime.sampler import OnnxPosterior
     from spectra.contracts import quantiles as levels
 
     loaded = load_bundle(bundle, check_graphs=False)
     flux, snr, n_rows = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
     ids = np.arange(flux.shape[0]) + 1
-    reference = OnnxPosterior(loaded, threads=1, summary="host").posterior(flux, snr, ids, seed, 4096).quantiles
-    other = OnnxPosterior(loaded, threads=1, summary="host", precision="int8", flow_graph=graph).posterior(
-        flux, snr, ids, seed, 4096).quantiles
-    half = 0.5 * (reference[:, levels.index("p84")] - reference[:, levels.index("p16")])
-    error = np.abs(other - reference) / np.where(half > 0, half, np.nan)[:, None, :]  # (spectra, quantile, parameter)
+    fp32 = OnnxPosterior(loaded, threads=1, summary="host").posterior(flux, snr, ids, seed, 4096)
+    int8 = OnnxPosterior(loaded, threads=1, summary="host", precision="int8", flow_graph=graph).posterior(
+        flux, snr, ids, seed, 4096)
+    error = posterior_differences(fp32.quantiles, fp32.map, int8.quantiles, int8.map)[0]  # (spectra, quantile, param)
+    reference = fp32.quantiles
+    half = 0.5 * (reference[:, levels.index("p84")] - reference[:, levels.index("p16")])  # for the shape column
     names, quantile_names = loaded.manifest.names, [q.name for q in levels.QUANTILE_LEVELS]
     lines = []
     for flat in np.argsort(np.nan_to_num(error, nan=-1.0).ravel())[::-1][:top]:
@@ -70,17 +72,16 @@ def fp32_seed_to_seed(bundle: Path, grid: Path, seed: int) -> str:
 
     from export.variants import _test_spectra
     from runtime.bundle import load_bundle
+    from runtime.precision import posterior_differences
     from runtime.sampler import OnnxPosterior
-    from spectra.contracts import quantiles as levels
 
     loaded = load_bundle(bundle, check_graphs=False)
     flux, snr, _ = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
     ids = np.arange(flux.shape[0]) + 1
     posterior = OnnxPosterior(loaded, threads=1, summary="host")
-    first = posterior.posterior(flux, snr, ids, seed, 4096).quantiles
-    second = posterior.posterior(flux, snr, ids, seed + 1, 4096).quantiles
-    half = 0.5 * (first[:, levels.index("p84")] - first[:, levels.index("p16")])
-    moved = np.abs(second - first) / np.where(half > 0, half, np.nan)[:, None, :]
+    first = posterior.posterior(flux, snr, ids, seed, 4096)
+    second = posterior.posterior(flux, snr, ids, seed + 1, 4096)
+    moved = posterior_differences(first.quantiles, first.map, second.quantiles, second.map)[0]
     median, p99, p999, top = np.nanpercentile(moved, [50, 99, 99.9, 100])
     return (f"fp32, latent seed {seed} vs {seed + 1}: quantiles move by median {median:.4f}, "
             f"99th percentile {p99:.4f}, 99.9th {p999:.4f}, max {top:.4f} half-widths")
