@@ -146,7 +146,7 @@ def test_spike_guard_clips_a_rare_huge_gradient_and_leaves_ordinary_steps_alone(
         before = weight.grad.clone()
         assert guard([weight])
         assert torch.equal(weight.grad, before)  # ordinary steps pass unchanged
-    level = 5.0 * float(np.median(guard.norms[-CLIP_WINDOW:]))
+    level = 5.0 * float(np.median(guard.norms))
     weight.grad = torch.full((4,), 0.13)  # norm 0.26, ~130x the usual, as measured on the cool giants' batches
     assert guard([weight])
     assert guard.clipped == 1 and float(weight.grad.norm()) == pytest.approx(level, rel=1e-3)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,14 +98,13 @@ class SpikeGuard:
 
     def __init__(self, factor: float):
         self.factor = factor
-        self.norms: list[float] = []
+        self.norms: deque[float] = deque(maxlen=CLIP_WINDOW)  # the recent steps' norms, spikes clipped
         self.clipped = 0
         self.skipped = 0
 
     def __call__(self, parameters) -> bool:
         """Clip the gradients of ``parameters`` in place; False when the step must not be taken (not finite)."""
-        parameters = list(parameters)
-        limit = (self.factor * float(np.median(self.norms[-CLIP_WINDOW:]))
+        limit = (self.factor * float(np.median(self.norms))
                  if self.factor > 0 and len(self.norms) >= CLIP_WARMUP else float("inf"))
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit))
         if not np.isfinite(norm):
