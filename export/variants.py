@@ -199,7 +199,10 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: 
     candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph,
                               engine=engine)
     other = candidate.posterior(flux, snr, ids, seed, n_samples)
-    errors = variant_check(*posterior_differences(reference.quantiles, reference.map, other.quantiles, other.map))
+    try:
+        errors = variant_check(*posterior_differences(reference.quantiles, reference.map, other.quantiles, other.map))
+    except ValueError:
+        raise ValueError(f"{grid}: no spectrum gave a usable fp32 posterior to compare against") from None
     # the scale: the same differences between fp32 and fp32 with an independent latent stream
     again = OnnxPosterior(bundle, threads=1, summary="host").posterior(flux, snr, ids, seed + 1, n_samples)
     scatter = posterior_differences(reference.quantiles, reference.map, again.quantiles, again.map)[0]
