@@ -3,6 +3,8 @@
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,6 +122,29 @@ def test_variants_recorded_with_error_and_hash(variants):
     assert "emulat" in bundle.manifest.precisions["bf16"]["verified_by"]
     assert choose_precision(bundle, "auto", "cpu") == "int8"
     assert choose_precision(bundle, "auto", "cuda") == "fp16"
+
+
+def test_variants_of_one_bundle_share_one_fp32_reference(tiny_bundle, tmp_path, monkeypatch):
+    """Verifying several variants computes the fp32 posteriors (and their latent-stream scatter) once; a bundle whose
+    fp32 files changed gets a new reference."""
+    import export.variants as variants_module
+
+    _, grid, _, bundle = tiny_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    made = []
+    original = variants_module._test_spectra
+    monkeypatch.setattr(variants_module, "_test_spectra", lambda *a, **k: made.append(1) or original(*a, **k))
+    monkeypatch.setattr(variants_module, "_REFERENCES", {})
+    entries = variants_module.quantize_bundle(copy, ["int8", "bf16"], grid=grid, n_spectra=4, log=lambda *_: None)
+    assert len(made) == 1
+    scatter = {name: entries[name]["verification"]["fp32_seed_scatter_p99"] for name in ("int8", "bf16")}
+    assert scatter["int8"] == scatter["bf16"] > 0
+    raw = load_bundle(copy).manifest.raw
+    raw["files"]["feature_extractor.onnx"] = "0" * 64  # as if the fp32 graphs had changed
+    key = variants_module._reference_key(SimpleNamespace(manifest=SimpleNamespace(raw=raw), path=copy),
+                                         Path(grid), 4, (250.0, 50.0, 20.0), 4096, 0)
+    assert key not in variants_module._REFERENCES and len(variants_module._REFERENCES) == 1
 
 
 def test_int8_catalogue_within_tolerance_of_fp32(variants, tmp_path):
