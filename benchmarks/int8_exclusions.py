@@ -35,21 +35,20 @@ def where(bundle: Path, graph: Path, grid: Path, seed: int, top: int = 12) -> li
     ``export.variants.variant_errors`` (same spectra, noise, latent draws and units)."""
     import numpy as np
 
-    from export.variants import _test_spectra
+    from export.variants import fp32_reference
     from runtime.bundle import load_bundle
-    from runtime.precision import posterior_differences
+    from runtime.precision import half_widths, posterior_differences
     from runtime.sampler import OnnxPosterior
     from spectra.contracts import quantiles as levels
 
     loaded = load_bundle(bundle, check_graphs=False)
-    flux, snr, n_rows = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
-    ids = np.arange(flux.shape[0]) + 1
-    fp32 = OnnxPosterior(loaded, threads=1, summary="host").posterior(flux, snr, ids, seed, 4096)
+    ref = fp32_reference(loaded, grid, 24, (250.0, 50.0, 20.0), 4096, seed)
+    fp32, snr, n_rows = ref.posterior, ref.snr, ref.n_rows
     int8 = OnnxPosterior(loaded, threads=1, summary="host", precision="int8", flow_graph=graph).posterior(
-        flux, snr, ids, seed, 4096)
+        ref.flux, snr, ref.ids, seed, 4096)
     error = posterior_differences(fp32.quantiles, fp32.map, int8.quantiles, int8.map)[0]  # (spectra, quantile, param)
     reference = fp32.quantiles
-    half = 0.5 * (reference[:, levels.index("p84")] - reference[:, levels.index("p16")])  # for the shape column
+    half = half_widths(reference)  # for the shape column
     names, quantile_names = loaded.manifest.names, [q.name for q in levels.QUANTILE_LEVELS]
     lines = []
     for flat in np.argsort(np.nan_to_num(error, nan=-1.0).ravel())[::-1][:top]:
@@ -70,18 +69,12 @@ def fp32_seed_to_seed(bundle: Path, grid: Path, seed: int) -> str:
     noise as the verification), in fp32 half-widths: median, 99th, 99.9th percentile and maximum over the entries."""
     import numpy as np
 
-    from export.variants import _test_spectra
+    from export.variants import fp32_reference
     from runtime.bundle import load_bundle
-    from runtime.precision import posterior_differences
-    from runtime.sampler import OnnxPosterior
 
-    loaded = load_bundle(bundle, check_graphs=False)
-    flux, snr, _ = _test_spectra(loaded, grid, 24, (250.0, 50.0, 20.0), seed)
-    ids = np.arange(flux.shape[0]) + 1
-    posterior = OnnxPosterior(loaded, threads=1, summary="host")
-    first = posterior.posterior(flux, snr, ids, seed, 4096)
-    second = posterior.posterior(flux, snr, ids, seed + 1, 4096)
-    moved = posterior_differences(first.quantiles, first.map, second.quantiles, second.map)[0]
+    # the verification's own reference: fp32 at seed against fp32 at seed + 1 (export.variants)
+    moved = fp32_reference(load_bundle(bundle, check_graphs=False), grid, 24, (250.0, 50.0, 20.0), 4096,
+                            seed).scatter
     median, p99, p999, top = np.nanpercentile(moved, [50, 99, 99.9, 100])
     return (f"fp32, latent seed {seed} vs {seed + 1}: quantiles move by median {median:.4f}, "
             f"99th percentile {p99:.4f}, 99.9th {p999:.4f}, max {top:.4f} half-widths")

@@ -44,8 +44,8 @@ from runtime.bundle import hash_files, load_bundle, write_manifest
 from runtime.precision import describe_check, posterior_differences, variant_check, within_tolerance
 from spectra.contracts.manifest import HOISTED, VARIANTS
 
-__all__ = ["make_variant", "quantize_bundle", "quantize_engine", "thin_matmuls", "variant_errors",
-           "verify_variant"]
+__all__ = ["Fp32Reference", "fp32_reference", "make_variant", "quantize_bundle", "quantize_engine", "thin_matmuls",
+           "variant_errors", "verify_variant"]
 
 _FP16_KEEP = ["Exp", "Atan", "ReduceSum", "Sum", "Log", "Div", "Sub", "Mul", "Neg", "Concat", "Gather", "Split"]
 
@@ -187,7 +187,7 @@ def _test_spectra(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], s
 
 
 @dataclass(frozen=True)
-class _Fp32Reference:
+class Fp32Reference:
     """What every variant of one bundle is compared with: the noisy spectra, the fp32 posteriors and the fp32
     flow's own latent-stream scatter (fp32 against fp32 with ``seed + 1``)."""
 
@@ -199,7 +199,7 @@ class _Fp32Reference:
     scatter: np.ndarray
 
 
-_REFERENCES: dict[tuple, _Fp32Reference] = {}
+_REFERENCES: dict[tuple, Fp32Reference] = {}
 
 
 def _reference_key(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], n_samples: int, seed: int) -> tuple:
@@ -214,8 +214,8 @@ def _reference_key(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], 
             n_spectra, tuple(snrs), n_samples, seed)
 
 
-def _fp32_reference(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], n_samples: int,
-                    seed: int) -> _Fp32Reference:
+def fp32_reference(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...], n_samples: int,
+                    seed: int) -> Fp32Reference:
     """The fp32 reference, computed once per process for the same inputs: ``export verify`` checks every variant
     and ``benchmarks/int8_exclusions.py`` many graphs against the same one (~35 s each on 2 cores)."""
     from runtime.sampler import OnnxPosterior
@@ -232,7 +232,7 @@ def _fp32_reference(bundle, grid: Path, n_spectra: int, snrs: tuple[float, ...],
         if scatter.size == 0:
             raise ValueError(f"{grid}: no spectrum gave a usable fp32 posterior to compare against")
         _REFERENCES.clear()  # one bundle at a time: a process verifying another bundle needs no old reference
-        _REFERENCES[key] = _Fp32Reference(flux, snr, ids, n_rows, reference, scatter)
+        _REFERENCES[key] = Fp32Reference(flux, snr, ids, n_rows, reference, scatter)
     return _REFERENCES[key]
 
 
@@ -244,7 +244,7 @@ def variant_errors(bundle_path: Path, precision: str, graph: Path | None, grid: 
     from runtime.sampler import OnnxPosterior
 
     bundle = load_bundle(bundle_path, check_graphs=False)
-    ref = _fp32_reference(bundle, Path(grid), n_spectra, snrs, n_samples, seed)
+    ref = fp32_reference(bundle, Path(grid), n_spectra, snrs, n_samples, seed)
     candidate = OnnxPosterior(bundle, threads=1, summary="host", precision=precision, flow_graph=graph,
                               engine=engine)
     other = candidate.posterior(ref.flux, ref.snr, ref.ids, seed, n_samples)

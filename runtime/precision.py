@@ -63,16 +63,23 @@ RULE = (f"{QUANTILE_PERCENTILE}th percentile of the quantile differences and {MA
         f"differences <= tolerance, largest quantile difference <= worst_tolerance")
 
 
+def half_widths(quantiles) -> np.ndarray:
+    """The 68 % half-widths ((p84 - p16) / 2) of posteriors' quantiles (N, Q, D) -> (N, D): the unit every variant
+    difference is measured in."""
+    from spectra.contracts import quantiles as levels
+
+    q = np.asarray(quantiles, dtype=float)
+    return 0.5 * (q[:, levels.index("p84")] - q[:, levels.index("p16")])
+
+
 def posterior_differences(reference_quantiles, reference_map, quantiles, map_) -> tuple[np.ndarray, np.ndarray]:
     """|variant - fp32| of the quantiles (N, Q, D) and MAPs (N, D), in units of the fp32 posterior's 68 % half-width
     ((p84 - p16) / 2, quantile levels of ``spectra.contracts.quantiles``). NaN where fp32 has no usable posterior
     (nothing to compare against); +inf where fp32 has one and the variant gives a value that is not finite (a
     failure :func:`variant_check` counts, never drops)."""
-    from spectra.contracts import quantiles as levels
-
     q, m = np.asarray(reference_quantiles, dtype=float), np.asarray(reference_map, dtype=float)
     other_q, other_m = np.asarray(quantiles, dtype=float), np.asarray(map_, dtype=float)
-    half = 0.5 * (q[:, levels.index("p84")] - q[:, levels.index("p16")])  # (N, D)
+    half = half_widths(q)  # (N, D)
     usable = np.isfinite(half) & (half > 0) & np.isfinite(q).all(axis=1)
     half = np.where(usable, half, np.nan)
     dq = np.abs(other_q - q) / half[:, None, :]

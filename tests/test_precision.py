@@ -124,7 +124,7 @@ def test_variants_recorded_with_error_and_hash(variants):
     assert choose_precision(bundle, "auto", "cuda") == "fp16"
 
 
-def test_variants_of_one_bundle_share_one_fp32_reference(tiny_bundle, tmp_path, monkeypatch):
+def test_variants_of_one_bundle_share_onefp32_reference(tiny_bundle, tmp_path, monkeypatch):
     """Verifying several variants computes the fp32 posteriors (and their latent-stream scatter) once; a bundle whose
     fp32 files changed gets a new reference."""
     import export.variants as variants_module
