@@ -35,7 +35,7 @@ from spectra.contracts.streams import check_index, check_seed
 from spectra.contracts.streams import scheme as random_stream_scheme
 
 from .bundle import Bundle, load_bundle
-from .inference import InferenceSettings, catalogue_rows, check_samples, validate_flux
+from .inference import InferenceSettings, catalogue_rows, check_samples, network_input, validate_flux
 from .intervals import rescale_about
 
 if TYPE_CHECKING:
@@ -310,9 +310,10 @@ class Model:
         return table
 
     def posterior(self, flux: Any, snr: Any = None, source_id: int = 0, *, seed: int = 0, samples: int = 4096,
-                  snr_cap: bool = False) -> Posterior:
+                  snr_cap: bool = False, resim: bool = True) -> Posterior:
         """The posterior samples and log densities of one spectrum (the draws ``infer`` summarises for the same
-        seed and source id). Unlike ``infer``, invalid flux or S/N is an error here: there is nothing to sample."""
+        seed, source id and ``resim``: with the bundle's emulator, pixels without data are filled as ``infer``
+        fills them). Unlike ``infer``, invalid flux or S/N is an error here: there is nothing to sample."""
         flux, snr, _, _, _ = _unpack_prepared(flux, snr, None, None, None)
         flux, snr, ids = self._inputs(flux, snr, [source_id] if np.ndim(source_id) == 0 else source_id)
         if flux.shape[0] != 1:
@@ -326,7 +327,11 @@ class Model:
         seed = check_seed(seed, "seed")
         high = self.bundle.manifest.snr_range[1]
         used = min(float(snr[0]), high) if snr_cap else float(snr[0])
-        draws, log_density = self._posterior(samples).sample(flux, np.array([[used]]), ids, seed, samples)
+        sampler = self._posterior(samples)
+        settings = InferenceSettings(seed=seed, samples=samples, batch=self.batch, snr_cap=snr_cap)
+        if resim:  # pixels without data filled as infer fills them (runtime.inference.fill_no_data)
+            flux = network_input(sampler, self._resimulator(), flux, np.array([used]), ids, settings)
+        draws, log_density = sampler.sample(flux, np.array([[used]]), ids, seed, samples)
         manifest = self.bundle.manifest
         valid = np.all((draws[0] >= manifest.lower) & (draws[0] <= manifest.upper), axis=1) & np.isfinite(
             log_density[0])

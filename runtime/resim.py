@@ -341,11 +341,22 @@ class Resimulator:
         vbroad = params[:, self.names.index("vbroad")] if "vbroad" in self.names else np.zeros(len(params))
         return self.rotator(flux, np.clip(vbroad, 0.0, None))  # float32: a model for a noisy spectrum
 
-    def check(self, flux: np.ndarray, snr: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(chi2_resim, resim_rms) for input spectra (N, P) at S/N per A (N,) and their MAPs (N, D)."""
+    def expected_flux(self, flux: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """The model (N, P) at physical parameters (N, D), brought to the continuum level of ``flux`` (N, P) for
+        pseudo-continuum bundles (:func:`match_continuum`): what the input would show at those parameters, without
+        noise. NaN pixels of ``flux`` (no data) count as matching the model (ratio 1), so inside a gap the factor
+        blends into the model's own continuum: left out instead, a gap wider than the box would get a factor of 0,
+        a model of zeros (the UVES solar atlas has such gaps)."""
         model = self.model_flux(params)
-        flux = np.asarray(flux, dtype=np.float32)
         if self.pseudo:
-            model = match_continuum(flux, model, self.segments, self.window, self.exclude)
-        return reduced_chi2(flux, model, np.asarray(snr, dtype=float) * self.per_pixel, self.model_error,
-                            self.exclude)
+            flux = np.asarray(flux, dtype=np.float32)
+            reference = np.where(np.isfinite(flux), flux, model)
+            model = match_continuum(reference, model, self.segments, self.window, self.exclude)
+        return model
+
+    def check(self, flux: np.ndarray, snr: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chi2_resim, resim_rms) for input spectra (N, P) at S/N per A (N,) and their MAPs (N, D); NaN pixels of
+        ``flux`` (no data) are left out, like the input mask's."""
+        flux = np.asarray(flux, dtype=np.float32)
+        return reduced_chi2(flux, self.expected_flux(flux, params), np.asarray(snr, dtype=float) * self.per_pixel,
+                            self.model_error, self.exclude)

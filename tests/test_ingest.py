@@ -273,6 +273,13 @@ def test_zero_filled_detector_gap_is_missing_data_not_flux(tmp_path):
     inside = (grid_wave > 5304) & (grid_wave < 5337)
     assert np.all(row[inside] == 1.0) and root["ingest_flags"][0] & IngestFlag.PARTIAL_COVERAGE
     assert 0.9 < root["coverage"][0] < 0.99
+    # the fill is the marker the runtime reads back as no data: the gap, and nothing but gaps
+    from spectra.contracts.masks import NO_DATA_FILL, no_data_pixels
+
+    found = no_data_pixels(np.asarray(row)[None])[0]
+    assert NO_DATA_FILL == 1.0 and found[inside].all()
+    # and nothing else: exactly the pixels the covered fraction leaves out (the gap, the windows beyond the spectrum)
+    assert abs(found.mean() - (1.0 - root["coverage"][0])) < 1e-6
 
 
 def test_real_spectra_ingest_at_rest_with_their_gaps(tmp_path):

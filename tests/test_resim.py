@@ -389,3 +389,65 @@ def test_a_margin_that_does_not_fit_the_grids_is_refused_with_one_line(margin_bu
         process_survey(resim_bundle[1], wrong, tmp_path / "never.zarr", OPTIONS, progress=False)
     _one_line(exc)
     assert not (tmp_path / "never.zarr").exists()
+
+
+def test_no_data_is_read_from_runs_of_the_fill_value_only():
+    """Runs of >= NO_DATA_MIN_RUN exact fill values outside the excluded pixels are no data; a single exact value, a
+    noisy spectrum near the continuum and excluded pixels are not."""
+    from spectra.contracts.masks import NO_DATA_MIN_RUN, no_data_pixels
+
+    flux = np.array([[0.9, 1.0, 0.8, 1.0, 1.0, 0.7, 1.0, 1.0, 1.0],
+                     [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]], dtype=np.float32)
+    assert NO_DATA_MIN_RUN == 2
+    np.testing.assert_array_equal(no_data_pixels(flux), [[0, 0, 0, 1, 1, 0, 1, 1, 1], [1, 1, 0, 0, 0, 0, 0, 0, 0]])
+    exclude = np.zeros(9, dtype=bool)
+    exclude[4] = True
+    np.testing.assert_array_equal(no_data_pixels(flux, exclude)[0], [0, 0, 0, 0, 0, 0, 1, 1, 1])
+    noisy = (1.0 + 0.005 * np.random.default_rng(0).standard_normal((200, 25_200))).astype(np.float32)
+    assert not no_data_pixels(noisy).any()
+
+
+def test_pixels_without_data_are_filled_by_the_model_and_left_out_of_chi2(resim_bundle):
+    """Rows with a run of exact 1.0 (``spectra ingest``'s fill for a detector gap) get NO_DATA_FILLED, their last
+    posterior is the one drawn from the input with the gap at the model's expectation (``network_input``, what
+    ``Model.posterior`` samples), chi2_resim leaves the gap out, and rows without gaps are untouched; every row gets
+    the same values alone as in a batch. Without the emulator (resim off) nothing is filled, as before."""
+    from runtime.api import load_model
+    from runtime.inference import InferenceSettings, network_input
+
+    bundle_path, survey, _ = resim_bundle
+    model = load_model(bundle_path, precision="fp32", device="cpu")
+    import zarr
+
+    root = zarr.open_group(str(survey), mode="r")
+    flux, snr = np.asarray(root["flux"][:6], dtype=np.float32), np.asarray(root["snr"][:6], dtype=float)
+    ids = np.arange(6)
+    gap = (model.wavelength > 5303) & (model.wavelength < 5338)
+    holed = flux.copy()
+    holed[[1, 4]] = np.where(gap, np.float32(1.0), flux[[1, 4]])
+    table = model.infer(holed, snr, ids, samples=256)
+    plain = model.infer(flux, snr, ids, samples=256)
+    filled = (np.asarray(table["flags"]) & Flag.NO_DATA_FILLED) != 0
+    np.testing.assert_array_equal(filled, [False, True, False, False, True, False])
+    for name in ("teff", "logg", "chi2_resim"):
+        np.testing.assert_array_equal(np.asarray(table[name])[~filled], np.asarray(plain[name])[~filled])
+    resim = model._resimulator()
+    sampler = model._posterior(256)
+    for row in (1, 4):
+        seen = network_input(sampler, resim, holed[row:row + 1], snr[row:row + 1], ids[row:row + 1],
+                             InferenceSettings(samples=256))
+        assert np.all(seen[0, ~gap] == holed[row, ~gap]) and np.any(seen[0, gap] != 1.0)
+        # the catalogue row is that input's posterior (resim off: this small emulator's continuum is exactly 1.0
+        # in places, which would read as a gap again)
+        again = model.infer(seen, snr[row:row + 1], ids[row:row + 1], samples=256, resim=False)
+        assert float(again["teff"][0]) == float(table["teff"][row])
+        posterior = model.posterior(holed[row], snr[row], row, samples=256)
+        assert posterior.map[model.names.index("teff")] == pytest.approx(float(table["teff"][row]), abs=1e-3)
+        params = np.array([[float(table[n][row]) for n in model.names]])
+        chi2, _ = resim.check(np.where(gap, np.float32(np.nan), holed[row])[None], snr[row:row + 1], params)
+        assert float(table["chi2_resim"][row]) == pytest.approx(float(chi2[0]), rel=1e-5)
+        alone = model.infer(holed[row:row + 1], snr[row:row + 1], ids[row:row + 1], samples=256)
+        assert float(alone["teff"][0]) == float(table["teff"][row])
+    unfilled = model.infer(holed, snr, ids, samples=256, resim=False)
+    assert not np.any(np.asarray(unfilled["flags"]) & Flag.NO_DATA_FILLED)
+    assert np.any(np.asarray(unfilled["teff"])[filled] != np.asarray(table["teff"])[filled])

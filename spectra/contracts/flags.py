@@ -62,6 +62,7 @@ class Flag(IntFlag):
     SNR_CAPPED = 256
     READ_FAILED = 512
     POOR_FIT = 1024
+    NO_DATA_FILLED = 2048
 
 
 class IngestFlag(IntFlag):
@@ -108,6 +109,11 @@ FLAGS: tuple[FlagInfo, ...] = (
     _info(Flag.POOR_FIT, None,
           "chi2_resim above the bundle's calibrated threshold (its manifest, emulator.poor_fit_chi2; the "
           "catalogue's poor_fit_chi2 attribute): the spectrum re-simulated at the MAP does not match the input"),
+    _info(Flag.NO_DATA_FILLED, None,
+          "the spectrum has pixels without data (runs of exactly 1.0, `spectra ingest`'s fill for detector and order "
+          "gaps, outside the input mask): they were replaced by the bundle's emulator at the MAP, continuum-matched, "
+          "and the posterior drawn again (twice), and they are left out of chi2_resim; the posterior is slightly "
+          "narrower than the data alone allow where the gap held information"),
 )
 
 #: no usable estimate (``flag_bad``)

@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["CHROMOSPHERIC_CORES_AIR", "FILL_RULE", "INPUT_FILL", "INPUT_MASKS", "LSF_REACH", "MODEL_INVALID_BANDS_AIR",
-           "TELLURIC_BANDS_AIR", "TELLURIC_PAD", "TELLURIC_VELOCITY_KMS", "MaskBand", "band_mask", "fill_masked",
-           "input_mask", "mask_from_record", "mask_sha256"]
+           "NO_DATA_FILL", "NO_DATA_MIN_RUN", "TELLURIC_BANDS_AIR", "TELLURIC_PAD", "TELLURIC_VELOCITY_KMS", "MaskBand",
+           "band_mask", "fill_masked", "input_mask", "mask_from_record", "mask_sha256", "no_data_pixels"]
 
 #: air wavelength bands dominated by telluric absorption in ground-based spectra (O₂ γ band)
 TELLURIC_BANDS_AIR: tuple[tuple[float, float], ...] = ((6276.0, 6320.0),)
@@ -72,6 +72,13 @@ TELLURIC_PAD = math.ceil(10.0 * (max(hi for _, hi in TELLURIC_BANDS_AIR) * TELLU
 INPUT_FILL = 1.0
 #: how masked pixels are filled (the only rule so far): every masked pixel gets the same value
 FILL_RULE = "constant"
+#: what ``spectra ingest`` writes where a spectrum has no data (detector and order gaps, window edges beyond the
+#: spectrum): the normalised continuum, exactly; and what :func:`no_data_pixels` reads back as no data
+NO_DATA_FILL = 1.0
+#: fewest consecutive pixels exactly equal to NO_DATA_FILL that read as no data. Measured data never repeat a value
+#: exactly: one float32 pixel of a noisy normalised spectrum equals 1.0 with a probability of ~1e-5 (at S/N 1000 per
+#: pixel), two neighbours with ~1e-10, so a pair is never noise; a single exact 1.0 is left as it is (it may be).
+NO_DATA_MIN_RUN = 2
 
 
 @dataclass(frozen=True)
@@ -192,4 +199,36 @@ def fill_masked(flux: np.ndarray, mask: np.ndarray, fill: float = INPUT_FILL, in
     ``in_place`` (for an array of the caller's own making)."""
     out = flux if in_place else np.array(flux, copy=True)
     out[..., mask] = fill
+    return out
+
+
+def no_data_pixels(flux: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """(N, P) True where a spectrum (rows of ``flux``) has no data: runs of at least :data:`NO_DATA_MIN_RUN` pixels
+    exactly equal to :data:`NO_DATA_FILL` (``spectra ingest``'s fill), outside ``exclude`` (P,) (the input mask,
+    whose pixels never reach the network anyway).
+
+    Why it matters: a stretch of exact continuum is not "no information" to a network trained on complete spectra
+    but "no lines here". On the held-out set, the HARPS detector gap (5303-5338 Å, 659 pixels) filled with 1.0 took
+    [Mg/Fe] from 0.04 to 0.19 dex at S/N 250 and its 68 % coverage to 0.09; ``runtime.inference`` replaces such
+    pixels by the model's expectation instead (``runtime.inference.fill_no_data``)."""
+    values = np.atleast_2d(np.asarray(flux))
+    equal = values == np.asarray(NO_DATA_FILL, dtype=values.dtype)
+    if exclude is not None:
+        equal &= ~np.asarray(exclude, dtype=bool)
+    candidates = np.flatnonzero(equal.any(axis=1))  # most survey rows have no exact fill value at all: done
+    if NO_DATA_MIN_RUN <= 1 or candidates.size == 0:
+        return equal if NO_DATA_MIN_RUN <= 1 else np.zeros_like(equal)
+    if candidates.size < equal.shape[0]:
+        out = np.zeros_like(equal)
+        out[candidates] = no_data_pixels(values[candidates], exclude)
+        return out
+    # run lengths >= NO_DATA_MIN_RUN: a pixel belongs to such a run when some window of that many pixels containing
+    # it is all equal; the windows' all-equal test is a sliding sum
+    run = NO_DATA_MIN_RUN
+    padded = np.pad(equal, ((0, 0), (1, 0))).astype(np.int32)
+    counts = np.cumsum(padded, axis=1)
+    full = (counts[:, run:] - counts[:, :-run]) == run  # (N, P - run + 1): window starting at each pixel all equal
+    out = np.zeros_like(equal)
+    for k in range(run):  # the pixels each all-equal window covers
+        out[:, k:k + full.shape[1]] |= full
     return out

@@ -7,10 +7,12 @@ pseudo-continuum → radial velocity by cross-correlation with our synthetic tem
 those pixels (``spectra.forward.continuum``) → S/N per Å from the error column, or DER_SNR.
 
 Pixels without data (window edges beyond the spectrum, inter-order or detector gaps, which merged
-echelle products often fill with runs of exact zeros: :func:`mask_no_data`) are set to 1,
-the normalised continuum: the network was trained on complete spectra and a continuum pixel carries no
-line information, so this is the least-biased fill it knows. Such rows are flagged PARTIAL_COVERAGE
-and their covered fraction recorded. A file that cannot be read, or a spectrum that cannot be
+echelle products often fill with runs of exact zeros: :func:`mask_no_data`) are set to exactly 1
+(``spectra.contracts.masks.NO_DATA_FILL``), the normalised continuum, and the row is flagged PARTIAL_COVERAGE with
+its covered fraction recorded. The value is a marker, not an estimate: to a network trained on complete spectra a
+stretch of continuum means "no lines here", so ``runtime`` finds such runs again
+(``spectra.contracts.masks.no_data_pixels``) and replaces them by the model's expectation before its final pass
+(``runtime.inference``). A file that cannot be read, or a spectrum that cannot be
 prepared, becomes a row of NaN flux flagged READ_FAILED with the reason: a batch never stops.
 
 Output layout: that of ``spectra.stores.survey`` (``flux``, ``snr``, ``source_id``, ``wavelength``) plus one
@@ -38,6 +40,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from ..contracts.flags import CCF_PEAK_LIMIT, CONTINUUM_EXCESS_LIMIT, RV_ERROR_LIMIT, IngestFlag
+from ..contracts.masks import NO_DATA_FILL
 from ..contracts.streams import check_index
 from ..contracts.survey import check_flux_chunk
 from ..forward.continuum import ContinuumOptions, normalise, pseudo_continuum
@@ -232,11 +235,11 @@ def prepare(obs: ObservedSpectrum, options: IngestOptions | None = None, grid: W
     # Input already normalised by its provider gets the same fit (it moves it by up to ~3 % near Mg b, as it moved
     # the training spectra); `continuum_method` records that it was normalised already.
     continuum = pseudo_continuum(grid.wave, pixels, options.continuum)
-    normalised = np.where(covered, pixels / continuum, 1.0)
+    normalised = np.where(covered, pixels / continuum, NO_DATA_FILL)
     method = f"{FITTED} (input already normalised)" if already_normalised(pixels) else FITTED
     if not np.isfinite(normalised).all():
         # a whole window without data has no continuum either: fill it too
-        normalised = np.where(np.isfinite(normalised), normalised, 1.0)
+        normalised = np.where(np.isfinite(normalised), normalised, NO_DATA_FILL)
     excess = continuum_excess(normalised, covered, snr * np.sqrt(grid.step))
     if excess > CONTINUUM_EXCESS_LIMIT:
         flags |= IngestFlag.CONTINUUM_POOR
