@@ -278,7 +278,8 @@ class Model:
         distinct non-negative integers (default 0..N-1); with ``seed`` they fix the posterior draws. A row with
         invalid flux or S/N is flagged (INVALID_FLUX, INVALID_SNR) and gets NaN estimates, as in a survey run.
         ``resim``: the re-simulation check (``chi2_resim``, ``resim_rms``, POOR_FIT) when the bundle has an
-        emulator. ``continuum``: 'true' or 'pseudo', how the flux is normalised; rows are flagged
+        emulator, and with it the filling of pixels without data (``runtime.inference.fill_no_data``,
+        NO_DATA_FILLED). ``continuum``: 'true' or 'pseudo', how the flux is normalised; rows are flagged
         CONTINUUM_MISMATCH when it differs from the model's (default: prepared spectra 'pseudo', else unchecked).
         """
         from astropy.table import Table

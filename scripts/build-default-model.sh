@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 2.5 hours on 2 CPU cores (the emulator's four networks 12-22 min, the cINN on its fresh stream ~40 for the
-# shipped 56 epochs and ~52 for 112, the interval calibration ~35, reports ~60). Needs the train, cpu and test extras (the test venv has them:
+# About 2.5-3.2 hours on 2 CPU cores (the emulator's four networks 12-22 min, the cINN on its fresh stream ~40 min for
+# the shipped 56 epochs and 52-80 min for 112 (43 s per epoch on the Intel Xeon of session 23, its two stream workers
+# the bottleneck), the interval calibration ~35, reports ~60). SHIP=1 ships right after the interval and POOR_FIT
+# calibrations, before the reports. Needs the train, cpu and test extras (the test venv has them:
 # bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
 #
 #   bash scripts/build-default-model.sh [WORK_DIR]
 #   SHIP=0 bash scripts/build-default-model.sh WORK_DIR   # a candidate: runtime/ and the shipped model's reports
 #                                                         # left as they are, its reports in WORK_DIR/results
+#   REPORTS=0 ...                   # stop after the bundle (and, with SHIP=1, its shipping): no held-out reports
 #
 # A candidate with another recipe, without editing this file (the defaults are the shipped model's recipe):
 #   ESTIMATOR_CONFIG=training/experiments/estimator-112ep.json  the cINN's config
@@ -113,6 +116,18 @@ python -m export calibrate-poor-fit --bundle "$work/bundle" --catalog "$work/tes
 python -m export verify --bundle "$work/bundle" --run "$work/run" --samples 1024 --grid "$work/train.h5" \
   || echo "export verify: see above (a variant above the tolerance fails it; the fp32 graphs must not)"
 
+# Shipped here, before the reports: the bundle is complete (variants verified, intervals and POOR_FIT calibrated), and
+# on 2 cores the whole build (~3.2 h on an Intel Xeon in session 23: the cINN's 112 epochs alone 80 min) does not
+# leave a 3-hour session time for everything; what is shipped can be committed while the reports run.
+if [ "${SHIP:-1}" != 0 ]; then
+  step "ship: runtime/default_bundle and runtime/examples"
+  rm -rf runtime/default_bundle
+  cp -r "$work/bundle" runtime/default_bundle
+  python scripts/build_examples.py --synthetic "$work/test_survey.zarr" --rows 60
+  echo "shipped: runtime/default_bundle ($(du -sh runtime/default_bundle | cut -f1)), runtime/examples"
+fi
+if [ "${REPORTS:-1}" = 0 ]; then echo "REPORTS=0: no reports (the bundle is in $work/bundle)"; exit 0; fi
+
 step "the information limit of this emulator on the held-out stars"
 # (+ the bounds of the training setup: normalised input, and the model-error residuals the cINN's stars carry, as
 # correlated noise; ~30 min on 2 busy cores, so computed once per work folder and copied to the reports)
@@ -141,8 +156,4 @@ for world in emu test; do  # the same through runtime process (ONNX, the shipped
 done
 
 if [ "${SHIP:-1}" = 0 ]; then echo "SHIP=0: built in $work (reports in $results), runtime/ left as it is"; exit 0; fi
-step "ship: runtime/default_bundle and runtime/examples"
-rm -rf runtime/default_bundle
-cp -r "$work/bundle" runtime/default_bundle
-python scripts/build_examples.py --synthetic "$work/test_survey.zarr" --rows 60
-echo "done: runtime/default_bundle ($(du -sh runtime/default_bundle | cut -f1)), runtime/examples"
+echo "done: runtime/default_bundle ($(du -sh runtime/default_bundle | cut -f1)), runtime/examples and the reports"
