@@ -58,6 +58,7 @@ from catalog.calibrate import LineFit, fit_line
 from catalog.writers import CatalogueStore
 from runtime.pipeline import ProcessOptions, process_survey
 from spectra.contracts.flags import BAD
+from spectra.contracts.masks import no_data_pixels
 from spectra.forward.continuum import ContinuumOptions, normalise
 from spectra.forward.degrade import add_noise
 from spectra.observed.ingest import IngestFlag, IngestOptions, ingest
@@ -107,6 +108,7 @@ def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
     """Copy of an ingested survey with noise added so that each spectrum has S/N ``target`` per Å.
 
     A spectrum already below ``target`` gets no noise and keeps its own S/N (recorded as such, not as ``target``).
+    Pixels without data (``spectra.contracts.masks.no_data_pixels``) get no noise either: they stay a gap.
     """
     src = zarr.open_group(str(survey), mode="r")
     root = zarr.open_group(str(out), mode="w")
@@ -122,7 +124,9 @@ def degrade_to(survey: Path, out: Path, target: float, seed: int = 11) -> None:
         # noise of S/N `missing` on top of S/N snr[i] gives S/N target (variances add); Eq. 1 as in training
         variance = max(1.0 / target**2 - 1.0 / snr[i] ** 2, 0.0)
         missing = 1.0 / np.sqrt(variance) if variance > 0 else np.inf
-        flux[i] = add_noise(flux[i], missing, pixel, rng)
+        # pixels without data stay the ingestion's exact fill (noise there would hide the gap from the runtime)
+        no_data = no_data_pixels(flux[i].astype(np.float32)[None])[0]
+        flux[i] = np.where(no_data, flux[i], add_noise(flux[i], missing, pixel, rng))
     root["flux"][:] = flux.astype(np.float32)
     root["snr"][:] = np.minimum(snr, target).astype(np.float32)
     root.attrs["degraded_to_snr"] = target

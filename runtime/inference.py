@@ -38,7 +38,7 @@ import numpy as np
 from catalog.schema import PROVENANCE_COLUMNS
 from spectra.contracts import quantiles
 from spectra.contracts.flags import BAD, HIGH_REJECTION_FRACTION, METAL_POOR_FEH, Flag
-from spectra.contracts.masks import no_data_pixels
+from spectra.contracts.masks import NO_DATA_FILL, no_data_pixels
 
 from .bundle import BundleError
 from .posterior import PosteriorSummary, summarize
@@ -235,15 +235,21 @@ def fill_no_data(posterior: OnnxPosterior, resim: Resimulator, flux: np.ndarray,
     current MAP, matched to the row's own continuum (``Resimulator.expected_flux``), and the row's posterior is drawn
     again from the same latent draws (seed, source_id): a fixed point in which the gap holds what the estimate
     predicts, so it pulls the estimate nowhere. A row without a MAP yet (every sample outside the training bounds, as
-    a wide gap of continuum can cause) starts from the middle of the training bounds. The fill is noiseless: adding
-    noise at the row's S/N changed no measured σ or coverage (held-out set with the HARPS and UVES gaps)."""
+    a wide gap of continuum can cause) starts from its samples' median, clipped into the bounds. The fill is
+    noiseless: adding noise at the row's S/N changed no measured σ or coverage (held-out set, HARPS and UVES gaps)."""
     clock = time.perf_counter
     manifest = posterior.manifest
     gaps = ~np.isfinite(flux)
     rows = np.flatnonzero(gaps.any(axis=1))
     estimate = np.array(summary.map[rows], dtype=np.float32)
-    unknown = ~np.isfinite(estimate).all(axis=1)
-    estimate[unknown] = 0.5 * (manifest.lower + manifest.upper)
+    unknown = np.flatnonzero(~np.isfinite(estimate).all(axis=1))
+    if unknown.size:  # every sample outside the bounds: start from their median, clipped into the bounds
+        t = clock()
+        first = np.where(gaps[rows[unknown]], np.float32(NO_DATA_FILL), flux[rows[unknown]])  # the input as first drawn
+        samples, _ = posterior.sample(first, snr[rows[unknown]].reshape(-1, 1), ids[rows[unknown]], settings.seed,
+                                      settings.samples)
+        estimate[unknown] = np.clip(np.nanmedian(samples, axis=1), manifest.lower, manifest.upper)
+        timings["network"] += clock() - t
     out = PosteriorSummary(summary.map.copy(), summary.quantiles.copy(), summary.n_valid.copy(),
                            summary.f_reject.copy())
     seen = np.array(flux, dtype=np.float32)
