@@ -97,8 +97,8 @@ step "interval calibration (runtime.intervals) on the PySME training stars, neve
 [ -f "$work/train_rot.h5" ] || spectra rotate-grid "$work/train.h5" --out "$work/train_rot.h5" --quiet
 if ! has "m.get('interval_calibration')"; then  # three noise draws of the 1025 stars at 7 S/N values, ~35 min
   # the three surveys at once: each fits its 7175 spectra's pseudo-continua one by one on one core (~115 ms each on
-  # the Intel Xeon of session 23: 78 % of this step when made one after the other); a survey is renamed into place
-  # only when complete, so an interrupted build makes it again
+  # the Intel Xeon of session 23: 78 % of this step when made one after the other; three at once took 1.5x the time
+  # of one); a survey is renamed into place only when complete, so an interrupted build makes it again
   pids=()
   for seed in 1 2 3; do
     survey="$work/train_survey_$seed.zarr"
