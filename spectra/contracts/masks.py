@@ -215,20 +215,16 @@ def no_data_pixels(flux: np.ndarray, exclude: np.ndarray | None = None) -> np.nd
     equal = values == np.asarray(NO_DATA_FILL, dtype=values.dtype)
     if exclude is not None:
         equal &= ~np.asarray(exclude, dtype=bool)
-    candidates = np.flatnonzero(equal.any(axis=1))  # most survey rows have no exact fill value at all: done
-    if NO_DATA_MIN_RUN <= 1 or candidates.size == 0:
-        return equal if NO_DATA_MIN_RUN <= 1 else np.zeros_like(equal)
-    if candidates.size < equal.shape[0]:
-        out = np.zeros_like(equal)
-        out[candidates] = no_data_pixels(values[candidates], exclude)
-        return out
-    # run lengths >= NO_DATA_MIN_RUN: a pixel belongs to such a run when some window of that many pixels containing
-    # it is all equal; the windows' all-equal test is a sliding sum
-    run = NO_DATA_MIN_RUN
-    padded = np.pad(equal, ((0, 0), (1, 0))).astype(np.int32)
-    counts = np.cumsum(padded, axis=1)
-    full = (counts[:, run:] - counts[:, :-run]) == run  # (N, P - run + 1): window starting at each pixel all equal
     out = np.zeros_like(equal)
-    for k in range(run):  # the pixels each all-equal window covers
-        out[:, k:k + full.shape[1]] |= full
+    rows = np.flatnonzero(equal.any(axis=1))  # most survey rows hold no exact fill value at all
+    if rows.size:
+        # a pixel is in a run of >= NO_DATA_MIN_RUN when a window of that many pixels containing it is all equal;
+        # each window's all-equal test is a difference of a cumulative sum
+        run = NO_DATA_MIN_RUN
+        counts = np.cumsum(np.pad(equal[rows], ((0, 0), (1, 0))), axis=1, dtype=np.int32)
+        full = (counts[:, run:] - counts[:, :-run]) == run  # (n, P - run + 1): the window starting at each pixel
+        covered = np.zeros((rows.size, equal.shape[1]), dtype=bool)
+        for k in range(run):  # the pixels each all-equal window covers
+            covered[:, k:k + full.shape[1]] |= full
+        out[rows] = covered
     return out
