@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild the model that ships in the package (runtime/default_bundle) and the quick start's example surveys
 # (runtime/examples) from the PySME spectra kept in training/grids, and the reports that describe them.
-# About 2.5-3.2 hours on 2 CPU cores (the emulator's four networks 12-22 min, the cINN on its fresh stream ~40 min for
-# the shipped 56 epochs and 52-80 min for 112 (43 s per epoch on the Intel Xeon of session 23, its two stream workers
-# the bottleneck), the interval calibration ~35, reports ~60). SHIP=1 ships right after the interval and POOR_FIT
+# About 3.5 hours on 2 CPU cores (the emulator's four networks 12-22 min, the cINN's 112 epochs on its fresh stream
+# 52-80 min (43 s per epoch on the Intel Xeon of session 23, its two stream workers the bottleneck), the interval
+# calibration ~32, reports ~60). SHIP=1 ships right after the interval and POOR_FIT
 # calibrations, before the reports. Needs the train, cpu and test extras (the test venv has them:
 # bash scripts/setup-venv.sh .venv-test "synth,train,cpu,fp16,test").
 # Never run two trainings at once on 2 cores: their thread pools fight and each becomes ~7x slower.
@@ -13,24 +13,29 @@
 #                                                         # left as they are, its reports in WORK_DIR/results
 #   REPORTS=0 ...                   # stop after the bundle (and, with SHIP=1, its shipping): no held-out reports
 #
-# A candidate with another recipe, without editing this file (the defaults are the shipped model's recipe):
-#   ESTIMATOR_CONFIG=training/experiments/estimator-112ep.json  the cINN's config
-#   EMULATOR_CLIP=5                 the emulator's gradient spike guard (training emulator-fit --clip-factor)
-#   EXTRA_EMULATOR_GRIDS="train-rich-s7301 train-cooldw-s7401"   more kept grids (training/grids/NAME-*.h5) for the
-#                                   emulator only
+# A candidate with another recipe, without editing this file (the defaults are the shipped model's recipe, session 24:
+# benchmarks/results/candidate_s23/):
+#   ESTIMATOR_CONFIG=training/experiments/estimator-56ep.json  the cINN's config (default training/estimator_model.json,
+#                                   112 epochs)
+#   EMULATOR_CLIP=0                 the emulator's gradient spike guard (training emulator-fit --clip-factor; default 5,
+#                                   0 turns it off)
+#   EXTRA_EMULATOR_GRIDS=""         more kept grids (training/grids/NAME-*.h5) for the emulator only (default
+#                                   "train-rich-s7301 train-cooldw-s7401": metal-rich stars and cool dwarfs)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 work="${1:-build-default}"
 # The emulator's recipe (benchmarks/results/emulator/: chosen on its own validation stars, never the held-out set):
 # an ensemble of 4 networks (session 16: validation rms median 0.27 -> 0.24 %, held-out floor T_eff 26 -> 21 K)
-EMULATOR_CLIP="${EMULATOR_CLIP:-0}"
+EMULATOR_CLIP="${EMULATOR_CLIP-5}"
+DEFAULT_EXTRA_GRIDS="train-rich-s7301 train-cooldw-s7401"
+EXTRA_EMULATOR_GRIDS="${EXTRA_EMULATOR_GRIDS-$DEFAULT_EXTRA_GRIDS}"
 [[ "$EMULATOR_CLIP" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "EMULATOR_CLIP: '$EMULATOR_CLIP' is not a number" >&2; exit 2; }
 EMULATOR_RECIPE="--basis 384 --hidden 512,512,512,512 --steps 20000 --batch-size 128 --lr 1e-3 --schedule onecycle --weight-decay 1e-4 --members 4 --clip-factor $EMULATOR_CLIP"
 ESTIMATOR_CONFIG="${ESTIMATOR_CONFIG:-training/estimator_model.json}"
 [ -f "$ESTIMATOR_CONFIG" ] || { echo "ESTIMATOR_CONFIG: $ESTIMATOR_CONFIG is not a file (paths are relative to $root)" >&2; exit 2; }
-if [ "${SHIP:-1}" != 0 ] && { [ "$ESTIMATOR_CONFIG" != training/estimator_model.json ] || [ "$EMULATOR_CLIP" != 0 ] \
-     || [ -n "${EXTRA_EMULATOR_GRIDS:-}" ]; }; then
+if [ "${SHIP:-1}" != 0 ] && { [ "$ESTIMATOR_CONFIG" != training/estimator_model.json ] || [ "$EMULATOR_CLIP" != 5 ] \
+     || [ "$EXTRA_EMULATOR_GRIDS" != "$DEFAULT_EXTRA_GRIDS" ]; }; then
   echo "a recipe other than this script's defaults builds a candidate (SHIP=0); to ship it, make it the defaults here" >&2
   exit 2
 fi
@@ -49,7 +54,7 @@ step "kept PySME spectra with the calibrated survey-sun list: training (unrotate
 # metal-poor stars ([Fe/H] < -2), whose weak lines make small emulator errors cost most in a fit: emulator only too
 [ -f "$work/poor.h5" ] || spectra unpack-grid training/grids/train-poor-s7201-*.h5 --out "$work/poor.h5"
 extra_grids=()
-for name in ${EXTRA_EMULATOR_GRIDS:-}; do
+for name in $EXTRA_EMULATOR_GRIDS; do
   compgen -G "training/grids/$name-*.h5" > /dev/null || { echo "EXTRA_EMULATOR_GRIDS: no training/grids/$name-*.h5" >&2; exit 2; }
   [ -f "$work/extra_$name.h5" ] || spectra unpack-grid training/grids/"$name"-*.h5 --out "$work/extra_$name.h5"
   extra_grids+=("$work/extra_$name.h5")
@@ -72,7 +77,7 @@ training emulator-evaluate --run "$work/emu" --grid "$work/test.h5" --out "$resu
 [ -f "$work/emu_onnx/emulator.json" ] || python -m export emulator --run "$work/emu" --out "$work/emu_onnx" \
   --weights fp16 --errors "$results"/emulator/emulator_errors.json
 
-step "cINN on fresh emulated stars every batch carrying the emulator's own errors ($ESTIMATOR_CONFIG; the shipped one: 56 epochs, ~40 min)"
+step "cINN on fresh emulated stars every batch carrying the emulator's own errors ($ESTIMATOR_CONFIG; 112 epochs, ~80 min on 2 cores)"
 # (resumes an interrupted run; a finished one is left as it is)
 training fit --emulator "$work/emu" --config "$ESTIMATOR_CONFIG" --out "$work/run" --device cpu --workers 2
 
