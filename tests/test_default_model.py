@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from catalog.show import flag_names, show_rows
-from runtime.bundle import load_bundle
+from runtime.bundle import BundleError, load_bundle
 from runtime.packaged import DEFAULT_BUNDLE, default_bundle, unpack_examples
-from runtime.precision import choose_engine
+from runtime.precision import choose_engine, choose_precision
 from spectra import schema
 from spectra.stores.gridstore import GridReader
 
@@ -41,7 +41,8 @@ def _example_posteriors(bundle, tmp_path: Path, n_samples: int, **options):
 def test_default_bundle_is_complete_and_verified(tmp_path):
     """Re-measured here, not read back from the manifest: the files and their hashes, the accelerated graphs against
     the plain flow they replace, the emulator's noise model against held-out spectra, and every precision variant
-    it ships (int8 since session 12) against fp32 on the example survey, by ``runtime.precision``'s rule."""
+    it ships and records as verified (int8 from session 12 to 23) against fp32 on the example survey, by
+    ``runtime.precision``'s rule; one recorded above the tolerance must be refused."""
     import hashlib
 
     from runtime.precision import describe_check, posterior_differences, variant_check, within_tolerance
@@ -79,7 +80,14 @@ def test_default_bundle_is_complete_and_verified(tmp_path):
     assert 0.8 < np.median(chi2) < 1.3, chi2
     assert np.mean(chi2 > bundle.emulator["poor_fit_chi2"]) <= 0.2, chi2  # POOR_FIT is rare on good fits
 
-    for name in m.precisions:  # a variant shipped later is measured against fp32 as `export quantize` did
+    for name, variant_record in m.precisions.items():
+        if not within_tolerance(variant_record["verification"]):
+            # kept with its measured error (`export quantize` does): refused unless forced, never chosen by auto
+            with pytest.raises(BundleError, match="above the tolerance"):
+                choose_precision(bundle, name, "cpu")
+            assert choose_precision(bundle, "auto", "cpu") != name
+            continue
+        # a variant that passed is measured again against fp32, on other spectra, as `export quantize` did
         reference, *_ = _example_posteriors(bundle, tmp_path / "fp32", 4096, summary="host")
         variant, *_ = _example_posteriors(bundle, tmp_path / name, 4096, summary="host", precision=name,
                                           force_precision=True)
